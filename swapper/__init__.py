@@ -1,0 +1,1 @@
+"""Generic on-demand model process swapper (a llama-swap replacement)."""

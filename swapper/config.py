@@ -1,0 +1,125 @@
+"""Typed model specs for the swapper.
+
+A :class:`SwapperConfig` is built either in code (llmstack builds one from
+models.ini) or from a llama-swap style YAML file (:mod:`swapper.yaml_config`).
+Macros other than ``${PORT}`` and ``${MODEL_ID}`` are expanded before a spec is
+made; ``${PORT}`` is filled in when the process is spawned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any
+
+PORT_MACRO = "${PORT}"
+DEFAULT_PROXY = "http://127.0.0.1:${PORT}"
+DEFAULT_CONCURRENCY_LIMIT = 10
+DEFAULT_HEALTH_CHECK_TIMEOUT = 120.0
+DEFAULT_UNLOAD_TIMEOUT = 10.0
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``where`` names the file/line or key path."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Request-body rewrites applied before forwarding upstream."""
+
+    strip_params: tuple[str, ...] = ()
+    set_params: Mapping[str, Any] = _EMPTY
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model the swapper can serve.
+
+    ``cmd`` is an argv list. An empty ``cmd`` means the model has no process
+    (a proxy-only backend such as a hosted API or an in-process handler): it
+    is always ready, costs nothing and is never evicted.
+    """
+
+    id: str
+    cmd: tuple[str, ...] = ()
+    cmd_stop: tuple[str, ...] = ()
+    proxy: str = DEFAULT_PROXY
+    check_endpoint: str = "/health"
+    ttl: float = 0.0
+    unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT
+    aliases: tuple[str, ...] = ()
+    unlisted: bool = False
+    env: Mapping[str, str] = _EMPTY
+    use_model_name: str = ""
+    filters: Filters = Filters()
+    concurrency_limit: int = DEFAULT_CONCURRENCY_LIMIT
+    memory_mb: float = 0.0
+    name: str = ""
+    description: str = ""
+    metadata: Mapping[str, Any] = _EMPTY
+
+    @property
+    def has_process(self) -> bool:
+        return bool(self.cmd)
+
+    @property
+    def needs_port(self) -> bool:
+        return PORT_MACRO in self.proxy or any(PORT_MACRO in a for a in self.cmd)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """llama-swap's residency matrix: which models may run together.
+
+    ``sets`` keeps definition order (name -> DSL expression such as
+    ``"f & (a | b)"``); ``vars`` maps short names to model ids.
+    """
+
+    vars: Mapping[str, str] = _EMPTY
+    evict_costs: Mapping[str, int] = _EMPTY
+    sets: Mapping[str, str] = _EMPTY
+
+
+@dataclass(frozen=True)
+class Group:
+    """llama-swap's older residency groups."""
+
+    name: str
+    members: tuple[str, ...]
+    swap: bool = True
+    exclusive: bool = True
+    persistent: bool = False
+
+
+@dataclass(frozen=True)
+class SwapperConfig:
+    """Everything the swapper needs to run a set of models."""
+
+    models: Mapping[str, ModelSpec]
+    health_check_timeout: float = DEFAULT_HEALTH_CHECK_TIMEOUT
+    start_port: int | None = None
+    preload: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()
+    matrix: Matrix | None = None
+    groups: tuple[Group, ...] = ()
+    memory_budget_mb: float = 0.0
+    log_dir: str = ""
+    extra: Mapping[str, Any] = field(default=_EMPTY)
+
+    @cached_property
+    def _names(self) -> Mapping[str, str]:
+        index = {alias: spec.id for spec in self.models.values() for alias in spec.aliases}
+        index.update((model_id, model_id) for model_id in self.models)
+        return index
+
+    def resolve(self, name: str) -> str | None:
+        """Model id for a model id or alias, or None."""
+        return self._names.get(name)
