@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from types import MappingProxyType
 from typing import Any
 
 PORT_MACRO = "${PORT}"
@@ -20,7 +19,6 @@ DEFAULT_CONCURRENCY_LIMIT = 10
 DEFAULT_HEALTH_CHECK_TIMEOUT = 120.0
 DEFAULT_UNLOAD_TIMEOUT = 10.0
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class ConfigError(ValueError):
@@ -36,7 +34,7 @@ class Filters:
     """Request-body rewrites applied before forwarding upstream."""
 
     strip_params: tuple[str, ...] = ()
-    set_params: Mapping[str, Any] = _EMPTY
+    set_params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,14 +55,14 @@ class ModelSpec:
     unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT
     aliases: tuple[str, ...] = ()
     unlisted: bool = False
-    env: Mapping[str, str] = _EMPTY
+    env: Mapping[str, str] = field(default_factory=dict)
     use_model_name: str = ""
-    filters: Filters = Filters()
+    filters: Filters = field(default_factory=Filters)
     concurrency_limit: int = DEFAULT_CONCURRENCY_LIMIT
     memory_mb: float = 0.0
     name: str = ""
     description: str = ""
-    metadata: Mapping[str, Any] = _EMPTY
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def has_process(self) -> bool:
@@ -83,9 +81,9 @@ class Matrix:
     ``"f & (a | b)"``); ``vars`` maps short names to model ids.
     """
 
-    vars: Mapping[str, str] = _EMPTY
-    evict_costs: Mapping[str, int] = _EMPTY
-    sets: Mapping[str, str] = _EMPTY
+    vars: Mapping[str, str] = field(default_factory=dict)
+    evict_costs: Mapping[str, int] = field(default_factory=dict)
+    sets: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ class SwapperConfig:
     groups: tuple[Group, ...] = ()
     memory_budget_mb: float = 0.0
     log_dir: str = ""
-    extra: Mapping[str, Any] = field(default=_EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @cached_property
     def _names(self) -> Mapping[str, str]:
