@@ -1,0 +1,45 @@
+"""``python -m swapper -c config.yaml [--listen 127.0.0.1:8080]``: the swapper on its own."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+from .events import EventBus, log_events
+from .http_app import SwapperApp
+from .manager import Manager
+from .server import configure_logging, parse_listen, run
+from .yaml_config import load_yaml_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m swapper",
+                                     description="Serve models on demand from a llama-swap style config.")
+    parser.add_argument("-c", "--config", required=True, type=Path, help="llama-swap config.yaml")
+    parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port (default 127.0.0.1:8080)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--runtime-dir", type=Path, default=None,
+                        help="where child pid records live (default: next to the config)")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        config = load_yaml_config(args.config)
+        host, port = parse_listen(args.listen)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for warning in config.extra.get("unsupported", ()):
+        logging.getLogger("swapper").warning("%s", warning)
+    bus = EventBus()
+    bus.subscribe(log_events)
+    runtime = args.runtime_dir or args.config.resolve().parent / ".swapper"
+    app = SwapperApp(Manager(config, bus, runtime_dir=runtime))
+    run(app, host, port, args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

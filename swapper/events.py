@@ -1,0 +1,56 @@
+"""One small in-process event bus: logs, metrics, /events and the CLI read the same facts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("swapper")
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened: a state change, a swap, a routing decision."""
+
+    kind: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ts": round(self.ts, 3), "kind": self.kind, **self.fields}
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Publish/subscribe with a bounded history of recent events."""
+
+    def __init__(self, history: int = 1000) -> None:
+        self._subscribers: list[Subscriber] = []
+        self.recent: deque[Event] = deque(maxlen=history)
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it."""
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn)
+
+    def publish(self, kind: str, **fields: Any) -> None:
+        event = Event(kind, fields)
+        self.recent.append(event)
+        for fn in tuple(self._subscribers):
+            try:
+                fn(event)
+            except Exception:  # a broken subscriber must not break the publisher
+                log.exception("event subscriber failed")
+
+
+def log_events(event: Event) -> None:
+    """Subscriber writing each event as one structured (JSON) log line."""
+    level = logging.WARNING if event.kind.endswith(("failed", "exited")) else logging.INFO
+    log.log(level, json.dumps(event.as_dict(), default=str))

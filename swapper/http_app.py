@@ -1,0 +1,304 @@
+"""The swapper's HTTP routes as one raw ASGI app (no framework on the hot path).
+
+llmstack composes its own routes over :class:`SwapperApp` and calls
+:meth:`SwapperApp.serve_model` directly, so a routed request costs no second
+HTTP hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import ApiError
+from .manager import Manager
+from .proxy import Headers, ResponseHook, Send, UpstreamClient, forward_headers
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Scope = dict[str, Any]
+
+MODEL_POST_PATHS = frozenset({
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/reranking",
+    "/rerank", "/reranking", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
+    "/infill", "/completion", "/v1/audio/speech", "/v1/audio/transcriptions",
+    "/v1/images/generations", "/v1/images/edits",
+})
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+_MULTIPART_MODEL = re.compile(rb'name="model"\r\n\r\n([^\r\n]*)\r\n')
+
+
+async def send_json(send: Send, status: int, payload: Any,
+                    headers: dict[str, str] | None = None) -> None:
+    body = json.dumps(payload).encode()
+    await send_bytes(send, status, body, "application/json", headers)
+
+
+async def send_bytes(send: Send, status: int, body: bytes, content_type: str,
+                     headers: dict[str, str] | None = None) -> None:
+    raw: Headers = [(b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Send, error: ApiError) -> None:
+    await send_bytes(send, error.status, error.body(), "application/json", error.headers)
+
+
+async def read_body(receive: Receive, limit: int = DEFAULT_MAX_BODY) -> bytes:
+    """The whole request body; 413 past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def model_from_body(body: bytes, content_type: str) -> tuple[str, dict[str, Any] | None]:
+    """The requested model and the decoded JSON body (None for multipart)."""
+    if content_type.startswith("multipart/form-data"):
+        match = _MULTIPART_MODEL.search(body)
+        if match is None:
+            raise ApiError(400, "multipart request without a 'model' field")
+        return match.group(1).decode(), None
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "request has no 'model'")
+    return model, data
+
+
+def header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+class DisconnectWatch:
+    """Cancels the serving task when the client goes away before the response is complete.
+
+    Use :meth:`send` for the response so the watch knows when it has ended and
+    never cancels a task whose response is already complete.
+    """
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._task = asyncio.current_task()
+        self._send = send
+        self.complete = False
+        self.disconnected = False
+        self._watch = asyncio.ensure_future(self._run(receive))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if not message.get("more_body", False) and message["type"] == "http.response.body":
+            self.complete = True
+        await self._send(message)
+
+    async def _run(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self.complete and self._task is not None:
+            self.disconnected = True
+            self._task.cancel()
+
+    def close(self) -> None:
+        self._watch.cancel()
+
+
+class SwapperApp:
+    """ASGI app serving the swapper's routes over a :class:`Manager`."""
+
+    def __init__(self, manager: Manager, upstream: UpstreamClient | None = None,
+                 max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.manager = manager
+        self.upstream = upstream or UpstreamClient()
+        self.max_body = max_body
+
+    async def startup(self) -> None:
+        await self.manager.start()
+
+    async def shutdown(self) -> None:
+        await self.manager.shutdown()
+        await self.upstream.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            self._authorize(scope)
+            await self.route(scope, receive, send)
+        except ApiError as error:
+            await send_error(send, error)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _authorize(self, scope: Scope) -> None:
+        keys = self.manager.config.api_keys
+        if not keys or scope["path"] == "/health":
+            return
+        given = header(scope, b"authorization").removeprefix("Bearer ").strip()
+        given = given or header(scope, b"x-api-key")
+        if not any(hmac.compare_digest(given, key) for key in keys):
+            raise ApiError(401, "missing or wrong API key")
+
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch one HTTP request (llmstack calls this for routes it does not own)."""
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and path in MODEL_POST_PATHS:
+            body = await read_body(receive, self.max_body)
+            model, _ = model_from_body(body, header(scope, b"content-type"))
+            await self.serve_model(scope, receive, send, model, body, path)
+        elif path.startswith("/upstream/"):
+            await self._upstream(scope, receive, send)
+        elif method == "GET" and path in ("/v1/models", "/models"):
+            await send_json(send, 200, {"object": "list", "data": self.model_list()})
+        elif method == "GET" and path == "/running":
+            await send_json(send, 200, {"running": self.manager.running()})
+        elif method == "GET" and path == "/health":
+            await send_bytes(send, 200, b"OK", "text/plain")
+        elif method == "POST" and (path in ("/unload", "/api/models/unload")):
+            await send_json(send, 200, {"unloaded": await self.manager.unload()})
+        elif method == "POST" and path.startswith(("/unload/", "/api/models/unload/")):
+            model = path.split("/unload/", 1)[1]
+            await send_json(send, 200, {"unloaded": await self.manager.unload(model)})
+        elif method == "GET" and path == "/logs":
+            await send_bytes(send, 200, self._all_logs().encode(), "text/plain; charset=utf-8")
+        elif method == "GET" and path.startswith("/logs/stream/"):
+            await self._log_stream(scope, receive, send, path.removeprefix("/logs/stream/"))
+        elif method == "GET" and path == "/events":
+            await send_json(send, 200, [e.as_dict() for e in self.manager.bus.recent])
+        else:
+            raise ApiError(404, f"no route for {method} {path}")
+
+    def model_list(self) -> list[dict[str, Any]]:
+        rows = []
+        running = {row["model"] for row in self.manager.running()}
+        for spec in self.manager.config.models.values():
+            if spec.unlisted:
+                continue
+            base = {"object": "model", "created": 0, "owned_by": "swapper",
+                    "name": spec.name or spec.id, "description": spec.description,
+                    "meta": dict(spec.metadata),
+                    "status": "running" if spec.id in running else "stopped"}
+            rows.append({"id": spec.id, "aliases": list(spec.aliases), **base})
+            rows += [{"id": alias, "alias_of": spec.id, **base} for alias in spec.aliases]
+        return rows
+
+    async def serve_model(self, scope: Scope, receive: Receive, send: Send, model: str,
+                          body: bytes, path: str, hook: ResponseHook | None = None,
+                          extra_headers: Headers = (), data: dict[str, Any] | None = None) -> None:
+        """Acquire ``model`` (loading it if needed) and stream its answer to the client."""
+        watch = DisconnectWatch(receive, send)
+        try:
+            async with self.manager.lease(model) as lease:
+                body = self._rewrite_body(lease.spec, body, data)
+                headers = forward_headers(scope["headers"])
+                query = scope.get("query_string", b"")
+                url = lease.base_url + path + ("?" + query.decode() if query else "")
+                await self.upstream.forward(scope["method"], url, headers, body, watch.send,
+                                            hook, extra_headers)
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+        finally:
+            watch.close()
+
+    @staticmethod
+    def _rewrite_body(spec: Any, body: bytes, data: dict[str, Any] | None) -> bytes:
+        """Apply ``useModelName`` and filters; re-encode only when something changed."""
+        filters = spec.filters
+        if not (spec.use_model_name or filters.strip_params or filters.set_params):
+            return body
+        if data is None:
+            try:
+                data = json.loads(body)
+            except ValueError:
+                return body
+            if not isinstance(data, dict):
+                return body
+        data = dict(data)
+        for key in filters.strip_params:
+            if key != "model":
+                data.pop(key, None)
+        data.update({k: v for k, v in filters.set_params.items() if k != "model"})
+        if spec.use_model_name:
+            data["model"] = spec.use_model_name
+        return json.dumps(data).encode()
+
+    async def _upstream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rest = scope["path"].removeprefix("/upstream/")
+        names = sorted(self.manager.config.models, key=len, reverse=True)
+        model = next((m for m in names if rest == m or rest.startswith(m + "/")), None)
+        if model is None:
+            model, _, _ = rest.partition("/")
+            if self.manager.config.resolve(model) is None:
+                raise ApiError(404, f"model '{model}' not found")
+        path = rest[len(model):] or "/"
+        body = await read_body(receive, self.max_body)
+        await self.serve_model(scope, receive, send, model, body, path)
+
+    def _all_logs(self) -> str:
+        parts = [f"== {name} ==\n" + "\n".join(sink.lines) for name, sink in self.manager.logs.items()]
+        return "\n".join(parts) + "\n"
+
+    async def _log_stream(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        model = self.manager.config.resolve(name)
+        if model is None:
+            raise ApiError(404, f"model '{name}' not found")
+        sink = self.manager.log_for(model)
+        queue = sink.follow()
+        watch = DisconnectWatch(receive, send)
+        send = watch.send
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+        try:
+            history = b"" if b"no-history" in scope.get("query_string", b"") else (
+                "\n".join(sink.lines) + "\n").encode()
+            await send({"type": "http.response.body", "body": history, "more_body": True})
+            while True:
+                line = await queue.get()
+                await send({"type": "http.response.body", "body": (line + "\n").encode(),
+                            "more_body": True})
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+        finally:
+            sink.unfollow(queue)
+            watch.close()
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})

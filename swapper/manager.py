@@ -1,0 +1,298 @@
+"""Carries out the scheduler's effects: owns the processes, TTL and preload.
+
+Every request goes through :meth:`Manager.lease`; the common case (model
+ready) is decided synchronously with no task or future created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from . import scheduler as sch
+from .config import ModelSpec, SwapperConfig
+from .errors import ApiError, unavailable
+from .events import EventBus
+from .logring import LogSink
+from .process import LoadError, UpstreamProcess
+from .reaper import ChildRecords
+from .solver import Plan, compile_plan
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Permission to send one request to a ready model."""
+
+    model: str
+    spec: ModelSpec
+    base_url: str
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (bind to port 0, read it back)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _limits(config: SwapperConfig) -> dict[str, sch.ModelLimits]:
+    return {m: sch.ModelLimits(s.concurrency_limit, s.has_process) for m, s in config.models.items()}
+
+
+class Manager:
+    """Runs the models of one :class:`SwapperConfig`."""
+
+    def __init__(self, config: SwapperConfig, bus: EventBus | None = None,
+                 runtime_dir: Path | None = None) -> None:
+        self.bus = bus or EventBus()
+        self.config = config
+        self.plan: Plan = compile_plan(config)
+        self.scheduler = sch.Scheduler(_limits(config), self._evictions)
+        self.processes: dict[str, UpstreamProcess] = {}
+        self.logs: dict[str, LogSink] = {}
+        self.last_used: dict[str, float] = {}
+        self._ids = itertools.count(1)
+        self._futures: dict[int, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stops: dict[str, asyncio.Task[None]] = {}
+        self._runtime_dir = runtime_dir
+        self._records = ChildRecords(runtime_dir / "children") if runtime_dir else None
+        self._session: aiohttp.ClientSession | None = None
+        self._ttl_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reap children a crashed predecessor left, start TTL checks, preload."""
+        if self._records is not None:
+            for pid in self._records.reap():
+                self.bus.publish("orphan_reaped", pid=pid)
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        self._ttl_task = asyncio.create_task(self._ttl_loop())
+        for model in self.config.preload:
+            self._spawn(self._preload(model))
+
+    async def _preload(self, model: str) -> None:
+        try:
+            async with self.lease(model):
+                self.bus.publish("preloaded", model=model)
+        except ApiError as exc:
+            self.bus.publish("preload_failed", model=model, error=exc.message)
+
+    async def shutdown(self) -> None:
+        """Stop every child and release resources."""
+        if self._ttl_task is not None:
+            self._ttl_task.cancel()
+        await asyncio.gather(*(p.stop() for p in list(self.processes.values())),
+                             return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_exception(unavailable("the swapper is shutting down"))
+        if self._session is not None:
+            await self._session.close()
+        for sink in self.logs.values():
+            sink.close()
+
+    def kill_all_now(self) -> None:
+        """Synchronous last resort (signal handlers, atexit)."""
+        for process in self.processes.values():
+            process.kill_now()
+
+    # -- requests -------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[Lease]:
+        """Hold a model for the duration of one request."""
+        model = self.config.resolve(name) or name
+        req = next(self._ids)
+        if not self._apply(self.scheduler.request(req, model), req):
+            fut = asyncio.get_running_loop().create_future()
+            self._futures[req] = fut
+            try:
+                await fut
+            except asyncio.CancelledError:
+                self._futures.pop(req, None)
+                self._apply(self.scheduler.cancel(req))
+                raise
+        try:
+            yield self._lease_for(model)
+        finally:
+            self.last_used[model] = time.monotonic()
+            self._apply(self.scheduler.finished(req))
+
+    def _lease_for(self, model: str) -> Lease:
+        spec = self.config.models[model]
+        process = self.processes.get(model)
+        base = process.base_url if process is not None else spec.proxy.rstrip("/")
+        return Lease(model, spec, base)
+
+    def _apply(self, effects: Iterable[sch.Effect], current: int | None = None) -> bool:
+        """Carry out effects; True when ``current`` was granted synchronously."""
+        granted = False
+        for effect in effects:
+            if isinstance(effect, sch.Grant):
+                if effect.req == current:
+                    granted = True
+                else:
+                    self._resolve(effect.req, None)
+            elif isinstance(effect, sch.Reject):
+                raise ApiError(effect.status, effect.message,
+                               headers={"retry-after": "1"} if effect.status == 429 else {})
+            elif isinstance(effect, sch.Fail):
+                headers = {"retry-after": "1"} if effect.status == 503 else {}
+                self._resolve(effect.req, ApiError(effect.status, effect.message, headers=headers))
+            elif isinstance(effect, sch.StartSwap):
+                self._spawn(self._swap(effect.model, effect.evict))
+            elif isinstance(effect, sch.Stop):
+                self._stops[effect.model] = self._spawn(self._stop(effect.model))
+        return granted
+
+    def _resolve(self, req: int, error: ApiError | None) -> None:
+        fut = self._futures.pop(req, None)
+        if fut is None or fut.done():
+            return
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _evictions(self, target: str, running: frozenset[str]) -> frozenset[str]:
+        known = frozenset(m for m in running if m in self.config.models)
+        return self.plan.solve(target, known).evict
+
+    # -- effects --------------------------------------------------------------
+
+    async def _swap(self, model: str, evict: frozenset[str]) -> None:
+        started = time.monotonic()
+        self.bus.publish("swap_started", model=model, evict=sorted(evict))
+        await asyncio.gather(*(self._stop_process(m) for m in evict))
+        error: LoadError | None = None
+        try:
+            await self._start_process(model)
+        except LoadError as exc:
+            error = exc
+        ms = round((time.monotonic() - started) * 1000, 1)
+        if error is None:
+            self.bus.publish("model_ready", model=model, ms=ms, pid=self.processes[model].pid)
+            self._apply(self.scheduler.swap_done(model))
+        else:
+            self.bus.publish("load_failed", model=model, ms=ms, error=str(error).splitlines()[0])
+            self._apply(self.scheduler.swap_done(model, str(error), error.status))
+
+    async def _stop(self, model: str) -> None:
+        await self._stop_process(model)
+        self._stops.pop(model, None)
+        self._apply(self.scheduler.stopped(model))
+
+    async def _stop_process(self, model: str) -> None:
+        process = self.processes.get(model)
+        if process is None:
+            return
+        self.bus.publish("model_stopping", model=model, pid=process.pid)
+        await process.stop()
+        self.processes.pop(model, None)
+        if self._records is not None and process.pid is not None:
+            self._records.forget(process.pid)
+        self.bus.publish("model_stopped", model=model)
+
+    async def _start_process(self, model: str) -> None:
+        spec = self.config.models[model]
+        port = self._port_for(model) if spec.needs_port else None
+        process = UpstreamProcess(spec, port, self.log_for(model),
+                                  self.config.health_check_timeout, self._exited)
+        self.processes[model] = process
+        self.bus.publish("model_starting", model=model, port=port)
+        assert self._session is not None, "Manager.start() was not awaited"
+        try:
+            pid = process.spawn()
+            if self._records is not None:
+                self._records.remember(pid, process.argv)
+            await process.wait_ready(self._session)
+        except LoadError:
+            self.processes.pop(model, None)
+            raise
+
+    def _port_for(self, model: str) -> int:
+        if self.config.start_port is None:
+            return free_port()
+        return self.config.start_port + list(self.config.models).index(model)
+
+    def log_for(self, model: str) -> LogSink:
+        if model not in self.logs:
+            path = Path(self.config.log_dir) / f"{model}.log" if self.config.log_dir else None
+            self.logs[model] = LogSink(model, path)
+        return self.logs[model]
+
+    def _exited(self, process: UpstreamProcess) -> None:
+        """A child exited; unexpected when it was serving and nobody asked it to stop."""
+        model = process.spec.id
+        if process.stopping or self.processes.get(model) is not process or not process.ready_at:
+            return
+        self.processes.pop(model, None)
+        self.bus.publish("model_exited", model=model, pid=process.pid, code=process.returncode)
+        self._apply(self.scheduler.stopped(model))
+
+    # -- TTL, unload, status ----------------------------------------------------
+
+    async def _ttl_loop(self) -> None:
+        while True:
+            ttls = [s.ttl for s in self.config.models.values() if s.ttl > 0]
+            await asyncio.sleep(min([1.0, *(t / 4 for t in ttls)]))
+            now = time.monotonic()
+            for model, process in list(self.processes.items()):
+                ttl = self.config.models[model].ttl
+                idle_since = max(self.last_used.get(model, 0.0), process.ready_at)
+                if ttl > 0 and process.ready_at and now - idle_since >= ttl:
+                    effects = self.scheduler.idle_timeout(model)
+                    if effects:
+                        self.bus.publish("ttl_expired", model=model, ttl=ttl)
+                    self._apply(effects)
+
+    async def unload(self, model: str | None = None) -> list[str]:
+        """Stop one model (or all); returns once their processes are gone."""
+        if model is not None:
+            resolved = self.config.resolve(model)
+            if resolved is None:
+                raise ApiError(404, f"model '{model}' not found")
+            model = resolved
+        effects = self.scheduler.unload(model)
+        self._apply(effects)
+        stopping = [e.model for e in effects if isinstance(e, sch.Stop)]
+        await asyncio.gather(*(self._stops[m] for m in stopping if m in self._stops),
+                             return_exceptions=True)
+        return stopping
+
+    def running(self) -> list[dict[str, Any]]:
+        """What runs now, as /running reports it."""
+        rows = []
+        for model, process in self.processes.items():
+            spec = self.config.models[model]
+            rows.append({
+                "model": model,
+                "state": self.scheduler.status.get(model, sch.Status.STOPPED).value,
+                "pid": process.pid,
+                "port": process.port,
+                "proxy": process.base_url,
+                "in_flight": self.scheduler.in_flight[model],
+                "ttl": spec.ttl,
+                "memory_mb": spec.memory_mb,
+                "cmd": process.argv,
+            })
+        return rows

@@ -1,0 +1,202 @@
+"""One upstream child process: spawn, readiness, logs, stop.
+
+The child runs from an argv list (never a shell) in its own process group.
+On Linux it gets a parent-death signal, so it dies with the swapper even when
+the swapper is SIGKILLed; everywhere, a pid record lets the next start reap
+children a crashed swapper left behind (:mod:`swapper.reaper`).
+
+Readiness is noticed within milliseconds: every line the child logs (such as
+llama-server's "listening" line) triggers a poll of the check endpoint, and
+between lines the endpoint is polled at a short interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from .config import PORT_MACRO, ModelSpec
+from .logring import LogSink
+
+POLL_INTERVAL = 0.02
+_PR_SET_PDEATHSIG = 1
+
+
+class LoadError(Exception):
+    """The model could not be made ready; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+async def wait_for_exit(popen: subprocess.Popen[bytes]) -> None:
+    """Wait for the child without parking a thread on it where the OS allows (pidfd)."""
+    if not hasattr(os, "pidfd_open"):
+        await asyncio.to_thread(popen.wait)
+        return
+    loop = asyncio.get_running_loop()
+    fd = os.pidfd_open(popen.pid)
+    exited = asyncio.Event()
+    loop.add_reader(fd, exited.set)
+    try:
+        await exited.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    popen.wait()
+
+
+def expand_port(text: str, port: int | None) -> str:
+    return text.replace(PORT_MACRO, str(port)) if port is not None else text
+
+
+class UpstreamProcess:
+    """A child process serving one model."""
+
+    def __init__(self, spec: ModelSpec, port: int | None, log: LogSink,
+                 health_timeout: float, on_exit: Callable[[UpstreamProcess], None]) -> None:
+        self.spec = spec
+        self.port = port
+        self.log = log
+        self.health_timeout = health_timeout
+        self.base_url = expand_port(spec.proxy, port).rstrip("/")
+        self.argv = [expand_port(a, port) for a in spec.cmd]
+        self.started_at = 0.0
+        self.ready_at = 0.0
+        self.stopping = False
+        self._on_exit = on_exit
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._exited = asyncio.Event()
+        self._activity = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode if self._popen else None
+
+    def spawn(self) -> int:
+        """Start the child (argv, own process group, dies with its parent); returns its pid."""
+        env = {**os.environ, **self.spec.env}
+        self.started_at = time.monotonic()
+        self.log.write(f"[swapper] starting {self.spec.id}: {' '.join(self.argv)}")
+        try:
+            self._popen = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent, close_fds=True)
+        except OSError as exc:
+            raise LoadError(f"model '{self.spec.id}' could not start: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._pump_output()), loop.create_task(self._watch_exit())]
+        return self._popen.pid
+
+    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
+        """Wait until the check endpoint answers 200; stop the child and raise if it cannot."""
+        try:
+            await asyncio.wait_for(self._poll_ready(session), self.health_timeout)
+        except asyncio.TimeoutError:
+            await self.stop()
+            raise LoadError(self._failure(f"not ready after {self.health_timeout:g} s"), 504) from None
+        except LoadError:
+            await self.stop()
+            raise
+        self.ready_at = time.monotonic()
+
+    def _failure(self, what: str) -> str:
+        tail = "\n".join(self.log.tail(20))
+        return f"model '{self.spec.id}' {what}; last log lines:\n{tail}"
+
+    async def _poll_ready(self, session: aiohttp.ClientSession) -> None:
+        check = self.spec.check_endpoint
+        url = None if check in ("", "none") else self.base_url + "/" + check.lstrip("/")
+        while True:
+            if self._exited.is_set():
+                raise LoadError(self._failure(f"exited with code {self.returncode} while loading"))
+            if url is None or await self._healthy(session, url):
+                return
+            self._activity.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._activity.wait(), POLL_INTERVAL)
+
+    @staticmethod
+    async def _healthy(session: aiohttp.ClientSession, url: str) -> bool:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+    async def _pump_output(self) -> None:
+        assert self._popen is not None and self._popen.stdout is not None
+        reader = asyncio.StreamReader(limit=1 << 20)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), self._popen.stdout)
+        try:
+            while line := await reader.readline():
+                self.log.write(line.decode("utf-8", "replace").rstrip("\n"))
+                self._activity.set()
+        finally:
+            transport.close()
+
+    async def _watch_exit(self) -> None:
+        assert self._popen is not None
+        await wait_for_exit(self._popen)
+        self._kill_group(signal.SIGKILL)  # reap grandchildren left in the group
+        self._exited.set()
+        self._activity.set()
+        self.log.write(f"[swapper] {self.spec.id} exited with code {self._popen.returncode}")
+        self._on_exit(self)
+
+    def _kill_group(self, sig: int) -> None:
+        if self._popen is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._popen.pid, sig)
+
+    async def stop(self) -> None:
+        """cmdStop or SIGTERM to the group; SIGKILL after ``unload_timeout``."""
+        if self._popen is None or self._exited.is_set():
+            return
+        self.stopping = True
+        if self.spec.cmd_stop:
+            argv = [a.replace("${PID}", str(self._popen.pid)) for a in self.spec.cmd_stop]
+            with contextlib.suppress(OSError):
+                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        else:
+            self._kill_group(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._exited.wait(), self.spec.unload_timeout)
+        except asyncio.TimeoutError:
+            self.log.write(f"[swapper] {self.spec.id} ignored SIGTERM; killing")
+            self._kill_group(signal.SIGKILL)
+            await self._exited.wait()
+        for task in self._tasks:
+            task.cancel()
+
+    def kill_now(self) -> None:
+        """SIGKILL the group at once (shutdown path, no waiting)."""
+        self.stopping = True
+        self._kill_group(signal.SIGKILL)
+

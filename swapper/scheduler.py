@@ -1,0 +1,254 @@
+"""The swap scheduler: a pure state machine, events in and effects out.
+
+It decides, it never acts: the manager carries out the effects (start a swap,
+stop a model) and reports back (swap done, model stopped, request finished).
+Because every decision is taken here, in one place, a request racing a TTL
+unload is queued until the stop completes and then starts the model again,
+instead of reading a stale state and hanging (llama-swap #946).
+
+Rules, in the order :meth:`Scheduler.request` applies them:
+unknown model -> 404; reservations (queued + waiting + in flight) at the
+model's limit -> 429; a load of the same model in flight -> join it; ready and
+not being evicted -> serve; colliding with a swap in flight, stopping, or
+needing to evict a model with requests in flight -> queue; else start a swap.
+Swaps whose evictions are disjoint run in parallel. Draining the queue serves
+requests for ready models first, so A B C A B C is served A A B B C C.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+RequestId = int
+
+
+class Status(str, Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Serve ``req`` now; the model is ready."""
+
+    req: RequestId
+    model: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Answer ``req`` with an error before it took any capacity."""
+
+    req: RequestId
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Answer a waiting or queued ``req`` with an error."""
+
+    req: RequestId
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
+class StartSwap:
+    """Stop every model in ``evict`` (in parallel), then start ``model``."""
+
+    model: str
+    evict: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop ``model`` (unload or TTL); report back with :meth:`Scheduler.stopped`."""
+
+    model: str
+
+
+Effect = Grant | Reject | Fail | StartSwap | Stop
+Evictions = Callable[[str, frozenset[str]], frozenset[str]]
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What the scheduler needs to know about one model."""
+
+    concurrency_limit: int
+    has_process: bool = True
+
+
+class Scheduler:
+    """FIFO swap scheduler. Every method returns the effects to carry out."""
+
+    def __init__(self, models: Mapping[str, ModelLimits], evictions: Evictions) -> None:
+        self._models = dict(models)
+        self._evictions = evictions
+        self.status: dict[str, Status] = {m: Status.STOPPED for m, lim in models.items() if lim.has_process}
+        self.in_flight: Counter[str] = Counter()
+        self.reserved: Counter[str] = Counter()
+        self.swaps: dict[str, frozenset[str]] = {}
+        self._waiters: dict[str, list[RequestId]] = {}
+        self._queue: list[tuple[RequestId, str]] = []
+        self._model_of: dict[RequestId, str] = {}
+        self._serving: set[RequestId] = set()
+
+    # -- events -------------------------------------------------------------
+
+    def request(self, req: RequestId, model: str) -> list[Effect]:
+        """A new request for ``model`` (already resolved from any alias)."""
+        limits = self._models.get(model)
+        if limits is None:
+            return [Reject(req, 404, f"model '{model}' not found")]
+        if self.reserved[model] >= limits.concurrency_limit:
+            return [Reject(req, 429, f"too many requests for model '{model}' "
+                                     f"(limit {limits.concurrency_limit})")]
+        self.reserved[model] += 1
+        self._model_of[req] = model
+        effects = self._place(req, model, may_swap=not self._queue)
+        if effects is None:
+            self._queue.append((req, model))
+            return []
+        return effects
+
+    def swap_done(self, model: str, error: str | None = None, status: int = 502) -> list[Effect]:
+        """The swap started for ``model`` finished (``error`` and ``status`` if the load failed)."""
+        for evicted in self.swaps.pop(model, frozenset()):
+            self.status[evicted] = Status.STOPPED
+        waiters = self._waiters.pop(model, [])
+        effects: list[Effect] = []
+        if error is None:
+            self.status[model] = Status.READY
+            effects += [self._grant(req, model) for req in waiters]
+        else:
+            self.status[model] = Status.STOPPED
+            for req in waiters:
+                self._release(req)
+                effects.append(Fail(req, status, error))
+        return effects + self._drain()
+
+    def finished(self, req: RequestId) -> list[Effect]:
+        """A granted request ended (completed, failed or disconnected)."""
+        if req not in self._serving:
+            return []
+        self._serving.discard(req)
+        self.in_flight[self._model_of[req]] -= 1
+        self._release(req)
+        return self._drain()
+
+    def cancel(self, req: RequestId) -> list[Effect]:
+        """The client of a queued, waiting or served request went away."""
+        if req in self._serving:
+            return self.finished(req)
+        model = self._model_of.get(req)
+        if model is None:
+            return []
+        if (req, model) in self._queue:
+            self._queue.remove((req, model))
+        elif req in self._waiters.get(model, ()):
+            self._waiters[model].remove(req)  # the load itself carries on
+        self._release(req)
+        return self._drain()
+
+    def idle_timeout(self, model: str) -> list[Effect]:
+        """TTL expired for ``model``: stop it only if nothing uses or wants it."""
+        if self.status.get(model) is not Status.READY or self.reserved[model]:
+            return []
+        if any(model in evict for evict in self.swaps.values()):
+            return []
+        self.status[model] = Status.STOPPING
+        return [Stop(model)]
+
+    def unload(self, model: str | None = None) -> list[Effect]:
+        """Admin unload of one model or all: queued and waiting requests fail."""
+        targets = [model] if model is not None else list(self.status)
+        effects: list[Effect] = []
+        for target in targets:
+            if target not in self.status:
+                continue
+            for req in [r for r, m in self._queue if m == target] + self._waiters.get(target, []):
+                effects.append(Fail(req, 503, f"model '{target}' was unloaded"))
+                if (req, target) in self._queue:
+                    self._queue.remove((req, target))
+                self._release(req)
+            if target in self._waiters:
+                self._waiters[target] = []
+            if self.status[target] in (Status.READY, Status.STARTING):
+                self.status[target] = Status.STOPPING
+                effects.append(Stop(target))
+        return effects
+
+    def stopped(self, model: str) -> list[Effect]:
+        """``model``'s process is gone (a Stop finished, or it exited by itself)."""
+        if model in self.swaps:
+            return []  # a failed load is reported through swap_done
+        self.status[model] = Status.STOPPED
+        return self._drain()
+
+    # -- queries ------------------------------------------------------------
+
+    def running(self) -> frozenset[str]:
+        return frozenset(m for m, s in self.status.items() if s in (Status.STARTING, Status.READY))
+
+    def queued(self) -> list[tuple[RequestId, str]]:
+        return list(self._queue)
+
+    # -- internals ----------------------------------------------------------
+
+    def _grant(self, req: RequestId, model: str) -> Grant:
+        self.in_flight[model] += 1
+        self._serving.add(req)
+        return Grant(req, model)
+
+    def _release(self, req: RequestId) -> None:
+        model = self._model_of.pop(req)
+        self.reserved[model] -= 1
+
+    def _being_evicted(self, model: str) -> bool:
+        return any(model in evict for evict in self.swaps.values())
+
+    def _place(self, req: RequestId, model: str, may_swap: bool) -> list[Effect] | None:
+        """Serve, join or start a swap for ``req``; None means it must wait in the queue."""
+        if model not in self.status:  # no process: always ready
+            return [self._grant(req, model)]
+        if model in self.swaps:
+            self._waiters[model].append(req)
+            return []
+        state = self.status[model]
+        if state is Status.READY and not self._being_evicted(model):
+            return [self._grant(req, model)]
+        if state is not Status.STOPPED or not may_swap or self._being_evicted(model):
+            return None
+        evict = self._evictions(model, self.running())
+        for target, evicting in self.swaps.items():
+            if target in evict or evict & evicting:
+                return None
+        if any(self.in_flight[m] for m in evict):
+            return None  # never stop a model that is serving; wait for it to drain
+        self.swaps[model] = evict
+        self._waiters[model] = [req]
+        self.status[model] = Status.STARTING
+        for m in evict:
+            self.status[m] = Status.STOPPING
+        return [StartSwap(model, evict)]
+
+    def _drain(self) -> list[Effect]:
+        """Place queued requests: ready models first (collation), then swaps in FIFO order."""
+        effects: list[Effect] = []
+        for may_swap in (False, True):
+            still: list[tuple[RequestId, str]] = []
+            for req, model in self._queue:
+                placed = self._place(req, model, may_swap)
+                if placed is None:
+                    still.append((req, model))
+                else:
+                    effects += placed
+            self._queue = still
+        return effects

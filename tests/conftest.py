@@ -1,0 +1,158 @@
+"""Shared fixtures: free ports, a swapper subprocess, the real llama-server and tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_UPSTREAM = ROOT / "tests" / "fake_upstream.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 10 ms until it holds (fails the test after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def http(method: str, url: str, payload: object | None = None,
+         timeout: float = 30) -> tuple[int, dict, bytes]:
+    """One request with the stdlib; returns status, headers and body (errors too)."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[1].startswith("Z"))
+
+
+@dataclass
+class Server:
+    """A server subprocess started by a test."""
+
+    popen: subprocess.Popen[bytes]
+    base: str
+    log: Path
+
+    def get(self, path: str) -> tuple[int, dict, bytes]:
+        return http("GET", self.base + path)
+
+    def post(self, path: str, payload: object | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
+        return http("POST", self.base + path, payload, timeout)
+
+    def running(self) -> dict[str, dict]:
+        return {row["model"]: row for row in json.loads(self.get("/running")[2])["running"]}
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(argv: list[str], port: int, log: Path, env: dict[str, str] | None = None,
+                 ready_path: str = "/health", timeout: float = 30) -> Server:
+    """Start ``argv`` and wait until ``ready_path`` answers 200."""
+    with log.open("wb") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                 env={**os.environ, **(env or {})}, start_new_session=True)
+    server = Server(popen, f"http://127.0.0.1:{port}", log)
+
+    def up() -> bool:
+        if popen.poll() is not None:
+            raise AssertionError(f"server exited early:\n{server.output()}")
+        try:
+            return server.get(ready_path)[0] == 200
+        except OSError:
+            return False
+
+    wait_until(up, timeout, f"{argv[:3]} to answer {ready_path}")
+    return server
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM what the test started; SIGKILL if it does not go within 10 s."""
+    if server.popen.poll() is None:
+        server.popen.send_signal(signal.SIGTERM)
+        try:
+            server.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            server.popen.kill()
+            server.popen.wait()
+
+
+@pytest.fixture
+def swapper(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
+    """Factory: run ``python -m swapper`` on a YAML config text; stopped after the test."""
+    started: list[Server] = []
+
+    def run(config_yaml: str, env: dict[str, str] | None = None) -> Server:
+        config = tmp_path / f"config{len(started)}.yaml"
+        config.write_text(config_yaml)
+        port = free_port()
+        server = start_server([sys.executable, "-m", "swapper", "-c", str(config),
+                               "--listen", f"127.0.0.1:{port}"], port,
+                              tmp_path / f"swapper{len(started)}.log", env)
+        started.append(server)
+        return server
+
+    yield run
+    for server in started:
+        stop_server(server)
+
+
+def fake_cmd(*flags: str) -> str:
+    """A YAML ``cmd`` running the fake upstream on ``${PORT}``."""
+    return " ".join([sys.executable, str(FAKE_UPSTREAM), "--port", "${PORT}", *flags])
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> str:
+    """The real llama-server; missing it fails under CI and skips elsewhere."""
+    from llmstack.llama_server import find_llama_server, missing_server_message
+
+    found = find_llama_server()
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(missing_server_message())
+        pytest.skip(missing_server_message())
+    return found
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three distinct tiny GGUF models: fast, a, b."""
+    from llmstack.tiny_gguf import write_tiny_gguf
+
+    directory = tmp_path_factory.mktemp("models")
+    return {name: write_tiny_gguf(directory / f"tiny-{name}.gguf", seed=seed)
+            for seed, name in enumerate(("fast", "a", "b", "c"))}

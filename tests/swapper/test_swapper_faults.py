@@ -1,0 +1,122 @@
+"""The standalone swapper (``python -m swapper``) under faults, with the fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import aiohttp
+
+from tests.conftest import fake_cmd, pid_alive, wait_until
+
+CHAT = "/v1/chat/completions"
+
+
+def events(server, kind: str) -> list[dict]:
+    return [e for e in json.loads(server.get("/events")[2]) if e["kind"] == kind]
+
+
+def test_unknown_model_and_bad_json_are_openai_errors(swapper) -> None:
+    server = swapper(f"models:\n  m:\n    cmd: {fake_cmd()}\n")
+    status, _, body = server.post(CHAT, {"model": "nope", "messages": []})
+    assert status == 404
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+    status, _, body = server.post(CHAT, "not an object")
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_cmd_that_exits_at_once_answers_its_last_log_lines(swapper) -> None:
+    server = swapper(f"models:\n  broken:\n    cmd: {fake_cmd('--exit-at-start')}\n")
+    started = time.monotonic()
+    status, _, body = server.post(CHAT, {"model": "broken", "messages": []}, timeout=20)
+    assert time.monotonic() - started < 10
+    assert status == 502
+    error = json.loads(body)["error"]
+    assert "exited with code 3" in error["message"]
+    assert "failed to load model 'fake.gguf'" in error["message"]
+
+
+async def _stream(base: str, model: str, on_first_chunk=None) -> tuple[int, list[bytes]]:
+    chunks: list[bytes] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base + CHAT, json={"model": model, "stream": True, "messages": []}) as resp:
+            async for chunk in resp.content.iter_any():
+                if not chunks and on_first_chunk is not None:
+                    on_first_chunk()
+                chunks.append(chunk)
+            return resp.status, chunks
+
+
+def test_child_killed_mid_stream_ends_with_error_event_then_restarts(swapper) -> None:
+    server = swapper(f"models:\n  slow:\n    cmd: {fake_cmd('--chunks', '400', '--chunk-ms', '5')}\n")
+    assert server.post(CHAT, {"model": "slow", "messages": []})[0] == 200
+    pid = server.running()["slow"]["pid"]
+    status, chunks = asyncio.run(_stream(server.base, "slow", lambda: os.kill(pid, signal.SIGKILL)))
+    text = b"".join(chunks)
+    assert status == 200
+    assert b'"error"' in text.rsplit(b"\n\n", 2)[-2]  # the last event is an error, not [DONE]
+    assert b"[DONE]" not in text
+    wait_until(lambda: "slow" not in server.running(), 5, "the dead child to be noticed")
+    assert server.post(CHAT, {"model": "slow", "messages": []})[0] == 200
+    assert server.running()["slow"]["pid"] != pid
+
+
+def test_client_disconnect_reaches_the_upstream_within_a_second(swapper) -> None:
+    server = swapper(f"models:\n  slow:\n    cmd: {fake_cmd('--chunks', '2000', '--chunk-ms', '5')}\n")
+
+    async def read_then_leave() -> float:
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(server.base + CHAT,
+                                      json={"model": "slow", "stream": True, "messages": []})
+            await resp.content.readany()
+            resp.close()
+            return time.time()
+
+    left_at = asyncio.run(read_then_leave())
+
+    def upstream_saw_it() -> bool:
+        return "client disconnected at" in server.get("/logs")[2].decode()
+
+    wait_until(upstream_saw_it, 5, "the upstream to log the disconnect")
+    line = next(l for l in server.get("/logs")[2].decode().splitlines() if "client disconnected at" in l)
+    assert float(line.rsplit(" ", 1)[1]) - left_at < 1.0
+
+
+def test_twenty_concurrent_requests_for_a_cold_model_start_one_process(swapper) -> None:
+    server = swapper(f"models:\n  cold:\n    cmd: {fake_cmd('--load-ms', '300')}\n"
+                     f"    concurrencyLimit: 20\n")
+
+    async def burst() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            async def one() -> int:
+                async with session.post(server.base + CHAT, json={"model": "cold", "messages": []}) as r:
+                    await r.read()
+                    return r.status
+            return await asyncio.gather(*(one() for _ in range(20)))
+
+    assert asyncio.run(burst()) == [200] * 20
+    assert len(events(server, "model_starting")) == 1
+
+
+def test_request_racing_a_ttl_unload_never_hangs(swapper) -> None:
+    """llama-swap #946: a request arriving during a TTL stop must start the model again."""
+    server = swapper(f"models:\n  m:\n    cmd: {fake_cmd('--ignore-term')}\n    ttl: 1\n"
+                     f"    unloadTimeout: 1\n")
+    assert server.post(CHAT, {"model": "m", "messages": []})[0] == 200
+    wait_until(lambda: events(server, "ttl_expired"), 10, "the TTL to expire")
+    assert server.running()["m"]["state"] == "stopping"  # the child ignores SIGTERM for 1 s
+    status, _, _ = server.post(CHAT, {"model": "m", "messages": []}, timeout=15)
+    assert status == 200
+    assert len(events(server, "model_starting")) == 2
+
+
+def test_stop_escalates_to_sigkill_after_unload_timeout(swapper) -> None:
+    server = swapper(f"models:\n  stubborn:\n    cmd: {fake_cmd('--ignore-term')}\n    unloadTimeout: 1\n")
+    assert server.post(CHAT, {"model": "stubborn", "messages": []})[0] == 200
+    pid = server.running()["stubborn"]["pid"]
+    status, _, body = server.post("/unload/stubborn")
+    assert status == 200 and json.loads(body) == {"unloaded": ["stubborn"]}
+    assert not pid_alive(pid)
