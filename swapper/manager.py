@@ -132,10 +132,11 @@ class Manager:
             self._apply(self.scheduler.finished(req))
 
     def _lease_for(self, model: str) -> Lease:
-        spec = self.config.models[model]
         process = self.processes.get(model)
-        base = process.base_url if process is not None else spec.proxy.rstrip("/")
-        return Lease(model, spec, base)
+        if process is not None:
+            return Lease(model, process.spec, process.base_url)
+        spec = self.config.models[model]
+        return Lease(model, spec, spec.proxy.rstrip("/"))
 
     def _apply(self, effects: Iterable[sch.Effect], current: int | None = None) -> bool:
         """Carry out effects; True when ``current`` was granted synchronously."""
@@ -249,6 +250,18 @@ class Manager:
         self.bus.publish("model_exited", model=model, pid=process.pid, code=process.returncode)
         self._apply(self.scheduler.stopped(model))
 
+    def reconfigure(self, config: SwapperConfig) -> list[str]:
+        """Adopt a new config; only models whose spec changed (or vanished) restart.
+
+        Raises ConfigError (keeping the old config) when the new one is invalid.
+        """
+        plan = compile_plan(config)
+        changed = {m for m, spec in self.config.models.items() if config.models.get(m) != spec}
+        self.config, self.plan = config, plan
+        self._apply(self.scheduler.reconfigure(_limits(config), self._evictions, changed))
+        self.bus.publish("reconfigured", changed=sorted(changed))
+        return sorted(changed)
+
     # -- TTL, unload, status ----------------------------------------------------
 
     async def _ttl_loop(self) -> None:
@@ -257,7 +270,8 @@ class Manager:
             await asyncio.sleep(min([1.0, *(t / 4 for t in ttls)]))
             now = time.monotonic()
             for model, process in list(self.processes.items()):
-                ttl = self.config.models[model].ttl
+                spec = self.config.models.get(model)
+                ttl = spec.ttl if spec is not None else 0.0
                 idle_since = max(self.last_used.get(model, 0.0), process.ready_at)
                 if ttl > 0 and process.ready_at and now - idle_since >= ttl:
                     effects = self.scheduler.idle_timeout(model)
@@ -283,7 +297,7 @@ class Manager:
         """What runs now, as /running reports it."""
         rows = []
         for model, process in self.processes.items():
-            spec = self.config.models[model]
+            spec = process.spec
             rows.append({
                 "model": model,
                 "state": self.scheduler.status.get(model, sch.Status.STOPPED).value,

@@ -99,6 +99,7 @@ class Scheduler:
         self._queue: list[tuple[RequestId, str]] = []
         self._model_of: dict[RequestId, str] = {}
         self._serving: set[RequestId] = set()
+        self._stale: set[str] = set()
 
     # -- events -------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class Scheduler:
         if error is None:
             self.status[model] = Status.READY
             effects += [self._grant(req, model) for req in waiters]
+            effects += self._retire_idle()
         else:
             self.status[model] = Status.STOPPED
             for req in waiters:
@@ -141,7 +143,7 @@ class Scheduler:
         self._serving.discard(req)
         self.in_flight[self._model_of[req]] -= 1
         self._release(req)
-        return self._drain()
+        return self._retire_idle() + self._drain()
 
     def cancel(self, req: RequestId) -> list[Effect]:
         """The client of a queued, waiting or served request went away."""
@@ -190,7 +192,33 @@ class Scheduler:
         if model in self.swaps:
             return []  # a failed load is reported through swap_done
         self.status[model] = Status.STOPPED
+        self._stale.discard(model)
+        if model not in self._models:
+            del self.status[model]
         return self._drain()
+
+    def reconfigure(self, models: Mapping[str, ModelLimits], evictions: Evictions,
+                    changed: set[str]) -> list[Effect]:
+        """New config: ``changed`` models retire once idle, requests for them wait for the restart."""
+        self._models = dict(models)
+        self._evictions = evictions
+        for model, limits in models.items():
+            if limits.has_process:
+                self.status.setdefault(model, Status.STOPPED)
+        for model in changed:
+            if self.status.get(model, Status.STOPPED) is not Status.STOPPED:
+                self._stale.add(model)
+            elif model not in models:
+                self.status.pop(model, None)
+        return self._retire_idle() + self._drain()
+
+    def _retire_idle(self) -> list[Effect]:
+        effects: list[Effect] = []
+        for model in sorted(self._stale):
+            if self.status.get(model) is Status.READY and not self.in_flight[model]:
+                self.status[model] = Status.STOPPING
+                effects.append(Stop(model))
+        return effects
 
     # -- queries ------------------------------------------------------------
 
@@ -222,7 +250,7 @@ class Scheduler:
             self._waiters[model].append(req)
             return []
         state = self.status[model]
-        if state is Status.READY and not self._being_evicted(model):
+        if state is Status.READY and not self._being_evicted(model) and model not in self._stale:
             return [self._grant(req, model)]
         if state is not Status.STOPPED or not may_swap or self._being_evicted(model):
             return None

@@ -8,6 +8,9 @@ stream's client goes away, so tests can see a disconnect reach the upstream.
 
     python tests/fake_upstream.py --port 8081 [--chunks 16] [--chunk-ms 0]
         [--load-ms 0] [--exit-at-start] [--ignore-term]
+
+Unknown flags are ignored, so it can stand in for llama-server itself
+(``LLMSTACK_LLAMA_SERVER`` pointing at a script that runs it).
 """
 
 from __future__ import annotations
@@ -74,13 +77,13 @@ def build_app(args: argparse.Namespace) -> web.Application:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--model", default="fake")
+    parser.add_argument("--model", "--alias", dest="model", default="fake")
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--chunk-ms", type=float, default=0.0)
     parser.add_argument("--load-ms", type=float, default=0.0)
     parser.add_argument("--exit-at-start", action="store_true")
     parser.add_argument("--ignore-term", action="store_true")
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()  # accepts (and ignores) llama-server's other flags
     if args.exit_at_start:
         print("error: failed to load model 'fake.gguf': no such file", flush=True)
         sys.exit(3)

@@ -185,3 +185,26 @@ def test_processless_model_is_always_granted_and_never_swapped() -> None:
     ready(s, "a", 1)
     assert s.request(2, "hosted") == [Grant(2, "hosted")]
     assert "hosted" not in s.status
+
+
+def test_reconfigure_retires_changed_models_once_idle_and_keeps_the_rest() -> None:
+    s = make()
+    ready(s, "fast", 1)
+    ready(s, "a", 2)
+    assert s.request(3, "a") == [Grant(3, "a")]
+    models = {m: ModelLimits(10) for m in ("a", "b", "c", "fast")}
+    assert s.reconfigure(models, alone, {"a"}) == []  # a is serving: it finishes first
+    assert s.request(4, "a") == []  # new requests wait for the restart
+    assert s.finished(3) == [Stop("a")]
+    assert s.stopped("a") == [StartSwap("a", frozenset())]
+    assert s.status["fast"] is Status.READY
+
+
+def test_reconfigure_forgets_a_removed_model_after_it_stops() -> None:
+    s = make()
+    ready(s, "c", 1)
+    models = {m: ModelLimits(10) for m in ("a", "b", "fast")}
+    assert s.reconfigure(models, alone, {"c"}) == [Stop("c")]
+    assert s.request(2, "c")[0].status == 404
+    s.stopped("c")
+    assert "c" not in s.status

@@ -1,0 +1,7 @@
+"""``python -m llmstack``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,35 @@
+"""The built-in demo stack: three local tiers on tiny models made on first use."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from .config import Stack, parse_stack
+from .llama_server import cache_dir
+from .tiny_gguf import ensure_tiny_model
+
+DEMO_SOURCE = "<built-in demo models.ini>"
+_SEEDS = {"fast": 1, "agent": 2, "plan": 3}
+
+BANNER = """\
+llmstack is serving the built-in DEMO stack: tiny self-made models that answer gibberish.
+  Try:  curl -s http://{host}:{port}/v1/chat/completions -d '{{"model":"auto","messages":[{{"role":"user","content":"Say hello"}}]}}'
+  Real models: write a models.ini (start from `llmstack template > .llmstack/models.ini`)
+  and run `llmstack serve --models-ini .llmstack/models.ini`."""
+
+
+def demo_text() -> str:
+    return resources.files("llmstack").joinpath("data/demo-models.ini").read_text()
+
+
+def demo_stack() -> Stack:
+    return parse_stack(demo_text(), DEMO_SOURCE)
+
+
+def demo_files(stack: Stack) -> dict[str, Path | None]:
+    """Make (once) and return the tiny model file of every demo tier."""
+    directory = cache_dir() / "demo"
+    return {t.name: ensure_tiny_model(directory, str(t.hf_file).removesuffix(".gguf"),
+                                      seed=_SEEDS.get(t.name, 0), context_length=32768)
+            for t in stack.tiers}

@@ -1,0 +1,68 @@
+"""``llmstack serve``: one foreground process serving a models.ini (or the demo stack)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from swapper.config import ConfigError
+from swapper.events import EventBus, log_events
+from swapper.http_app import SwapperApp
+from swapper.manager import Manager
+from swapper.server import configure_logging, run
+
+from .app import LLMStackApp, Loaded
+from .config import ModelsIniError, Stack, load_stack
+from .demo import BANNER, demo_files, demo_stack
+from .llama_server import cache_dir, find_llama_server, missing_server_message
+from .routing import RoutingTable
+from .stack_config import build_swapper_config, local_files
+
+
+def _loader(read: Callable[[], Stack], files: Callable[[Stack], dict], server: str,
+            log_dir: Path) -> Callable[[], Loaded]:
+    def load() -> Loaded:
+        stack = read()
+        config = build_swapper_config(stack, server, files(stack), str(log_dir))
+        return Loaded(stack, RoutingTable.from_stack(stack), config)
+    return load
+
+
+def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], demo: bool,
+          log_level: str) -> int:
+    """Run until Ctrl-C / SIGTERM; returns the exit code."""
+    path, named = models_ini
+    if named and not demo and not path.exists():
+        print(f"[!] models.ini not found: {path}", file=sys.stderr)
+        return 2
+    use_demo = demo or not path.exists()
+    try:
+        stack = demo_stack() if use_demo else load_stack(path)
+    except ModelsIniError as exc:
+        print(f"[!] {path} has errors:\n{exc}", file=sys.stderr)
+        return 2
+    server = find_llama_server(stack.llama_server_bin)
+    if server is None and any(t.backend == "gguf" for t in stack.tiers):
+        print(f"[!] {missing_server_message()}", file=sys.stderr)
+        return 1
+    host = host or stack.host
+    port = port or stack.router_port
+    runtime = cache_dir() / "run" / f"port-{port}"
+    read: Callable[[], Stack] = demo_stack if use_demo else (lambda: load_stack(path))
+    loader = _loader(read, demo_files if use_demo else local_files, server or "llama-server",
+                     runtime / "logs")
+    configure_logging(log_level)
+    try:
+        loaded = loader()
+    except (ModelsIniError, ConfigError) as exc:
+        print(f"[!] {exc}", file=sys.stderr)
+        return 2
+    bus = EventBus()
+    bus.subscribe(log_events)
+    manager = Manager(loaded.swapper, bus, runtime_dir=runtime)
+    app = LLMStackApp(loader, None if use_demo else path.resolve(), SwapperApp(manager), loaded)
+    if use_demo:
+        print(BANNER.format(host=host, port=port), file=sys.stderr)
+    run(app, host, port, log_level)
+    return 0
