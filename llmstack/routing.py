@@ -1,0 +1,331 @@
+"""Auto routing: choose the tier for a request whose model is "auto".
+
+Pure and allocation-light: no I/O, no logging, no whole-body ``json.dumps``.
+
+The ladder has three rungs, found by role in models.ini, from low to high:
+fast < agent < ultra. :func:`classify` applies the original step-down rules
+(first match wins) and keeps their reason strings:
+
+1. an ultra trigger in the last user message or a string system prompt
+   -> ultra (``ultra-trigger``), or agent when there is no ultra tier;
+2. estimate <= high_fidelity_ceiling -> ultra, or agent when there is none;
+3. estimate <= mid_fidelity_ceiling -> agent;
+4. at least multi_turn user turns -> agent;
+5. otherwise -> fast.
+
+Then, in this order:
+
+* a missing rung is replaced by the nearest rung below it, else the nearest
+  above it; the reason gets `` (<tier> unavailable)`` (the name used for a
+  missing rung is the original's literal: code-fast / code-smart / code-ultra);
+* context fit: a tier whose ctx_size (when > 0; 0 means "model default" and
+  always fits) is below estimate + requested output tokens is skipped upwards
+  (fast -> agent -> ultra), then downwards if nothing above fits; the reason
+  gets `` -> <tier> (<skipped> ctx N < need)``. If no rung fits,
+  :class:`ContextTooLarge` is raised;
+* session floor: a decision below the session's previous tier is raised to
+  it (reason `` (session floor <tier>)``), unless that tier cannot hold the
+  request.
+
+The estimate is characters // 4 over: ``prompt`` (a string or a list of
+strings), message contents (strings, and ``text`` parts of part lists),
+assistant ``tool_calls`` / ``function_call`` names and arguments, and the
+compact JSON of ``tools`` / ``functions``; plus a flat IMAGE_TOKENS per image
+part. Requested output is ``max_completion_tokens``, else ``max_tokens``,
+else 0 (a tier's own output limit is not assumed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, NamedTuple
+
+from llmstack.config import Stack
+
+LADDER: tuple[str, ...] = ("fast", "agent", "ultra")
+"""Rung roles from low to high."""
+FALLBACK_NAMES: dict[str, str] = {"fast": "code-fast", "agent": "code-smart", "ultra": "code-ultra"}
+"""Names used in reason strings for a rung that has no tier."""
+IMAGE_TOKENS = 768
+"""Flat token estimate per image part (roughly one 768x768 image tile set)."""
+_IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+_FAST, _AGENT, _ULTRA = range(3)
+
+ULTRA_TRIGGER = re.compile(
+    r"\[(?:ultra|opus)\]|^[ \t]*(?:ultra|opus)\s*:", re.IGNORECASE | re.MULTILINE
+)
+# Request bodies come from json.loads, so they cannot be cyclic; skipping the check saves ~10 %.
+_encode_json = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, check_circular=False, default=str
+).encode
+
+
+class ContextTooLarge(ValueError):
+    """No rung tier can hold the request (HTTP 400 ``context_length_exceeded``)."""
+
+    def __init__(self, estimated_tokens: int, largest_ctx: int, max_tokens: int = 0) -> None:
+        self.estimated_tokens = estimated_tokens
+        self.largest_ctx = largest_ctx
+        self.max_tokens = max_tokens
+        output = f" plus {max_tokens} output tokens" if max_tokens else ""
+        super().__init__(
+            f"this request needs about {estimated_tokens} input tokens{output}, "
+            f"but the largest context window is {largest_ctx} tokens"
+        )
+
+
+class NoRoutableTier(LookupError):
+    """The stack has no fast, agent or ultra tier, so "auto" cannot route."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where an auto request goes and why."""
+
+    tier: str
+    reason: str
+    estimated_tokens: int
+
+
+@dataclass(frozen=True)
+class Rung:
+    """A tier on the ladder."""
+
+    name: str
+    ctx_size: int = 0
+
+    def fits(self, needed_tokens: int) -> bool:
+        """Whether the context window holds this many tokens (0 = unknown, assume yes)."""
+        return self.ctx_size == 0 or needed_tokens <= self.ctx_size
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """Rung tiers and thresholds, built once per Stack."""
+
+    fast: Rung | None = None
+    agent: Rung | None = None
+    ultra: Rung | None = None
+    high_fidelity_ceiling: int = 12000
+    mid_fidelity_ceiling: int = 32000
+    multi_turn: int = 10
+    sticky_sessions: bool = True
+
+    @classmethod
+    def from_stack(cls, stack: Stack) -> RoutingTable:
+        """The first tier of each rung role, and the [ROUTING] settings."""
+        rungs = {}
+        for role in LADDER:
+            tier = stack.first_with_role(role)
+            rungs[role] = Rung(tier.name, tier.ctx_size) if tier else None
+        return cls(
+            **rungs,
+            high_fidelity_ceiling=stack.high_fidelity_ceiling,
+            mid_fidelity_ceiling=stack.mid_fidelity_ceiling,
+            multi_turn=stack.multi_turn,
+            sticky_sessions=stack.sticky_sessions,
+        )
+
+    @cached_property
+    def rungs(self) -> tuple[Rung | None, Rung | None, Rung | None]:
+        """(fast, agent, ultra), None where the stack has no such tier."""
+        return self.fast, self.agent, self.ultra
+
+    def rung_name(self, index: int) -> str:
+        """The tier name of a rung, or the original's literal for a missing one."""
+        rung = self.rungs[index]
+        return rung.name if rung else FALLBACK_NAMES[LADDER[index]]
+
+
+class SessionFloors:
+    """Bounded LRU of session id -> the tier last chosen for it."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self.max_entries = max_entries
+        self._floors: OrderedDict[str, str] = OrderedDict()
+
+    def floor(self, session_id: str) -> str | None:
+        """The session's tier, or None for an unknown session."""
+        tier = self._floors.get(session_id)
+        if tier is not None:
+            self._floors.move_to_end(session_id)
+        return tier
+
+    def record(self, session_id: str, tier: str) -> None:
+        """Remember the tier chosen for the session, evicting the oldest session if full."""
+        self._floors[session_id] = tier
+        self._floors.move_to_end(session_id)
+        if len(self._floors) > self.max_entries:
+            self._floors.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._floors)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _parts_size(parts: list[Any]) -> tuple[int, int, list[str]]:
+    """(chars, images, texts) of a content-part list."""
+    chars, images, texts = 0, 0, []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if isinstance(text, str):
+                chars += len(text)
+                texts.append(text)
+        elif kind in _IMAGE_PARTS:
+            images += 1
+    return chars, images, texts
+
+
+def _call_chars(function: Any) -> int:
+    if not isinstance(function, dict):
+        return 0
+    return sum(
+        len(v) for v in (function.get("name"), function.get("arguments")) if isinstance(v, str)
+    )
+
+
+class _Measure(NamedTuple):
+    """What one pass over the request body finds."""
+
+    tokens: int
+    user_turns: int
+    triggered: bool
+
+
+def _measure(body: Mapping[str, Any]) -> _Measure:
+    """Estimate input tokens, count user turns and look for an ultra trigger."""
+    chars = images = user_turns = 0
+    trigger_texts: list[str] = []
+    last_user: list[str] = []
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    elif isinstance(prompt, list):
+        chars += sum(len(p) for p in prompt if isinstance(p, str))
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, dict):
+            continue
+        role, content = message.get("role"), message.get("content")
+        texts: list[str] = []
+        if isinstance(content, str):
+            chars += len(content)
+            texts = [content]
+            if role == "system":
+                trigger_texts.append(content)
+        elif isinstance(content, list):
+            part_chars, part_images, texts = _parts_size(content)
+            chars += part_chars
+            images += part_images
+        if role == "user":
+            user_turns += 1
+            last_user = texts
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            chars += sum(_call_chars(c.get("function")) for c in calls if isinstance(c, dict))
+        chars += _call_chars(message.get("function_call"))
+    for key in ("tools", "functions"):
+        schemas = body.get(key)
+        if schemas:
+            chars += len(_encode_json(schemas))
+    trigger_texts += last_user
+    return _Measure(
+        chars // 4 + images * IMAGE_TOKENS, user_turns, any(map(_has_trigger, trigger_texts))
+    )
+
+
+def _has_trigger(text: str) -> bool:
+    # The substring test is much cheaper than the regex on a 20 KB system prompt.
+    lowered = text.lower()
+    return ("ultra" in lowered or "opus" in lowered) and ULTRA_TRIGGER.search(text) is not None
+
+
+def _requested_output(body: Mapping[str, Any]) -> int:
+    """``max_completion_tokens``, else ``max_tokens``, else 0 (non-integers count as absent)."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return 0
+
+
+# --------------------------------------------------------------------------- deciding
+
+
+def _ladder(table: RoutingTable, m: _Measure) -> tuple[int, str]:
+    """The original step-down rules: (rung index, reason)."""
+    unavailable = "" if table.ultra else f" ({table.rung_name(_ULTRA)} unavailable)"
+    top = _ULTRA if table.ultra else _AGENT
+    high, mid, est = table.high_fidelity_ceiling, table.mid_fidelity_ceiling, m.tokens
+    if m.triggered:
+        return top, "ultra-trigger" if table.ultra else "ultra-trigger->agent" + unavailable
+    if est <= high:
+        return top, f"high-fidelity tokens~{est}<={high}{unavailable}"
+    if est <= mid:
+        return _AGENT, f"mid-fidelity tokens~{est}<={mid}"
+    if m.user_turns >= table.multi_turn:
+        turns = f"user-turns={m.user_turns}>={table.multi_turn}"
+        return _AGENT, f"long-context tokens~{est}>{mid} ({turns} floor)"
+    return _FAST, f"long-context tokens~{est}>{mid}"
+
+
+def _search_order(index: int, upwards_first: bool) -> list[int]:
+    below, above = list(range(index - 1, -1, -1)), list(range(index + 1, len(LADDER)))
+    return [index, *above, *below] if upwards_first else [index, *below, *above]
+
+
+def _present(table: RoutingTable, index: int, reason: str) -> tuple[int, str]:
+    """Replace a missing rung by the nearest present one, below first."""
+    for candidate in _search_order(index, upwards_first=False):
+        if table.rungs[candidate]:
+            suffix = "" if candidate == index else f" ({table.rung_name(index)} unavailable)"
+            return candidate, reason + suffix
+    raise NoRoutableTier("no tier has role fast, agent or ultra; ask for a model by name")
+
+
+def _fit(table: RoutingTable, index: int, est: int, max_tokens: int) -> tuple[int, str]:
+    """The first present rung, upwards then downwards, whose context holds the request."""
+    needed = est + max_tokens
+    skipped = []
+    for candidate in _search_order(index, upwards_first=True):
+        rung = table.rungs[candidate]
+        if rung is None:
+            continue
+        if rung.fits(needed):
+            return candidate, f" -> {rung.name} ({', '.join(skipped)})" if skipped else ""
+        skipped.append(f"{rung.name} ctx {rung.ctx_size} < {needed}")
+    largest = max(r.ctx_size for r in table.rungs if r)
+    raise ContextTooLarge(est, largest, max_tokens)
+
+
+def classify(
+    body: Mapping[str, Any], table: RoutingTable, session_floor: str | None = None
+) -> Decision:
+    """Pick the tier for an auto-routed chat or completion request body.
+
+    ``session_floor`` is the tier this agent session was last routed to (see
+    SessionFloors). Messages and content parts are read only when they are
+    dicts, as json.loads makes them. Raises ContextTooLarge when no rung tier
+    can hold the request, and NoRoutableTier when the stack has no rung tiers.
+    """
+    m = _measure(body)
+    index, reason = _present(table, *_ladder(table, m))
+    max_tokens = _requested_output(body)
+    index, suffix = _fit(table, index, m.tokens, max_tokens)
+    reason += suffix
+    for above in range(index + 1, len(LADDER)):
+        rung = table.rungs[above]
+        if rung and rung.name == session_floor and rung.fits(m.tokens + max_tokens):
+            index, reason = above, f"{reason} (session floor {session_floor})"
+    return Decision(table.rung_name(index), reason, m.tokens)
