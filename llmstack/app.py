@@ -26,6 +26,7 @@ from swapper.manager import Manager
 from swapper.proxy import Send
 
 from .config import ModelsIniError, Stack
+from .hosted import serve_hosted
 from .routing import ContextTooLarge, NoRoutableTier, RoutingTable, SessionFloors, classify
 
 log = logging.getLogger("llmstack")
@@ -164,6 +165,10 @@ class LLMStackApp:
             model_from_body(body, "application/json")
             found = self.loaded.stack.tier(str(model))
             name = found.name if found is not None else str(model)
+        tier = self.loaded.stack.tier(name)
+        if tier is not None and tier.backend == "litellm":
+            await serve_hosted(tier, data, send, extra)
+            return
         await self.swapper.serve_model(scope, receive, send, name, body, path,
                                        TierName(name), extra, data)
 

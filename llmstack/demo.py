@@ -31,5 +31,5 @@ def demo_files(stack: Stack) -> dict[str, Path | None]:
     """Make (once) and return the tiny model file of every demo tier."""
     directory = cache_dir() / "demo"
     return {t.name: ensure_tiny_model(directory, str(t.hf_file).removesuffix(".gguf"),
-                                      seed=_SEEDS.get(t.name, 0), context_length=32768)
+                                      seed=_SEEDS.get(t.name, 0), context_length=131072)
             for t in stack.tiers}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from .app import LLMStackApp, Loaded
 from .config import ModelsIniError, Stack, load_stack
 from .demo import BANNER, demo_files, demo_stack
 from .llama_server import cache_dir, find_llama_server, missing_server_message
+from .hosted import litellm_installed
 from .routing import RoutingTable
 from .stack_config import build_swapper_config, local_files
 
@@ -25,8 +28,19 @@ def _loader(read: Callable[[], Stack], files: Callable[[Stack], dict], server: s
     def load() -> Loaded:
         stack = read()
         config = build_swapper_config(stack, server, files(stack), str(log_dir))
-        return Loaded(stack, RoutingTable.from_stack(stack), config)
+        return Loaded(stack, routing_table(stack), config)
     return load
+
+
+def routing_table(stack: Stack) -> RoutingTable:
+    """The ladder, without the ultra rung when it is hosted and litellm is not installed."""
+    table = RoutingTable.from_stack(stack)
+    ultra = stack.tier(table.ultra.name) if table.ultra else None
+    if ultra is not None and ultra.backend == "litellm" and not litellm_installed():
+        logging.getLogger("llmstack").warning(
+            "tier %s is hosted but litellm is not installed: auto routing skips it", ultra.name)
+        table = replace(table, ultra=None)
+    return table
 
 
 def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], demo: bool,

@@ -251,14 +251,20 @@ class Manager:
         self._apply(self.scheduler.stopped(model))
 
     def reconfigure(self, config: SwapperConfig) -> list[str]:
-        """Adopt a new config; only models whose spec changed (or vanished) restart.
+        """Adopt a new config; only models whose spec changed (or vanished) stop.
+
+        A changed model that was running starts again (after its in-flight
+        requests finish) with the new settings; unchanged ones are untouched.
 
         Raises ConfigError (keeping the old config) when the new one is invalid.
         """
         plan = compile_plan(config)
         changed = {m for m, spec in self.config.models.items() if config.models.get(m) != spec}
+        restart = changed & set(self.processes) & set(config.models)
         self.config, self.plan = config, plan
         self._apply(self.scheduler.reconfigure(_limits(config), self._evictions, changed))
+        for model in sorted(restart):  # it was up: bring it back with its new settings
+            self._spawn(self._preload(model))
         self.bus.publish("reconfigured", changed=sorted(changed))
         return sorted(changed)
 

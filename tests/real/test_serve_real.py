@@ -1,0 +1,115 @@
+"""``llmstack serve`` end to end with the real llama-server and tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmstack.demo import demo_files, demo_stack, demo_text
+from tests.conftest import free_port, start_server, stop_server, wait_until
+
+pytestmark = pytest.mark.real
+CHAT = "/v1/chat/completions"
+
+
+def ask(server, content: str, model: str = "auto", **extra) -> tuple[int, dict, dict]:
+    status, headers, body = server.post(CHAT, {"model": model, "max_tokens": 8, **extra,
+                                               "messages": [{"role": "user", "content": content}]})
+    return status, {k.lower(): v for k, v in headers.items()}, json.loads(body)
+
+
+@pytest.fixture
+def serve(tmp_path: Path, llama_server_bin: str):
+    """Factory: ``llmstack serve --port P [args]`` in a subprocess (cwd without a models.ini)."""
+    started = []
+
+    def run(*args: str, env: dict[str, str] | None = None):
+        port = free_port()
+        server = start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port), *args],
+                              port, tmp_path / f"serve{len(started)}.log",
+                              {"LLMSTACK_LLAMA_SERVER": llama_server_bin, **(env or {})},
+                              ready_path="/v1/models", timeout=60)
+        started.append(server)
+        return server
+
+    yield run
+    for server in started:
+        stop_server(server)
+
+
+def test_demo_stack_routes_swaps_and_names_tiers(serve) -> None:
+    server = serve()
+    status, headers, body = ask(server, "Say hello in one word")
+    assert status == 200
+    assert headers["x-llmstack-tier"] == "fast" and int(headers["x-llmstack-tokens"]) > 0
+    assert body["choices"][0]["message"]["name"] == "fast"
+
+    status, headers, body = ask(server, "word " * 8000)  # 40 KB: too long for fast's 8192 window
+    assert status == 200 and headers["x-llmstack-tier"] == "agent"
+    assert body["choices"][0]["message"]["name"] == "agent"
+    assert set(server.running()) == {"fast", "agent"}
+
+    fast_pid = server.running()["fast"]["pid"]
+    status, _, body = ask(server, "Plan something", model="plan")
+    assert status == 200 and body["choices"][0]["message"]["name"] == "plan"
+    running = server.running()
+    assert set(running) == {"fast", "plan"} and running["fast"]["pid"] == fast_pid
+
+    status, _, stream = server.post(CHAT, {"model": "auto", "stream": True, "max_tokens": 4,
+                                           "messages": [{"role": "user", "content": "Say hello"}]})
+    first = json.loads(stream.split(b"\n\n")[0].removeprefix(b"data: "))
+    assert status == 200 and first["choices"][0]["delta"]["name"] == "fast"
+
+    models = [m["id"] for m in json.loads(server.get("/v1/models")[2])["data"]]
+    assert models[0] == "auto" and {"fast", "agent", "plan", "small", "smart"} <= set(models)
+
+
+def test_context_too_large_is_a_client_error(serve) -> None:
+    server = serve("--demo")
+    status, _, body = ask(server, "word " * 60000)  # ~75k tokens: larger than every window
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["code"] == "context_length_exceeded"
+
+
+def _hub_with_demo_models(hub: Path) -> None:
+    """A Hugging Face cache holding the demo's tiny models (what `llmstack download` leaves)."""
+    snapshot = hub / "models--llmstack-demo--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for path in demo_files(demo_stack()).values():
+        assert path is not None
+        shutil.copy(path, snapshot / path.name)
+
+
+def test_sighup_restarts_only_the_changed_tier(serve, tmp_path: Path) -> None:
+    _hub_with_demo_models(tmp_path / "hub")
+    ini = tmp_path / "models.ini"
+    ini.write_text(demo_text())
+    server = serve("--models-ini", str(ini), env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert server.get("/models.ini")[2] == ini.read_bytes()
+    assert ask(server, "word " * 8000)[0] == 200  # agent up beside fast
+    before = {m: row["pid"] for m, row in server.running().items()}
+    assert set(before) == {"fast", "agent"}
+
+    ini.write_text(demo_text().replace("temp=0.5, top_p=0.85", "temp=0.4, top_p=0.85"))
+    server.popen.send_signal(signal.SIGHUP)
+
+    def agent_restarted() -> bool:
+        row = server.running().get("agent")
+        return bool(row) and row["pid"] != before["agent"] and row["state"] == "ready"
+
+    wait_until(agent_restarted, 30, "the agent tier to restart with its new sampler")
+    after = server.running()
+    assert after["fast"]["pid"] == before["fast"]
+    assert "0.4" in after["agent"]["cmd"][after["agent"]["cmd"].index("--temp") + 1]
+
+    ini.write_text(demo_text().replace("ctx_size = 8192", "ctx_size = 8k"))
+    status, _, body = server.post("/reload")
+    assert status == 400
+    assert f"{ini}:" in json.loads(body)["error"]["message"] and "ctx_size" in json.loads(body)["error"]["message"]
+    assert server.running()["fast"]["pid"] == before["fast"]  # old config kept
