@@ -20,7 +20,7 @@ from typing import Any
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError
 from swapper.http_app import (
-    Receive, Scope, SwapperApp, header, model_from_body, read_body, send_bytes, send_error, send_json,
+    Receive, Scope, SwapperApp, header, json_object, read_body, send_bytes, send_error, send_json,
 )
 from swapper.manager import Manager
 from swapper.proxy import Send
@@ -85,6 +85,7 @@ class LLMStackApp:
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
             try:
+                self.swapper.authorize(scope)
                 await self._route(scope, receive, send)
             except ApiError as error:
                 await send_error(send, error)
@@ -146,12 +147,7 @@ class LLMStackApp:
 
     async def _completion(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         body = await read_body(receive, self.swapper.max_body)
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "request body must be a JSON object")
+        data = json_object(body)
         extra: list[tuple[bytes, bytes]] = []
         model = data.get("model")
         if model in (None, "", "auto"):
@@ -161,10 +157,11 @@ class LLMStackApp:
             extra = [(b"x-llmstack-tokens", str(tier.estimated_tokens).encode()),
                      (b"x-llmstack-tier", tier.tier.encode())]
             name = tier.tier
+        elif isinstance(model, str):
+            found = self.loaded.stack.tier(model)
+            name = found.name if found is not None else model
         else:
-            model_from_body(body, "application/json")
-            found = self.loaded.stack.tier(str(model))
-            name = found.name if found is not None else str(model)
+            raise ApiError(400, "'model' must be a string")
         tier = self.loaded.stack.tier(name)
         if tier is not None and tier.backend == "litellm":
             await serve_hosted(tier, data, send, extra)

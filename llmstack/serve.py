@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import replace
 from collections.abc import Callable
@@ -23,11 +24,16 @@ from .routing import RoutingTable
 from .stack_config import build_swapper_config, local_files
 
 
+API_KEYS_ENV = "LLMSTACK_API_KEYS"
+
+
 def _loader(read: Callable[[], Stack], files: Callable[[Stack], dict], server: str,
             log_dir: Path) -> Callable[[], Loaded]:
+    keys = tuple(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())
+
     def load() -> Loaded:
         stack = read()
-        config = build_swapper_config(stack, server, files(stack), str(log_dir))
+        config = replace(build_swapper_config(stack, server, files(stack), str(log_dir)), api_keys=keys)
         return Loaded(stack, routing_table(stack), config)
     return load
 
@@ -76,6 +82,9 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     bus.subscribe(log_events)
     manager = Manager(loaded.swapper, bus, runtime_dir=runtime)
     app = LLMStackApp(loader, None if use_demo else path.resolve(), SwapperApp(manager), loaded)
+    if host not in ("127.0.0.1", "localhost", "::1") and not loaded.swapper.api_keys:
+        print(f"[!] listening on {host} with no API key: anyone who can reach it can use it "
+              f"(set {API_KEYS_ENV}=key1,key2 to require one)", file=sys.stderr)
     if use_demo:
         print(BANNER.format(host=host, port=port), file=sys.stderr)
     run(app, host, port, log_level)

@@ -68,6 +68,17 @@ async def read_body(receive: Receive, limit: int = DEFAULT_MAX_BODY) -> bytes:
             return b"".join(chunks)
 
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object; 400 otherwise."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return data
+
+
 def model_from_body(body: bytes, content_type: str) -> tuple[str, dict[str, Any] | None]:
     """The requested model and the decoded JSON body (None for multipart)."""
     if content_type.startswith("multipart/form-data"):
@@ -75,12 +86,7 @@ def model_from_body(body: bytes, content_type: str) -> tuple[str, dict[str, Any]
         if match is None:
             raise ApiError(400, "multipart request without a 'model' field")
         return match.group(1).decode(), None
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
+    data = json_object(body)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "request has no 'model'")
@@ -147,7 +153,7 @@ class SwapperApp:
         if scope["type"] != "http":
             return
         try:
-            self._authorize(scope)
+            self.authorize(scope)
             await self.route(scope, receive, send)
         except ApiError as error:
             await send_error(send, error)
@@ -167,7 +173,8 @@ class SwapperApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _authorize(self, scope: Scope) -> None:
+    def authorize(self, scope: Scope) -> None:
+        """401 unless the request carries one of the configured API keys (if any)."""
         keys = self.manager.config.api_keys
         if not keys or scope["path"] == "/health":
             return
@@ -181,8 +188,8 @@ class SwapperApp:
         method, path = scope["method"], scope["path"]
         if method == "POST" and path in MODEL_POST_PATHS:
             body = await read_body(receive, self.max_body)
-            model, _ = model_from_body(body, header(scope, b"content-type"))
-            await self.serve_model(scope, receive, send, model, body, path)
+            model, data = model_from_body(body, header(scope, b"content-type"))
+            await self.serve_model(scope, receive, send, model, body, path, data=data)
         elif path.startswith("/upstream/"):
             await self._upstream(scope, receive, send)
         elif method == "GET" and path in ("/v1/models", "/models"):

@@ -1,0 +1,117 @@
+"""``llmstack serve`` with the fake upstream standing in for llama-server: the app's contract."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAKE_UPSTREAM, free_port, http, start_server, stop_server
+
+INI = """\
+[DEFAULT]
+threads = 1
+memory_budget_mb = 4096
+
+[code-fast]
+role = fast
+hf_repo = test/tiny
+hf_file = fast.gguf
+ctx_size = 4096
+sampler = temp=0.2
+
+[code-smart]
+role = agent
+hf_repo = test/tiny
+hf_file = smart.gguf
+ctx_size = 65536
+
+[code-ultra]
+role = ultra
+backend = litellm
+model = anthropic/claude-opus-4-20250514
+ctx_size = 200000
+"""
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    wrapper = tmp_path / "fake-llama-server"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_UPSTREAM} "$@"\n')
+    wrapper.chmod(0o755)
+    ini = tmp_path / "models.ini"
+    ini.write_text(INI)
+    port = free_port()
+    server = start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port),
+                          "--models-ini", str(ini)], port, tmp_path / "serve.log",
+                         {"LLMSTACK_LLAMA_SERVER": str(wrapper), "LLMSTACK_API_KEYS": "sekrit",
+                          "HF_HUB_CACHE": str(tmp_path / "hub")},
+                         ready_path="/health")
+    yield server, ini
+    stop_server(server)
+
+
+def call(server, method: str, path: str, payload: object | None = None, key: str = "sekrit"):
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(server.base + path, data=data, method=method,
+                                 headers={"authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_api_key_is_required_when_configured(stack) -> None:
+    server, _ = stack
+    status, _, body = http("GET", server.base + "/v1/models")
+    assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
+    assert call(server, "GET", "/v1/models", key="wrong")[0] == 401
+    assert call(server, "GET", "/v1/models")[0] == 200
+
+
+def test_models_list_has_auto_first_then_tiers_and_aliases(stack) -> None:
+    server, _ = stack
+    ids = [m["id"] for m in json.loads(call(server, "GET", "/v1/models")[1])["data"]]
+    assert ids[0] == "auto"
+    assert {"code-fast", "code-smart", "code-ultra", "fast", "smart", "coder"} <= set(ids)
+
+
+def test_models_ini_is_served_live(stack) -> None:
+    server, ini = stack
+    assert call(server, "GET", "/models.ini") == (200, ini.read_bytes())
+    ini.write_text(INI + "\n; edited\n")
+    assert call(server, "GET", "/models.ini")[1].endswith(b"; edited\n")
+
+
+def test_bad_requests_are_typed_client_errors(stack) -> None:
+    server, _ = stack
+    for payload, status in (("[1, 2]", 400), ({"model": 5, "messages": []}, 400),
+                            ({"model": "nope", "messages": []}, 404)):
+        got, body = call(server, "POST", "/v1/chat/completions", payload)
+        assert got == status, body
+        assert json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_alias_request_is_served_and_named_after_its_tier(stack) -> None:
+    server, _ = stack
+    status, body = call(server, "POST", "/v1/chat/completions", {"model": "smart", "messages": []})
+    assert status == 200
+    assert json.loads(body)["choices"][0]["message"]["name"] == "code-smart"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("litellm") is not None, reason="litellm is installed")
+def test_hosted_tier_without_litellm_is_a_clear_error_and_auto_skips_it(stack) -> None:
+    server, _ = stack
+    status, body = call(server, "POST", "/v1/chat/completions", {"model": "code-ultra", "messages": []})
+    assert status == 503 and "pip install 'llmstack[hosted]'" in json.loads(body)["error"]["message"]
+    status, body = call(server, "POST", "/v1/chat/completions",
+                        {"model": "auto", "messages": [{"role": "user", "content": "Say hello"}]})
+    assert status == 200  # a short prompt would go to ultra; without litellm it goes to agent
+    assert json.loads(body)["choices"][0]["message"]["name"] == "code-smart"
