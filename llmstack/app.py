@@ -20,7 +20,7 @@ from typing import Any
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError
 from swapper.http_app import (
-    Receive, Scope, SwapperApp, header, json_object, read_body, send_bytes, send_error, send_json,
+    Receive, Scope, SwapperApp, guarded, header, json_object, read_body, send_bytes, send_json,
 )
 from swapper.manager import Manager
 from swapper.proxy import Send
@@ -84,11 +84,11 @@ class LLMStackApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            try:
-                self.swapper.authorize(scope)
-                await self._route(scope, receive, send)
-            except ApiError as error:
-                await send_error(send, error)
+            await guarded(send, lambda tracked: self._handle(scope, receive, tracked))
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.swapper.authorize(scope)
+        await self._route(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from .errors import ApiError
 from .manager import Manager
 from .proxy import Headers, ResponseHook, Send, UpstreamClient, forward_headers
 
+log = logging.getLogger("swapper")
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Scope = dict[str, Any]
 
@@ -49,6 +51,26 @@ async def send_bytes(send: Send, status: int, body: bytes, content_type: str,
 
 async def send_error(send: Send, error: ApiError) -> None:
     await send_bytes(send, error.status, error.body(), "application/json", error.headers)
+
+
+async def guarded(send: Send, handler: Callable[[Send], Awaitable[None]]) -> None:
+    """Run a request handler; errors become OpenAI-style JSON, never a bare 500."""
+    started = False
+
+    async def tracking_send(message: dict[str, Any]) -> None:
+        nonlocal started
+        started = True
+        await send(message)
+
+    try:
+        await handler(tracking_send)
+    except ApiError as error:
+        if not started:
+            await send_error(send, error)
+    except Exception:
+        log.exception("request failed")
+        if not started:
+            await send_error(send, ApiError(500, "internal error (see the server log)", "internal_error"))
 
 
 async def read_body(receive: Receive, limit: int = DEFAULT_MAX_BODY) -> bytes:
@@ -150,13 +172,12 @@ class SwapperApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        if scope["type"] != "http":
-            return
-        try:
-            self.authorize(scope)
-            await self.route(scope, receive, send)
-        except ApiError as error:
-            await send_error(send, error)
+        if scope["type"] == "http":
+            await guarded(send, lambda tracked: self._handle(scope, receive, tracked))
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.authorize(scope)
+        await self.route(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -115,3 +115,15 @@ def test_hosted_tier_without_litellm_is_a_clear_error_and_auto_skips_it(stack) -
                         {"model": "auto", "messages": [{"role": "user", "content": "Say hello"}]})
     assert status == 200  # a short prompt would go to ultra; without litellm it goes to agent
     assert json.loads(body)["choices"][0]["message"]["name"] == "code-smart"
+
+
+def test_serve_without_llama_server_names_the_install_command(tmp_path: Path) -> None:
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "LLMSTACK_CACHE_DIR": str(tmp_path / "empty-cache"),
+           "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "llmstack", "serve", "--demo", "--port", "0"],
+                            capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "llmstack install-server" in result.stderr
+    assert result.stderr.count("\n") <= 4  # one clear message, not a traceback
