@@ -367,16 +367,23 @@ def _dsl(tree) -> str:
     return "(" + f" {tree[0]} ".join(_dsl(child) for child in tree[1]) + ")"
 
 
-def _combinations(tree, sets) -> list[frozenset[str]]:
-    """Oracle: every full combination of a tree, by brute-force expansion."""
+def _combinations(tree, sets) -> set[frozenset[str]]:
+    """Oracle: every full combination of a tree, by brute-force expansion.
+
+    Duplicates are merged level by level: with six names there are at most 64
+    distinct combinations, whereas the raw product of a ``+ref`` chain explodes.
+    """
     if isinstance(tree, str):
-        return [frozenset((tree,))]
+        return {frozenset((tree,))}
     if tree[0] == "ref":
         return _combinations(sets[f"s{tree[1]}"], sets)
     parts = [_combinations(child, sets) for child in tree[1]]
     if tree[0] == "|":
-        return [combo for part in parts for combo in part]
-    return [frozenset().union(*choice) for choice in itertools.product(*parts)]
+        return set().union(*parts)
+    combos = {frozenset()}
+    for part in parts:
+        combos = {done | more for done in combos for more in part}
+    return combos
 
 
 def _compile(sets, costs) -> tuple[Plan, dict[str, list[frozenset[str]]]]:
