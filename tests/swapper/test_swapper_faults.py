@@ -120,3 +120,13 @@ def test_stop_escalates_to_sigkill_after_unload_timeout(swapper) -> None:
     status, _, body = server.post("/unload/stubborn")
     assert status == 200 and json.loads(body) == {"unloaded": ["stubborn"]}
     assert not pid_alive(pid)
+
+
+def test_use_model_name_and_filters_rewrite_the_forwarded_body(swapper) -> None:
+    server = swapper(f"models:\n  m:\n    cmd: {fake_cmd()}\n    useModelName: upstream-name\n"
+                     "    filters:\n      stripParams: temperature, top_p\n"
+                     "      setParams: {top_k: 7}\n")
+    status, _, body = server.post(CHAT, {"model": "m", "temperature": 2, "top_p": 0.1,
+                                         "seed": 3, "messages": []})
+    assert status == 200
+    assert json.loads(body)["received"] == {"model": "upstream-name", "seed": 3, "top_k": 7}
