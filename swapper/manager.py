@@ -104,11 +104,6 @@ class Manager:
         for sink in self.logs.values():
             sink.close()
 
-    def kill_all_now(self) -> None:
-        """Synchronous last resort (signal handlers, atexit)."""
-        for process in self.processes.values():
-            process.kill_now()
-
     # -- requests -------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -183,12 +178,15 @@ class Manager:
     async def _swap(self, model: str, evict: frozenset[str]) -> None:
         started = time.monotonic()
         self.bus.publish("swap_started", model=model, evict=sorted(evict))
-        await asyncio.gather(*(self._stop_process(m) for m in evict))
+        await asyncio.gather(*(self._stop_process(m) for m in evict), return_exceptions=True)
         error: LoadError | None = None
         try:
             await self._start_process(model)
         except LoadError as exc:
             error = exc
+        except Exception as exc:  # a bug must fail the waiters, never strand them
+            self.processes.pop(model, None)
+            error = LoadError(f"model '{model}' failed to start: {exc!r}")
         ms = round((time.monotonic() - started) * 1000, 1)
         if error is None:
             self.bus.publish("model_ready", model=model, ms=ms, pid=self.processes[model].pid)

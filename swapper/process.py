@@ -39,10 +39,18 @@ class LoadError(Exception):
         self.status = status
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+# Resolved in the parent: between fork and exec the child may only make simple calls.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _child_setup(parent: int) -> Callable[[], None]:
+    """preexec_fn: SIGKILL the child when its parent dies (Linux), even if that already happened."""
+    def setup() -> None:
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
+    return setup
 
 
 async def wait_for_exit(popen: subprocess.Popen[bytes]) -> None:
@@ -103,7 +111,7 @@ class UpstreamProcess:
             self._popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=_die_with_parent, close_fds=True)
+                preexec_fn=_child_setup(os.getpid()), close_fds=True)
         except OSError as exc:
             raise LoadError(f"model '{self.spec.id}' could not start: {exc}") from exc
         loop = asyncio.get_running_loop()
@@ -194,9 +202,4 @@ class UpstreamProcess:
             await self._exited.wait()
         for task in self._tasks:
             task.cancel()
-
-    def kill_now(self) -> None:
-        """SIGKILL the group at once (shutdown path, no waiting)."""
-        self.stopping = True
-        self._kill_group(signal.SIGKILL)
 
