@@ -166,6 +166,12 @@ class LLMStackApp:
         if tier is not None and tier.backend == "litellm":
             await serve_hosted(tier, data, send, extra)
             return
+        spec = self.loaded.swapper.models.get(name)
+        if spec is not None and "missing_file" in spec.metadata:
+            raise ApiError(503, f"tier '{name}': {spec.metadata['missing_file']} is not in the "
+                                "Hugging Face cache; download it first (huggingface-cli download "
+                                f"{tier.hf_repo if tier else ''} {tier.hf_file if tier else ''})",
+                           "model_not_downloaded")
         await self.swapper.serve_model(scope, receive, send, name, body, path,
                                        TierName(name), extra, data)
 

@@ -10,6 +10,7 @@ Hosted tiers have no process: they cost nothing and co-reside with everything.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from swapper.config import Matrix, ModelSpec, SwapperConfig
 from .config import Stack, Tier
 from .gguf_info import read_gguf_info, kv_cache_bytes, tier_memory_mb
 
+log = logging.getLogger("llmstack")
 DEFAULT_MEMORY_BUDGET_MB = 57344  # a 64 GB Mac's GPU wired limit (iogpu.wired_limit_mb)
 HEALTH_CHECK_TIMEOUT = 600.0
 _ROLE_VARS = {"fast": "f", "agent": "c", "plan": "p", "plan-uncensored": "u"}
@@ -62,7 +64,11 @@ def llama_server_argv(stack: Stack, tier: Tier, server: str, model_file: Path) -
 def tier_memory(stack: Stack, tier: Tier, model_file: Path | None) -> float:
     """Weights plus KV cache in MB: from the GGUF when present, else ``size_gb``."""
     if model_file is not None and model_file.exists():
-        info = read_gguf_info(model_file)
+        try:
+            info = read_gguf_info(model_file)
+        except (OSError, ValueError, IndexError, KeyError) as exc:  # partial or foreign file
+            log.warning("cannot read GGUF metadata of %s (%s); using size_gb", model_file, exc)
+            return (tier.size_gb or 0.0) * 1024
         ctx = tier.ctx_size or info.context_length
         kv = kv_cache_bytes(info, ctx, stack.cache_type_k, stack.cache_type_v)
         return float(tier_memory_mb(info.file_size_bytes, kv))
@@ -86,7 +92,7 @@ def residency_matrix(local: list[Tier]) -> Matrix | None:
     for tier in local:
         if tier is fast:
             continue
-        label = tier.name.replace("-", "_")
+        label = (tier.role if names[tier.name] in _ROLE_VARS.values() else tier.name).replace("-", "_")
         sets[f"{label}_with_fast" if fast else label] = f"f & {names[tier.name]}" if fast else names[tier.name]
     plans = [names[t.name] for t in local if names[t.name] in ("p", "u")]
     if len(plans) == 2:
@@ -111,6 +117,8 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
             models[tier.name] = ModelSpec(cmd=(), proxy="", **common)
             continue
         model_file = files.get(tier.name)
+        if model_file is None:
+            common["metadata"] = {**common["metadata"], "missing_file": f"{tier.hf_repo}/{tier.hf_file}"}
         argv = llama_server_argv(stack, tier, server, model_file or Path(str(tier.hf_file)))
         models[tier.name] = ModelSpec(cmd=argv, ttl=float(tier.effective_ttl),
                                       memory_mb=tier_memory(stack, tier, model_file), **common)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from llmstack.tiny_gguf import write_tiny_gguf
+
 from tests.conftest import FAKE_UPSTREAM, free_port, http, start_server, stop_server
 
 INI = """\
@@ -29,6 +31,11 @@ hf_repo = test/tiny
 hf_file = smart.gguf
 ctx_size = 65536
 
+[extra]
+hf_repo = test/tiny
+hf_file = not-downloaded.gguf
+ctx_size = 4096
+
 [code-ultra]
 role = ultra
 backend = litellm
@@ -44,6 +51,10 @@ def stack(tmp_path: Path):
     wrapper.chmod(0o755)
     ini = tmp_path / "models.ini"
     ini.write_text(INI)
+    snapshot = tmp_path / "hub" / "models--test--tiny" / "snapshots" / "rev"
+    snapshot.mkdir(parents=True)
+    for seed, name in enumerate(("fast.gguf", "smart.gguf")):  # the fake upstream ignores -m
+        write_tiny_gguf(snapshot / name, seed=seed)
     port = free_port()
     server = start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port),
                           "--models-ini", str(ini)], port, tmp_path / "serve.log",
@@ -104,6 +115,14 @@ def test_alias_request_is_served_and_named_after_its_tier(stack) -> None:
     status, body = call(server, "POST", "/v1/chat/completions", {"model": "smart", "messages": []})
     assert status == 200
     assert json.loads(body)["choices"][0]["message"]["name"] == "code-smart"
+
+
+def test_tier_whose_file_is_not_downloaded_says_so(stack) -> None:
+    server, _ = stack
+    status, body = call(server, "POST", "/v1/chat/completions", {"model": "extra", "messages": []})
+    error = json.loads(body)["error"]
+    assert status == 503 and error["code"] == "model_not_downloaded"
+    assert "test/tiny/not-downloaded.gguf" in error["message"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("litellm") is not None, reason="litellm is installed")

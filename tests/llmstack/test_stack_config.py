@@ -1,0 +1,80 @@
+"""models.ini tiers -> swapper config: llama-server argv, residency from roles, memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmstack.config import bundled_template_text, parse_stack
+from llmstack.stack_config import build_swapper_config, hf_cache_file
+from swapper.config import ConfigError
+from swapper.solver import compile_plan
+
+
+@pytest.fixture(scope="module")
+def template():
+    stack = parse_stack(bundled_template_text())
+    return stack, build_swapper_config(stack, "/bin/llama-server", {})
+
+
+def test_llama_server_command_line_keeps_the_original_order(template) -> None:
+    _, config = template
+    argv = list(config.models["code-smart"].cmd)
+    assert argv[:5] == ["/bin/llama-server", "--host", "127.0.0.1", "--port", "${PORT}"]
+    assert "-lm" in argv and argv[argv.index("-lm") + 1] == "none"  # today's spelling of --no-mmap
+    assert argv[argv.index("--alias") + 1] == "code-smart" and argv[argv.index("-c") + 1] == "131072"
+    assert argv[-10:] == ["--temp", "0.5", "--top-p", "0.85", "--top-k", "20", "--min-p", "0.05",
+                          "--repeat-penalty", "1.05"]
+    fast = list(config.models["code-fast"].cmd)
+    assert fast[fast.index("--rope-scaling"):fast.index("--rope-scaling") + 6] == [
+        "--rope-scaling", "yarn", "--rope-scale", "4", "--yarn-orig-ctx", "32768"]
+
+
+def test_residency_matrix_from_roles(template) -> None:
+    _, config = template
+    matrix = config.matrix
+    assert matrix is not None
+    assert dict(matrix.vars) == {"f": "code-fast", "c": "code-smart", "p": "plan", "u": "plan-uncensored"}
+    assert dict(matrix.evict_costs) == {"f": 2, "c": 30, "p": 12, "u": 9}
+    assert dict(matrix.sets) == {"agent_with_fast": "f & c", "plan_with_fast": "f & p",
+                                 "plan_uncensored_with_fast": "f & u",
+                                 "all_chats_with_fast": "f & p & u"}
+    plan = compile_plan(config)
+    assert plan.solve("plan", frozenset({"code-fast", "code-smart"})).evict == {"code-smart"}
+    assert plan.solve("plan-uncensored", frozenset({"code-fast", "plan"})).evict == frozenset()
+
+
+def test_role_defaults_preload_and_hosted_tier(template) -> None:
+    _, config = template
+    assert config.preload == ("code-fast",)
+    assert config.models["code-fast"].ttl == 0 and config.models["code-smart"].ttl == 1800
+    assert config.models["code-smart"].aliases == ("agent", "smart", "code", "coder")
+    ultra = config.models["code-ultra"]
+    assert not ultra.has_process  # hosted: costs nothing, never evicted
+    assert config.memory_budget_mb == 57344
+
+
+def test_a_stack_whose_sets_cannot_fit_is_refused_with_the_overage() -> None:
+    text = bundled_template_text().replace("memory_budget_mb = 57344", "memory_budget_mb = 40000")
+    stack = parse_stack(text)
+    with pytest.raises(ConfigError, match=r"over memory_budget_mb 40000"):
+        compile_plan(build_swapper_config(stack, "/bin/llama-server", {}))
+
+
+def test_model_file_is_found_in_the_hugging_face_cache(tmp_path: Path, monkeypatch) -> None:
+    snapshot = tmp_path / "models--org--repo" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "m.gguf").write_bytes(b"GGUF")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert hf_cache_file("org/repo", "m.gguf") == snapshot / "m.gguf"
+    assert hf_cache_file("org/repo", "other.gguf") is None
+    assert hf_cache_file("org/none", "m.gguf") is None
+
+
+def test_an_unreadable_gguf_falls_back_to_size_gb(tmp_path: Path) -> None:
+    broken = tmp_path / "m.gguf"
+    broken.write_bytes(b"GGUF")  # a partial download
+    stack = parse_stack(bundled_template_text())
+    config = build_swapper_config(stack, "/bin/llama-server", {"code-smart": broken})
+    assert config.models["code-smart"].memory_mb == 45 * 1024
