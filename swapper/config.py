@@ -18,6 +18,9 @@ DEFAULT_PROXY = "http://127.0.0.1:${PORT}"
 DEFAULT_CONCURRENCY_LIMIT = 10
 DEFAULT_HEALTH_CHECK_TIMEOUT = 120.0
 DEFAULT_UNLOAD_TIMEOUT = 10.0
+# Below opencode's 5-minute header timeout: past it a waiter gets 503 + Retry-After
+# (the load carries on, and the retry joins it) instead of a client-side timeout.
+DEFAULT_LOAD_WAIT_TIMEOUT = 240.0
 
 
 
@@ -109,6 +112,7 @@ class SwapperConfig:
     matrix: Matrix | None = None
     groups: tuple[Group, ...] = ()
     memory_budget_mb: float = 0.0
+    load_wait_timeout: float = DEFAULT_LOAD_WAIT_TIMEOUT
     log_dir: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -115,10 +115,13 @@ class Manager:
             fut = asyncio.get_running_loop().create_future()
             self._futures[req] = fut
             try:
-                await fut
-            except asyncio.CancelledError:
+                await asyncio.wait_for(asyncio.shield(fut), self.config.load_wait_timeout)
+            except (asyncio.CancelledError, asyncio.TimeoutError) as exc:
                 self._futures.pop(req, None)
                 self._apply(self.scheduler.cancel(req))
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise unavailable(f"model '{model}' is still loading; retry shortly",
+                                      retry_after=5, code="model_loading") from None
                 raise
         try:
             yield self._lease_for(model)

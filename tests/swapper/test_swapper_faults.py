@@ -130,3 +130,27 @@ def test_use_model_name_and_filters_rewrite_the_forwarded_body(swapper) -> None:
                                          "seed": 3, "messages": []})
     assert status == 200
     assert json.loads(body)["received"] == {"model": "upstream-name", "seed": 3, "top_k": 7}
+
+
+def test_a_load_outlasting_the_wait_bound_answers_503_with_retry_after(swapper) -> None:
+    server = swapper(f"loadWaitTimeout: 0.3\nmodels:\n  slow:\n    cmd: {fake_cmd('--load-ms', '1500')}\n")
+    status, headers, body = server.post(CHAT, {"model": "slow", "messages": []})
+    assert status == 503 and headers["retry-after"] == "5"
+    assert json.loads(body)["error"]["code"] == "model_loading"
+    wait_until(lambda: server.running().get("slow", {}).get("state") == "ready", 10,
+               "the load to carry on without its waiter")
+    assert server.post(CHAT, {"model": "slow", "messages": []})[0] == 200
+    assert len(events(server, "model_starting")) == 1
+
+
+def test_log_stream_follows_a_model(swapper) -> None:
+    server = swapper(f"models:\n  m:\n    cmd: {fake_cmd()}\n")
+    assert server.post(CHAT, {"model": "m", "messages": []})[0] == 200
+
+    async def first_lines() -> bytes:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.base + "/logs/stream/m") as resp:
+                assert resp.status == 200
+                return await resp.content.readuntil(b"listening")
+
+    assert asyncio.run(first_lines()).endswith(b"server is listening")
