@@ -23,13 +23,17 @@ from swapper.http_app import (
     Receive, Scope, SwapperApp, guarded, header, json_object, read_body, send_bytes, send_json,
 )
 from swapper.manager import Manager
-from swapper.proxy import Send
+from swapper.proxy import Headers, Intercepted, Send
 
 from .config import ModelsIniError, Stack
 from .hosted import serve_hosted
-from .routing import ContextTooLarge, NoRoutableTier, RoutingTable, SessionFloors, classify
+from .routing import (
+    ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify, step_up,
+)
 
 log = logging.getLogger("llmstack")
+_TOO_LONG_STATUS = frozenset({400})
+_CONTEXT_OVERFLOW = b"exceed_context_size"  # llama-server's error type for a too-long prompt
 AUTO_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 SESSION_HEADERS = (b"x-session-affinity", b"x-session-id")
 
@@ -63,6 +67,11 @@ class TierName:
         choices = data.get("choices")
         if choices and isinstance(choices[0], dict) and isinstance(choices[0].get("message"), dict):
             choices[0]["message"]["name"] = self.tier
+
+
+async def _send_intercepted(send: Send, answer: Intercepted) -> None:
+    await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+    await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
 
 class LLMStackApp:
@@ -148,44 +157,69 @@ class LLMStackApp:
     async def _completion(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         body = await read_body(receive, self.swapper.max_body)
         data = json_object(body)
-        extra: list[tuple[bytes, bytes]] = []
         model = data.get("model")
-        if model in (None, "", "auto"):
-            tier = self._route_auto(scope, data)
-            data["model"] = tier.tier
-            body = json.dumps(data, ensure_ascii=False).encode()
-            extra = [(b"x-llmstack-tokens", str(tier.estimated_tokens).encode()),
-                     (b"x-llmstack-tier", tier.tier.encode())]
-            name = tier.tier
-        elif isinstance(model, str):
+        if model not in (None, "", "auto"):
+            if not isinstance(model, str):
+                raise ApiError(400, "'model' must be a string")
             found = self.loaded.stack.tier(model)
-            name = found.name if found is not None else model
-        else:
-            raise ApiError(400, "'model' must be a string")
+            await self._serve_tier(scope, receive, send, path, found.name if found else model,
+                                   body, data)
+            return
+        session = self._session(scope)
+        decision = self._route_auto(session, data)
+        tier = decision.tier
+        while True:
+            data["model"] = tier
+            extra = [(b"x-llmstack-tokens", str(decision.estimated_tokens).encode()),
+                     (b"x-llmstack-tier", tier.encode())]
+            refused = await self._serve_tier(scope, receive, send, path, tier,
+                                             json.dumps(data, ensure_ascii=False).encode(), data,
+                                             extra, intercept=_TOO_LONG_STATUS)
+            if refused is None:
+                return
+            bigger = step_up(self.loaded.table, tier) if _CONTEXT_OVERFLOW in refused.body else None
+            if bigger is None:
+                await _send_intercepted(send, refused)
+                return
+            self.manager.bus.publish("context_step_up", from_tier=tier, to_tier=bigger,
+                                     tokens=decision.estimated_tokens)
+            if session:
+                self.floors.record(session, bigger)
+            tier = bigger
+
+    async def _serve_tier(self, scope: Scope, receive: Receive, send: Send, path: str, name: str,
+                          body: bytes, data: dict[str, Any], extra: Headers = (),
+                          intercept: frozenset[int] = frozenset()) -> Intercepted | None:
+        """One tier answers: hosted through litellm, local through the swapper."""
         tier = self.loaded.stack.tier(name)
         if tier is not None and tier.backend == "litellm":
-            await serve_hosted(tier, data, send, extra)
-            return
+            await serve_hosted(tier, data, send, list(extra))
+            return None
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
             raise ApiError(503, f"tier '{name}': {spec.metadata['missing_file']} is not in the "
                                 "Hugging Face cache; download it first (huggingface-cli download "
                                 f"{tier.hf_repo if tier else ''} {tier.hf_file if tier else ''})",
                            "model_not_downloaded")
-        await self.swapper.serve_model(scope, receive, send, name, body, path,
-                                       TierName(name), extra, data)
+        return await self.swapper.serve_model(scope, receive, send, name, body, path,
+                                              TierName(name), extra, data, intercept)
 
-    def _route_auto(self, scope: Scope, data: dict[str, Any]) -> Any:
+    def _session(self, scope: Scope) -> str:
+        """The agent session id (opencode sends both headers), "" when sticky routing is off."""
+        if not self.loaded.table.sticky_sessions:
+            return ""
+        return next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+
+    def _route_auto(self, session: str, data: dict[str, Any]) -> Decision:
         table = self.loaded.table
-        session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
-        floor = self.floors.floor(session) if session and table.sticky_sessions else None
+        floor = self.floors.floor(session) if session else None
         try:
             decision = classify(data, table, floor)
         except ContextTooLarge as exc:
             raise ApiError(400, str(exc), "context_length_exceeded") from None
         except NoRoutableTier as exc:
             raise ApiError(404, f"model 'auto' cannot route: {exc}") from None
-        if session and table.sticky_sessions:
+        if session:
             self.floors.record(session, decision.tier)
         self.manager.bus.publish("routed", tier=decision.tier, reason=decision.reason,
                                  tokens=decision.estimated_tokens)

@@ -329,3 +329,20 @@ def classify(
         if rung and rung.name == session_floor and rung.fits(m.tokens + max_tokens):
             index, reason = above, f"{reason} (session floor {session_floor})"
     return Decision(table.rung_name(index), reason, m.tokens)
+
+
+def step_up(table: RoutingTable, tier: str) -> str | None:
+    """The next rung up the ladder with a larger context window than ``tier``'s, if any.
+
+    Used when the chosen tier's server refuses an auto-routed request as too long
+    for its window: the chars/4 estimate undercounts some texts (code, CJK).
+    """
+    index = next((i for i, rung in enumerate(table.rungs) if rung and rung.name == tier), None)
+    if index is None:
+        return None
+    current = table.rungs[index]
+    assert current is not None
+    for rung in table.rungs[index + 1:]:
+        if rung is not None and (rung.ctx_size == 0 or rung.ctx_size > current.ctx_size > 0):
+            return rung.name
+    return None

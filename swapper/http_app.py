@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ApiError
 from .manager import Manager
-from .proxy import Headers, ResponseHook, Send, UpstreamClient, forward_headers
+from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
 
 log = logging.getLogger("swapper")
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -249,8 +249,12 @@ class SwapperApp:
 
     async def serve_model(self, scope: Scope, receive: Receive, send: Send, model: str,
                           body: bytes, path: str, hook: ResponseHook | None = None,
-                          extra_headers: Headers = (), data: dict[str, Any] | None = None) -> None:
-        """Acquire ``model`` (loading it if needed) and stream its answer to the client."""
+                          extra_headers: Headers = (), data: dict[str, Any] | None = None,
+                          intercept: frozenset[int] = frozenset()) -> Intercepted | None:
+        """Acquire ``model`` (loading it if needed) and stream its answer to the client.
+
+        An upstream answer whose status is in ``intercept`` is returned, not sent.
+        """
         watch = DisconnectWatch(receive, send)
         try:
             async with self.manager.lease(model) as lease:
@@ -258,11 +262,12 @@ class SwapperApp:
                 headers = forward_headers(scope["headers"])
                 query = scope.get("query_string", b"")
                 url = lease.base_url + path + ("?" + query.decode() if query else "")
-                await self.upstream.forward(scope["method"], url, headers, body, watch.send,
-                                            hook, extra_headers)
+                return await self.upstream.forward(scope["method"], url, headers, body,
+                                                   watch.send, hook, extra_headers, intercept)
         except asyncio.CancelledError:
             if not watch.disconnected:
                 raise
+            return None
         finally:
             watch.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -31,6 +32,15 @@ HOP_BY_HOP = frozenset({
 })
 _DROP_RESPONSE = HOP_BY_HOP - {"content-length"}
 _DONE = b"data: [DONE]"
+
+
+@dataclass(frozen=True)
+class Intercepted:
+    """An upstream answer held back (not sent) so the caller can decide what to do."""
+
+    status: int
+    body: bytes
+    headers: Headers
 
 
 class ResponseHook(Protocol):
@@ -91,11 +101,16 @@ class UpstreamClient:
         raise AssertionError("unreachable")
 
     async def forward(self, method: str, url: str, headers: dict[str, str], body: bytes,
-                      send: Send, hook: ResponseHook | None = None,
-                      extra_headers: Headers = ()) -> None:
-        """Send the request upstream and stream the answer to ``send``."""
+                      send: Send, hook: ResponseHook | None = None, extra_headers: Headers = (),
+                      intercept: frozenset[int] = frozenset()) -> Intercepted | None:
+        """Send the request upstream and stream the answer to ``send``.
+
+        An answer whose status is in ``intercept`` is returned instead of sent.
+        """
         resp = await self._open(method, url, headers, body)
         try:
+            if resp.status in intercept:
+                return Intercepted(resp.status, await resp.read(), _response_headers(resp, True))
             if resp.content_type == "text/event-stream":
                 await _stream_sse(resp, send, hook, extra_headers)
                 resp.close()  # llama-server closes after a stream: never pool this connection
@@ -103,6 +118,7 @@ class UpstreamClient:
                 await _send_rewritten_json(resp, send, hook, extra_headers)
             else:
                 await _stream_plain(resp, send, extra_headers)
+            return None
         except BaseException:
             resp.close()
             raise

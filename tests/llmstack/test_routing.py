@@ -458,3 +458,15 @@ def test_never_routes_to_a_tier_that_cannot_hold_the_request(
     needed = decision.estimated_tokens + (max_tokens or 0)
     [chosen] = [r for r in table.rungs if r and r.name == decision.tier]
     assert chosen.ctx_size == 0 or chosen.ctx_size >= needed
+
+
+def test_step_up_goes_to_the_next_rung_with_a_larger_window() -> None:
+    from llmstack.routing import Rung, RoutingTable, step_up
+
+    table = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 65536), ultra=Rung("u", 200000))
+    assert step_up(table, "f") == "a"
+    assert step_up(table, "a") == "u"
+    assert step_up(table, "u") is None
+    assert step_up(table, "plan") is None  # not a rung
+    narrow = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 4096), ultra=None)
+    assert step_up(narrow, "f") is None  # a smaller window is no help

@@ -113,3 +113,15 @@ def test_sighup_restarts_only_the_changed_tier(serve, tmp_path: Path) -> None:
     assert status == 400
     assert f"{ini}:" in json.loads(body)["error"]["message"] and "ctx_size" in json.loads(body)["error"]["message"]
     assert server.running()["fast"]["pid"] == before["fast"]  # old config kept
+
+
+def test_an_underestimated_prompt_steps_up_to_a_larger_window(serve) -> None:
+    server = serve("--demo")
+    # 30,000 characters: about 7,500 tokens by the chars/4 estimate (fits fast's 8192),
+    # but the tiny vocabulary spends one token per character, so fast's llama-server refuses it.
+    status, headers, body = ask(server, "x" * 30000)
+    assert status == 200, body
+    assert headers["x-llmstack-tier"] == "agent"
+    assert body["choices"][0]["message"]["name"] == "agent"
+    steps = [e for e in json.loads(server.get("/events")[2]) if e["kind"] == "context_step_up"]
+    assert steps and steps[0]["from_tier"] == "fast" and steps[0]["to_tier"] == "agent"

@@ -1,0 +1,72 @@
+"""The real opencode client (npm ``opencode-ai``) through ``llmstack serve --demo``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmstack.llama_server import cache_dir
+from tests.conftest import free_port, start_server, stop_server
+
+pytestmark = pytest.mark.real
+OPENCODE_VERSION = "1.18.33"
+
+
+@pytest.fixture(scope="session")
+def opencode_bin() -> Path:
+    """opencode from the npm registry, installed once into the cache (about 7 s)."""
+    prefix = cache_dir() / "opencode" / OPENCODE_VERSION
+    binary = prefix / "node_modules" / ".bin" / "opencode"
+    if not binary.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            (pytest.fail if os.environ.get("CI") else pytest.skip)("npm is needed to install opencode")
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
+                        f"opencode-ai@{OPENCODE_VERSION}"], check=True, capture_output=True, timeout=300)
+    return binary
+
+
+def test_opencode_run_gets_an_answer_through_the_auto_router(tmp_path: Path, opencode_bin: Path,
+                                                             llama_server_bin: str) -> None:
+    port = free_port()
+    server = start_server([sys.executable, "-m", "llmstack", "serve", "--demo", "--port", str(port)],
+                          port, tmp_path / "serve.log", {"LLMSTACK_LLAMA_SERVER": llama_server_bin},
+                          ready_path="/v1/models", timeout=60)
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    config = project / "opencode.json"
+    config.write_text(json.dumps({
+        "$schema": "https://opencode.ai/config.json",
+        "provider": {"llmstack": {
+            "npm": "@ai-sdk/openai-compatible", "name": "llmstack",
+            "options": {"baseURL": f"{server.base}/v1", "apiKey": "sk-no-key-required"},
+            "models": {"auto": {"name": "auto", "limit": {"context": 65536, "output": 64}},
+                       "fast": {"name": "fast", "limit": {"context": 8192, "output": 32}}}}},
+        "model": "llmstack/auto", "small_model": "llmstack/fast",
+        "autoupdate": False, "share": "disabled"}))
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_DATA_HOME": str(home / ".local/share"), "XDG_CACHE_HOME": str(home / ".cache"),
+           "OPENCODE_CONFIG": str(config), "OPENCODE_DISABLE_MODELS_FETCH": "1",
+           "OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1",
+           "npm_config_registry": "http://127.0.0.1:9/"}  # its plugin install stays offline
+    try:
+        result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
+                                cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        kinds = [e["type"] for e in events]
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "error" not in kinds and "text" in kinds
+        finish = next(e for e in events if e["type"] == "step_finish")
+        assert finish["part"]["tokens"]["input"] > 0  # the usage chunk reached the client
+        routed = [e for e in json.loads(server.get("/events")[2]) if e["kind"] == "routed"]
+        assert routed, "opencode's main request went through the auto router"
+    finally:
+        stop_server(server)
