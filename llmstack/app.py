@@ -9,7 +9,6 @@ and an invalid file keeps the old config and reports its file:line errors.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 from collections.abc import Callable
@@ -169,11 +168,12 @@ class LLMStackApp:
         decision = self._route_auto(session, data)
         tier = decision.tier
         while True:
+            # llama-server ignores "model" (it answers with its alias), so the client's bytes
+            # go upstream unchanged; hosted tiers read the rewritten dict.
             data["model"] = tier
             extra = [(b"x-llmstack-tokens", str(decision.estimated_tokens).encode()),
                      (b"x-llmstack-tier", tier.encode())]
-            refused = await self._serve_tier(scope, receive, send, path, tier,
-                                             json.dumps(data, ensure_ascii=False).encode(), data,
+            refused = await self._serve_tier(scope, receive, send, path, tier, body, data,
                                              extra, intercept=_TOO_LONG_STATUS)
             if refused is None:
                 return

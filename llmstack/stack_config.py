@@ -23,6 +23,9 @@ from .gguf_info import read_gguf_info, kv_cache_bytes, tier_memory_mb
 log = logging.getLogger("llmstack")
 DEFAULT_MEMORY_BUDGET_MB = 57344  # a 64 GB Mac's GPU wired limit (iogpu.wired_limit_mb)
 HEALTH_CHECK_TIMEOUT = 600.0
+# llama-swap's default of 10 queued + in-flight requests per model is low for an agent
+# with parallel subagents; llama-server queues what its slots cannot take yet.
+TIER_CONCURRENCY_LIMIT = 64
 _ROLE_VARS = {"fast": "f", "agent": "c", "plan": "p", "plan-uncensored": "u"}
 _SAMPLER_FLAGS = (("temp", "--temp"), ("top_p", "--top-p"), ("top_k", "--top-k"),
                   ("min_p", "--min-p"), ("rep_pen", "--repeat-penalty"))
@@ -121,6 +124,7 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
             common["metadata"] = {**common["metadata"], "missing_file": f"{tier.hf_repo}/{tier.hf_file}"}
         argv = llama_server_argv(stack, tier, server, model_file or Path(str(tier.hf_file)))
         models[tier.name] = ModelSpec(cmd=argv, ttl=float(tier.effective_ttl),
+                                      concurrency_limit=TIER_CONCURRENCY_LIMIT,
                                       memory_mb=tier_memory(stack, tier, model_file), **common)
     return SwapperConfig(
         models=models, health_check_timeout=HEALTH_CHECK_TIMEOUT,
