@@ -259,10 +259,10 @@ class SwapperApp:
         try:
             async with self.manager.lease(model) as lease:
                 body = self._rewrite_body(lease.spec, body, data)
-                headers = forward_headers(scope["headers"])
                 query = scope.get("query_string", b"")
-                url = lease.base_url + path + ("?" + query.decode() if query else "")
-                return await self.upstream.forward(scope["method"], url, headers, body,
+                target = path + ("?" + query.decode("latin-1") if query else "")
+                return await self.upstream.forward(scope["method"], lease.base_url, target,
+                                                   forward_headers(scope["headers"]), body,
                                                    watch.send, hook, extra_headers, intercept)
         except asyncio.CancelledError:
             if not watch.disconnected:

@@ -1,36 +1,33 @@
 """Streaming forwarding of one request to an upstream, straight onto an ASGI ``send``.
 
-The upstream client is aiohttp's: measured here it costs about a third of
-httpx's CPU per request and holds up under concurrent streams. Response bytes
-pass through unchanged; only the first SSE event (or a JSON body) is parsed,
-and only when a :class:`ResponseHook` asks for it.
-
-llama-server closes its socket after every streamed response although it
-advertises keep-alive, so a connection that carried a stream is closed rather
-than pooled, and a request that fails on a stale pooled connection before any
-response arrived is retried once on a fresh one.
+The upstream client is :mod:`swapper.upstream` (raw transports and httptools),
+chosen by measurement over aiohttp's client. Response bytes pass through
+unchanged; only the first SSE event (or a JSON body) is parsed, and only when a
+:class:`ResponseHook` asks for it. A connection that carried a stream is never
+reused: llama-server closes it after every stream although it advertises
+keep-alive.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from .errors import ApiError, sse_error_event
+from .upstream import UpstreamError, UpstreamPool, UpstreamResponse
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-    "trailers", "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding",
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+    b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"accept-encoding",
 })
-_DROP_RESPONSE = HOP_BY_HOP - {"content-length"}
+_DROP_RESPONSE = HOP_BY_HOP - {b"content-length"}
 _DONE = b"data: [DONE]"
 
 
@@ -53,99 +50,90 @@ class ResponseHook(Protocol):
         """Modify a decoded JSON response body in place."""
 
 
-def forward_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+def forward_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Client request headers minus hop-by-hop ones (and compression: we pass bytes through)."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in raw
-            if k.decode("latin-1").lower() not in HOP_BY_HOP}
+    return [(k, v) for k, v in raw if k.lower() not in HOP_BY_HOP]
 
 
-def _response_headers(resp: aiohttp.ClientResponse, keep_length: bool) -> Headers:
+def _response_headers(resp: UpstreamResponse, keep_length: bool) -> Headers:
     drop = _DROP_RESPONSE if keep_length else HOP_BY_HOP
-    return [(k, v) for k, v in resp.raw_headers if k.decode("latin-1").lower() not in drop]
+    return [(k, v) for k, v in resp.headers if k.lower() not in drop]
+
+
+@lru_cache(maxsize=256)
+def _origin(base_url: str) -> tuple[str, int, str]:
+    """(host, port, path prefix) of an ``http://`` base URL."""
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ApiError(502, f"unsupported upstream URL {base_url!r} (plain http:// only)",
+                       "upstream_error")
+    return parts.hostname, parts.port or 80, parts.path.rstrip("/")
 
 
 class UpstreamClient:
-    """One pooled aiohttp session shared by every model."""
+    """Forwards requests over one pool of upstream connections."""
 
-    def __init__(self, connect_timeout: float = 10.0, read_timeout: float | None = None) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
-                                              sock_read=read_timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
-                auto_decompress=False, timeout=self._timeout, skip_auto_headers=("User-Agent",))
-        return self._session
+    def __init__(self, connect_timeout: float = 10.0) -> None:
+        self.pool = UpstreamPool(connect_timeout)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self.pool.close()
 
-    async def _open(self, method: str, url: str, headers: dict[str, str],
-                    body: bytes) -> aiohttp.ClientResponse:
-        for attempt in (1, 2):
-            try:
-                return await self.session.request(method, url, headers=headers, data=body,
-                                                  allow_redirects=False)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
-                    raise ApiError(502, f"upstream {url} failed: {exc}", "upstream_error") from exc
-            except asyncio.TimeoutError as exc:
-                raise ApiError(504, f"upstream {url} timed out", "upstream_timeout") from exc
-            except aiohttp.ClientError as exc:
-                raise ApiError(502, f"upstream {url} failed: {exc}", "upstream_error") from exc
-        raise AssertionError("unreachable")
-
-    async def forward(self, method: str, url: str, headers: dict[str, str], body: bytes,
-                      send: Send, hook: ResponseHook | None = None, extra_headers: Headers = (),
+    async def forward(self, method: str, base_url: str, target: str, headers: Headers,
+                      body: bytes, send: Send, hook: ResponseHook | None = None,
+                      extra_headers: Headers = (),
                       intercept: frozenset[int] = frozenset()) -> Intercepted | None:
         """Send the request upstream and stream the answer to ``send``.
 
         An answer whose status is in ``intercept`` is returned instead of sent.
         """
-        resp = await self._open(method, url, headers, body)
+        host, port, prefix = _origin(base_url)
+        try:
+            resp = await self.pool.request(method, host, port, prefix + target, headers, body)
+        except UpstreamError as exc:
+            raise ApiError(502, f"upstream {base_url} failed: {exc}", "upstream_error") from exc
+        reuse = False
         try:
             if resp.status in intercept:
-                return Intercepted(resp.status, await resp.read(), _response_headers(resp, True))
-            if resp.content_type == "text/event-stream":
+                answer = Intercepted(resp.status, await _read(resp), _response_headers(resp, True))
+            elif resp.content_type == "text/event-stream":
                 await _stream_sse(resp, send, hook, extra_headers)
-                resp.close()  # llama-server closes after a stream: never pool this connection
+                answer = None
             elif hook is not None and resp.content_type == "application/json":
                 await _send_rewritten_json(resp, send, hook, extra_headers)
+                answer, reuse = None, True
             else:
                 await _stream_plain(resp, send, extra_headers)
-            return None
-        except BaseException:
-            resp.close()
-            raise
+                answer, reuse = None, True
         finally:
-            resp.release()
+            resp.close(reuse)
+        return answer
+
+
+async def _read(resp: UpstreamResponse) -> bytes:
+    try:
+        return await resp.read()
+    except UpstreamError as exc:
+        raise ApiError(502, f"upstream failed while answering: {exc}", "upstream_error") from exc
 
 
 async def _start(send: Send, status: int, headers: Headers) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
 
 
-async def _stream_plain(resp: aiohttp.ClientResponse, send: Send, extra: Headers) -> None:
+async def _stream_plain(resp: UpstreamResponse, send: Send, extra: Headers) -> None:
     await _start(send, resp.status, _response_headers(resp, True) + list(extra))
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+    except UpstreamError:
         pass  # content-length/chunking tells a plain-HTTP client the body was cut
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _send_rewritten_json(resp: aiohttp.ClientResponse, send: Send, hook: ResponseHook,
+async def _send_rewritten_json(resp: UpstreamResponse, send: Send, hook: ResponseHook,
                                extra: Headers) -> None:
-    try:
-        raw = await resp.read()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        raise ApiError(502, f"upstream failed while answering: {exc}", "upstream_error") from exc
+    raw = await _read(resp)
     try:
         data = json.loads(raw)
     except ValueError:
@@ -192,14 +180,14 @@ class _FirstEventRewriter:
         return event
 
 
-async def _stream_sse(resp: aiohttp.ClientResponse, send: Send, hook: ResponseHook | None,
+async def _stream_sse(resp: UpstreamResponse, send: Send, hook: ResponseHook | None,
                       extra: Headers) -> None:
     headers = _response_headers(resp, False) + [(b"x-accel-buffering", b"no")] + list(extra)
     await _start(send, resp.status, headers)
     rewriter = _FirstEventRewriter(hook) if hook is not None else None
     tail = b""
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.chunks():
             tail = (tail + chunk)[-32:]
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)
@@ -208,8 +196,8 @@ async def _stream_sse(resp: aiohttp.ClientResponse, send: Send, hook: ResponseHo
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         ended_cleanly = _DONE in tail or resp.status >= 400
         problem = "" if ended_cleanly else "upstream ended the stream without [DONE]"
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        problem = f"upstream failed mid-stream: {exc or type(exc).__name__}"
+    except UpstreamError as exc:  # a break after [DONE] lost nothing
+        problem = "" if _DONE in tail else f"upstream failed mid-stream: {exc}"
     final = rewriter.pending if rewriter is not None and not rewriter.done else b""
     if problem:  # never end a broken stream cleanly: opencode would re-send forever
         final += sse_error_event(problem)
