@@ -104,7 +104,10 @@ class _Connection(asyncio.Protocol):
             self.wakeup.set_result(None)
 
     async def next_chunk(self) -> bytes | None:
-        """The next piece of body, or None at its end; raises UpstreamError if it broke."""
+        """All body bytes received so far (waiting for some), or None at the end.
+
+        Raises UpstreamError if the answer broke off.
+        """
         while not self.body:
             if self.complete:
                 return None
@@ -112,9 +115,10 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             self.wakeup = asyncio.get_running_loop().create_future()
             await self.wakeup
-        chunk = self.body.popleft()
-        self.buffered -= len(chunk)
-        if self.buffered <= _HIGH_WATER // 2 and self.transport is not None and not self.closed:
+        chunk = self.body.popleft() if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()  # everything already here goes out as one piece
+        self.buffered = 0
+        if self.transport is not None and not self.closed:
             self.transport.resume_reading()
         return chunk
 
