@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from . import scheduler as sch
 from .config import ModelSpec, SwapperConfig
 from .errors import ApiError, unavailable
@@ -26,6 +24,7 @@ from .logring import LogSink
 from .process import LoadError, UpstreamProcess
 from .reaper import ChildRecords
 from .solver import Plan, compile_plan
+from .upstream import UpstreamPool
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class Manager:
         self._stops: dict[str, asyncio.Task[None]] = {}
         self._runtime_dir = runtime_dir
         self._records = ChildRecords(runtime_dir / "children") if runtime_dir else None
-        self._session: aiohttp.ClientSession | None = None
+        self._health = UpstreamPool(connect_timeout=2.0)
         self._ttl_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -76,7 +75,6 @@ class Manager:
         if self._records is not None:
             for pid in self._records.reap():
                 self.bus.publish("orphan_reaped", pid=pid)
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         self._ttl_task = asyncio.create_task(self._ttl_loop())
         for model in self.config.preload:
             self._spawn(self._preload(model))
@@ -99,8 +97,7 @@ class Manager:
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_exception(unavailable("the swapper is shutting down"))
-        if self._session is not None:
-            await self._session.close()
+        self._health.close()
         for sink in self.logs.values():
             sink.close()
 
@@ -221,12 +218,11 @@ class Manager:
                                   self.config.health_check_timeout, self._exited)
         self.processes[model] = process
         self.bus.publish("model_starting", model=model, port=port)
-        assert self._session is not None, "Manager.start() was not awaited"
         try:
             pid = process.spawn()
             if self._records is not None:
                 self._records.remember(pid, process.argv)
-            await process.wait_ready(self._session)
+            await process.wait_ready(self._health)
         except LoadError:
             self.processes.pop(model, None)
             raise

@@ -22,10 +22,9 @@ import sys
 import time
 from collections.abc import Callable
 
-import aiohttp
-
 from .config import PORT_MACRO, ModelSpec
 from .logring import LogSink
+from .upstream import UpstreamPool
 
 POLL_INTERVAL = 0.02
 _PR_SET_PDEATHSIG = 1
@@ -118,10 +117,10 @@ class UpstreamProcess:
         self._tasks = [loop.create_task(self._pump_output()), loop.create_task(self._watch_exit())]
         return self._popen.pid
 
-    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
+    async def wait_ready(self, http: UpstreamPool) -> None:
         """Wait until the check endpoint answers 200; stop the child and raise if it cannot."""
         try:
-            await asyncio.wait_for(self._poll_ready(session), self.health_timeout)
+            await asyncio.wait_for(self._poll_ready(http), self.health_timeout)
         except asyncio.TimeoutError:
             await self.stop()
             raise LoadError(self._failure(f"not ready after {self.health_timeout:g} s"), 504) from None
@@ -134,26 +133,17 @@ class UpstreamProcess:
         tail = "\n".join(self.log.tail(20))
         return f"model '{self.spec.id}' {what}; last log lines:\n{tail}"
 
-    async def _poll_ready(self, session: aiohttp.ClientSession) -> None:
+    async def _poll_ready(self, http: UpstreamPool) -> None:
         check = self.spec.check_endpoint
         url = None if check in ("", "none") else self.base_url + "/" + check.lstrip("/")
         while True:
             if self._exited.is_set():
                 raise LoadError(self._failure(f"exited with code {self.returncode} while loading"))
-            if url is None or await self._healthy(session, url):
+            if url is None or await http.status(url, timeout=2.0) == 200:
                 return
             self._activity.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._activity.wait(), POLL_INTERVAL)
-
-    @staticmethod
-    async def _healthy(session: aiohttp.ClientSession, url: str) -> bool:
-        try:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                await resp.read()
-                return resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return False
 
     async def _pump_output(self) -> None:
         assert self._popen is not None and self._popen.stdout is not None

@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from .errors import ApiError, sse_error_event
-from .upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, origin
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
@@ -60,16 +58,6 @@ def _response_headers(resp: UpstreamResponse, keep_length: bool) -> Headers:
     return [(k, v) for k, v in resp.headers if k.lower() not in drop]
 
 
-@lru_cache(maxsize=256)
-def _origin(base_url: str) -> tuple[str, int, str]:
-    """(host, port, path prefix) of an ``http://`` base URL."""
-    parts = urlsplit(base_url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ApiError(502, f"unsupported upstream URL {base_url!r} (plain http:// only)",
-                       "upstream_error")
-    return parts.hostname, parts.port or 80, parts.path.rstrip("/")
-
-
 class UpstreamClient:
     """Forwards requests over one pool of upstream connections."""
 
@@ -87,8 +75,8 @@ class UpstreamClient:
 
         An answer whose status is in ``intercept`` is returned instead of sent.
         """
-        host, port, prefix = _origin(base_url)
         try:
+            host, port, prefix = origin(base_url)
             resp = await self.pool.request(method, host, port, prefix + target, headers, body)
         except UpstreamError as exc:
             raise ApiError(502, f"upstream {base_url} failed: {exc}", "upstream_error") from exc

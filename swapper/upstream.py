@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
+from functools import lru_cache
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -24,6 +26,15 @@ _HIGH_WATER = 1 << 20  # pause reading the upstream past this many unread body b
 
 class UpstreamError(ConnectionError):
     """The upstream could not be reached, or broke before finishing its answer."""
+
+
+@lru_cache(maxsize=256)
+def origin(base_url: str) -> tuple[str, int, str]:
+    """(host, port, path prefix) of an ``http://`` base URL."""
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise UpstreamError(f"unsupported upstream URL {base_url!r} (plain http:// only)")
+    return parts.hostname, parts.port or 80, parts.path.rstrip("/")
 
 
 class _Connection(asyncio.Protocol):
@@ -213,6 +224,21 @@ class UpstreamPool:
                 raise
             return UpstreamResponse(self, key, conn)
         raise AssertionError("unreachable")
+
+    async def status(self, url: str, timeout: float) -> int | None:
+        """GET ``url`` and return its status, or None if it did not answer in time."""
+        resp: UpstreamResponse | None = None
+        try:
+            host, port, path = origin(url)
+            resp = await asyncio.wait_for(self.request("GET", host, port, path or "/", [], b""),
+                                          timeout)
+            await asyncio.wait_for(resp.read(), timeout)
+        except (UpstreamError, asyncio.TimeoutError):
+            if resp is not None:
+                resp.close(reuse=False)
+            return None
+        resp.close()
+        return resp.status
 
     def close(self) -> None:
         for idle in self._idle.values():
