@@ -158,7 +158,7 @@ class SwapperApp:
     def __init__(self, manager: Manager, upstream: UpstreamClient | None = None,
                  max_body: int = DEFAULT_MAX_BODY) -> None:
         self.manager = manager
-        self.upstream = upstream or UpstreamClient()
+        self.upstream = upstream or UpstreamClient(manager.http)
         self.max_body = max_body
 
     async def startup(self) -> None:

@@ -65,7 +65,7 @@ class Manager:
         self._stops: dict[str, asyncio.Task[None]] = {}
         self._runtime_dir = runtime_dir
         self._records = ChildRecords(runtime_dir / "children") if runtime_dir else None
-        self._health = UpstreamPool(connect_timeout=2.0)
+        self.http = UpstreamPool()  # shared with the proxy, so a stop can drop idle connections
         self._ttl_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -97,7 +97,7 @@ class Manager:
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_exception(unavailable("the swapper is shutting down"))
-        self._health.close()
+        self.http.close()
         for sink in self.logs.values():
             sink.close()
 
@@ -205,6 +205,7 @@ class Manager:
         if process is None:
             return
         self.bus.publish("model_stopping", model=model, pid=process.pid)
+        self.http.discard(process.base_url)
         await process.stop()
         self.processes.pop(model, None)
         if self._records is not None and process.pid is not None:
@@ -222,7 +223,7 @@ class Manager:
             pid = process.spawn()
             if self._records is not None:
                 self._records.remember(pid, process.argv)
-            await process.wait_ready(self._health)
+            await process.wait_ready(self.http)
         except LoadError:
             self.processes.pop(model, None)
             raise

@@ -61,8 +61,8 @@ def _response_headers(resp: UpstreamResponse, keep_length: bool) -> Headers:
 class UpstreamClient:
     """Forwards requests over one pool of upstream connections."""
 
-    def __init__(self, connect_timeout: float = 10.0) -> None:
-        self.pool = UpstreamPool(connect_timeout)
+    def __init__(self, pool: UpstreamPool | None = None) -> None:
+        self.pool = pool or UpstreamPool()
 
     async def close(self) -> None:
         self.pool.close()

@@ -240,6 +240,17 @@ class UpstreamPool:
         resp.close()
         return resp.status
 
+    def discard(self, base_url: str) -> None:
+        """Close the idle connections to one upstream (before stopping it: an open
+        keep-alive connection makes llama-server linger on shutdown)."""
+        try:
+            key = origin(base_url)[:2]
+        except UpstreamError:
+            return
+        for conn in self._idle.pop(key, []):
+            if conn.transport is not None:
+                conn.transport.close()
+
     def close(self) -> None:
         for idle in self._idle.values():
             for conn in idle:
