@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +17,13 @@ from .server import configure_logging, parse_listen, run
 from .yaml_config import load_yaml_config
 
 
+def default_runtime_dir(config: Path) -> Path:
+    """A directory of our own per config file, outside the user's tree."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(str(config.resolve()).encode()).hexdigest()[:16]
+    return cache / "swapper" / digest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m swapper",
                                      description="Serve models on demand from a llama-swap style config.")
@@ -22,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port (default 127.0.0.1:8080)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--runtime-dir", type=Path, default=None,
-                        help="where child pid records live (default: next to the config)")
+                        help="where child pid records live (default: one directory per config "
+                             "under ${XDG_CACHE_HOME:-~/.cache}/swapper)")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
@@ -35,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("swapper").warning("%s", warning)
     bus = EventBus()
     bus.subscribe(log_events)
-    runtime = args.runtime_dir or args.config.resolve().parent / ".swapper"
+    runtime = args.runtime_dir or default_runtime_dir(args.config)
     app = SwapperApp(Manager(config, bus, runtime_dir=runtime))
     run(app, host, port, args.log_level)
     return 0

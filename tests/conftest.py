@@ -120,7 +120,8 @@ def swapper(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
         config.write_text(config_yaml)
         port = free_port()
         server = start_server([sys.executable, "-m", "swapper", "-c", str(config),
-                               "--listen", f"127.0.0.1:{port}"], port,
+                               "--listen", f"127.0.0.1:{port}",
+                               "--runtime-dir", str(tmp_path / f"run{len(started)}")], port,
                               tmp_path / f"swapper{len(started)}.log", env)
         started.append(server)
         return server

@@ -163,7 +163,8 @@ def test_sigkill_of_the_swapper_leaves_no_llama_server(tmp_path, llama_server_bi
     config.write_text(matrix_config(llama_server_bin, tiny_models))
     port = free_port()
     server = start_server([sys.executable, "-m", "swapper", "-c", str(config), "--listen",
-                           f"127.0.0.1:{port}"], port, tmp_path / "swapper.log")
+                           f"127.0.0.1:{port}", "--runtime-dir", str(tmp_path / "run")],
+                          port, tmp_path / "swapper.log")
     try:
         chat(server, "a")
         pids = [row["pid"] for row in server.running().values()]
@@ -181,7 +182,8 @@ def test_example_llama_swap_config_runs_unchanged(tmp_path, llama_server_bin, ti
     env = {"LLAMA_SERVER": llama_server_bin, "MODELS_DIR": str(models_dir)}
     server = start_server([sys.executable, "-m", "swapper", "-c",
                            str(ROOT / "examples" / "llama-swap-config.yaml"),
-                           "--listen", f"127.0.0.1:{port}"], port, tmp_path / "swapper.log", env)
+                           "--listen", f"127.0.0.1:{port}", "--runtime-dir", str(tmp_path / "run")],
+                          port, tmp_path / "swapper.log", env)
     try:
         listed = {m["id"] for m in json.loads(server.get("/v1/models")[2])["data"]}
         for model in listed:

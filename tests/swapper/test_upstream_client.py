@@ -27,8 +27,13 @@ async def serve_once(answers: list[bytes]) -> tuple[asyncio.Server, int, list[by
                 break
         writer.close()
 
+    server, port = await listen(handle)
+    return server, port, requests
+
+
+async def listen(handle) -> tuple[asyncio.Server, int]:
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1], requests
+    return server, server.sockets[0].getsockname()[1]
 
 
 async def body_of(pool: UpstreamPool, port: int) -> bytes:
@@ -70,8 +75,7 @@ async def test_keep_alive_connections_are_reused() -> None:
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await listen(handle)
     pool = UpstreamPool()
     async with server:
         assert await body_of(pool, port) == b"ok"
@@ -95,8 +99,7 @@ async def test_a_request_dropped_on_a_pooled_connection_is_retried_on_a_fresh_on
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await listen(handle)
     pool = UpstreamPool()
     async with server:
         assert await body_of(pool, port) == b"old"
