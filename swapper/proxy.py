@@ -11,6 +11,7 @@ keep-alive.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ HOP_BY_HOP = frozenset({
 })
 _DROP_RESPONSE = HOP_BY_HOP - {b"content-length"}
 _DONE = b"data: [DONE]"
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass(frozen=True)
@@ -135,21 +137,31 @@ async def _send_rewritten_json(resp: UpstreamResponse, send: Send, hook: Respons
 
 
 class _FirstEventRewriter:
-    """Buffers the start of an SSE stream until one event is complete, then rewrites it."""
+    """Buffers the start of an SSE stream until one event is complete, then rewrites it.
+
+    It gives up (passing bytes through untouched) after ``LIMIT`` bytes without a
+    rewritable event, so an unusual stream is never held back.
+    """
+
+    LIMIT = 16384
 
     def __init__(self, hook: ResponseHook) -> None:
         self.hook = hook
         self.pending = b""
+        self.seen = 0
         self.done = False
 
     def feed(self, chunk: bytes) -> bytes:
         if self.done:
             return chunk
         self.pending += chunk
+        self.seen += len(chunk)
         out = b""
-        while not self.done and b"\n\n" in self.pending:
-            event, self.pending = self.pending.split(b"\n\n", 1)
-            out += self._rewrite(event) + b"\n\n"
+        while not self.done and (end := _EVENT_END.search(self.pending)):
+            event, self.pending = self.pending[:end.start()], self.pending[end.end():]
+            out += self._rewrite(event) + end.group()
+        if self.seen > self.LIMIT:
+            self.done = True
         if self.done:
             out += self.pending
             self.pending = b""
