@@ -9,9 +9,12 @@ what the caller set.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import importlib.util
 import json
 import os
+from types import ModuleType
 from typing import Any
 
 from swapper.errors import ApiError, sse_error_event
@@ -26,6 +29,12 @@ _PASSTHROUGH_STATUS = {400, 401, 403, 404, 413, 429, 502, 503, 504}
 
 def litellm_installed() -> bool:
     return importlib.util.find_spec("litellm") is not None
+
+
+async def _litellm() -> ModuleType:
+    """litellm, imported once in a worker thread: its 3-5 s import must not stall the loop."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost-map fetch at import
+    return await asyncio.to_thread(importlib.import_module, "litellm")
 
 
 def request_params(tier: Tier, data: dict[str, Any]) -> dict[str, Any]:
@@ -48,9 +57,7 @@ async def serve_hosted(tier: Tier, data: dict[str, Any], send: Send, extra: Head
     if not litellm_installed():
         raise ApiError(503, f"tier '{tier.name}' is hosted ({tier.model}) but litellm is not "
                             "installed: pip install 'llmstack[hosted]'", "hosted_unavailable")
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost-map fetch at import
-    import litellm
-
+    litellm = await _litellm()
     try:
         result = await litellm.acompletion(**request_params(tier, data))
     except Exception as exc:  # litellm raises its own hierarchy; map by status

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -44,6 +43,11 @@ ctx_size = 200000
 """
 
 
+# Run llmstack as if litellm were not installed (importing it then fails, find_spec says None).
+HIDE_LITELLM = ("import runpy, sys; sys.modules['litellm'] = None; "
+                "sys.argv[0] = 'llmstack'; runpy.run_module('llmstack', run_name='__main__')")
+
+
 @pytest.fixture
 def stack(tmp_path: Path):
     wrapper = tmp_path / "fake-llama-server"
@@ -56,7 +60,7 @@ def stack(tmp_path: Path):
     for seed, name in enumerate(("fast.gguf", "smart.gguf")):  # the fake upstream ignores -m
         write_tiny_gguf(snapshot / name, seed=seed)
     port = free_port()
-    server = start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port),
+    server = start_server([sys.executable, "-c", HIDE_LITELLM, "serve", "--port", str(port),
                           "--models-ini", str(ini)], port, tmp_path / "serve.log",
                          {"LLMSTACK_LLAMA_SERVER": str(wrapper), "LLMSTACK_API_KEYS": "sekrit",
                           "HF_HUB_CACHE": str(tmp_path / "hub")},
@@ -125,7 +129,6 @@ def test_tier_whose_file_is_not_downloaded_says_so(stack) -> None:
     assert "test/tiny/not-downloaded.gguf" in error["message"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("litellm") is not None, reason="litellm is installed")
 def test_hosted_tier_without_litellm_is_a_clear_error_and_auto_skips_it(stack) -> None:
     server, _ = stack
     status, body = call(server, "POST", "/v1/chat/completions", {"model": "code-ultra", "messages": []})
