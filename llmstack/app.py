@@ -197,9 +197,9 @@ class LLMStackApp:
             return None
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
-            raise ApiError(503, f"tier '{name}': {spec.metadata['missing_file']} is not in the "
-                                "Hugging Face cache; download it first (huggingface-cli download "
-                                f"{tier.hf_repo if tier else ''} {tier.hf_file if tier else ''})",
+            repo, file = spec.metadata["missing_file"]
+            raise ApiError(503, f"tier '{name}': {repo}/{file} is not in the Hugging Face cache; "
+                                f"download it first (huggingface-cli download {repo} {file})",
                            "model_not_downloaded")
         return await self.swapper.serve_model(scope, receive, send, name, body, path,
                                               TierName(name), extra, data, intercept)

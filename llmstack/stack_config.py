@@ -121,7 +121,7 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
             continue
         model_file = files.get(tier.name)
         if model_file is None:
-            common["metadata"] = {**common["metadata"], "missing_file": f"{tier.hf_repo}/{tier.hf_file}"}
+            common["metadata"] = {**common["metadata"], "missing_file": (tier.hf_repo, tier.hf_file)}
         argv = llama_server_argv(stack, tier, server, model_file or Path(str(tier.hf_file)))
         models[tier.name] = ModelSpec(cmd=argv, ttl=float(tier.effective_ttl),
                                       concurrency_limit=TIER_CONCURRENCY_LIMIT,

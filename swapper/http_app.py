@@ -235,7 +235,7 @@ class SwapperApp:
 
     def model_list(self) -> list[dict[str, Any]]:
         rows = []
-        running = {row["model"] for row in self.manager.running()}
+        running = self.manager.processes
         for spec in self.manager.config.models.values():
             if spec.unlisted:
                 continue

@@ -63,7 +63,6 @@ class Manager:
         self._futures: dict[int, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stops: dict[str, asyncio.Task[None]] = {}
-        self._runtime_dir = runtime_dir
         self._records = ChildRecords(runtime_dir / "children") if runtime_dir else None
         self.http = UpstreamPool()  # shared with the proxy, so a stop can drop idle connections
         self._ttl_task: asyncio.Task[None] | None = None

@@ -84,7 +84,6 @@ class UpstreamProcess:
         self.health_timeout = health_timeout
         self.base_url = expand_port(spec.proxy, port).rstrip("/")
         self.argv = [expand_port(a, port) for a in spec.cmd]
-        self.started_at = 0.0
         self.ready_at = 0.0
         self.stopping = False
         self._on_exit = on_exit
@@ -104,7 +103,6 @@ class UpstreamProcess:
     def spawn(self) -> int:
         """Start the child (argv, own process group, dies with its parent); returns its pid."""
         env = {**os.environ, **self.spec.env}
-        self.started_at = time.monotonic()
         self.log.write(f"[swapper] starting {self.spec.id}: {' '.join(self.argv)}")
         try:
             self._popen = subprocess.Popen(
