@@ -198,8 +198,8 @@ class LLMStackApp:
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
             repo, file = spec.metadata["missing_file"]
-            raise ApiError(503, f"tier '{name}': {repo}/{file} is not in the Hugging Face cache; "
-                                f"download it first (huggingface-cli download {repo} {file})",
+            raise ApiError(503, f"tier '{name}': {repo}/{file} is not downloaded; "
+                                f"run: llmstack download {name}",
                            "model_not_downloaded")
         return await self.swapper.serve_model(scope, receive, send, name, body, path,
                                               TierName(name), extra, data, intercept)

@@ -6,8 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Stack
+    from .hf_cache import Channel
 
 DEFAULT_MODELS_INI = Path(".llmstack") / "models.ini"
 
@@ -34,7 +39,29 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--force", action="store_true", help="rebuild even if a build is cached")
     install.add_argument("--jobs", type=int, help="parallel build jobs (default: all cores)")
     verbs.add_parser("template", help="print the bundled models.ini template")
+    _model_file_verbs(verbs)
     return parser
+
+
+def _model_file_verbs(verbs: argparse._SubParsersAction) -> None:
+    """``download`` and ``check`` (aliases ``download-models``, ``check-models``)."""
+    download = verbs.add_parser(
+        "download", aliases=["download-models"], help="download the tiers' GGUFs into the HF cache",
+        description="Download GGUF tiers' files from Hugging Face into its standard cache, two at "
+                    "a time, each verified against the hub's size and sha256. A private or "
+                    "gated repo needs HF_TOKEN in the environment. Exit status 1 if any failed.")
+    download.add_argument("tiers", nargs="*", metavar="tier", help="tier names or aliases (default: all)")
+    check = verbs.add_parser(
+        "check", aliases=["check-models"], help="report each tier: present, missing or drifted",
+        description="Per tier: its GGUF present, missing, or drifted (another revision, or size / "
+                    "sha256 no longer matching the hub's); hosted tiers with their credential "
+                    "variable set or not. Offline. Exit status 1 if any tier is not ready.")
+    check.add_argument("--verify", action="store_true", help="also hash every file (slow for big models)")
+    for verb in (download, check):
+        verb.add_argument("--channel", choices=["current", "next"], default="current",
+                          help="which files: hf_file (current, default) or hf_file_next (next)")
+        verb.add_argument("--models-ini", type=Path,
+                          help=f"models.ini to read (default: $LLMSTACK_MODELS_INI, else ./{DEFAULT_MODELS_INI})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[!] {exc}", file=sys.stderr)
                 return 1
             return 0
+        if args.verb in ("download", "download-models"):
+            return _download(args.tiers, args.channel, args.models_ini)
+        if args.verb in ("check", "check-models"):
+            from .check import check_stack, report
+            return report(check_stack(_stack(args.models_ini), args.channel, args.verify), sys.stdout)
         if args.verb == "template":
             from .config import bundled_template_text
             sys.stdout.write(bundled_template_text())
@@ -68,3 +100,43 @@ def _models_ini(explicit: Path | None) -> tuple[Path, bool]:
         return explicit, True
     env = os.environ.get("LLMSTACK_MODELS_INI")
     return (Path(env), True) if env else (DEFAULT_MODELS_INI, False)
+
+
+def _stack(explicit: Path | None) -> Stack:
+    """The models.ini a verb works on; exits with a one-line error when it is missing or bad."""
+    from .config import ModelsIniError, load_stack
+
+    path, _ = _models_ini(explicit)
+    try:
+        return load_stack(path)
+    except FileNotFoundError:
+        print(f"[!] models.ini not found: {path} (start one: llmstack template > {DEFAULT_MODELS_INI})",
+              file=sys.stderr)
+    except ModelsIniError as exc:
+        print(f"[!] {path} has errors:\n{exc}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _download(names: list[str], channel: Channel, explicit: Path | None) -> int:
+    from .download import download, summary
+    from .hf_cache import tier_files
+
+    stack = _stack(explicit)
+    chosen = [stack.tier(n) for n in names]
+    unknown = [n for n, t in zip(names, chosen) if t is None]
+    if unknown:
+        known = ", ".join(t.name for t in stack.tiers)
+        print(f"[!] unknown tier: {', '.join(unknown)} (tiers: {known})", file=sys.stderr)
+        return 2
+    wanted = [t.name for t in chosen if t is not None] if names else None
+    files = tier_files(stack, channel, wanted)
+    hosted = [t.name for t in stack.tiers if t.backend != "gguf" and (wanted is None or t.name in wanted)]
+    if hosted:
+        print(f"[=] hosted, nothing to download: {', '.join(hosted)}", file=sys.stderr)
+    if not files:
+        print("[=] no GGUF tiers to download", file=sys.stderr)
+        return 0
+    results = download(files)
+    line = summary(results)
+    print(line, file=sys.stderr)
+    return 1 if line.startswith("[!]") else 0

@@ -21,7 +21,8 @@ from .demo import BANNER, demo_files, demo_stack
 from .llama_server import cache_dir, find_llama_server, missing_server_message
 from .hosted import litellm_installed
 from .routing import RoutingTable
-from .stack_config import build_swapper_config, local_files
+from .hf_cache import local_files
+from .stack_config import build_swapper_config
 
 
 API_KEYS_ENV = "LLMSTACK_API_KEYS"

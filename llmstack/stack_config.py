@@ -11,7 +11,6 @@ Hosted tiers have no process: they cost nothing and co-reside with everything.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,15 +28,6 @@ TIER_CONCURRENCY_LIMIT = 64
 _ROLE_VARS = {"fast": "f", "agent": "c", "plan": "p", "plan-uncensored": "u"}
 _SAMPLER_FLAGS = (("temp", "--temp"), ("top_p", "--top-p"), ("top_k", "--top-k"),
                   ("min_p", "--min-p"), ("rep_pen", "--repeat-penalty"))
-
-
-def hf_cache_file(repo: str, filename: str) -> Path | None:
-    """The file in the Hugging Face hub cache (any snapshot), or None if not downloaded."""
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub")
-    snapshots = hub / ("models--" + repo.replace("/", "--")) / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    return next((p for p in sorted(snapshots.glob(f"*/{filename}")) if p.exists()), None)
 
 
 def _number(value: float) -> str:
@@ -133,8 +123,3 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
         memory_budget_mb=float(stack.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB),
         log_dir=log_dir)
 
-
-def local_files(stack: Stack) -> dict[str, Path | None]:
-    """Each GGUF tier's file in the Hugging Face cache (None when not downloaded)."""
-    return {t.name: hf_cache_file(str(t.hf_repo), str(t.hf_file))
-            for t in stack.tiers if t.backend == "gguf"}

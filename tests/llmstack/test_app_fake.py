@@ -127,6 +127,7 @@ def test_tier_whose_file_is_not_downloaded_says_so(stack) -> None:
     error = json.loads(body)["error"]
     assert status == 503 and error["code"] == "model_not_downloaded"
     assert "test/tiny/not-downloaded.gguf" in error["message"]
+    assert "run: llmstack download extra" in error["message"]
 
 
 def test_hosted_tier_without_litellm_is_a_clear_error_and_auto_skips_it(stack) -> None:

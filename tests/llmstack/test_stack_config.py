@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmstack.config import bundled_template_text, parse_stack
-from llmstack.stack_config import build_swapper_config, hf_cache_file
+from llmstack.stack_config import build_swapper_config
 from swapper.config import ConfigError
 from swapper.solver import compile_plan
 
@@ -60,16 +60,6 @@ def test_a_stack_whose_sets_cannot_fit_is_refused_with_the_overage() -> None:
     stack = parse_stack(text)
     with pytest.raises(ConfigError, match=r"over memory_budget_mb 40000"):
         compile_plan(build_swapper_config(stack, "/bin/llama-server", {}))
-
-
-def test_model_file_is_found_in_the_hugging_face_cache(tmp_path: Path, monkeypatch) -> None:
-    snapshot = tmp_path / "models--org--repo" / "snapshots" / "abc"
-    snapshot.mkdir(parents=True)
-    (snapshot / "m.gguf").write_bytes(b"GGUF")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    assert hf_cache_file("org/repo", "m.gguf") == snapshot / "m.gguf"
-    assert hf_cache_file("org/repo", "other.gguf") is None
-    assert hf_cache_file("org/none", "m.gguf") is None
 
 
 def test_an_unreadable_gguf_falls_back_to_size_gb(tmp_path: Path) -> None:

@@ -1,0 +1,164 @@
+"""``llmstack download``: fetch tiers' GGUFs into the Hugging Face cache, verified.
+
+Downloads go through huggingface_hub (``hf_hub_download``: its cache layout, locks,
+per-file progress bar, Range-resume of an interrupted transfer, and hf_xet when the hub
+serves a file from Xet storage). At most :data:`MAX_PARALLEL` files are in flight. The
+size and, for LFS files, the sha256 announced by the hub (``X-Linked-Size`` /
+``X-Linked-Etag``) are checked; a file that fails is removed from the cache, so nothing
+half-right is left where ``serve`` would load it. ``HF_TOKEN`` is read from the
+environment only (huggingface_hub falls back to a ``hf auth login`` token) and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from .hf_cache import TierFile, find_cached, human_size, record_hub_size, repo_dir, sha256_of
+
+MAX_PARALLEL = 2
+Outcome = Literal["downloaded", "present", "failed"]
+
+
+@dataclass(frozen=True)
+class Result:
+    file: TierFile
+    outcome: Outcome
+    detail: str = ""
+
+
+class VerifyError(Exception):
+    """The downloaded bytes do not match the hub's metadata."""
+
+
+def _token() -> str | None:
+    return os.environ.get("HF_TOKEN") or None
+
+
+def scrub(text: str) -> str:
+    """``text`` with the token (if any) masked: nothing we print may carry it."""
+    token = _token()
+    return text.replace(token, "***") if token else text
+
+
+def _discard(pointer: Path) -> None:
+    """Remove a snapshot entry and the blob it points to."""
+    blob = pointer.resolve()
+    pointer.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+
+
+def _fetch(file: TierFile, say: _Say) -> Result:
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    if constants.HF_HUB_OFFLINE:
+        cached = find_cached(file)
+        if cached is None:
+            return Result(file, "failed", "not in the cache, and HF_HUB_OFFLINE is set")
+        return Result(file, "present", f"{human_size(cached.size)}, offline: not compared with the hub")
+    token = _token()
+    meta = get_hf_file_metadata(hf_hub_url(file.repo, file.filename, revision=file.revision),
+                                token=token)
+    if not meta.etag or meta.size is None:
+        return Result(file, "failed", "the hub sent no etag or size for this file")
+    blob = repo_dir(file.repo) / "blobs" / meta.etag
+    present = blob.is_file() and blob.stat().st_size == meta.size
+    if blob.exists() and not present:
+        blob.unlink()  # a copy of the wrong size: fetch it again
+    if not present:
+        say(f"[*] {file.tier} ({file.channel}): {file.repo} / {file.filename} "
+            f"({human_size(meta.size)})")
+    pointer = Path(hf_hub_download(file.repo, file.filename, revision=file.revision, token=token,
+                                   tqdm_class=_progress_bar(f"{file.tier}: {file.filename}")))
+    size = pointer.stat().st_size
+    if size != meta.size:
+        _discard(pointer)
+        raise VerifyError(f"size mismatch: got {size} bytes, the hub says {meta.size}; removed")
+    if not present and len(meta.etag) == 64:  # an LFS file: its etag is the sha256
+        digest = sha256_of(pointer)
+        if digest != meta.etag:
+            _discard(pointer)
+            raise VerifyError(f"sha256 mismatch: got {digest}, the hub says {meta.etag}; removed")
+    record_hub_size(meta.etag, meta.size)
+    if present:
+        return Result(file, "present", human_size(meta.size))
+    return Result(file, "downloaded", f"{human_size(meta.size)}, "
+                  + ("sha256 verified" if len(meta.etag) == 64 else "size verified"))
+
+
+def _progress_bar(label: str) -> type[Any]:
+    """huggingface_hub's bar (shown on a terminal, honours HF_HUB_DISABLE_PROGRESS_BARS), labelled."""
+    from huggingface_hub.utils import tqdm
+
+    class Bar(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["desc"] = label
+            super().__init__(*args, **kwargs)
+
+    return Bar
+
+
+class _Say:
+    """Print one line at a time (threads share the stream), token scrubbed."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            print(scrub(line), file=self.out, flush=True)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failed file, with the fix when there is an obvious one."""
+    from huggingface_hub import errors
+
+    hint = "" if _token() else " (if it is gated or private, export HF_TOKEN)"
+    if isinstance(exc, VerifyError):
+        return str(exc)
+    if isinstance(exc, errors.GatedRepoError):
+        return "gated repository: accept its terms on the hub" + (hint or ", then retry")
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return "repository not found" + hint
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return "revision not found in the repository"
+    if isinstance(exc, errors.EntryNotFoundError):
+        return "file not found in the repository (check hf_file / hf_file_next)"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first if isinstance(exc, (errors.HfHubHTTPError, OSError)) else f"{type(exc).__name__}: {first}"
+
+
+def download(files: list[TierFile], out: TextIO = sys.stderr) -> list[Result]:
+    """Download ``files`` (at most MAX_PARALLEL at once); one Result per file, in order."""
+    say = _Say(out)
+
+    def one(file: TierFile) -> Result:
+        try:
+            result = _fetch(file, say)
+        except Exception as exc:  # noqa: BLE001 -- one file's failure must not stop the others
+            result = Result(file, "failed", describe(exc))
+        mark = {"downloaded": "[OK]", "present": "[=]", "failed": "[!]"}[result.outcome]
+        verb = {"downloaded": "downloaded", "present": "already present", "failed": "FAILED"}
+        say(f"{mark} {file.tier} ({file.channel}): {file.filename} {verb[result.outcome]}"
+            + (f" ({result.detail})" if result.detail else ""))
+        return result
+
+    with ThreadPoolExecutor(MAX_PARALLEL, thread_name_prefix="download") as pool:
+        return list(pool.map(one, files))
+
+
+def summary(results: list[Result]) -> str:
+    counts = {o: sum(r.outcome == o for r in results) for o in ("downloaded", "present", "failed")}
+    line = (f"{counts['downloaded']} downloaded, {counts['present']} already present, "
+            f"{counts['failed']} failed")
+    failed = [r for r in results if r.outcome == "failed"]
+    if not failed:
+        return f"[OK] {line}"
+    retry = " ".join(dict.fromkeys(r.file.tier for r in failed))
+    return f"[!] {line} (retry: llmstack download {retry})"

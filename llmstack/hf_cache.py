@@ -1,0 +1,180 @@
+"""Where each GGUF tier's file lives: the standard Hugging Face hub cache, read without the network.
+
+The layout is huggingface_hub's (``models--<org>--<name>/{refs,snapshots,blobs}``): a ref
+names a commit, ``snapshots/<commit>/<file>`` links to ``blobs/<etag>``, and for LFS files
+the etag is the file's sha256. This module is the one owner of "which file serves this
+tier": ``serve``, ``download`` and ``check`` all go through :func:`tier_files` and
+:func:`find_cached`. It is stdlib-only so ``serve`` and ``check`` never import huggingface_hub.
+
+``download`` also records the size the hub announced for each blob
+(``<llmstack cache>/hub-metadata/<etag>.json``); being keyed by content, a record never
+goes stale, and ``check`` compares the file on disk against it offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .config import Stack, Tier
+from .llama_server import cache_dir
+
+Channel = Literal["current", "next"]
+CHANNELS: tuple[Channel, ...] = ("current", "next")
+REVISION = "main"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class TierFile:
+    """The GGUF one tier serves in one channel."""
+
+    tier: str
+    channel: Channel
+    repo: str
+    filename: str
+    revision: str = REVISION
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """A tier file found in the cache."""
+
+    path: Path
+    """``snapshots/<commit>/<file>`` (what llama-server is given)."""
+    commit: str
+    ref_commit: str | None
+    """The commit ``refs/<revision>`` names, None when the cache has no such ref."""
+    etag: str
+    """The blob's name: the sha256 for LFS files."""
+    size: int
+
+    @property
+    def other_revision(self) -> bool:
+        """The file exists only in a snapshot other than the one the ref points to."""
+        return self.ref_commit is not None and self.commit != self.ref_commit
+
+    @property
+    def sha256(self) -> str | None:
+        return self.etag if _SHA256.fullmatch(self.etag) else None
+
+
+def tier_file(tier: Tier, channel: Channel = "current") -> TierFile | None:
+    """The file a GGUF tier serves in ``channel`` (next falls back to current); None if hosted."""
+    if tier.backend != "gguf" or not tier.hf_repo or not tier.hf_file:
+        return None
+    if channel == "next" and tier.hf_file_next:
+        return TierFile(tier.name, "next", tier.hf_repo_next or tier.hf_repo, tier.hf_file_next)
+    return TierFile(tier.name, "current", tier.hf_repo, tier.hf_file)
+
+
+def hub_cache_dir() -> Path:
+    """``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``${XDG_CACHE_HOME:-~/.cache}/huggingface/hub``."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def repo_dir(repo: str) -> Path:
+    return hub_cache_dir() / ("models--" + repo.replace("/", "--"))
+
+
+def _ref_commit(storage: Path, revision: str) -> str | None:
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    try:
+        return (storage / "refs" / revision).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def find_cached(file: TierFile) -> CachedFile | None:
+    """The file in the ref's snapshot, else in any other snapshot (newest first), else None."""
+    storage = repo_dir(file.repo)
+    ref = _ref_commit(storage, file.revision)
+    candidates = [storage / "snapshots" / ref / file.filename] if ref else []
+    others = (storage / "snapshots").glob(f"*/{file.filename}")
+    candidates += sorted((p for p in others if p not in candidates),
+                         key=lambda p: p.lstat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            size = path.stat().st_size  # follows the link: a dangling one is not a file
+        except OSError:
+            continue
+        etag = path.resolve().name
+        return CachedFile(path, path.parent.name, ref, etag, size)
+    return None
+
+
+def other_cached_files(repo: str, suffix: str = ".gguf") -> list[str]:
+    """Names of ``suffix`` files cached for ``repo`` in any snapshot (to hint at a renamed file)."""
+    return sorted({p.name for p in (repo_dir(repo) / "snapshots").glob(f"*/*{suffix}") if p.exists()})
+
+
+def tier_files(stack: Stack, channel: Channel = "current",
+               names: list[str] | None = None) -> list[TierFile]:
+    """The files of the GGUF tiers among ``names`` (all tiers when None), in file order."""
+    tiers = stack.tiers if names is None else [t for t in stack.tiers if t.name in names]
+    return [f for f in (tier_file(t, channel) for t in tiers) if f is not None]
+
+
+def local_files(stack: Stack, channel: Channel = "current") -> dict[str, Path | None]:
+    """Each GGUF tier's cached file (None when not downloaded): what ``serve`` runs."""
+    found = {f.tier: find_cached(f) for f in tier_files(stack, channel)}
+    return {name: cached.path if cached else None for name, cached in found.items()}
+
+
+# --------------------------------------------------------------------------- hub metadata records
+
+
+def _record_path(etag: str) -> Path:
+    return cache_dir() / "hub-metadata" / f"{etag}.json"
+
+
+def record_hub_size(etag: str, size: int) -> None:
+    """Remember the size the hub announced for blob ``etag`` (atomic write)."""
+    path = _record_path(etag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump({"size": size}, out)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def recorded_hub_size(etag: str) -> int | None:
+    """The size recorded by :func:`record_hub_size`, None when never recorded or unreadable."""
+    try:
+        size = json.loads(_record_path(etag).read_text()).get("size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) else None
+
+
+def human_size(size: int) -> str:
+    """Bytes in B, kB, MB or GB (decimal units, as the hub and its progress bars show them)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB"):
+        if value < 1000:
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        while chunk := data.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,163 @@
+"""A loopback fake of the Hugging Face hub: just what ``hf_hub_download`` calls.
+
+``HEAD|GET /{org}/{name}/resolve/{revision}/{file}`` answer with the hub's metadata headers
+(``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag`` = sha256, ``X-Linked-Size``) and serve
+``Range: bytes=N-`` as 206. Faults per file: announce a wrong size or sha256, or cut
+the first body midway. It records every request and the most GETs ever in flight; with
+``hold_gets`` each GET waits (at most that long) for a third one to arrive before
+sending its body, so a downloader that runs more than two at once is caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COMMIT = "c0ffee" + "0" * 34
+_RESOLVE = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)")
+
+
+@dataclass
+class HubFile:
+    data: bytes
+    announced_size: int | None = None
+    """Lie about the size (X-Linked-Size) when set."""
+    announced_sha256: str | None = None
+    """Lie about the sha256 (etag) when set."""
+    cut_once: bool = False
+    """Close the connection halfway through the first GET's body."""
+
+    @property
+    def sha256(self) -> str:
+        return self.announced_sha256 or hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    """Lower-cased names."""
+
+
+@dataclass
+class FakeHub:
+    url: str = ""
+    files: dict[tuple[str, str], HubFile] = field(default_factory=dict)
+    requests: list[Seen] = field(default_factory=list)
+    token: str | None = None
+    """When set, every request must carry ``Authorization: Bearer <token>``."""
+    commit: str = COMMIT
+    hold_gets: float = 0.0
+    max_in_flight: int = 0
+    _in_flight: int = 0
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def add(self, repo: str, filename: str, data: bytes, **faults: object) -> HubFile:
+        self.files[(repo, filename)] = hub_file = HubFile(data, **faults)  # type: ignore[arg-type]
+        return hub_file
+
+    def gets(self, filename: str) -> list[Seen]:
+        return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + filename)]
+
+    def enter_get(self) -> None:
+        with self._cond:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+            self._cond.notify_all()
+            if self.hold_gets:
+                self._cond.wait_for(lambda: self._in_flight > 2, timeout=self.hold_gets)
+
+    def leave_get(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+
+
+def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self._resolve(body=False)
+
+        def do_GET(self) -> None:
+            self._resolve(body=True)
+
+        def _error(self, status: int, code: str, message: str) -> None:
+            payload = json.dumps({"error": message}).encode()
+            self.send_response(status)
+            self.send_header("X-Error-Code", code)
+            self.send_header("X-Error-Message", message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def _resolve(self, body: bool) -> None:
+            hub.requests.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+            if hub.token and self.headers.get("Authorization") != f"Bearer {hub.token}":
+                return self._error(401, "GatedRepo", "Access to this repo is restricted")
+            match = _RESOLVE.fullmatch(self.path.split("?")[0])
+            hub_file = hub.files.get((match["repo"], match["file"])) if match else None
+            if hub_file is None:
+                return self._error(404, "EntryNotFound", "Entry not found")
+            data = hub_file.data
+            start = 0
+            ranged = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+            if body and ranged:
+                start = int(ranged[1])
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            self.send_header("X-Repo-Commit", hub.commit)
+            self.send_header("ETag", f'"{hub_file.sha256}"')
+            self.send_header("X-Linked-Etag", f'"{hub_file.sha256}"')
+            self.send_header("X-Linked-Size", str(hub_file.announced_size or len(data)))
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            if not body:
+                return None
+            hub.enter_get()
+            try:
+                if hub_file.cut_once:
+                    hub_file.cut_once = False
+                    self.wfile.write(data[start:len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return None
+                self.wfile.write(data[start:])
+            finally:
+                hub.leave_get()
+            return None
+
+    return Handler
+
+
+@contextmanager
+def running_hub() -> Iterator[FakeHub]:
+    """A FakeHub listening on 127.0.0.1 (a free port) until the block ends."""
+    hub = FakeHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
+    server.daemon_threads = True
+    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hub
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
