@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -53,7 +52,7 @@ def _discard(pointer: Path) -> None:
     blob.unlink(missing_ok=True)
 
 
-def _fetch(file: TierFile, say: _Say) -> Result:
+def _fetch(file: TierFile, run: _Run) -> Result:
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     if constants.HF_HUB_OFFLINE:
@@ -71,10 +70,14 @@ def _fetch(file: TierFile, say: _Say) -> Result:
     if blob.exists() and not present:
         blob.unlink()  # a copy of the wrong size: fetch it again
     if not present:
-        say(f"[*] {file.tier} ({file.channel}): {file.repo} / {file.filename} "
-            f"({human_size(meta.size)})")
-    pointer = Path(hf_hub_download(file.repo, file.filename, revision=file.revision, token=token,
-                                   tqdm_class=_progress_bar(f"{file.tier}: {file.filename}")))
+        run.say(f"[*] {file.tier} ({file.channel}): {file.repo} / {file.filename} "
+                f"({human_size(meta.size)})")
+    run.writing.add(blob)
+    try:
+        pointer = Path(hf_hub_download(file.repo, file.filename, revision=file.revision, token=token,
+                                       tqdm_class=_progress_bar(f"{file.tier}: {file.filename}")))
+    finally:
+        run.writing.discard(blob)
     size = pointer.stat().st_size
     if size != meta.size:
         _discard(pointer)
@@ -103,16 +106,24 @@ def _progress_bar(label: str) -> type[Any]:
     return Bar
 
 
-class _Say:
-    """Print one line at a time (threads share the stream), token scrubbed."""
+class _Run:
+    """One ``download`` call: its output (one line at a time, token scrubbed) and the blobs
+    being written, whose partial files are removed on Ctrl-C."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.lock = threading.Lock()
+        self.writing: set[Path] = set()
 
-    def __call__(self, line: str) -> None:
+    def say(self, line: str) -> None:
         with self.lock:
             print(scrub(line), file=self.out, flush=True)
+
+    def remove_partials(self) -> None:
+        """huggingface_hub's ``<etag>.<id>.incomplete`` files of the transfers in flight."""
+        for blob in list(self.writing):
+            for partial in blob.parent.glob(f"{blob.name}.*.incomplete"):
+                partial.unlink(missing_ok=True)
 
 
 def describe(exc: BaseException) -> str:
@@ -131,26 +142,47 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, errors.EntryNotFoundError):
         return "file not found in the repository (check hf_file / hf_file_next)"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if type(exc).__module__.startswith(("httpx", "httpcore")):  # the transport huggingface_hub uses
+        from huggingface_hub import constants
+
+        return f"cannot reach {constants.ENDPOINT}: {first}"
     return first if isinstance(exc, (errors.HfHubHTTPError, OSError)) else f"{type(exc).__name__}: {first}"
 
 
 def download(files: list[TierFile], out: TextIO = sys.stderr) -> list[Result]:
-    """Download ``files`` (at most MAX_PARALLEL at once); one Result per file, in order."""
-    say = _Say(out)
+    """Download ``files``, at most MAX_PARALLEL at once; one Result per file, in order.
 
-    def one(file: TierFile) -> Result:
-        try:
-            result = _fetch(file, say)
-        except Exception as exc:  # noqa: BLE001 -- one file's failure must not stop the others
-            result = Result(file, "failed", describe(exc))
+    Ctrl-C returns at once (KeyboardInterrupt): the workers are daemon threads that die with
+    the process, and the partial files of the transfers in flight are removed first
+    (huggingface_hub >= 1.0 resumes within a transfer, never across runs).
+    """
+    run = _Run(out)
+    results: list[Result | None] = [None] * len(files)
+    slots = threading.BoundedSemaphore(MAX_PARALLEL)
+
+    def one(index: int, file: TierFile) -> None:
+        with slots:
+            try:
+                result = _fetch(file, run)
+            except Exception as exc:  # noqa: BLE001 -- one file's failure must not stop the others
+                result = Result(file, "failed", describe(exc))
         mark = {"downloaded": "[OK]", "present": "[=]", "failed": "[!]"}[result.outcome]
         verb = {"downloaded": "downloaded", "present": "already present", "failed": "FAILED"}
-        say(f"{mark} {file.tier} ({file.channel}): {file.filename} {verb[result.outcome]}"
-            + (f" ({result.detail})" if result.detail else ""))
-        return result
+        run.say(f"{mark} {file.tier} ({file.channel}): {file.filename} {verb[result.outcome]}"
+                + (f" ({result.detail})" if result.detail else ""))
+        results[index] = result
 
-    with ThreadPoolExecutor(MAX_PARALLEL, thread_name_prefix="download") as pool:
-        return list(pool.map(one, files))
+    workers = [threading.Thread(target=one, args=(i, f), name=f"download-{f.tier}", daemon=True)
+               for i, f in enumerate(files)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        run.remove_partials()
+        raise
+    return [r for r in results if r is not None]
 
 
 def summary(results: list[Result]) -> str:

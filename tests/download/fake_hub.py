@@ -57,6 +57,8 @@ class FakeHub:
     commit: str = COMMIT
     hold_gets: float = 0.0
     max_in_flight: int = 0
+    released: bool = False
+    """Set by :meth:`release`: held GETs go on at once."""
     _in_flight: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -73,7 +75,13 @@ class FakeHub:
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
             self._cond.notify_all()
             if self.hold_gets:
-                self._cond.wait_for(lambda: self._in_flight > 2, timeout=self.hold_gets)
+                self._cond.wait_for(lambda: self._in_flight > 2 or self.released,
+                                    timeout=self.hold_gets)
+
+    def release(self) -> None:
+        with self._cond:
+            self.released = True
+            self._cond.notify_all()
 
     def leave_get(self) -> None:
         with self._cond:
@@ -158,6 +166,7 @@ def running_hub() -> Iterator[FakeHub]:
     try:
         yield hub
     finally:
+        hub.release()
         server.shutdown()
         server.server_close()
         thread.join()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
+import subprocess
 from pathlib import Path
 
-from .conftest import REPO, Project, tier_ini
+from ..conftest import free_port, wait_until
+from .conftest import CLI, REPO, Project, tier_ini
 from .fake_hub import COMMIT, FakeHub
 
 
@@ -83,7 +86,7 @@ def test_a_wrong_sha256_fails_cleanly_and_leaves_no_file(
 
 def test_no_more_than_two_files_are_in_flight(
         project: Project, hub: FakeHub, ggufs: list[bytes]) -> None:
-    hub.hold_gets = 1.0  # each GET waits up to 1 s for a third one: a limit above 2 shows
+    hub.hold_gets = 1.5  # each GET waits up to 1.5 s for a third one: a limit above 2 shows
     names = [f"m{i}.gguf" for i in range(4)]
     for name, data in zip(names, ggufs):
         hub.add(REPO, name, data)
@@ -151,6 +154,10 @@ def test_bad_arguments_are_one_line_errors(project: Project) -> None:
         2, "[!] unknown tier: nope (tiers: code-fast)\n")
     channel = project.run("download", "--channel", "beta")
     assert channel.returncode == 2 and "invalid choice: 'beta'" in channel.stderr
+    closed = f"http://127.0.0.1:{free_port()}"
+    down = project.run("download", HF_ENDPOINT=closed)
+    assert down.returncode == 1 and f"FAILED (cannot reach {closed}: " in down.stderr
+    assert "Traceback" not in down.stderr
 
 
 def test_offline_download_reports_cached_files_and_fails_on_the_rest(
@@ -164,3 +171,23 @@ def test_offline_download_reports_cached_files_and_fails_on_the_rest(
     assert "[=] a (current): a.gguf already present" in offline.stderr
     assert "b.gguf FAILED (not in the cache, and HF_HUB_OFFLINE is set)" in offline.stderr
     assert len(hub.requests) == before
+
+
+def test_ctrl_c_stops_at_once_and_leaves_no_partial_file(
+        project: Project, hub: FakeHub, big_gguf: bytes) -> None:
+    hub.hold_gets = 60.0  # the body never comes while the test runs
+    hub.add(REPO, "big.gguf", big_gguf)
+    project.write_ini(tier_ini(("code-smart", "big.gguf")))
+    proc = subprocess.Popen([str(CLI), "download"], cwd=project.root, env=project.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: hub.max_in_flight == 1, 30, "the download's GET")
+        assert list(project.storage.glob("blobs/*.incomplete"))  # the transfer has begun
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "[!] interrupted" in err and "Traceback" not in err
+    assert not list(project.storage.glob("blobs/*"))
