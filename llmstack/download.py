@@ -150,12 +150,17 @@ def describe(exc: BaseException) -> str:
 
 
 def download(files: list[TierFile], out: TextIO = sys.stderr) -> list[Result]:
-    """Download ``files``, at most MAX_PARALLEL at once; one Result per file, in order.
+    """Download ``files``, at most MAX_PARALLEL at once; one Result per distinct file, in order
+    (a file two tiers share is fetched once, reported under the first).
 
     Ctrl-C returns at once (KeyboardInterrupt): the workers are daemon threads that die with
     the process, and the partial files of the transfers in flight are removed first
     (huggingface_hub >= 1.0 resumes within a transfer, never across runs).
     """
+    distinct: dict[tuple[str, str, str], TierFile] = {}
+    for file in files:
+        distinct.setdefault((file.repo, file.filename, file.revision), file)
+    files = list(distinct.values())
     run = _Run(out)
     results: list[Result | None] = [None] * len(files)
     slots = threading.BoundedSemaphore(MAX_PARALLEL)

@@ -109,7 +109,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if self.command != "HEAD":
+                self.wfile.write(payload)
 
         def _resolve(self, body: bool) -> None:
             hub.requests.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))

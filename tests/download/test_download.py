@@ -123,13 +123,14 @@ def test_summary_counts_downloaded_present_and_failed(
     hub.add(REPO, "a.gguf", ggufs[0])
     hub.add(REPO, "b.gguf", ggufs[1])
     project.write_ini(tier_ini(("a", "a.gguf"), ("b", "b.gguf"), ("c", "missing.gguf"),
-                               extra="[hosted]\nmodel = anthropic/claude-x\n"))
+                               ("b-too", "b.gguf"), extra="[hosted]\nmodel = anthropic/claude-x\n"))
     assert project.run("download", "a").returncode == 0
     done = project.run("download")
     assert done.returncode == 1
     assert "[=] hosted, nothing to download: hosted" in done.stderr
     assert "[!] c (current): missing.gguf FAILED (file not found in the repository" in done.stderr
     assert "[!] 1 downloaded, 1 already present, 1 failed (retry: llmstack download c)" in done.stderr
+    assert len(hub.gets("b.gguf")) == 1 and "b-too" not in done.stderr, done.stderr  # shared: once
 
 
 def test_next_channel_downloads_the_queued_file(
