@@ -12,7 +12,6 @@ from . import __version__
 
 if TYPE_CHECKING:
     from .config import Stack
-    from .hf_cache import Channel
 
 DEFAULT_MODELS_INI = Path(".llmstack") / "models.ini"
 
@@ -79,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             return 0
         if args.verb in ("download", "download-models"):
-            return _download(args.tiers, args.channel, args.models_ini)
+            from .download import download_tiers
+            return download_tiers(_stack(args.models_ini), args.tiers, args.channel)
         if args.verb in ("check", "check-models"):
             from .check import check_stack, report
             return report(check_stack(_stack(args.models_ini), args.channel, args.verify), sys.stdout)
@@ -116,27 +116,3 @@ def _stack(explicit: Path | None) -> Stack:
         print(f"[!] {path} has errors:\n{exc}", file=sys.stderr)
     raise SystemExit(2)
 
-
-def _download(names: list[str], channel: Channel, explicit: Path | None) -> int:
-    from .download import download, summary
-    from .hf_cache import tier_files
-
-    stack = _stack(explicit)
-    chosen = [stack.tier(n) for n in names]
-    unknown = [n for n, t in zip(names, chosen) if t is None]
-    if unknown:
-        known = ", ".join(t.name for t in stack.tiers)
-        print(f"[!] unknown tier: {', '.join(unknown)} (tiers: {known})", file=sys.stderr)
-        return 2
-    wanted = [t.name for t in chosen if t is not None] if names else None
-    files = tier_files(stack, channel, wanted)
-    hosted = [t.name for t in stack.tiers if t.backend != "gguf" and (wanted is None or t.name in wanted)]
-    if hosted:
-        print(f"[=] hosted, nothing to download: {', '.join(hosted)}", file=sys.stderr)
-    if not files:
-        print("[=] no GGUF tiers to download", file=sys.stderr)
-        return 0
-    results = download(files)
-    line = summary(results)
-    print(line, file=sys.stderr)
-    return 1 if line.startswith("[!]") else 0

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from .hf_cache import TierFile, find_cached, human_size, record_hub_size, repo_dir, sha256_of
+from .config import Stack
+from .hf_cache import (
+    Channel,
+    TierFile,
+    find_cached,
+    human_size,
+    record_hub_size,
+    repo_dir,
+    sha256_of,
+    tier_files,
+)
 
 MAX_PARALLEL = 2
 Outcome = Literal["downloaded", "present", "failed"]
@@ -199,3 +209,25 @@ def summary(results: list[Result]) -> str:
         return f"[OK] {line}"
     retry = " ".join(dict.fromkeys(r.file.tier for r in failed))
     return f"[!] {line} (retry: llmstack download {retry})"
+
+
+def download_tiers(stack: Stack, names: list[str], channel: Channel) -> int:
+    """The ``download`` verb: the named tiers (names or aliases; all when empty); exit status."""
+    chosen = [stack.tier(n) for n in names]
+    unknown = [n for n, t in zip(names, chosen) if t is None]
+    if unknown:
+        known = ", ".join(t.name for t in stack.tiers)
+        print(f"[!] unknown tier: {', '.join(unknown)} (tiers: {known})", file=sys.stderr)
+        return 2
+    wanted = [t.name for t in chosen if t is not None] if names else None
+    hosted = [t.name for t in stack.tiers
+              if t.backend != "gguf" and (wanted is None or t.name in wanted)]
+    if hosted:
+        print(f"[=] hosted, nothing to download: {', '.join(hosted)}", file=sys.stderr)
+    files = tier_files(stack, channel, wanted)
+    if not files:
+        print("[=] no GGUF tiers to download", file=sys.stderr)
+        return 0
+    results = download(files)
+    print(summary(results), file=sys.stderr)
+    return 1 if any(r.outcome == "failed" for r in results) else 0
