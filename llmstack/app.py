@@ -83,6 +83,8 @@ class LLMStackApp:
         self.swapper = swapper
         self.loaded = loaded
         self.floors = SessionFloors()
+        self.shutdown_hooks: list[Callable[[], None]] = []
+        """Run after the models are stopped (uvicorn re-raises SIGTERM, so no finally runs)."""
 
     @property
     def manager(self) -> Manager:
@@ -109,6 +111,8 @@ class LLMStackApp:
             elif message["type"] == "lifespan.shutdown":
                 loop.remove_signal_handler(signal.SIGHUP)
                 await self.swapper.shutdown()
+                for hook in self.shutdown_hooks:
+                    hook()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -33,8 +33,12 @@ def agents_md_text() -> str:
 
 
 def init(project: Project) -> int:
-    """Seed models.ini from the bundled template unless one exists."""
+    """Seed models.ini from the bundled template unless one exists (refused when external)."""
     require_local(project, "init")
+    return _seed(project)
+
+
+def _seed(project: Project) -> int:
     path = project.models_ini
     if create_atomic(path, bundled_template_text()):
         say(f"[OK] wrote {path} from the bundled template: edit its tiers, then `llmstack configure`")
@@ -114,7 +118,7 @@ def install(project: Project, flag: Channel | None, print_only: bool = False) ->
         say(f"[!] {note}")
     channel = resolved.channel
     if not channel.external and not print_only:
-        init(project)
+        _seed(project)
     rendered = render_for(project, channel, fresh_ok=print_only)
     if print_only:
         sys.stdout.write(rendered.text)
