@@ -14,10 +14,16 @@ import shutil
 import sys
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
-from .channels import Channel, for_channel, fetch_models_ini, pinned, require_local, resolve_install
-from .channels import write_marker
+from .channels import (
+    Channel,
+    fetch_models_ini,
+    for_channel,
+    pinned,
+    require_local,
+    resolve_install,
+    write_marker,
+)
 from .config import Stack, bundled_template_text, load_stack, parse_stack
 from .files import GeneratedFiles, create_atomic
 from .opencode_config import local_base_url, render, to_text

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from swapper.config import ConfigError
@@ -19,12 +19,11 @@ from .app import LLMStackApp, Loaded
 from .channels import Channel, for_channel, read_marker, resolve_serve, write_marker
 from .config import ModelsIniError, Stack, load_stack
 from .demo import BANNER, demo_files, demo_stack
-from .llama_server import cache_dir, find_llama_server, missing_server_message
 from .hosted import litellm_installed
+from .llama_server import cache_dir, find_llama_server, missing_server_message
 from .project import Project, find_project
 from .routing import RoutingTable
 from .stack_config import build_swapper_config, local_files
-
 
 API_KEYS_ENV = "LLMSTACK_API_KEYS"
 

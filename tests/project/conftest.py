@@ -46,7 +46,7 @@ def cli(project: Project) -> Iterator[Cli]:
         full = {k: v for k, v in os.environ.items() if k not in _LEAKY_ENV}
         return subprocess.run([sys.executable, "-m", "llmstack", *args], cwd=cwd or project.root,
                               env={**full, **(env or {})}, capture_output=True, text=True,
-                              timeout=60)
+                              timeout=60, check=False)
     yield run
 
 
