@@ -26,7 +26,7 @@ from .channels import (
 )
 from .config import Stack, bundled_template_text, load_stack, parse_stack
 from .files import GeneratedFiles, create_atomic
-from .opencode_config import local_base_url, render, to_text
+from .opencode_config import LOCAL_PROVIDER_NAME, local_base_url, render, to_text
 from .project import Project, UserError
 
 
@@ -74,23 +74,22 @@ def _local_stack(project: Project, seeded: bool) -> Stack:
 
 def render_for(project: Project, channel: Channel, demo: bool = False,
                fresh_ok: bool = False) -> Rendered:
-    """opencode.json for a channel: the local (or demo) models.ini, or the remote stack's."""
-    instructions = [str(project.agents_md.resolve())]
-    if channel.external:
-        assert channel.url is not None
-        say(f"[*] fetching models.ini from {channel.url}/models.ini ...")
-        text = fetch_models_ini(channel.url)
-        stack = parse_stack(text, f"{channel.url}/models.ini")
-        base = f"{channel.url}/v1"
-        config = render(stack, base, instructions, f"llmstack (remote stack at {channel.url})")
-        return Rendered(stack, to_text(config), base)
+    """opencode.json for the demo stack, the local models.ini (current or next), or a remote's."""
+    name = LOCAL_PROVIDER_NAME
     if demo:
         from .demo import demo_stack
         stack = demo_stack()
+        base = local_base_url(stack)
+    elif channel.external:
+        assert channel.url is not None
+        say(f"[*] fetching models.ini from {channel.url}/models.ini ...")
+        stack = parse_stack(fetch_models_ini(channel.url), f"{channel.url}/models.ini")
+        base, name = f"{channel.url}/v1", f"llmstack (remote stack at {channel.url})"
     else:
         stack = for_channel(_local_stack(project, fresh_ok), channel)
-    base = local_base_url(stack)
-    return Rendered(stack, to_text(render(stack, base, instructions)), base)
+        base = local_base_url(stack)
+    config = render(stack, base, [str(project.agents_md.resolve())], name)
+    return Rendered(stack, to_text(config), base)
 
 
 def _write(project: Project, rendered: Rendered) -> None:
