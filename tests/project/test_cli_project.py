@@ -173,6 +173,9 @@ def test_local_verbs_refuse_in_external_mode(cli: Cli, project: Project) -> None
         line = one_line_error(cli(verb))
         assert f"`llmstack {verb}`" in line and "install --current" in line
     assert not project.models_ini.exists()
+    demo = cli("configure", "--demo", "--print")  # an explicit --demo needs no remote
+    assert demo.returncode == 0 and "fetching" not in demo.stderr
+    assert json.loads(demo.stdout)["small_model"] == "llmstack/fast"
 
 
 def test_agents_md_is_packaged() -> None:
