@@ -165,8 +165,9 @@ class LLMStackApp:
             if not isinstance(model, str):
                 raise ApiError(400, "'model' must be a string")
             found = self.loaded.stack.tier(model)
-            await self._serve_tier(scope, receive, send, path, found.name if found else model,
-                                   body, data)
+            tier = found.name if found else model
+            self.manager.bus.publish("named", tier=tier, model=model)
+            await self._serve_tier(scope, receive, send, path, tier, body, data)
             return
         session = self._session(scope)
         decision = self._route_auto(session, data)

@@ -54,6 +54,8 @@ def test_opencode_runs_on_the_projects_generated_config(
         assert "error" not in kinds and "text" in kinds
         stack_events = json.loads(server.get("/events")[2])
         assert any(e["kind"] == "routed" for e in stack_events), "main request went through auto"
+        titles = [e for e in stack_events if e["kind"] == "named"]
+        assert titles and {e["tier"] for e in titles} == {"fast"}, "title request on small_model"
     finally:
         stop_server(server)
     assert not project.active_channel.exists()  # removed when serve stopped
