@@ -148,7 +148,7 @@ def test_next_channel_downloads_the_queued_file(
 def test_bad_arguments_are_one_line_errors(project: Project) -> None:
     missing = project.run("download")
     assert missing.returncode == 2
-    assert missing.stderr.startswith("[!] models.ini not found: .llmstack/models.ini")
+    assert missing.stderr.startswith("[!] models.ini not found: ") and "llmstack init" in missing.stderr
     assert project.run("check").stderr == missing.stderr and len(missing.stderr.splitlines()) == 1
     project.write_ini(tier_ini(("code-fast", "fast.gguf")))
     unknown = project.run("download", "nope")
