@@ -94,7 +94,8 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: Headers = []
         self.got_bytes = False
-        self.head_bytes = 0
+        self.head_bytes = 0  # raw bytes while the head is incomplete
+        self.head_size = 0  # parsed header bytes (interim answers included)
         self.in_head = True
         self.close_delimited = False
         self.headers_done = self.loop.create_future()
@@ -186,6 +187,7 @@ class _Connection(asyncio.Protocol):
             raise _ExtraBytes
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -194,8 +196,10 @@ class _Connection(asyncio.Protocol):
             self.headers = []
             return
         self.in_head = False
-        if not 200 <= status <= 599:
-            self._fail(UpstreamError(f"upstream answered with invalid status {status}"))
+        if not 200 <= status <= 599 or self.head_size > MAX_HEAD:
+            self._fail(UpstreamError(f"upstream answered with invalid status {status}"
+                                     if self.head_size <= MAX_HEAD else
+                                     f"upstream response head larger than {MAX_HEAD} bytes"))
             raise _ExtraBytes  # stop parsing; data_received drops the connection
         self.status = status
         names = {name.lower(): value.lower() for name, value in self.headers}
