@@ -116,6 +116,10 @@ def chat(req: Request) -> list[Step]:
     return [_sse_head("Connection: close") + _chunk(events) + b"0\r\n\r\n", CLOSE]
 
 
+SMUGGLED = head("200 OK", "Content-Type: application/json", "Content-Length: 11") + b'"smuggled"\n'
+"""An answer nobody asked for (sent after a real one)."""
+
+
 def _cut_sse(*extra: str) -> list[Step]:
     return [_sse_head(*extra) + _chunk(_event(_delta("partial"))), CLOSE]
 
@@ -123,9 +127,11 @@ def _cut_sse(*extra: str) -> list[Step]:
 BEHAVIOURS: dict[str, Callable[[Request], list[Step]]] = {
     "chat": chat,
     "garbage": lambda req: [b"\x00\xffNOT HTTP AT ALL\r\n\r\n", CLOSE],
-    "continue": lambda req: [head("100 Continue"), *chat(req)],
-    "early-hints": lambda req: [head("103 Early Hints", "Link: </x>; rel=preload"), *chat(req)],
-    "many-interim": lambda req: [head("102 Processing") * 3, *chat(req)],
+    # interim answers go out on their own, as a server that then works on the request would
+    "continue": lambda req: [head("100 Continue"), 0.05, *chat(req)],
+    "early-hints": lambda req: [head("103 Early Hints", "Link: </x>; rel=preload"), 0.05, *chat(req)],
+    "many-interim": lambda req: [head("102 Processing"), 0.05, head("102 Processing"), 0.05,
+                                 *chat(req)],
     "switching": lambda req: [head("101 Switching Protocols", "Upgrade: x", "Connection: upgrade"),
                               HANG],
     "status-999": lambda req: [head("999 Weird", "Content-Length: 2") + b"ok"],
@@ -146,8 +152,8 @@ BEHAVIOURS: dict[str, Callable[[Request], list[Step]]] = {
     "slow-headers": lambda req: [b"HTTP/1.1 200 OK\r\n", *([0.2, b"X-Drip: 1\r\n"] * 1000), HANG],
     "connection-named": lambda req: [_json(chat_answer(req), "Connection: keep-alive, X-Secret",
                                            "X-Secret: hop", "Keep-Alive: timeout=5")],
-    "extra-response": lambda req: [_json(chat_answer(req)) + head("200 OK", "Content-Length: 8")
-                                   + b"smuggled"],
+    "extra-response": lambda req: [_json(chat_answer(req)) + SMUGGLED],
+    "late-extra": lambda req: [_json(chat_answer(req)), 0.05, SMUGGLED],
     "drop-after-request": lambda req: [CLOSE],
 }
 
@@ -199,8 +205,9 @@ class HostileUpstream:
                         out.write(json.dumps(req.as_dict()) + "\n")
                 if not await _play(BEHAVIOURS[self.behaviour(req)](req), writer):
                     break
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                asyncio.CancelledError):
+            pass  # the client went, or the server is closing
         finally:
             self._writers.discard(writer)
             writer.close()
@@ -305,6 +312,22 @@ def http_request(method: str, target: str, headers: dict[str, str] | None = None
     lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}",
              "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def start_swapper(config_yaml: str, directory: Path) -> tuple[Any, int]:
+    """Run ``python -m swapper`` on a config text (files in ``directory``): (server, port).
+
+    Stop it with ``tests.conftest.stop_server``; for a module-scoped fixture.
+    """
+    from tests.conftest import free_port, start_server
+
+    config = directory / "config.yaml"
+    config.write_text(config_yaml)
+    port = free_port()
+    server = start_server([sys.executable, "-m", "swapper", "-c", str(config), "--listen",
+                           f"127.0.0.1:{port}", "--runtime-dir", str(directory / "run")], port,
+                          directory / "swapper.log")
+    return server, port
 
 
 def hostile_cmd(*flags: str) -> str:
