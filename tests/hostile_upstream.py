@@ -8,7 +8,7 @@ library never would. Each request is answered by one named *behaviour* from
 2. the path ``/hostile/<name>[/anything]``;
 3. the default (``--default``, else ``chat``).
 
-``GET /health`` always answers 200, so it can run as a model's ``cmd``. Every
+``GET .../health`` always answers 200 (unrecorded), so it can run as a model's ``cmd``. Every
 request (method, target, headers, body: exactly what arrived) is kept in
 ``HostileUpstream.requests`` and, with ``--record FILE``, appended to FILE as
 one JSON line, so a test can check what the upstream saw.
@@ -196,7 +196,7 @@ class HostileUpstream:
         self._writers.add(writer)
         try:
             while (req := await _read_request(reader)) is not None:
-                if req.target == "/health":
+                if req.method == "GET" and req.target.endswith("/health"):
                     writer.write(_json({"status": "ok"}))
                     continue
                 self.requests.append(req)
