@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 import math
@@ -218,7 +219,7 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
         raw = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:
         return None
-    lines = raw.decode("latin-1").split("\r\n")
+    lines = re.split(r"\r?\n", raw.decode("latin-1"))  # a bare LF ends a line, as in lenient servers
     method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
     headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
     length = int(next((v for k, v in headers if k.lower() == "content-length"), "0") or 0)
