@@ -148,6 +148,8 @@ BEHAVIOURS: dict[str, Callable[[Request], list[Step]]] = {
                                + b"only ten b", CLOSE],
     "cut-sse": lambda req: _cut_sse(),
     "cut-sse-gzip": lambda req: _cut_sse("Content-Encoding: gzip"),
+    "big-sse": lambda req: [_sse_head(), *(_chunk(_event(_delta("x" * 65000))) for _ in range(130)),
+                            _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"],
     "stall-sse": lambda req: [_sse_head() + _chunk(_event(_delta("first"))), HANG],
     "hang": lambda req: [HANG],
     "slow-headers": lambda req: [b"HTTP/1.1 200 OK\r\n", *([0.2, b"X-Drip: 1\r\n"] * 1000), HANG],
