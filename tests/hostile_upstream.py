@@ -4,21 +4,34 @@ It speaks raw bytes over asyncio, so it can break HTTP in ways a real server
 library never would. Each request is answered by one named *behaviour* from
 :data:`BEHAVIOURS`, chosen by (first match):
 
-1. the request header ``x-hostile: <name>``;
+1. the request header ``x-hostile: <name>`` (the swapper forwards it);
 2. the path ``/hostile/<name>[/anything]``;
 3. the default (``--default``, else ``chat``).
 
-``GET .../health`` always answers 200 (unrecorded), so it can run as a model's ``cmd``. Every
-request (method, target, headers, body: exactly what arrived) is kept in
-``HostileUpstream.requests`` and, with ``--record FILE``, appended to FILE as
-one JSON line, so a test can check what the upstream saw.
+Behaviours: ``chat`` (like llama-server: keep-alive JSON, or SSE + [DONE] +
+close when the body says ``"stream": true``; both echo what the upstream saw as
+``seen``), ``garbage``, ``continue`` / ``early-hints`` / ``many-interim`` (1xx
+first), ``switching`` (101), ``status-999`` / ``status-099``, ``huge-headers``
+/ ``many-headers`` (> 64 KB), ``cut-json`` / ``cut-length`` / ``cut-sse`` /
+``cut-sse-gzip`` (the body breaks off), ``stall-sse`` (one event, then silence),
+``big-sse`` (8 MB), ``hang`` (never answers), ``slow-headers`` (a header line
+every 0.2 s), ``connection-named`` (a ``Connection: X-Secret`` answer),
+``extra-response`` / ``late-extra`` (an unsolicited second answer, at once or
+50 ms later), ``drop-after-request`` (reads the request, closes). Add one by
+adding a function ``Request -> list[Step]`` to the table.
+
+``GET .../health`` always answers 200 (unrecorded), so it can run as a model's
+``cmd``. Every other request (method, target, headers, body: exactly as they
+arrived) is kept in ``HostileUpstream.requests`` and, with ``--record FILE``,
+appended to FILE as one JSON line (:func:`read_record`).
 
 In process (pytest-asyncio)::
 
     async with HostileUpstream() as up:        # 127.0.0.1, a free port
-        ... up.port ... up.requests ...
+        ... up.port ... up.requests ... up.connections ...
 
-As a command (a model ``cmd`` in a swapper config: see :func:`hostile_cmd`)::
+As a command (a model ``cmd``: :func:`hostile_cmd` gives the YAML text, and
+:func:`start_swapper` runs ``python -m swapper`` on a config)::
 
     python tests/hostile_upstream.py --port 8081 [--host ::1] [--default NAME]
         [--record FILE] [--log-flood BYTES] [--setsid-grandchild PIDFILE]
@@ -26,8 +39,11 @@ As a command (a model ``cmd`` in a swapper config: see :func:`hostile_cmd`)::
 ``--log-flood BYTES`` prints one log line of that many bytes at start (then the
 usual "listening" line); ``--setsid-grandchild PIDFILE`` forks a grandchild
 that calls ``setsid()``, writes its pid to PIDFILE and sleeps (a forking wrapper
-that escapes its process group). Unknown flags are ignored, as llama-server's
-would be by a stand-in.
+that escapes its process group). Unknown flags are ignored, so it can stand in
+for llama-server.
+
+Client side, :func:`exchange` sends raw request bytes (:func:`http_request`
+builds them) and tells a cut body from a complete one.
 """
 
 from __future__ import annotations
@@ -35,11 +51,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import sys
 import time
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +133,7 @@ def chat(req: Request) -> list[Step]:
     return [_sse_head("Connection: close") + _chunk(events) + b"0\r\n\r\n", CLOSE]
 
 
+_DRIP: list[Step] = [0.2, b"X-Drip: 1\r\n"]  # one header line every 0.2 s
 SMUGGLED = head("200 OK", "Content-Type: application/json", "Content-Length: 11") + b'"smuggled"\n'
 """An answer nobody asked for (sent after a real one)."""
 
@@ -152,7 +169,7 @@ BEHAVIOURS: dict[str, Callable[[Request], list[Step]]] = {
                             _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"],
     "stall-sse": lambda req: [_sse_head() + _chunk(_event(_delta("first"))), HANG],
     "hang": lambda req: [HANG],
-    "slow-headers": lambda req: [b"HTTP/1.1 200 OK\r\n", *([0.2, b"X-Drip: 1\r\n"] * 1000), HANG],
+    "slow-headers": lambda req: [b"HTTP/1.1 200 OK\r\n", *_DRIP * 1000, HANG],
     "connection-named": lambda req: [_json(chat_answer(req), "Connection: keep-alive, X-Secret",
                                            "X-Secret: hop", "Keep-Alive: timeout=5")],
     "extra-response": lambda req: [_json(chat_answer(req)) + SMUGGLED],
