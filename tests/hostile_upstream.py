@@ -363,7 +363,9 @@ def read_record(path: Path) -> list[dict[str, Any]]:
 def _setsid_grandchild(pidfile: Path) -> None:
     if os.fork() == 0:
         os.setsid()
-        pidfile.write_text(str(os.getpid()))
+        tmp = pidfile.with_name(pidfile.name + ".tmp")
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, pidfile)
         while True:
             time.sleep(3600)
 
@@ -381,10 +383,10 @@ def main() -> None:
         _setsid_grandchild(args.setsid_grandchild)
     if args.log_flood:
         sys.stdout.write("x" * args.log_flood + "\n")
-    print(f"main: server is listening on http://{args.host}:{args.port}", flush=True)
 
     async def serve() -> None:
         async with HostileUpstream(args.host, args.port, args.default, args.record):
+            print(f"main: server is listening on http://{args.host}:{args.port}", flush=True)
             await asyncio.Event().wait()
 
     asyncio.run(serve())
