@@ -21,8 +21,10 @@ DEFAULT_UNLOAD_TIMEOUT = 10.0
 # Below opencode's 5-minute header timeout: past it a waiter gets 503 + Retry-After
 # (the load carries on, and the retry joins it) instead of a client-side timeout.
 DEFAULT_LOAD_WAIT_TIMEOUT = 240.0
-
-
+# Upstream timeouts (seconds, 0 = none); the README's "Timeouts" says why these values.
+DEFAULT_CONNECT_TIMEOUT = 30.0  # llama-swap's default
+DEFAULT_RESPONSE_TIMEOUT = 900.0  # a long prompt on CPU, or a whole non-streamed answer
+DEFAULT_IDLE_TIMEOUT = 300.0  # opencode's chunkTimeout: past it the client has given up
 
 class ConfigError(ValueError):
     """A configuration problem; ``where`` names the file/line or key path."""
@@ -30,6 +32,19 @@ class ConfigError(ValueError):
     def __init__(self, message: str, where: str = "") -> None:
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Upstream time limits in seconds; 0 means none.
+
+    ``connect``: to open a connection. ``response``: from the request sent to the
+    response's headers. ``idle``: the longest gap between body bytes.
+    """
+
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    response: float = DEFAULT_RESPONSE_TIMEOUT
+    idle: float = DEFAULT_IDLE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,7 @@ class ModelSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     use_model_name: str = ""
     filters: Filters = field(default_factory=Filters)
+    timeouts: Timeouts = field(default_factory=Timeouts)
     concurrency_limit: int = DEFAULT_CONCURRENCY_LIMIT
     memory_mb: float = 0.0
     name: str = ""

@@ -7,7 +7,8 @@ place for the spawner to fill (only in ``cmd`` and ``proxy``) and ``${PID}``
 stays in ``cmdStop``. Commands are split with :mod:`shlex`, never run by a shell.
 
 Extensions: ``memoryBudgetMB`` and ``loadWaitTimeout`` (global), ``memoryMB`` (per
-model). Keys the
+model), and ``bodyIdle`` in a model's ``timeouts`` block (beside llama-swap's
+``connect`` and ``responseHeader``; seconds, 0 = none). Keys the
 loader does not support are listed, with their path, in
 ``config.extra["unsupported"]``; the rest of the config still loads.
 """
@@ -37,6 +38,7 @@ from .config import (
     Matrix,
     ModelSpec,
     SwapperConfig,
+    Timeouts,
 )
 from .solver import compile_plan
 
@@ -56,8 +58,9 @@ _GLOBAL_KEYS = frozenset({
 _MODEL_KEYS = frozenset({
     "cmd", "cmdStop", "proxy", "checkEndpoint", "ttl", "unloadTimeout", "aliases", "unlisted",
     "env", "useModelName", "filters", "concurrencyLimit", "name", "description", "metadata",
-    "macros", "memoryMB",
+    "macros", "memoryMB", "timeouts",
 })
+_TIMEOUT_KEYS = {"connect": "connect", "responseHeader": "response", "bodyIdle": "idle"}
 # Model fields where a runtime macro may stay unexpanded.
 _RUNTIME_MACROS = {
     "cmd": frozenset({"PORT"}),
@@ -330,6 +333,7 @@ class _Loader:
             "description": ("description", self._string),
             "metadata": ("metadata", self._mapping),
             "memoryMB": ("memory_mb", self._non_negative),
+            "timeouts": ("timeouts", self._timeouts),
         }
         values = {parsers[k][0]: parsers[k][1](v, (*path, k)) for k, v in fields.items()}
         ttl, unload = values.get("ttl", USE_GLOBAL_TTL), values.get("unload_timeout", 0)
@@ -343,6 +347,11 @@ class _Loader:
         if ttl < 0 and ttl != USE_GLOBAL_TTL:
             raise self._error(path, f"must be >= 0 (or -1 for globalTTL), got {value!r}")
         return ttl
+
+    def _timeouts(self, value: Any, path: YamlPath) -> Timeouts:
+        raw = self._section(value, path, _TIMEOUT_KEYS.keys())
+        return Timeouts(**{field: self._non_negative(raw[key], (*path, key))
+                           for key, field in _TIMEOUT_KEYS.items() if raw.get(key) is not None})
 
     def _env(self, value: Any, path: YamlPath) -> dict[str, str]:
         env = {}
