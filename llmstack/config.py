@@ -143,6 +143,8 @@ class Stack:
     llama_server_bin: str | None = None
     memory_budget_mb: int | None = None
     """None when unset: the caller picks a budget."""
+    max_queue_wait: int | None = None
+    """Seconds a queued request waits before it holds the model it must evict; None: default."""
     high_fidelity_ceiling: int = 12000
     mid_fidelity_ceiling: int = 32000
     multi_turn: int = 10
@@ -327,6 +329,7 @@ _DEFAULT_KEYS: dict[str, Converter] = {
     "cache_type_v": _text,
     "llama_server_bin": _text,
     "memory_budget_mb": _whole("megabytes", 57344),
+    "max_queue_wait": _whole("seconds", 10),
 }
 _ROUTING_KEYS: dict[str, Converter] = {
     "high_fidelity_ceiling": _whole("tokens", 12000),

@@ -21,6 +21,11 @@ DEFAULT_UNLOAD_TIMEOUT = 10.0
 # Below opencode's 5-minute header timeout: past it a waiter gets 503 + Retry-After
 # (the load carries on, and the retry joins it) instead of a client-side timeout.
 DEFAULT_LOAD_WAIT_TIMEOUT = 240.0
+# A queued request that has waited this long holds the models it must evict: new requests
+# for them queue behind it (see the README's "Fairness"). Longer than a typical agent turn's
+# request, so steady traffic is rarely interrupted; short enough that a waiting model is
+# never starved for more than this plus one drain.
+DEFAULT_MAX_QUEUE_WAIT = 10.0
 
 
 
@@ -113,6 +118,7 @@ class SwapperConfig:
     groups: tuple[Group, ...] = ()
     memory_budget_mb: float = 0.0
     load_wait_timeout: float = DEFAULT_LOAD_WAIT_TIMEOUT
+    max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
     log_dir: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -235,7 +235,7 @@ class SwapperApp:
 
     def model_list(self) -> list[dict[str, Any]]:
         rows = []
-        running = self.manager.processes
+        running = self.manager.scheduler.running()
         for spec in self.manager.config.models.values():
             if spec.unlisted:
                 continue
