@@ -328,7 +328,7 @@ class Scheduler:
         """Serve, join or start a swap for ``req``; None means it must wait in the queue."""
         if model not in self.status:  # no process: always ready
             return [self._grant(req, model)]
-        if model in self.swaps and model not in self._cancelled:
+        if model in self.swaps and model not in self._cancelled and model not in self._stale:
             self._waiters[model].append(req)
             return []
         state = self.status[model]
