@@ -100,13 +100,11 @@ class Manager:
         """Stop every child and release resources."""
         if self._ttl_task is not None:
             self._ttl_task.cancel()
+        self._apply(self.scheduler.shutdown())
         await asyncio.gather(*(p.stop() for p in list(self.processes.values())),
                              return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
-        for fut in self._futures.values():
-            if not fut.done():
-                fut.set_exception(unavailable("the swapper is shutting down"))
         self.http.close()
         for sink in self.logs.values():
             sink.close()

@@ -293,3 +293,18 @@ async def test_a_waiting_model_is_served_after_the_limit_plus_one_drain(world: W
         for client in (busy, young, plan, held):
             await client.task
             assert client.error is None
+
+
+async def test_shutdown_fails_waiters_and_reports_no_unexpected_exit(world: World) -> None:
+    world.instant_stops = True
+    manager = world.manager(config(spec("a"), spec("b")))
+    await bring_up(world, manager, "a")
+    loading = Client(manager, "b")
+    await until(lambda: len(world.spawned()) == 1 and world.child("a").exited.is_set(),
+                "the swap to evict a")
+    await until(lambda: len(world.spawned()) == 2, "b to spawn")
+    await manager.shutdown()
+    await loading.task
+    assert loading.error is not None and loading.error.status == 503
+    assert all(c.exited.is_set() for c in world.children)
+    assert not any(e.kind == "model_exited" for e in manager.bus.recent)

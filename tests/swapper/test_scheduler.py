@@ -337,3 +337,15 @@ def test_stops_say_why() -> None:
     ready(s, "a", 1)
     (stop,) = s.idle_timeout("a")
     assert isinstance(stop, Stop) and stop.reason == "ttl"
+
+
+def test_shutdown_fails_everything_pending_and_leaves_nothing_ready() -> None:
+    s = make()
+    ready(s, "a", 1)
+    s.request(2, "a")
+    s.request(3, "b")  # queued: a is serving
+    s.request(4, "fast")  # loading
+    assert s.shutdown() == [Fail(3, 503, "the swapper is shutting down"),
+                            Fail(4, 503, "the swapper is shutting down")]
+    assert s.running() == frozenset() and s.queued() == []
+    assert s.idle_timeout("a") == []
