@@ -62,8 +62,9 @@ def test_a_waiting_model_is_served_within_the_limit_plus_one_drain(swapper) -> N
                      f"  agent:\n    cmd: {agent}\n    concurrencyLimit: 64\n"
                      f"  plan:\n    cmd: {fake_cmd()}\n")
     plan, drain, agent_requests = asyncio.run(_scenario(server.base))
-    load = next(e["ms"] for e in json.loads(server.get("/events")[2]) if e["kind"] == "model_ready"
-                and e["model"] == "plan"), 0.0) / 1000
+    events = json.loads(server.get("/events")[2])
+    load = next((e["ms"] for e in events if e["kind"] == "model_ready" and e["model"] == "plan"),
+                0.0) / 1000
     assert agent_requests > 12
     # limit + one drain + the swap itself, with slack for a shared 2-core box
     assert plan < LIMIT + drain + load + 1.5, (plan, drain, load)

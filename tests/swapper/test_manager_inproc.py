@@ -207,7 +207,7 @@ async def test_request_racing_a_ttl_stop_waits_for_it_and_restarts(world: World)
         await until(lambda: len(world.spawned()) == 2, "a to start again")
         world.child("a").ready.set_result(None)
         await until(lambda: client.lease is not None, "the request to be served")
-        assert client.lease.base_url == world.child("a").base_url
+        assert client.lease is not None and client.lease.base_url == world.child("a").base_url
         client.release()
         await client.task
         assert [e.fields["reason"] for e in manager.bus.recent if e.kind == "model_stopping"] == ["ttl"]
@@ -235,7 +235,7 @@ async def test_reconfigure_during_a_load_restarts_with_the_new_settings(world: W
         assert manager.reconfigure(config(new)) == ["a"]
         world.child("a", 0).ready.set_result(None)
         await until(lambda: first.lease is not None, "the waiter to get the old load")
-        assert first.lease.spec == old
+        assert first.lease is not None and first.lease.spec == old
         later = Client(manager, "a")
         await until(lambda: manager.scheduler.queued() != [], "a new request to wait for the restart")
         first.release()
@@ -243,7 +243,7 @@ async def test_reconfigure_during_a_load_restarts_with_the_new_settings(world: W
         assert world.child("a", 1).argv == ["srv", "a", "--new", "${PORT}"]
         world.child("a", 1).ready.set_result(None)
         await until(lambda: later.lease is not None, "the new request to be served")
-        assert later.lease.spec == new
+        assert later.lease is not None and later.lease.spec == new
         later.release()
         await later.task
 

@@ -39,7 +39,7 @@ def _grandchild(pidfile: Path) -> int:
     return int(pidfile.read_text())
 
 
-def test_stop_and_shutdown_end_a_grandchild_that_called_setsid(swapper, tmp_path: Path) -> None:
+def test_stop_exit_and_shutdown_end_a_grandchild_that_called_setsid(swapper, tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild.pid"
     server = swapper(f"models:\n  wrapped:\n    cmd: {wrapped('setsid-child', str(pidfile))}\n")
     grandchildren: list[int] = []
@@ -53,8 +53,14 @@ def test_stop_and_shutdown_end_a_grandchild_that_called_setsid(swapper, tmp_path
         pidfile.unlink()
         assert server.post(CHAT, {"model": "wrapped", "messages": []})[0] == 200
         grandchildren.append(_grandchild(pidfile))
+        os.kill(server.running()["wrapped"]["pid"], signal.SIGKILL)  # the wrapper dies alone
+        wait_until(lambda: not pid_alive(grandchildren[1]), 5, "its setsid'd server to be ended")
+
+        pidfile.unlink()
+        assert server.post(CHAT, {"model": "wrapped", "messages": []})[0] == 200
+        grandchildren.append(_grandchild(pidfile))
         stop_server(server)
-        assert not pid_alive(grandchildren[1])
+        assert not pid_alive(grandchildren[2])
     finally:
         for pid in grandchildren:  # only on failure: the grandchildren this test caused
             with contextlib.suppress(ProcessLookupError):

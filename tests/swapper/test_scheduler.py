@@ -213,7 +213,7 @@ def test_reconfigure_forgets_a_removed_model_after_it_stops() -> None:
     ready(s, "c", 1)
     models = {m: ModelLimits(10) for m in ("a", "b", "fast")}
     assert s.reconfigure(models, alone, {"c"}) == [Stop("c")]
-    assert s.request(2, "c")[0].status == 404
+    assert s.request(2, "c") == [Reject(2, 404, "model 'c' not found")]
     s.stopped("c")
     assert "c" not in s.status
 
