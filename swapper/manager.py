@@ -295,7 +295,7 @@ class Manager:
         """
         plan = compile_plan(config)
         changed = {m for m, spec in self.config.models.items() if config.models.get(m) != spec}
-        restart = changed & set(self.processes) & set(config.models)
+        restart = changed & self.scheduler.running() & set(config.models)
         self.config, self.plan = config, plan
         self.scheduler.max_queue_wait = config.max_queue_wait
         self._apply(self.scheduler.reconfigure(_limits(config), self._evictions, changed))

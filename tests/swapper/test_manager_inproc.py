@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from swapper.config import ModelSpec, SwapperConfig
+from swapper.config import Matrix, ModelSpec, SwapperConfig
 from swapper.errors import ApiError
 from swapper.events import EventBus
 from swapper.logring import LogSink
@@ -308,3 +308,20 @@ async def test_shutdown_fails_waiters_and_reports_no_unexpected_exit(world: Worl
     assert loading.error is not None and loading.error.status == 503
     assert all(c.exited.is_set() for c in world.children)
     assert not any(e.kind == "model_exited" for e in manager.bus.recent)
+
+
+async def test_why_a_model_was_evicted_has_one_answer_in_the_events(world: World) -> None:
+    world.instant_stops = True
+    matrix = Matrix(sets={"pair": "a & b", "solo": "c"}, evict_costs={"a": 3})
+    async with running(world.manager(config(spec("a"), spec("b"), spec("c"),
+                                            matrix=matrix))) as manager:
+        await bring_up(world, manager, "a")
+        await bring_up(world, manager, "b")
+        await bring_up(world, manager, "c")
+        swaps = [e.fields for e in manager.bus.recent if e.kind == "swap_started"]
+        assert swaps[-1] == {"model": "c", "evict": ["a", "b"], "set": "solo", "cost": 4}
+        assert swaps[1] == {"model": "b", "evict": [], "set": "pair", "cost": 0}
+        stops = {e.fields["model"]: e.fields["reason"] for e in manager.bus.recent
+                 if e.kind == "model_stopping"}
+        assert stops == {"a": "evicted for c", "b": "evicted for c"}
+        assert rows(manager) == {"c": "ready"}
