@@ -71,16 +71,15 @@ async def _stream_through_sigterm(base: str, popen) -> tuple[bytes, float]:
     """Stream, SIGTERM the server at the first chunk, read to the end; (body, seconds after)."""
     chunks: list[bytes] = []
     signalled = 0.0
-    async with aiohttp.ClientSession() as session:
-        async with session.post(base + CHAT, json={"model": "slow", "stream": True,
-                                                   "messages": []}) as resp:
-            assert resp.status == 200
-            with contextlib.suppress(aiohttp.ClientPayloadError):
-                async for chunk in resp.content.iter_any():
-                    if not signalled:
-                        popen.send_signal(signal.SIGTERM)
-                        signalled = time.monotonic()
-                    chunks.append(chunk)
+    payload = {"model": "slow", "stream": True, "messages": []}
+    async with aiohttp.ClientSession() as session, session.post(base + CHAT, json=payload) as resp:
+        assert resp.status == 200
+        with contextlib.suppress(aiohttp.ClientPayloadError):
+            async for chunk in resp.content.iter_any():
+                if not signalled:
+                    popen.send_signal(signal.SIGTERM)
+                    signalled = time.monotonic()
+                chunks.append(chunk)
     return b"".join(chunks), time.monotonic() - signalled
 
 

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from swapper.scheduler import (
-    Effect, Fail, Grant, Load, ModelLimits, Reject, Scheduler, StartSwap, Status, Stop,
+    Effect,
+    Fail,
+    Grant,
+    Load,
+    ModelLimits,
+    Reject,
+    Scheduler,
+    StartSwap,
+    Status,
+    Stop,
 )
 from swapper.solver import Solution
 
