@@ -326,18 +326,25 @@ class Manager:
                 self._apply(effects)
 
     async def unload(self, model: str | None = None) -> list[str]:
-        """Stop one model (or all); returns once their processes are gone."""
+        """Stop one model (or all); returns the models it ended, once they are STOPPED.
+
+        A model already stopping (TTL, or evicted by a swap) is waited for too, so
+        when this returns, ``/running`` lists none of them.
+        """
         if model is not None:
             resolved = self.config.resolve(model)
             if resolved is None:
                 raise ApiError(404, f"model '{model}' not found")
             model = resolved
-        effects = self.scheduler.unload(model)
-        self._apply(effects)
-        stopping = [e.model for e in effects if isinstance(e, sch.Stop)]
-        await asyncio.gather(*(self._stops[m] for m in stopping if m in self._stops),
-                             return_exceptions=True)
-        return stopping
+        targets = {m for m, state in self.scheduler.status.items()
+                   if state is not sch.Status.STOPPED and model in (None, m)}
+        self._apply(self.scheduler.unload(model))
+        waits = {self._stops[m] for m in targets if m in self._stops}
+        waits |= {self._swaps[t] for t, evict in self.scheduler.swaps.items()
+                  if evict & targets and t in self._swaps}
+        if waits:
+            await asyncio.wait(waits)  # never cancels them, even if the caller goes away
+        return sorted(targets)
 
     def running(self) -> list[dict[str, Any]]:
         """What runs now, as /running reports it: the scheduler's state, with process details."""

@@ -325,3 +325,20 @@ async def test_why_a_model_was_evicted_has_one_answer_in_the_events(world: World
                  if e.kind == "model_stopping"}
         assert stops == {"a": "evicted for c", "b": "evicted for c"}
         assert rows(manager) == {"c": "ready"}
+
+
+async def test_unloading_a_model_a_swap_is_evicting_waits_until_it_is_gone(world: World) -> None:
+    async with running(world.manager(config(spec("a"), spec("b")))) as manager:
+        await bring_up(world, manager, "a")
+        b = Client(manager, "b")
+        await until(lambda: world.child("a").stop_asked, "the swap to stop a")
+        unload = asyncio.ensure_future(manager.unload("a"))
+        await until(lambda: manager.scheduler.queued() == [] and not unload.done(), "unload to wait")
+        world.child("a").stop_gate.set()
+        assert await unload == ["a"]
+        assert "a" not in rows(manager)
+        await until(lambda: "b" in world.spawned(), "b to spawn")
+        world.child("b").ready.set_result(None)
+        await until(lambda: b.lease is not None, "b to be served")
+        b.release()
+        await b.task
