@@ -154,8 +154,8 @@ class DisconnectWatch:
         if not self.started:
             await send_error(self._send, unavailable(message))
         elif self.plain_sse and not self.complete:
-            await self.send({"type": "http.response.body", "body": sse_error_event(message, "shutdown"),
-                             "more_body": False})
+            await self.send({"type": "http.response.body", "more_body": False,
+                             "body": sse_error_event(message, "shutdown")})
         return not self.started or self.complete
 
     async def _run(self, receive: Receive) -> None:
