@@ -151,6 +151,8 @@ class Stack:
     llama_server_bin: str | None = None
     memory_budget_mb: int | None = None
     """None when unset: the caller picks a budget."""
+    max_queue_wait: int | None = None
+    """Seconds a queued request waits before it holds the model it must evict; None: default."""
     high_fidelity_ceiling: int = 12000
     mid_fidelity_ceiling: int = 32000
     multi_turn: int = 10
@@ -339,6 +341,7 @@ _DEFAULT_KEYS: dict[str, Converter] = {
     "memory_budget_mb": _whole("megabytes", 57344),
     "response_timeout": _whole("seconds", 900),
     "idle_timeout": _whole("seconds", 300),
+    "max_queue_wait": _whole("seconds", 10),
 }
 _ROUTING_KEYS: dict[str, Converter] = {
     "high_fidelity_ceiling": _whole("tokens", 12000),

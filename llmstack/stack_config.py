@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from swapper.config import Matrix, ModelSpec, SwapperConfig, Timeouts
+from swapper.config import DEFAULT_MAX_QUEUE_WAIT, Matrix, ModelSpec, SwapperConfig, Timeouts
 
 from .config import Stack, Tier
 from .gguf_info import read_gguf_info, kv_cache_bytes, tier_memory_mb
@@ -131,5 +131,7 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
         preload=tuple(t.name for t in local if t.role == "fast")[:1],
         matrix=residency_matrix(local),
         memory_budget_mb=float(stack.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB),
+        max_queue_wait=(DEFAULT_MAX_QUEUE_WAIT if stack.max_queue_wait is None
+                        else float(stack.max_queue_wait)),
         log_dir=log_dir)
 

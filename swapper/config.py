@@ -26,6 +26,13 @@ DEFAULT_CONNECT_TIMEOUT = 30.0  # llama-swap's default
 DEFAULT_RESPONSE_TIMEOUT = 900.0  # a long prompt on CPU, or a whole non-streamed answer
 DEFAULT_IDLE_TIMEOUT = 300.0  # opencode's chunkTimeout: past it the client has given up
 
+# A queued request that has waited this long holds the models it must evict: new requests
+# for them queue behind it (see the README's "Fairness"). Longer than a typical agent turn's
+# request, so steady traffic is rarely interrupted; short enough that a waiting model is
+# never starved for more than this plus one drain.
+DEFAULT_MAX_QUEUE_WAIT = 10.0
+
+
 class ConfigError(ValueError):
     """A configuration problem; ``where`` names the file/line or key path."""
 
@@ -129,6 +136,7 @@ class SwapperConfig:
     groups: tuple[Group, ...] = ()
     memory_budget_mb: float = 0.0
     load_wait_timeout: float = DEFAULT_LOAD_WAIT_TIMEOUT
+    max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
     log_dir: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -1,4 +1,9 @@
-"""Bounded logs of one child: a ring of recent lines, a size-capped file, live followers."""
+"""Bounded logs of one child: a ring of recent lines, a size-capped file, live followers.
+
+Raw output is fed in blocks (:meth:`LogSink.feed`); a line longer than
+``MAX_LINE_BYTES`` keeps its first ``MAX_LINE_BYTES`` and a note of how much was
+cut, so a child can print lines of any length at a bounded cost.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
+MAX_LINE_BYTES = 16 * 1024
 
 
 class LogSink:
@@ -21,9 +27,38 @@ class LogSink:
         self.path = path
         self._file: IO[str] | None = None
         self._followers: set[asyncio.Queue[str]] = set()
+        self._partial = bytearray()
+        self._cut = 0  # bytes of the current line dropped past MAX_LINE_BYTES
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("a", encoding="utf-8")
+
+    def feed(self, block: bytes) -> bool:
+        """Add raw output; writes each completed line, returns whether any line completed."""
+        lines = block.split(b"\n")
+        for piece in lines[:-1]:
+            self._take(piece)
+            self._end_line()
+        self._take(lines[-1])
+        return len(lines) > 1
+
+    def flush(self) -> None:
+        """Write a last line that had no newline (the child's output ended)."""
+        if self._partial or self._cut:
+            self._end_line()
+
+    def _take(self, piece: bytes) -> None:
+        room = MAX_LINE_BYTES - len(self._partial)
+        self._partial += piece[:max(room, 0)]
+        self._cut += max(len(piece) - max(room, 0), 0)
+
+    def _end_line(self) -> None:
+        line = self._partial.decode("utf-8", "replace").rstrip("\r")
+        if self._cut:
+            line += f" [... {self._cut} bytes cut]"
+        self._partial.clear()
+        self._cut = 0
+        self.write(line)
 
     def write(self, line: str) -> None:
         self.lines.append(line)

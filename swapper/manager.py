@@ -1,7 +1,12 @@
-"""Carries out the scheduler's effects: owns the processes, TTL and preload.
+"""Carries out the scheduler's effects: owns the process handles, TTL and preload.
 
 Every request goes through :meth:`Manager.lease`; the common case (model
-ready) is decided synchronously with no task or future created.
+ready) is decided synchronously with no task or future created. What runs is
+the scheduler's state alone (:attr:`Scheduler.status`); ``processes`` only maps
+a model to its handle (pid, port) and never answers "is it running?".
+
+Processes come from a factory (``process_factory``) and time from ``clock``, so
+tests drive the manager in process with fake children and a fake clock.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import contextlib
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +26,9 @@ from .config import ModelSpec, SwapperConfig
 from .errors import ApiError, unavailable
 from .events import EventBus
 from .logring import LogSink
-from .process import LoadError, UpstreamProcess
+from .process import ChildProcess, LoadError, ProcessFactory, UpstreamProcess
 from .reaper import ChildRecords
-from .solver import Plan, compile_plan
+from .solver import Plan, Solution, compile_plan
 from .upstream import UpstreamPool
 
 
@@ -51,12 +56,18 @@ class Manager:
     """Runs the models of one :class:`SwapperConfig`."""
 
     def __init__(self, config: SwapperConfig, bus: EventBus | None = None,
-                 runtime_dir: Path | None = None) -> None:
+                 runtime_dir: Path | None = None,
+                 process_factory: ProcessFactory = UpstreamProcess,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.bus = bus or EventBus()
         self.config = config
         self.plan: Plan = compile_plan(config)
-        self.scheduler = sch.Scheduler(_limits(config), self._evictions)
-        self.processes: dict[str, UpstreamProcess] = {}
+        self.scheduler = sch.Scheduler(_limits(config), self._evictions, config.max_queue_wait)
+        self.processes: dict[str, ChildProcess] = {}
+        self._new_process = process_factory
+        self._clock = clock
+        self._swaps: dict[str, asyncio.Task[None]] = {}  # the phase of each swap in flight
+        self._swap_started: dict[str, float] = {}
         self.logs: dict[str, LogSink] = {}
         self.last_used: dict[str, float] = {}
         self._ids = itertools.count(1)
@@ -89,13 +100,11 @@ class Manager:
         """Stop every child and release resources."""
         if self._ttl_task is not None:
             self._ttl_task.cancel()
+        self._apply(self.scheduler.shutdown())
         await asyncio.gather(*(p.stop() for p in list(self.processes.values())),
                              return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
-        for fut in self._futures.values():
-            if not fut.done():
-                fut.set_exception(unavailable("the swapper is shutting down"))
         self.http.close()
         for sink in self.logs.values():
             sink.close()
@@ -107,7 +116,7 @@ class Manager:
         """Hold a model for the duration of one request."""
         model = self.config.resolve(name) or name
         req = next(self._ids)
-        if not self._apply(self.scheduler.request(req, model), req):
+        if not self._apply(self.scheduler.request(req, model, self._clock()), req):
             fut = asyncio.get_running_loop().create_future()
             self._futures[req] = fut
             try:
@@ -122,7 +131,7 @@ class Manager:
         try:
             yield self._lease_for(model)
         finally:
-            self.last_used[model] = time.monotonic()
+            self.last_used[model] = self._clock()
             self._apply(self.scheduler.finished(req))
 
     def _lease_for(self, model: str) -> Lease:
@@ -148,9 +157,11 @@ class Manager:
                 headers = {"retry-after": "1"} if effect.status == 503 else {}
                 self._resolve(effect.req, ApiError(effect.status, effect.message, headers=headers))
             elif isinstance(effect, sch.StartSwap):
-                self._spawn(self._swap(effect.model, effect.evict))
+                self._swap_phase(effect.model, self._evict(effect))
+            elif isinstance(effect, sch.Load):
+                self._swap_phase(effect.model, self._load(effect.model))
             elif isinstance(effect, sch.Stop):
-                self._stops[effect.model] = self._spawn(self._stop(effect.model))
+                self._stops[effect.model] = self._spawn(self._stop(effect.model, effect.reason))
         return granted
 
     def _resolve(self, req: int, error: ApiError | None) -> None:
@@ -162,22 +173,39 @@ class Manager:
         else:
             fut.set_exception(error)
 
+    def _swap_phase(self, model: str, coro: Any) -> None:
+        task = self._spawn(coro)
+        self._swaps[model] = task
+
+        def forget(done: asyncio.Task[Any]) -> None:
+            if self._swaps.get(model) is done:
+                del self._swaps[model]
+        task.add_done_callback(forget)
+
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _evictions(self, target: str, running: frozenset[str]) -> frozenset[str]:
+    def _evictions(self, target: str, running: frozenset[str]) -> Solution:
         known = frozenset(m for m in running if m in self.config.models)
-        return self.plan.solve(target, known).evict
+        return self.plan.solve(target, known)
 
     # -- effects --------------------------------------------------------------
 
-    async def _swap(self, model: str, evict: frozenset[str]) -> None:
-        started = time.monotonic()
-        self.bus.publish("swap_started", model=model, evict=sorted(evict))
-        await asyncio.gather(*(self._stop_process(m) for m in evict), return_exceptions=True)
+    async def _evict(self, swap: sch.StartSwap) -> None:
+        """Phase one of a swap: stop what it evicts, then let the scheduler decide the load."""
+        self._swap_started[swap.model] = self._clock()
+        self.bus.publish("swap_started", model=swap.model, evict=sorted(swap.evict),
+                         set=swap.set_name, cost=swap.cost)
+        reason = f"evicted for {swap.model}"
+        await asyncio.gather(*(self._stop_process(m, reason) for m in swap.evict),
+                             return_exceptions=True)
+        self._apply(self.scheduler.evicted(swap.model))
+
+    async def _load(self, model: str) -> None:
+        """Phase two: start ``model`` and report whether it became ready."""
         error: LoadError | None = None
         try:
             await self._start_process(model)
@@ -186,36 +214,42 @@ class Manager:
         except Exception as exc:  # a bug must fail the waiters, never strand them
             self.processes.pop(model, None)
             error = LoadError(f"model '{model}' failed to start: {exc!r}")
-        ms = round((time.monotonic() - started) * 1000, 1)
+        ms = round((self._clock() - self._swap_started.pop(model, self._clock())) * 1000, 1)
         if error is None:
-            self.bus.publish("model_ready", model=model, ms=ms, pid=self.processes[model].pid)
+            process = self.processes.get(model)
+            self.bus.publish("model_ready", model=model, ms=ms,
+                             pid=process.pid if process else None)
             self._apply(self.scheduler.swap_done(model))
         else:
             self.bus.publish("load_failed", model=model, ms=ms, error=str(error).splitlines()[0])
             self._apply(self.scheduler.swap_done(model, str(error), error.status))
 
-    async def _stop(self, model: str) -> None:
-        await self._stop_process(model)
+    async def _stop(self, model: str, reason: str) -> None:
+        """Stop ``model``'s process, let a swap in flight for it end, report it stopped."""
+        await self._stop_process(model, reason)
+        while (swap := self._swaps.get(model)) is not None and not swap.done():
+            await asyncio.wait({swap})
         self._stops.pop(model, None)
         self._apply(self.scheduler.stopped(model))
 
-    async def _stop_process(self, model: str) -> None:
+    async def _stop_process(self, model: str, reason: str) -> None:
         process = self.processes.get(model)
         if process is None:
             return
-        self.bus.publish("model_stopping", model=model, pid=process.pid)
+        self.bus.publish("model_stopping", model=model, pid=process.pid, reason=reason)
         self.http.discard(process.base_url)
         await process.stop()
-        self.processes.pop(model, None)
+        if self.processes.get(model) is process:
+            del self.processes[model]
         if self._records is not None and process.pid is not None:
             self._records.forget(process.pid)
-        self.bus.publish("model_stopped", model=model)
+        self.bus.publish("model_stopped", model=model, reason=reason)
 
     async def _start_process(self, model: str) -> None:
         spec = self.config.models[model]
         port = self._port_for(model) if spec.needs_port else None
-        process = UpstreamProcess(spec, port, self.log_for(model),
-                                  self.config.health_check_timeout, self._exited)
+        process = self._new_process(spec, port, self.log_for(model),
+                                    self.config.health_check_timeout, self._exited)
         self.processes[model] = process
         self.bus.publish("model_starting", model=model, port=port)
         try:
@@ -238,10 +272,14 @@ class Manager:
             self.logs[model] = LogSink(model, path)
         return self.logs[model]
 
-    def _exited(self, process: UpstreamProcess) -> None:
-        """A child exited; unexpected when it was serving and nobody asked it to stop."""
+    def _exited(self, process: ChildProcess) -> None:
+        """A child exited; unexpected only when the scheduler has it READY.
+
+        Exits while starting or stopping are reported by the load or the stop.
+        """
         model = process.spec.id
-        if process.stopping or self.processes.get(model) is not process or not process.ready_at:
+        if (self.processes.get(model) is not process
+                or self.scheduler.status.get(model) is not sch.Status.READY):
             return
         self.processes.pop(model, None)
         self.bus.publish("model_exited", model=model, pid=process.pid, code=process.returncode)
@@ -257,8 +295,9 @@ class Manager:
         """
         plan = compile_plan(config)
         changed = {m for m, spec in self.config.models.items() if config.models.get(m) != spec}
-        restart = changed & set(self.processes) & set(config.models)
+        restart = changed & self.scheduler.running() & set(config.models)
         self.config, self.plan = config, plan
+        self.scheduler.max_queue_wait = config.max_queue_wait
         self._apply(self.scheduler.reconfigure(_limits(config), self._evictions, changed))
         for model in sorted(restart):  # it was up: bring it back with its new settings
             self._spawn(self._preload(model))
@@ -271,45 +310,59 @@ class Manager:
         while True:
             ttls = [s.ttl for s in self.config.models.values() if s.ttl > 0]
             await asyncio.sleep(min([1.0, *(t / 4 for t in ttls)]))
-            now = time.monotonic()
-            for model, process in list(self.processes.items()):
-                spec = self.config.models.get(model)
-                ttl = spec.ttl if spec is not None else 0.0
-                idle_since = max(self.last_used.get(model, 0.0), process.ready_at)
-                if ttl > 0 and process.ready_at and now - idle_since >= ttl:
-                    effects = self.scheduler.idle_timeout(model)
-                    if effects:
-                        self.bus.publish("ttl_expired", model=model, ttl=ttl)
-                    self._apply(effects)
+            self.expire_idle()
+
+    def expire_idle(self) -> None:
+        """Offer the scheduler a TTL stop of every model idle past its TTL (it may refuse)."""
+        now = self._clock()
+        for model, process in list(self.processes.items()):
+            spec = self.config.models.get(model)
+            ttl = spec.ttl if spec is not None else 0.0
+            idle_since = max(self.last_used.get(model, 0.0), process.ready_at)
+            if ttl > 0 and process.ready_at and now - idle_since >= ttl:
+                effects = self.scheduler.idle_timeout(model)
+                if effects:
+                    self.bus.publish("ttl_expired", model=model, ttl=ttl)
+                self._apply(effects)
 
     async def unload(self, model: str | None = None) -> list[str]:
-        """Stop one model (or all); returns once their processes are gone."""
+        """Stop one model (or all); returns the models it ended, once they are STOPPED.
+
+        A model already stopping (TTL, or evicted by a swap) is waited for too, so
+        when this returns, ``/running`` lists none of them.
+        """
         if model is not None:
             resolved = self.config.resolve(model)
             if resolved is None:
                 raise ApiError(404, f"model '{model}' not found")
             model = resolved
-        effects = self.scheduler.unload(model)
-        self._apply(effects)
-        stopping = [e.model for e in effects if isinstance(e, sch.Stop)]
-        await asyncio.gather(*(self._stops[m] for m in stopping if m in self._stops),
-                             return_exceptions=True)
-        return stopping
+        targets = {m for m, state in self.scheduler.status.items()
+                   if state is not sch.Status.STOPPED and model in (None, m)}
+        self._apply(self.scheduler.unload(model))
+        waits = {self._stops[m] for m in targets if m in self._stops}
+        waits |= {self._swaps[t] for t, evict in self.scheduler.swaps.items()
+                  if evict & targets and t in self._swaps}
+        if waits:
+            await asyncio.wait(waits)  # never cancels them, even if the caller goes away
+        return sorted(targets)
 
     def running(self) -> list[dict[str, Any]]:
-        """What runs now, as /running reports it."""
+        """What runs now, as /running reports it: the scheduler's state, with process details."""
         rows = []
-        for model, process in self.processes.items():
-            spec = process.spec
+        for model, state in self.scheduler.status.items():
+            if state is sch.Status.STOPPED:
+                continue
+            process = self.processes.get(model)
+            spec = process.spec if process is not None else self.config.models.get(model)
             rows.append({
                 "model": model,
-                "state": self.scheduler.status.get(model, sch.Status.STOPPED).value,
-                "pid": process.pid,
-                "port": process.port,
-                "proxy": process.base_url,
+                "state": state.value,
+                "pid": process.pid if process else None,
+                "port": process.port if process else None,
+                "proxy": process.base_url if process else None,
                 "in_flight": self.scheduler.in_flight[model],
-                "ttl": spec.ttl,
-                "memory_mb": spec.memory_mb,
-                "cmd": process.argv,
+                "ttl": spec.ttl if spec else 0.0,
+                "memory_mb": spec.memory_mb if spec else 0.0,
+                "cmd": process.argv if process else None,
             })
         return rows

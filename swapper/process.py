@@ -3,7 +3,12 @@
 The child runs from an argv list (never a shell) in its own process group.
 On Linux it gets a parent-death signal, so it dies with the swapper even when
 the swapper is SIGKILLed; everywhere, a pid record lets the next start reap
-children a crashed swapper left behind (:mod:`swapper.reaper`).
+children a crashed swapper left behind (:mod:`swapper.reaper`). Stopping ends
+every descendant, also one that left the group with ``setsid``: descendants are
+collected (psutil) before the group is signalled, and signalled one by one.
+
+Output is read in blocks, never by line, so a line of any length is truncated
+in the log (:meth:`LogSink.feed`) and the child never meets a closed pipe.
 
 Readiness is noticed within milliseconds: every line the child logs (such as
 llama-server's "listening" line) triggers a poll of the check endpoint, and
@@ -21,6 +26,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import psutil
 
 from .config import PORT_MACRO, ModelSpec
 from .logring import LogSink
@@ -69,8 +78,69 @@ async def wait_for_exit(popen: subprocess.Popen[bytes]) -> None:
     popen.wait()
 
 
+# Linux lists each thread's children in /proc (one small read); psutil scans every process.
+_CHILDREN_LISTS = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _child_pids(pid: int) -> list[int]:
+    tasks = f"/proc/{pid}/task"
+    try:
+        return [int(c) for t in os.listdir(tasks)
+                for c in Path(f"{tasks}/{t}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every live descendant of ``pid`` (children, grandchildren, setsid'd or not)."""
+    if not _CHILDREN_LISTS:
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(pid).children(recursive=True)
+        return []
+    found: list[psutil.Process] = []
+    todo = [pid]
+    while todo:
+        for child in _child_pids(todo.pop()):
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(child))
+                todo.append(child)
+    return found
+
+
+def signal_all(procs: list[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
 def expand_port(text: str, port: int | None) -> str:
     return text.replace(PORT_MACRO, str(port)) if port is not None else text
+
+
+class ChildProcess(Protocol):
+    """What the manager needs of a model's process (a fake one in unit tests)."""
+
+    spec: ModelSpec
+    port: int | None
+    base_url: str
+    argv: list[str]
+    ready_at: float
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def spawn(self) -> int: ...
+
+    async def wait_ready(self, http: UpstreamPool) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+ProcessFactory = Callable[[ModelSpec, "int | None", LogSink, float,
+                           Callable[["ChildProcess"], None]], ChildProcess]
 
 
 class UpstreamProcess:
@@ -85,7 +155,7 @@ class UpstreamProcess:
         self.base_url = expand_port(spec.proxy, port).rstrip("/")
         self.argv = [expand_port(a, port) for a in spec.cmd]
         self.ready_at = 0.0
-        self.stopping = False
+        self._descendants: list[psutil.Process] = []
         self._on_exit = on_exit
         self._popen: subprocess.Popen[bytes] | None = None
         self._exited = asyncio.Event()
@@ -126,6 +196,8 @@ class UpstreamProcess:
             await self.stop()
             raise
         self.ready_at = time.monotonic()
+        if self._popen is not None:  # a wrapper's server is known even if the wrapper dies first
+            self._descendants = descendants(self._popen.pid)
 
     def _failure(self, what: str) -> str:
         tail = "\n".join(self.log.tail(20))
@@ -145,14 +217,15 @@ class UpstreamProcess:
 
     async def _pump_output(self) -> None:
         assert self._popen is not None and self._popen.stdout is not None
-        reader = asyncio.StreamReader(limit=1 << 20)
+        reader = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), self._popen.stdout)
         try:
-            while line := await reader.readline():
-                self.log.write(line.decode("utf-8", "replace").rstrip("\n"))
-                self._activity.set()
+            while block := await reader.read(1 << 16):
+                if self.log.feed(block):
+                    self._activity.set()
+            self.log.flush()
         finally:
             transport.close()
 
@@ -160,6 +233,7 @@ class UpstreamProcess:
         assert self._popen is not None
         await wait_for_exit(self._popen)
         self._kill_group(signal.SIGKILL)  # reap grandchildren left in the group
+        signal_all(self._descendants, signal.SIGKILL)  # and those that left it
         self._exited.set()
         self._activity.set()
         self.log.write(f"[swapper] {self.spec.id} exited with code {self._popen.returncode}")
@@ -171,10 +245,14 @@ class UpstreamProcess:
                 os.killpg(self._popen.pid, sig)
 
     async def stop(self) -> None:
-        """cmdStop or SIGTERM to the group; SIGKILL after ``unload_timeout``."""
+        """cmdStop or SIGTERM to the group and every descendant; SIGKILL after ``unload_timeout``.
+
+        Returns once the child and every descendant collected before signalling are gone.
+        """
         if self._popen is None or self._exited.is_set():
             return
-        self.stopping = True
+        self._descendants = list({p.pid: p for p in self._descendants + descendants(self._popen.pid)}
+                                 .values())
         if self.spec.cmd_stop:
             argv = [a.replace("${PID}", str(self._popen.pid)) for a in self.spec.cmd_stop]
             with contextlib.suppress(OSError):
@@ -182,12 +260,21 @@ class UpstreamProcess:
                                  stderr=subprocess.DEVNULL, start_new_session=True)
         else:
             self._kill_group(signal.SIGTERM)
+            signal_all(self._descendants, signal.SIGTERM)
         try:
             await asyncio.wait_for(self._exited.wait(), self.spec.unload_timeout)
         except asyncio.TimeoutError:
             self.log.write(f"[swapper] {self.spec.id} ignored SIGTERM; killing")
             self._kill_group(signal.SIGKILL)
             await self._exited.wait()
+        await self._end_descendants()
         for task in self._tasks:
             task.cancel()
+
+    async def _end_descendants(self) -> None:
+        """Wait for the collected descendants (SIGKILLed by the exit watch) to be gone."""
+        if not self._descendants:
+            return
+        signal_all(self._descendants, signal.SIGKILL)
+        await asyncio.to_thread(psutil.wait_procs, self._descendants, 5.0)
 

@@ -6,9 +6,9 @@ may use macros defined before it) and ``${MODEL_ID}``. ``${PORT}`` stays in
 place for the spawner to fill (only in ``cmd`` and ``proxy``) and ``${PID}``
 stays in ``cmdStop``. Commands are split with :mod:`shlex`, never run by a shell.
 
-Extensions: ``memoryBudgetMB`` and ``loadWaitTimeout`` (global), ``memoryMB`` (per
-model), and ``bodyIdle`` in a model's ``timeouts`` block (beside llama-swap's
-``connect`` and ``responseHeader``; seconds, 0 = none). Keys the
+Extensions: ``memoryBudgetMB``, ``loadWaitTimeout`` and ``maxQueueWait`` (global),
+``memoryMB`` (per model), and ``bodyIdle`` in a model's ``timeouts`` block (beside
+llama-swap's ``connect`` and ``responseHeader``; seconds, 0 = none). Keys the
 loader does not support are listed, with their path, in
 ``config.extra["unsupported"]``; the rest of the config still loads.
 """
@@ -30,6 +30,7 @@ from .config import (
     DEFAULT_CONCURRENCY_LIMIT,
     DEFAULT_HEALTH_CHECK_TIMEOUT,
     DEFAULT_LOAD_WAIT_TIMEOUT,
+    DEFAULT_MAX_QUEUE_WAIT,
     DEFAULT_UNLOAD_TIMEOUT,
     PORT_MACRO,
     ConfigError,
@@ -54,6 +55,7 @@ _MACRO_NAME = re.compile(r"[a-zA-Z0-9_-]{1,63}")
 _GLOBAL_KEYS = frozenset({
     "models", "macros", "healthCheckTimeout", "startPort", "globalTTL", "unloadTimeout",
     "hooks", "apiKeys", "matrix", "groups", "routing", "memoryBudgetMB", "loadWaitTimeout",
+    "maxQueueWait",
 })
 _MODEL_KEYS = frozenset({
     "cmd", "cmdStop", "proxy", "checkEndpoint", "ttl", "unloadTimeout", "aliases", "unlisted",
@@ -507,6 +509,8 @@ class _Loader:
             memory_budget_mb=self._optional(top, "memoryBudgetMB", self._non_negative, 0.0),
             load_wait_timeout=self._optional(top, "loadWaitTimeout", self._number,
                                              DEFAULT_LOAD_WAIT_TIMEOUT),
+            max_queue_wait=self._optional(top, "maxQueueWait", self._non_negative,
+                                          DEFAULT_MAX_QUEUE_WAIT),
             extra={"unsupported": self._unsupported},
         )
         self._compile(config, routing_base)

@@ -68,3 +68,10 @@ def test_an_unreadable_gguf_falls_back_to_size_gb(tmp_path: Path) -> None:
     stack = parse_stack(bundled_template_text())
     config = build_swapper_config(stack, "/bin/llama-server", {"code-smart": broken})
     assert config.models["code-smart"].memory_mb == 45 * 1024
+
+
+def test_max_queue_wait_reaches_the_swapper(template) -> None:
+    assert template[1].max_queue_wait == 10.0
+    text = bundled_template_text().replace("; max_queue_wait = 10", "max_queue_wait = 3")
+    config = build_swapper_config(parse_stack(text), "/bin/llama-server", {})
+    assert config.max_queue_wait == 3.0

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 from swapper.scheduler import (
-    Fail, Grant, ModelLimits, Reject, Scheduler, StartSwap, Status, Stop,
+    Effect,
+    Fail,
+    Grant,
+    Load,
+    ModelLimits,
+    Reject,
+    Scheduler,
+    StartSwap,
+    Status,
+    Stop,
 )
+from swapper.solver import Solution
 
 
-def alone(target: str, running: frozenset[str]) -> frozenset[str]:
+def alone(target: str, running: frozenset[str]) -> Solution:
     """Every model runs alone, except 'fast', which co-resides with anything."""
     if target == "fast":
-        return frozenset()
-    return frozenset(m for m in running if m != "fast")
+        return Solution(frozenset(), "with-fast", 0)
+    evict = frozenset(m for m in running if m != "fast" and m != target)
+    return Solution(evict, "alone", len(evict))
+
+
+def loaded(s: Scheduler, model: str, *error: object) -> list[Effect]:
+    """Both phases of the swap for ``model``: evictions done, then the load's outcome."""
+    assert s.evicted(model) == [Load(model)]
+    return s.swap_done(model, *error)  # type: ignore[arg-type]
 
 
 def make(limit: int = 10, **extra: ModelLimits) -> Scheduler:
@@ -23,12 +40,12 @@ def make(limit: int = 10, **extra: ModelLimits) -> Scheduler:
 def ready(s: Scheduler, model: str, req: int) -> None:
     """Bring ``model`` up through a request ``req`` that then finishes."""
     assert s.request(req, model) == [StartSwap(model, s.swaps.get(model, frozenset()) or _ev(s, model))]
-    assert s.swap_done(model) == [Grant(req, model)]
+    assert loaded(s, model) == [Grant(req, model)]
     s.finished(req)
 
 
 def _ev(s: Scheduler, model: str) -> frozenset[str]:
-    return alone(model, s.running() - {model})
+    return alone(model, s.running() - {model}).evict
 
 
 def test_unknown_model_is_404() -> None:
@@ -48,7 +65,7 @@ def test_requests_join_an_in_flight_load_of_the_same_model() -> None:
     assert s.request(1, "a") == [StartSwap("a", frozenset())]
     assert s.request(2, "a") == []
     assert s.request(3, "a") == []
-    assert s.swap_done("a") == [Grant(1, "a"), Grant(2, "a"), Grant(3, "a")]
+    assert loaded(s, "a") == [Grant(1, "a"), Grant(2, "a"), Grant(3, "a")]
 
 
 def test_fast_path_when_ready() -> None:
@@ -63,7 +80,7 @@ def test_swap_evicts_what_the_solver_says() -> None:
     ready(s, "a", 1)
     assert s.request(2, "b") == [StartSwap("b", frozenset({"a"}))]
     assert s.status["a"] is Status.STOPPING and s.status["b"] is Status.STARTING
-    assert s.swap_done("b") == [Grant(2, "b")]
+    assert loaded(s, "b") == [Grant(2, "b")]
     assert s.status["a"] is Status.STOPPED
 
 
@@ -72,7 +89,7 @@ def test_queue_when_colliding_with_an_in_flight_swap() -> None:
     assert s.request(1, "a") == [StartSwap("a", frozenset())]
     assert s.request(2, "b") == []  # b would evict a, which is loading
     assert s.queued() == [(2, "b")]
-    assert s.swap_done("a") == [Grant(1, "a")]  # b still waits: a is serving
+    assert loaded(s, "a") == [Grant(1, "a")]  # b still waits: a is serving
     assert s.finished(1) == [StartSwap("b", frozenset({"a"}))]
 
 
@@ -105,14 +122,14 @@ def test_collation_serves_a_b_c_a_b_c_as_a_a_b_b_c_c() -> None:
     for req, model in enumerate("abcabc", start=1):
         effects = s.request(req, model)
         assert all(isinstance(e, StartSwap) for e in effects)
-    pending = s.swap_done("a")
+    pending = loaded(s, "a")
     while pending:
         effect = pending.pop(0)
         if isinstance(effect, Grant):
             served.append(effect.model)
             pending += s.finished(effect.req)
         elif isinstance(effect, StartSwap):
-            pending += s.swap_done(effect.model)
+            pending += loaded(s, effect.model)
     assert served == list("aabbcc")
 
 
@@ -132,7 +149,7 @@ def test_cancelled_load_waiter_frees_its_reservation_and_the_load_continues() ->
     assert s.request(1, "a") == [StartSwap("a", frozenset())]
     s.cancel(1)
     assert s.reserved["a"] == 0 and "a" in s.swaps
-    assert s.swap_done("a") == []
+    assert loaded(s, "a") == []
     assert s.status["a"] is Status.READY
 
 
@@ -140,7 +157,7 @@ def test_failed_load_fails_all_waiters_with_its_error() -> None:
     s = make()
     s.request(1, "a")
     s.request(2, "a")
-    assert s.swap_done("a", "exited with code 1", 502) == [
+    assert loaded(s, "a", "exited with code 1", 502) == [
         Fail(1, 502, "exited with code 1"), Fail(2, 502, "exited with code 1")]
     assert s.status["a"] is Status.STOPPED and s.reserved["a"] == 0
 
@@ -161,7 +178,7 @@ def test_request_racing_a_ttl_unload_restarts_the_model() -> None:
     assert s.idle_timeout("a") == [Stop("a")]
     assert s.request(2, "a") == []  # queued behind the stop, not dropped
     assert s.stopped("a") == [StartSwap("a", frozenset())]
-    assert s.swap_done("a") == [Grant(2, "a")]
+    assert loaded(s, "a") == [Grant(2, "a")]
 
 
 def test_unload_fails_queued_and_waiting_requests() -> None:
@@ -205,6 +222,139 @@ def test_reconfigure_forgets_a_removed_model_after_it_stops() -> None:
     ready(s, "c", 1)
     models = {m: ModelLimits(10) for m in ("a", "b", "fast")}
     assert s.reconfigure(models, alone, {"c"}) == [Stop("c")]
-    assert s.request(2, "c")[0].status == 404
+    assert s.request(2, "c") == [Reject(2, 404, "model 'c' not found")]
     s.stopped("c")
     assert "c" not in s.status
+
+
+def test_swap_names_the_set_and_cost_that_chose_it() -> None:
+    s = make()
+    ready(s, "a", 1)
+    (swap,) = s.request(2, "b")
+    assert isinstance(swap, StartSwap)
+    assert (swap.evict, swap.set_name, swap.cost) == (frozenset({"a"}), "alone", 1)
+
+
+def test_evicted_models_are_stopped_before_the_load_starts() -> None:
+    s = make()
+    ready(s, "a", 1)
+    s.request(2, "b")
+    assert s.evicted("b") == [Load("b")]
+    assert s.status["a"] is Status.STOPPED and s.status["b"] is Status.STARTING
+
+
+# -- fairness -------------------------------------------------------------------------
+
+
+def fair(limit: float = 10.0) -> Scheduler:
+    models = {m: ModelLimits(100) for m in ("agent", "plan", "fast")}
+    return Scheduler(models, alone, max_queue_wait=limit)
+
+
+def test_steady_traffic_is_served_while_the_waiting_request_is_young() -> None:
+    s = fair()
+    ready(s, "agent", 1)
+    assert s.request(2, "agent", now=0.0) == [Grant(2, "agent")]
+    assert s.request(3, "plan", now=0.0) == []  # agent is serving: plan queues
+    assert s.request(4, "agent", now=9.9) == [Grant(4, "agent")]  # collation, under the limit
+
+
+def test_an_overdue_request_holds_the_model_it_must_evict_until_it_drains() -> None:
+    s = fair()
+    ready(s, "fast", 0)
+    ready(s, "agent", 1)
+    s.request(2, "agent", now=0.0)
+    s.request(3, "plan", now=0.0)
+    assert s.request(4, "agent", now=10.0) == []  # plan waited 10 s: new agent work queues
+    assert s.held() == {"agent"}
+    assert s.request(5, "fast", now=10.0) == [Grant(5, "fast")]  # fast co-resides: not held
+    assert s.finished(2) == [StartSwap("plan", frozenset({"agent"}))]  # the drain
+    assert loaded(s, "plan") == [Grant(3, "plan")]
+    assert s.held() == frozenset()
+    assert s.finished(3) == [StartSwap("agent", frozenset({"plan"}))]  # then agent's turn
+    assert loaded(s, "agent") == [Grant(4, "agent")]
+
+
+def test_a_queued_request_for_the_held_model_is_not_granted_by_collation() -> None:
+    s = fair(limit=1.0)
+    ready(s, "agent", 1)
+    s.request(2, "agent", now=0.0)
+    s.request(3, "plan", now=0.0)
+    s.request(4, "agent", now=2.0)  # held: queued
+    s.request(6, "agent", now=3.0)
+    assert s.finished(2) == [StartSwap("plan", frozenset({"agent"}))]
+    assert [req for req, _ in s.queued()] == [4, 6]
+
+
+def test_zero_wait_limit_is_strict_fifo() -> None:
+    s = fair(limit=0.0)
+    ready(s, "agent", 1)
+    s.request(2, "agent", now=0.0)
+    s.request(3, "plan", now=0.0)
+    assert s.request(4, "agent", now=0.0) == []
+
+
+def test_cancelled_overdue_request_releases_the_hold() -> None:
+    s = fair(limit=1.0)
+    ready(s, "agent", 1)
+    s.request(2, "agent", now=0.0)
+    s.request(3, "plan", now=0.0)
+    s.request(4, "agent", now=5.0)
+    s.cancel(3)
+    assert s.held() == frozenset()
+    assert s.request(5, "agent", now=6.0) == [Grant(5, "agent")]
+
+
+# -- unload cancels a swap in flight --------------------------------------------------
+
+
+def test_unload_while_a_swap_evicts_for_the_model_never_leaves_it_ready() -> None:
+    s = make()
+    ready(s, "a", 1)
+    assert s.request(2, "b") == [StartSwap("b", frozenset({"a"}))]
+    assert s.unload("b") == [Fail(2, 503, "model 'b' was unloaded"), Stop("b")]
+    assert s.evicted("b") == []  # no Load: the swap is cancelled
+    assert s.status["b"] is Status.STOPPING
+    assert s.stopped("b") == []
+    assert s.status["b"] is Status.STOPPED and s.running() == frozenset()
+
+
+def test_unload_while_the_model_loads_discards_the_load() -> None:
+    s = make()
+    s.request(1, "a")
+    assert s.evicted("a") == [Load("a")]
+    assert s.unload("a") == [Fail(1, 503, "model 'a' was unloaded"), Stop("a")]
+    assert s.swap_done("a") == []  # it came up anyway: no grant, the Stop ends it
+    assert s.status["a"] is Status.STOPPING
+    s.stopped("a")
+    assert s.status["a"] is Status.STOPPED
+
+
+def test_a_request_after_an_unload_waits_for_the_cancelled_swap_then_starts_afresh() -> None:
+    s = make()
+    ready(s, "a", 1)
+    s.request(2, "b")
+    s.unload("b")
+    assert s.request(3, "b") == []  # not joined to the cancelled swap
+    assert s.evicted("b") == []
+    assert s.stopped("b") == [StartSwap("b", frozenset())]
+    assert loaded(s, "b") == [Grant(3, "b")]
+
+
+def test_stops_say_why() -> None:
+    s = make()
+    ready(s, "a", 1)
+    (stop,) = s.idle_timeout("a")
+    assert isinstance(stop, Stop) and stop.reason == "ttl"
+
+
+def test_shutdown_fails_everything_pending_and_leaves_nothing_ready() -> None:
+    s = make()
+    ready(s, "a", 1)
+    s.request(2, "a")
+    s.request(3, "b")  # queued: a is serving
+    s.request(4, "fast")  # loading
+    assert s.shutdown() == [Fail(3, 503, "the swapper is shutting down"),
+                            Fail(4, 503, "the swapper is shutting down")]
+    assert s.running() == frozenset() and s.queued() == []
+    assert s.idle_timeout("a") == []

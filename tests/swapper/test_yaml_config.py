@@ -335,3 +335,9 @@ def test_example_config_loads(monkeypatch):
     assert plan.solve("a", frozenset({"fast"})).evict == frozenset()
     assert plan.solve("b", frozenset({"fast", "a"})).evict == frozenset({"a"})
     assert not plan.fits(frozenset({"a", "b"}))
+
+
+def test_max_queue_wait_defaults_to_ten_seconds_and_must_not_be_negative():
+    assert parse("models:\n  m:\n    cmd: srv ${PORT}\n").max_queue_wait == 10.0
+    assert parse("maxQueueWait: 2.5\nmodels:\n  m:\n    cmd: srv ${PORT}\n").max_queue_wait == 2.5
+    assert "maxQueueWait" in error_of("maxQueueWait: -1\nmodels:\n  m:\n    cmd: srv ${PORT}\n")
