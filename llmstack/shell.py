@@ -24,7 +24,7 @@ SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
 MANAGED = ("OPENCODE_CONFIG", "LLMSTACK_WORK_DIR", "LLMSTACK_ACTIVE", "LLMSTACK_CHANNEL",
            "LLMSTACK_REMOTE_URL", "LLMSTACK_MODELS_INI", "LLMSTACK_BASE_URL")
 COLORS = {"current": 38, "next": 208, "external": 135}
-_UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+=,-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+=, -]")  # nothing a prompt would expand
 
 
 def project_env(root: Path) -> dict[str, str | None]:
@@ -63,8 +63,8 @@ def _local_url(root: Path, ini: Path) -> str:
 def prompt_label(root: Path) -> tuple[str, int]:
     """``[llmstack:<project>]`` (plus the URL when external) and its 256-colour code."""
     channel = live_channel(root)
-    label = f"[llmstack:{root.name}{' ' + channel.url if channel.name == 'external' else ''}]"
-    return _UNSAFE.sub("_", label), COLORS.get(channel.name, COLORS["current"])
+    name = root.name + (" " + channel.url if channel.name == "external" else "")
+    return f"[llmstack:{_UNSAFE.sub('_', name)}]", COLORS.get(channel.name, COLORS["current"])
 
 
 def _sh_quote(value: str) -> str:
@@ -212,10 +212,7 @@ function __llmstack_enter
         end
     end
     function fish_prompt
-        set_color $__llmstack_color
-        printf '%s' $__llmstack_label
-        set_color normal
-        printf ' '
+        printf '\e[38;5;%sm%s\e[0m ' $__llmstack_color $__llmstack_label
         __llmstack_orig_prompt
     end
     set -g __llmstack_key $argv[2]
