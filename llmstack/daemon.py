@@ -30,10 +30,8 @@ import psutil
 from .pidrecord import (
     PidRecord, describe, read_record, record_for, remove_record, url_for, verify, write_record,
 )
-from .project import (
-    Channel, CliError, clear_active_channel, default_channel, models_ini, state_dir,
-    write_active_channel,
-)
+from .channels import CURRENT, Channel, pinned, require_local
+from .project import Project, UserError
 
 READY_TIMEOUT = 180.0
 STOP_GRACE = 5.0
@@ -57,14 +55,20 @@ class Target:
 
 
 def log_dir(root: Path) -> Path:
-    return state_dir(root) / "logs"
+    return Project(root).state / "logs"
+
+
+def _clear_active_channel(root: Path) -> None:
+    """``serve`` removes its marker on a clean exit; a stop by signal or a failed start may not."""
+    Project(root).active_channel.unlink(missing_ok=True)
 
 
 def resolve_target(root: Path, host: str | None, port: int | None, demo: bool) -> Target:
     """The address and models.ini ``start`` uses: flags, else models.ini's [DEFAULT]."""
-    ini = models_ini(root)
-    if not demo and not ini.exists() and os.environ.get("LLMSTACK_MODELS_INI"):
-        raise CliError(f"models.ini not found: {ini} (from $LLMSTACK_MODELS_INI)", 2)
+    project = Project(root)
+    ini = project.models_ini
+    if not demo and not ini.exists() and project.models_ini_from_env:
+        raise UserError(f"models.ini not found: {ini} (from $LLMSTACK_MODELS_INI)", 2)
     if demo or not ini.exists():
         from .demo import demo_stack
         stack = demo_stack()
@@ -73,7 +77,7 @@ def resolve_target(root: Path, host: str | None, port: int | None, demo: bool) -
         try:
             stack = load_stack(ini)
         except ModelsIniError as exc:
-            raise CliError(f"{ini} has errors:\n{exc}", 2) from None
+            raise UserError(f"{ini} has errors:\n{exc}", 2) from None
     return Target(host or stack.host, port or stack.router_port,
                   None if demo or not ini.exists() else ini.resolve())
 
@@ -119,7 +123,7 @@ def port_holder(host: str, port: int) -> str | None:
 @contextlib.contextmanager
 def _start_lock(root: Path) -> Iterator[None]:
     """One ``start``/``stop`` at a time per project."""
-    path = state_dir(root) / "daemon.lock"
+    path = Project(root).state / "daemon.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -133,17 +137,16 @@ def _preflight(root: Path, target: Target, out: IO[str]) -> PidRecord | None:
         return found[0]
     holder = port_holder(target.host, target.port)
     if holder is not None:
-        raise CliError(f"port {target.port} is held by another program: {holder}; stop it, or "
+        raise UserError(f"port {target.port} is held by another program: {holder}; stop it, or "
                        f"start on another port (llmstack start --port N)")
     return None
 
 
-def _local_channel(root: Path) -> Channel:
-    channel = default_channel(root)
-    if channel.name == "external":
-        raise CliError(f"this project is a client of the external stack at {channel.url}: "
-                       "nothing local to start (llmstack install --current to serve locally)")
-    return channel
+def _local_channel(root: Path, verb: str) -> Channel:
+    """The pinned local channel (refused for a client of an external stack)."""
+    project = Project(root)
+    require_local(project, verb)
+    return pinned(project) or CURRENT
 
 
 def serve_argv(target: Target, logs: Path | None, channel: Channel) -> list[str]:
@@ -152,7 +155,7 @@ def serve_argv(target: Target, logs: Path | None, channel: Channel) -> list[str]
     argv += ["--models-ini", str(target.models_ini)] if target.models_ini else ["--demo"]
     if logs is not None:
         argv += ["--log-dir", str(logs)]
-    if channel.name == "next":
+    if channel.name == "next" and target.models_ini:  # serve pins only its default models.ini
         argv += ["--channel", "next"]
     return argv
 
@@ -160,20 +163,21 @@ def serve_argv(target: Target, logs: Path | None, channel: Channel) -> list[str]
 def start_detached(project_dir: Path, *, host: str | None = None, port: int | None = None,
                    demo: bool = False, timeout: float = READY_TIMEOUT,
                    out: IO[str] = sys.stderr) -> int:
-    """Run the project's stack in the background; returns its pid once ``/health`` answers.
+    """Run the project's stack in the background; returns 0 once ``/health`` answers.
 
-    A no-op (returning the running pid) when this project's stack already runs.
-    Raises :class:`CliError` when the port is held by another program, or when the
-    stack exits or does not answer within ``timeout`` (with its log tail).
+    A no-op when this project's stack already runs. The pid is in the pid record
+    (:func:`llmstack.pidrecord.read_record`). Raises :class:`UserError` when the
+    project is a client of an external stack, the port is held by another program,
+    or the stack exits or does not answer within ``timeout`` (with its log tail).
     """
     root = project_dir.resolve()
-    channel = _local_channel(root)
+    channel = _local_channel(root, "start")
     target = resolve_target(root, host, port, demo)
     with _start_lock(root):
         existing = _preflight(root, target, out)
         if existing is not None:
             print(f"[=] already running: pid {existing.pid} at {existing.url}", file=out)
-            return existing.pid
+            return 0
         logs = log_dir(root)
         logs.mkdir(parents=True, exist_ok=True)
         argv = serve_argv(target, logs, channel)
@@ -188,16 +192,15 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
             record = None
         if record is not None:
             write_record(root, record)
-        write_active_channel(root, channel)
         try:
             _wait_ready(child, target.url, timeout, out, logs)
-        except CliError:
+        except UserError:
             _terminate(child.pid)
             remove_record(root, child.pid)
-            clear_active_channel(root)
+            _clear_active_channel(root)
             raise
     print(f"[OK] llmstack running: pid {child.pid} at {target.url} (logs: {logs})", file=out)
-    return child.pid
+    return 0
 
 
 def _wait_ready(child: subprocess.Popen[bytes], url: str, timeout: float, out: IO[str],
@@ -213,14 +216,14 @@ def _wait_ready(child: subprocess.Popen[bytes], url: str, timeout: float, out: I
     with httpx.Client(timeout=1.0, trust_env=False) as client:
         while True:
             if child.poll() is not None:
-                raise CliError(f"llmstack serve exited with status {child.returncode} before "
+                raise UserError(f"llmstack serve exited with status {child.returncode} before "
                                f"answering:\n{log_tail(logs)}")
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(url + "/health").status_code == 200:
                     break
             waited = time.monotonic() - started
             if waited > timeout:
-                raise CliError(f"llmstack serve did not answer on {url} within {timeout:.0f} s:\n"
+                raise UserError(f"llmstack serve did not answer on {url} within {timeout:.0f} s:\n"
                                f"{log_tail(logs)}")
             if tty and int(waited) > shown:
                 shown = int(waited)
@@ -298,12 +301,12 @@ def _kill(procs: list[psutil.Process], out: IO[str]) -> None:
 def stop(project_dir: Path, out: IO[str] = sys.stdout) -> int:
     """Stop what this project started (nothing else); returns the exit status."""
     root = project_dir.resolve()
-    channel = default_channel(root)
+    channel = pinned(Project(root)) or CURRENT
     with _start_lock(root):
         found = running(root, report=out)
         if found is None:
-            clear_active_channel(root)
-            if channel.name == "external":
+            _clear_active_channel(root)
+            if channel.external:
                 print(f"[=] client of the external stack at {channel.url}: nothing local to stop",
                       file=out)
             else:
@@ -313,7 +316,7 @@ def stop(project_dir: Path, out: IO[str] = sys.stdout) -> int:
         print(f"[*] stopping llmstack (pid {record.pid}) at {record.url} ...", file=out, flush=True)
         _stop_process(proc, out)
         remove_record(root, record.pid)
-        clear_active_channel(root)
+        _clear_active_channel(root)
     print("[OK] stopped", file=out)
     return 0
 
@@ -324,7 +327,7 @@ def start_foreground(project_dir: Path, *, host: str | None, port: int | None, d
     from .serve import serve
 
     root = project_dir.resolve()
-    channel = _local_channel(root)
+    channel = _local_channel(root, "start")
     target = resolve_target(root, host, port, demo)
     with _start_lock(root):
         existing = _preflight(root, target, sys.stderr)
@@ -335,13 +338,12 @@ def start_foreground(project_dir: Path, *, host: str | None, port: int | None, d
         write_record(root, record_for(os.getpid(), host=target.host, port=target.port,
                                       log_dir="", demo=target.models_ini is None,
                                       channel=channel.name, started_at=time.time()))
-        write_active_channel(root, channel)
     try:
-        ini = (target.models_ini, True) if target.models_ini else (models_ini(root), False)
-        return serve(target.host, target.port, ini, target.models_ini is None, log_level)
+        ini = (target.models_ini, True) if target.models_ini else (Project(root).models_ini, False)
+        return serve(target.host, target.port, ini, target.models_ini is None, log_level,
+                     channel.name if target.models_ini else None)
     finally:
         remove_record(root, os.getpid())
-        clear_active_channel(root)
 
 
 def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
@@ -353,14 +355,14 @@ def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
     directory = Path(record.log_dir) if record and record.log_dir else log_dir(root)
     if tier is not None and follow:
         if found is None:
-            raise CliError("the stack is not running: llmstack logs -f TIER follows a running "
+            raise UserError("the stack is not running: llmstack logs -f TIER follows a running "
                            f"stack (its last log: llmstack logs {tier})")
         return _stream_tier(found[0].url, tier, out)
     path = directory / (f"{tier}.log" if tier else STACK_LOG)
     if not path.exists():
         known = sorted(p.stem for p in directory.glob("*.log") if p.name != STACK_LOG)
         what = f"tier '{tier}'" if tier else "the stack"
-        raise CliError(f"no log for {what} in {directory}"
+        raise UserError(f"no log for {what} in {directory}"
                        + (f" (tier logs: {', '.join(known)})" if known else
                           " (llmstack start --detach writes logs there)"))
     with path.open(errors="replace") as handle:
@@ -400,11 +402,11 @@ def _stream_tier(url: str, tier: str, out: IO[str]) -> int:
                           timeout=httpx.Timeout(5.0, read=None), trust_env=False) as response:
             if response.status_code != 200:
                 response.read()
-                raise CliError(f"{url}: {_error_message(response.text)}")
+                raise UserError(f"{url}: {_error_message(response.text)}")
             for line in response.iter_lines():
                 print(line, file=out, flush=True)
     except httpx.HTTPError as exc:
-        raise CliError(f"lost the log stream from {url}: {exc}") from None
+        raise UserError(f"lost the log stream from {url}: {exc}") from None
     print("[=] the stack closed the log stream", file=sys.stderr)
     return 0
 
@@ -431,7 +433,7 @@ def reload_stack(project_dir: Path, out: IO[str] = sys.stderr) -> int:
         response = httpx.post(f"{url}/reload", headers=auth_headers(), timeout=120.0,
                               trust_env=False)
     except httpx.HTTPError as exc:
-        raise CliError(f"{url} did not answer POST /reload: {exc}") from None
+        raise UserError(f"{url} did not answer POST /reload: {exc}") from None
     if response.status_code != 200:
         print(f"[!] {_error_message(response.text)}", file=out)
         return 1

@@ -1,7 +1,7 @@
 """The lifecycle and shell verbs' command line: start, stop, restart, reload, status, logs, activate.
 
 Only argparse is imported here (``--help`` stays fast); each verb imports its module
-when it runs. Failures are one ``[!]`` line on stderr and a non-zero status.
+when it runs. Failures raise ``UserError``: one ``[!]`` line and a non-zero status.
 """
 
 from __future__ import annotations
@@ -73,37 +73,27 @@ def register(verbs: Any) -> None:
     activate.add_argument("--env", type=Path, metavar="ROOT", help=argparse.SUPPRESS)
 
 
-def run(args: argparse.Namespace) -> int | None:
-    """Run the verb if it is one of ours (None otherwise)."""
-    handler = _HANDLERS.get(args.verb)
-    if handler is None:
-        return None
-    from .project import CliError
-
-    try:
-        return handler(args)
-    except CliError as exc:
-        print(f"[!] {exc}", file=sys.stderr)
-        return exc.code
+def run(args: argparse.Namespace) -> int:
+    """Run one of :data:`VERBS` (a ``UserError`` it raises is reported by ``cli.main``)."""
+    return _HANDLERS[args.verb](args)
 
 
 def _start(args: argparse.Namespace) -> int:
     from .daemon import start_detached, start_foreground
-    from .project import project_dir
+    from .project import find_project
 
     if args.detach:
-        start_detached(project_dir(), host=args.host, port=args.port, demo=args.demo,
-                       timeout=args.timeout)
-        return 0
-    return start_foreground(project_dir(), host=args.host, port=args.port, demo=args.demo,
+        return start_detached(find_project().root, host=args.host, port=args.port,
+                              demo=args.demo, timeout=args.timeout)
+    return start_foreground(find_project().root, host=args.host, port=args.port, demo=args.demo,
                             log_level=args.log_level)
 
 
 def _stop(args: argparse.Namespace) -> int:
     from .daemon import stop
-    from .project import project_dir
+    from .project import find_project
 
-    return stop(project_dir())
+    return stop(find_project().root)
 
 
 def _restart(args: argparse.Namespace) -> int:
@@ -111,18 +101,18 @@ def _restart(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .project import project_dir
+    from .project import find_project
     from .status import status
 
-    return status(project_dir(), args.json)
+    return status(find_project().root, args.json)
 
 
 def _logs(args: argparse.Namespace) -> int:
     from .daemon import logs
-    from .project import project_dir
+    from .project import find_project
 
     try:
-        return logs(project_dir(), args.tier, args.follow, args.lines)
+        return logs(find_project().root, args.tier, args.follow, args.lines)
     except KeyboardInterrupt:
         return 0
 
@@ -148,3 +138,4 @@ def _reload(args: argparse.Namespace) -> int:
 
 _HANDLERS = {"start": _start, "stop": _stop, "restart": _restart, "status": _status,
              "logs": _logs, "activate": _activate, "reload": _reload}
+VERBS = frozenset(_HANDLERS)

@@ -14,7 +14,8 @@ from typing import Any
 
 import psutil
 
-from .project import state_dir, write_atomic
+from .files import write_atomic
+from .project import Project
 
 RECORD_NAME = "daemon.json"
 _CREATE_TIME_SLACK = 0.05  # seconds; psutil derives it from boot time + ticks
@@ -44,7 +45,7 @@ def url_for(host: str, port: int) -> str:
 
 
 def record_path(root: Path) -> Path:
-    return state_dir(root) / RECORD_NAME
+    return Project(root).state / RECORD_NAME
 
 
 def read_record(root: Path) -> PidRecord | None:

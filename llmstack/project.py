@@ -1,10 +1,8 @@
-"""Where a project's state lives: the ``.llmstack/`` directory and its channel markers.
+"""Where a project's llmstack files live, and the error type verbs report to the user.
 
-A project is a directory holding ``.llmstack/``. The CLI finds it as the shell hook
-does: ``$LLMSTACK_WORK_DIR`` when set, else the nearest ancestor of the current
-directory that has ``.llmstack/``, else the current directory (where a first verb
-that writes creates it). Channel markers are one line, ``<channel>[ <url>]``, so
-shells can ``read -r ch url < file``.
+A project is the directory holding ``.llmstack/``: ``$LLMSTACK_WORK_DIR`` when set,
+else the nearest directory at or above the current one that has a ``.llmstack/``
+(never climbing into or past the home directory), else the current directory.
 """
 
 from __future__ import annotations
@@ -16,90 +14,66 @@ from pathlib import Path
 STATE_DIR = ".llmstack"
 WORK_DIR_ENV = "LLMSTACK_WORK_DIR"
 MODELS_INI_ENV = "LLMSTACK_MODELS_INI"
-CHANNELS = ("current", "next", "external")
+OPENCODE_CONFIG_DIR_ENV = "OPENCODE_CONFIG_DIR"
 
 
-class CliError(Exception):
-    """A user-facing failure: printed as one ``[!]`` line, exit status ``code``."""
+class UserError(Exception):
+    """A problem the user can fix; the CLI prints ``[!] <message>`` and exits with ``code``."""
 
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
 
 
-def find_root(start: Path) -> Path | None:
-    """The nearest directory at or above ``start`` holding ``.llmstack/``."""
-    for directory in (start, *start.parents):
-        if (directory / STATE_DIR).is_dir():
-            return directory
-    return None
-
-
-def project_dir() -> Path:
-    """``$LLMSTACK_WORK_DIR``, else the enclosing project, else the current directory."""
-    explicit = os.environ.get(WORK_DIR_ENV)
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    cwd = Path.cwd()
-    return find_root(cwd) or cwd
-
-
 @dataclass(frozen=True)
-class Channel:
-    """One channel marker: ``current``/``next``, or ``external`` with the remote URL."""
+class Project:
+    """One project's paths (nothing is created by looking at them)."""
 
-    name: str
-    url: str = ""
+    root: Path
 
-    def line(self) -> str:
-        return f"{self.name} {self.url}".rstrip() + "\n"
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_DIR
 
+    @property
+    def models_ini(self) -> Path:
+        """``$LLMSTACK_MODELS_INI`` (relative to the current directory), else .llmstack/models.ini."""
+        env = os.environ.get(MODELS_INI_ENV)
+        return Path(env) if env else self.state / "models.ini"
 
-def state_dir(root: Path) -> Path:
-    return root / STATE_DIR
+    @property
+    def models_ini_from_env(self) -> bool:
+        return bool(os.environ.get(MODELS_INI_ENV))
 
+    @property
+    def opencode_json(self) -> Path:
+        """``$OPENCODE_CONFIG_DIR/opencode.json`` when that is set, else .llmstack/opencode.json."""
+        env = os.environ.get(OPENCODE_CONFIG_DIR_ENV)
+        return (Path(env).expanduser() if env else self.state) / "opencode.json"
 
-def read_channel(path: Path) -> Channel | None:
-    """The marker at ``path``, or None when it is missing, empty or unknown."""
-    try:
-        words = path.read_text().split()
-    except OSError:
-        return None
-    if not words or words[0] not in CHANNELS:
-        return None
-    return Channel(words[0], words[1].rstrip("/") if len(words) > 1 else "")
+    @property
+    def agents_md(self) -> Path:
+        return self.state / "AGENTS.md"
 
+    @property
+    def default_channel(self) -> Path:
+        return self.state / "default-channel"
 
-def default_channel(root: Path) -> Channel:
-    """The channel pinned in ``default-channel`` (``current`` when unset)."""
-    return read_channel(state_dir(root) / "default-channel") or Channel("current")
-
-
-def live_channel(root: Path) -> Channel:
-    """``active-channel`` (what runs now), else the pinned default."""
-    return read_channel(state_dir(root) / "active-channel") or default_channel(root)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    @property
+    def active_channel(self) -> Path:
+        return self.state / "active-channel"
 
 
-def write_active_channel(root: Path, channel: Channel) -> None:
-    write_atomic(state_dir(root) / "active-channel", channel.line())
-
-
-def clear_active_channel(root: Path) -> None:
-    (state_dir(root) / "active-channel").unlink(missing_ok=True)
-
-
-def models_ini(root: Path) -> Path:
-    """``$LLMSTACK_MODELS_INI`` (relative to the project), else ``.llmstack/models.ini``."""
-    env = os.environ.get(MODELS_INI_ENV)
-    return (root / Path(env).expanduser()) if env else state_dir(root) / "models.ini"
+def find_project(cwd: Path | None = None) -> Project:
+    """The current project (see the module docstring)."""
+    env = os.environ.get(WORK_DIR_ENV)
+    if env:
+        return Project(Path(env).expanduser().resolve())
+    here = (cwd or Path.cwd()).resolve()
+    home = Path.home().resolve()
+    for candidate in (here, *here.parents):
+        if candidate != here and (candidate == home or candidate in home.parents):
+            break
+        if (candidate / STATE_DIR).is_dir():
+            return Project(candidate)
+    return Project(here)

@@ -1,7 +1,8 @@
 """Shell integration: ``eval "$(llmstack activate <shell>)"`` and ``eval "$(llmstack reload)"``.
 
 The hook runs before every prompt (and on ``cd`` in zsh and fish). It walks up from
-``$PWD`` to the nearest directory holding ``.llmstack/`` and reads its channel
+``$PWD`` to the nearest directory holding ``.llmstack/`` (never climbing into or past
+``$HOME``, as :func:`llmstack.project.find_project`) and reads its channel
 marker with the shell's own ``read``, so no process starts unless the project or
 its channel changed. On entering, it saves every variable it manages (set or not)
 and the prompt, asks ``llmstack activate <shell> --env ROOT`` for the values and
@@ -18,7 +19,8 @@ import sys
 from pathlib import Path
 
 from .pidrecord import read_record, url_for, verify
-from .project import CliError, find_root, live_channel, state_dir
+from .project import Project, UserError, find_project
+from .status import live_channel
 
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
 MANAGED = ("OPENCODE_CONFIG", "LLMSTACK_WORK_DIR", "LLMSTACK_ACTIVE", "LLMSTACK_CHANNEL",
@@ -29,13 +31,14 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+=, -]")  # nothing a prompt would expand
 
 def project_env(root: Path) -> dict[str, str | None]:
     """The managed variables inside ``root`` (None: unset there)."""
-    state = state_dir(root)
-    channel = live_channel(root)
+    project = Project(root)
+    state = project.state
+    channel = live_channel(project)
     ini = state / "models.ini"
     env: dict[str, str | None] = dict.fromkeys(MANAGED)
-    env.update(OPENCODE_CONFIG=str(state / "opencode.json"), LLMSTACK_WORK_DIR=str(root),
+    env.update(OPENCODE_CONFIG=str(project.opencode_json), LLMSTACK_WORK_DIR=str(root),
                LLMSTACK_ACTIVE="1", LLMSTACK_CHANNEL=channel.name)
-    if channel.name == "external":
+    if channel.external and channel.url:
         env.update(LLMSTACK_REMOTE_URL=channel.url, LLMSTACK_BASE_URL=f"{channel.url}/v1")
         return env
     if ini.exists():
@@ -62,8 +65,8 @@ def _local_url(root: Path, ini: Path) -> str:
 
 def prompt_label(root: Path) -> tuple[str, int]:
     """``[llmstack:<project>]`` (plus the URL when external) and its 256-colour code."""
-    channel = live_channel(root)
-    name = root.name + (" " + channel.url if channel.name == "external" else "")
+    channel = live_channel(Project(root))
+    name = root.name + (f" {channel.url}" if channel.external else "")
     return f"[llmstack:{_UNSAFE.sub('_', name)}]", COLORS.get(channel.name, COLORS["current"])
 
 
@@ -107,7 +110,10 @@ def env_code(shell: str, root: Path) -> str:
 _POSIX_HOOK = r"""# llmstack shell hook (@SHELL@): eval "$(llmstack activate @SHELL@)"
 _llmstack_hook() {
   local d="$PWD" ch="" url="" m key=""
-  while [ -n "$d" ] && [ ! -d "$d/.llmstack" ]; do d="${d%/*}"; done
+  while [ -n "$d" ] && [ ! -d "$d/.llmstack" ]; do
+    d="${d%/*}"
+    case "${HOME-}/" in "$d"/*) d="" ;; esac  # never climb into or past home
+  done
   if [ -n "$d" ]; then
     for m in active-channel default-channel; do
       if [ -r "$d/.llmstack/$m" ]; then read -r ch url < "$d/.llmstack/$m" || :; break; fi
@@ -171,6 +177,9 @@ function __llmstack_hook --on-event fish_prompt --on-variable PWD
     set -l key ''
     while test -n "$d"; and not test -d "$d/.llmstack"
         set d (string replace -r '/[^/]*$' '' -- $d)
+        if string match -q -- "$d/*" "$HOME/"  # never climb into or past home
+            set d ''
+        end
     end
     if test -n "$d"
         for m in active-channel default-channel
@@ -241,6 +250,8 @@ function global:__LlmstackHook([switch]$Force) {
     $d = (Get-Location).ProviderPath
     while ($d -and -not (Test-Path -LiteralPath (Join-Path $d '.llmstack') -PathType Container)) {
         $d = Split-Path -Parent $d
+        $sep = [IO.Path]::DirectorySeparatorChar
+        if ($d -and ($HOME + $sep).StartsWith($d.TrimEnd($sep) + $sep)) { $d = '' }  # not into home
     }
     $key = ''
     if ($d) {
@@ -323,15 +334,15 @@ def activate(shell: str, env_root: Path | None) -> str:
     if env_root is None:
         return hook(shell)
     root = env_root.resolve()
-    if not state_dir(root).is_dir():
-        raise CliError(f"not an llmstack project: {root} has no .llmstack/")
+    if not Project(root).state.is_dir():
+        raise UserError(f"not an llmstack project: {root} has no .llmstack/")
     return env_code(_family(shell), root)
 
 
 def reload_code(shell: str | None) -> tuple[Path, str]:
     """The project root and the code that re-activates it in the calling shell."""
-    root = find_root(Path(os.environ.get("LLMSTACK_WORK_DIR") or Path.cwd()).resolve())
-    if root is None:
-        raise CliError("not in an llmstack project (no .llmstack/ here or above)")
+    root = find_project().root
+    if not Project(root).state.is_dir():
+        raise UserError("not in an llmstack project (no .llmstack/ here or above)")
     family = _family(shell or detect_shell())
     return root, hook(family) + FORCE[family] + "\n"

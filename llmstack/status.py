@@ -20,10 +20,16 @@ from urllib.parse import urlsplit
 import psutil
 
 from .pidrecord import read_record, record_path, verify
-from .project import live_channel, state_dir
+from .channels import CURRENT, Channel, pinned, read_marker
+from .project import Project
 
 TIMEOUT = 2.0
 STOPPED = 3  # exit status when nothing runs, as `systemctl status` / LSB
+
+
+def live_channel(project: Project) -> Channel:
+    """What runs now (``active-channel``), else the pinned channel, else current."""
+    return read_marker(project.active_channel) or pinned(project) or CURRENT
 
 
 def auth_headers() -> dict[str, str]:
@@ -64,10 +70,12 @@ def _rss_mb(pid: int | None) -> float | None:
 
 def collect(root: Path) -> dict[str, Any]:
     """The status document (what ``--json`` prints)."""
-    channel = live_channel(root)
+    project = Project(root)
+    channel = live_channel(project)
     doc: dict[str, Any] = {"project": str(root), "channel": channel.name, "state": "stopped",
-                           "url": None, "pid": None, "tiers": []}
-    if channel.name == "external":
+                           "url": None, "pid": None, "tiers": [],
+                           "opencode_config": str(project.opencode_json)}
+    if channel.external:
         doc["url"] = channel.url
     else:
         record = read_record(root)
@@ -126,8 +134,8 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
         if doc["channel"] != "external" and not doc.get("error"):
             print("  start it: llmstack start --detach", file=out)
         return
-    print(f"  url      {doc['base_url']}  (opencode: OPENCODE_CONFIG="
-          f"{state_dir(Path(doc['project'])) / 'opencode.json'})", file=out)
+    print(f"  url      {doc['base_url']}  (opencode: OPENCODE_CONFIG={doc['opencode_config']})",
+          file=out)
     if doc.get("logs"):
         print(f"  logs     {doc['logs']}  (llmstack logs [tier] -f)", file=out)
     rows = [("TIER", "ROLE", "BACKEND", "STATE", "PID", "PORT", "RSS", "CONTEXT")]
