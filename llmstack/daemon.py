@@ -27,10 +27,10 @@ from typing import IO
 
 import psutil
 
+from .channels import CURRENT, Channel, pinned, require_local
 from .pidrecord import (
     PidRecord, describe, read_record, record_for, remove_record, url_for, verify, write_record,
 )
-from .channels import CURRENT, Channel, pinned, require_local
 from .project import Project, UserError
 
 READY_TIMEOUT = 180.0
@@ -210,8 +210,8 @@ def _wait_ready(child: subprocess.Popen[bytes], url: str, timeout: float, out: I
 
     started = time.monotonic()
     tty = out.isatty()
-    print(f"[*] starting llmstack (pid {child.pid}) on {url} ...", file=out, end="" if tty else "\n",
-          flush=True)
+    print(f"[*] starting llmstack (pid {child.pid}) on {url} ...", file=out,
+          end="" if tty else "\n", flush=True)
     shown = 0
     with httpx.Client(timeout=1.0, trust_env=False) as client:
         while True:

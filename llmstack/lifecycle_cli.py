@@ -1,4 +1,6 @@
-"""The lifecycle and shell verbs' command line: start, stop, restart, reload, status, logs, activate.
+"""The command line of the lifecycle and shell verbs.
+
+start, stop, restart, reload, status, logs, activate.
 
 Only argparse is imported here (``--help`` stays fast); each verb imports its module
 when it runs. Failures raise ``UserError``: one ``[!]`` line and a non-zero status.
@@ -22,7 +24,8 @@ def _start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true", help="serve the built-in demo stack")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds to wait for it to answer (default: 180)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
 
 
 def register(verbs: Any) -> None:
@@ -60,7 +63,8 @@ def register(verbs: Any) -> None:
                     "project in the calling shell (its env, prompt and hook), and asks the "
                     "running stack, if any, to re-read models.ini (POST /reload; messages on "
                     "stderr). Printed to a terminal, it only reloads the stack.")
-    reload.add_argument("--shell", choices=SHELL_CHOICES, help="shell family (default: from $SHELL)")
+    reload.add_argument("--shell", choices=SHELL_CHOICES,
+                        help="shell family (default: from $SHELL)")
     activate = verbs.add_parser(
         "activate", help='shell hook: eval "$(llmstack activate bash|zsh|fish|powershell)"',
         description="Print a hook that wires every project you cd into: exports OPENCODE_CONFIG, "

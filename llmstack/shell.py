@@ -89,13 +89,14 @@ def env_code(shell: str, root: Path) -> str:
     lines = []
     if shell in ("bash", "zsh"):
         for name, value in env.items():
-            lines.append(f"export {name}={_sh_quote(value)}" if value is not None else f"unset {name}")
+            lines.append(f"unset {name}" if value is None else f"export {name}={_sh_quote(value)}")
         prefix = (f"\\[\\e[38;5;{color}m\\]{label}\\[\\e[0m\\] " if shell == "bash"
                   else f"%F{{{color}}}{label}%f ")
         lines.append(f"_LLMSTACK_PS1_PREFIX={_sh_quote(prefix)}")
     elif shell == "fish":
         for name, value in env.items():
-            lines.append(f"set -gx {name} {_fish_quote(value)}" if value is not None else f"set -e {name}")
+            lines.append(f"set -e {name}" if value is None
+                         else f"set -gx {name} {_fish_quote(value)}")
         lines.append(f"set -g __llmstack_label {_fish_quote(label)}")
         lines.append(f"set -g __llmstack_color {color}")
     else:
@@ -244,7 +245,8 @@ end
 __llmstack_hook
 """
 
-_PS_HOOK = r"""# llmstack shell hook (PowerShell): llmstack activate powershell | Out-String | Invoke-Expression
+_PS_HOOK = r"""# llmstack shell hook (PowerShell):
+#   llmstack activate powershell | Out-String | Invoke-Expression
 $global:__LlmstackVars = @(@PSVARS@)
 function global:__LlmstackHook([switch]$Force) {
     $d = (Get-Location).ProviderPath
@@ -258,7 +260,10 @@ function global:__LlmstackHook([switch]$Force) {
         $ch = ''
         foreach ($m in 'active-channel', 'default-channel') {
             $f = Join-Path (Join-Path $d '.llmstack') $m
-            if (Test-Path -LiteralPath $f) { $ch = Get-Content -LiteralPath $f -TotalCount 1; break }
+            if (Test-Path -LiteralPath $f) {
+                $ch = Get-Content -LiteralPath $f -TotalCount 1
+                break
+            }
         }
         $key = "$d|$ch"
     }
@@ -271,15 +276,20 @@ function global:__LlmstackEnter([string]$Root, [string]$Key) {
     if ($LASTEXITCODE -ne 0) { Write-Warning "[llmstack] could not activate $Root"; return }
     $global:__LlmstackSaved = @{}
     foreach ($v in $global:__LlmstackVars) {
-        if (Test-Path "Env:$v") { $global:__LlmstackSaved[$v] = [Environment]::GetEnvironmentVariable($v) }
+        if (Test-Path "Env:$v") {
+            $global:__LlmstackSaved[$v] = [Environment]::GetEnvironmentVariable($v)
+        }
     }
     Invoke-Expression $code
     $global:__LlmstackKey = $Key
 }
 function global:__LlmstackLeave {
     foreach ($v in $global:__LlmstackVars) {
-        if ($global:__LlmstackSaved.ContainsKey($v)) { Set-Item "Env:$v" $global:__LlmstackSaved[$v] }
-        else { Remove-Item "Env:$v" -ErrorAction SilentlyContinue }
+        if ($global:__LlmstackSaved.ContainsKey($v)) {
+            Set-Item "Env:$v" $global:__LlmstackSaved[$v]
+        } else {
+            Remove-Item "Env:$v" -ErrorAction SilentlyContinue
+        }
     }
     $global:__LlmstackKey = ''
     $global:__LlmstackLabel = ''
@@ -291,7 +301,8 @@ if (-not $global:__LlmstackHooked) {
         __LlmstackHook
         $p = & $global:__LlmstackOrigPrompt
         if ($global:__LlmstackLabel) {
-            "$([char]27)[38;5;$($global:__LlmstackColor)m$($global:__LlmstackLabel)$([char]27)[0m $p"
+            $esc = [char]27
+            "$esc[38;5;$($global:__LlmstackColor)m$($global:__LlmstackLabel)$esc[0m $p"
         } else { $p }
     }
 }

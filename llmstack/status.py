@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from .pidrecord import read_record, record_path, verify
 from .channels import CURRENT, Channel, pinned, read_marker
+from .pidrecord import read_record, record_path, verify
 from .project import Project
 
 TIMEOUT = 2.0
@@ -116,7 +116,9 @@ def collect(root: Path) -> dict[str, Any]:
 def _duration(seconds: int) -> str:
     minutes, secs = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def render(doc: dict[str, Any], out: IO[str]) -> None:
@@ -127,7 +129,8 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
     print(f"{head}, channel {channel}", file=out)
     print(f"  project  {doc['project']}", file=out)
     if doc.get("stale_record"):
-        print(f"  [!] stale pid record {doc['stale_record']} (llmstack start replaces it)", file=out)
+        print(f"  [!] stale pid record {doc['stale_record']} (llmstack start replaces it)",
+              file=out)
     if doc.get("error"):
         print(f"  [!] {doc['url']} does not answer: {doc['error']}", file=out)
     if doc["state"] != "running":

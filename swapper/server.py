@@ -13,7 +13,6 @@ from typing import Any
 import uvicorn
 import uvicorn.config
 
-
 LOG_FILE_BYTES = 5 * 1024 * 1024
 LOG_FILE_BACKUPS = 3
 

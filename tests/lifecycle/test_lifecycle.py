@@ -56,7 +56,8 @@ def test_start_status_noop_stop_leaves_none_of_ours_and_spares_a_lookalike(
     doc = json.loads(cli("status", "--json").stdout)
     assert doc["state"] == "running" and doc["pid"] == pid and doc["channel"] == "current"
     tiers = {t["name"]: t for t in doc["tiers"]}
-    assert tiers["plan"]["state"] == "ready" and tiers["plan"]["port"] and tiers["plan"]["rss_mb"] > 0
+    plan = tiers["plan"]
+    assert plan["state"] == "ready" and plan["port"] and plan["rss_mb"] > 0
     children = [t["pid"] for t in doc["tiers"] if t["pid"]]
     assert len(children) >= 2  # fast (preloaded) and plan
 
@@ -149,7 +150,8 @@ def test_a_record_whose_pid_now_belongs_to_another_process_is_stale(
     assert path.exists()  # status only reports
     stopped = cli("stop")
     assert stopped.returncode == 0
-    assert "stale pid record" in stopped.stdout and "now belongs to another process" in stopped.stdout
+    assert "stale pid record" in stopped.stdout
+    assert "now belongs to another process" in stopped.stdout
     assert other.poll() is None, "stop signalled a process it did not start"
     assert not path.exists()
 

@@ -45,7 +45,8 @@ def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin:
     (project / ".llmstack" / "models.ini").write_text(
         demo_text().replace("[DEFAULT]\n", f"[DEFAULT]\nrouter_port = {port}\n", 1))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMSTACK_", "OPENCODE_"))}
-    env.update(LLMSTACK_LLAMA_SERVER=llama_server_bin, HF_HUB_CACHE=str(_hub_cache(tmp_path / "hub")))
+    env.update(LLMSTACK_LLAMA_SERVER=llama_server_bin,
+               HF_HUB_CACHE=str(_hub_cache(tmp_path / "hub")))
 
     def llmstack(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "llmstack", *args], cwd=project, env=env,
@@ -62,12 +63,14 @@ def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin:
     base = f"http://127.0.0.1:{port}"
     try:
         oc_env = {"PATH": os.environ["PATH"], "HOME": str(home),
-                  "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share"),
+                  "XDG_CONFIG_HOME": str(home / ".config"),
+                  "XDG_DATA_HOME": str(home / ".local/share"),
                   "XDG_CACHE_HOME": str(home / ".cache"), "OPENCODE_CONFIG": str(config),
                   "OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_DISABLE_AUTOUPDATE": "1",
                   "npm_config_registry": "http://127.0.0.1:9/"}  # its plugin install stays offline
         result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
-                                cwd=project, env=oc_env, capture_output=True, text=True, timeout=180)
+                                cwd=project, env=oc_env, capture_output=True, text=True,
+                                timeout=180)
         assert result.returncode == 0, result.stderr[-2000:]
         events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
         kinds = [e["type"] for e in events]

@@ -82,7 +82,8 @@ def _check(rows: dict[str, dict[str, str]], layout: dict[str, Path], colour: str
     assert inside["LLMSTACK_REMOTE_URL"] == "<unset>"
     assert colour.format(38) in inside["PS1"] and "[llmstack:my proj]" in inside["PS1"]
     assert rows["next"]["LLMSTACK_CHANNEL"] == "next"  # a marker change is picked up in place
-    assert colour.format(208) in rows["next"]["PS1"] and rows["next"]["PS1"].count("[llmstack:") == 1
+    assert colour.format(208) in rows["next"]["PS1"]
+    assert rows["next"]["PS1"].count("[llmstack:") == 1
     assert rows["after"]["PS1"] == rows["before"]["PS1"]
 
 
