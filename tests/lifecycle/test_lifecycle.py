@@ -178,3 +178,29 @@ def test_a_stack_that_dies_while_starting_fails_with_its_log_tail(cli: Cli, proj
     assert "exited with status 1" in failed.stderr and "llama-server not found" in failed.stderr
     assert not (project / ".llmstack" / "daemon.json").exists()
     assert not (project / ".llmstack" / "active-channel").exists()
+
+
+def test_the_stack_log_rotates(tmp_path: Path) -> None:
+    """serve --log-dir logs through a RotatingFileHandler: 5 MB files, 3 backups."""
+    path = tmp_path / "llmstack.log"
+    subprocess.run([sys.executable, "-c",
+                    "import logging, sys; from pathlib import Path; "
+                    "from swapper.server import configure_logging; "
+                    "configure_logging('info', Path(sys.argv[1])); "
+                    "[logging.getLogger('t').info('x' * 200) for _ in range(100_000)]", str(path)],
+                   check=True, timeout=60)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["llmstack.log", "llmstack.log.1", "llmstack.log.2", "llmstack.log.3"]
+    assert all((tmp_path / f).stat().st_size <= 5 * 1024 * 1024 for f in files)
+
+
+def test_a_client_of_an_external_stack_has_nothing_local_to_start_or_stop(
+        cli: Cli, project: Path) -> None:
+    (project / ".llmstack" / "default-channel").write_text("external http://127.0.0.1:9\n")
+    refused = cli("start", "--detach")
+    assert refused.returncode == 1 and "client of http://127.0.0.1:9" in refused.stderr
+    assert not (project / ".llmstack" / "daemon.json").exists()
+    stopped = cli("stop")
+    assert stopped.returncode == 0 and "nothing local to stop" in stopped.stdout
+    status = cli("status")
+    assert status.returncode == 1 and "http://127.0.0.1:9 does not answer" in status.stdout

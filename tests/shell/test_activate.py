@@ -138,3 +138,18 @@ def test_env_values_are_quoted_for_each_shell(tmp_path: Path) -> None:
     assert f"set -gx LLMSTACK_WORK_DIR '{tmp_path}/it\\'s $(here)'" in env_code("fish", root)
     assert f"$env:LLMSTACK_WORK_DIR = '{tmp_path}/it''s $(here)'" in env_code("powershell", root)
     assert "[llmstack:it_s __here_]" in env_code("zsh", root)  # nothing a prompt expands
+
+
+def test_the_hook_never_climbs_into_home(shell: Shell, layout: dict[str, Path]) -> None:
+    home = layout["home"]
+    (home / ".llmstack").mkdir()
+    (home / "code").mkdir()
+    script = f"""eval "$({ME} activate bash)"
+cd {_sq(home / "code")}
+echo "below|${{LLMSTACK_WORK_DIR-<unset>}}"
+cd {_sq(home)}
+echo "home|${{LLMSTACK_WORK_DIR-<unset>}}"
+"""
+    out = shell("bash", script)
+    assert "below|<unset>" in out  # a dir under home does not belong to a ~/.llmstack
+    assert f"home|{home}" in out  # home itself, as the CLI's find_project
