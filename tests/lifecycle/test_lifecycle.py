@@ -19,6 +19,19 @@ from tests.lifecycle.conftest import Cli
 LOOKALIKE = "import time; time.sleep(120)"
 
 
+def _diagnose(project: Path) -> str:
+    """The pid record and what the kernel says about its pid, for failure messages."""
+    path = project / ".llmstack" / "daemon.json"
+    if not path.exists():
+        return "no pid record"
+    record = json.loads(path.read_text())
+    try:
+        proc = psutil.Process(record["pid"])
+        return f"record {record}; live: {proc.create_time()} {proc.cmdline()} {proc.status()}"
+    except psutil.Error as exc:
+        return f"record {record}; {exc!r}"
+
+
 def _record(project: Path) -> dict:
     return json.loads((project / ".llmstack" / "daemon.json").read_text())
 
@@ -89,7 +102,7 @@ def test_restart_reload_and_following_a_tier_log(cli: Cli, project: Path,
     try:
         assert follow.stdout is not None
         line = follow.stdout.readline()  # the buffered history arrives first
-        assert line.strip(), "logs -f printed nothing"
+        assert line.strip(), f"logs -f printed nothing; {_diagnose(project)}"
     finally:
         follow.kill()
         follow.wait()
