@@ -83,6 +83,8 @@ class LLMStackApp:
         self.swapper = swapper
         self.loaded = loaded
         self.floors = SessionFloors()
+        self.shutdown_hooks: list[Callable[[], None]] = []
+        """Run after the models are stopped (uvicorn re-raises SIGTERM, so no finally runs)."""
 
     @property
     def manager(self) -> Manager:
@@ -109,6 +111,8 @@ class LLMStackApp:
             elif message["type"] == "lifespan.shutdown":
                 loop.remove_signal_handler(signal.SIGHUP)
                 await self.swapper.shutdown()
+                for hook in self.shutdown_hooks:
+                    hook()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -161,8 +165,9 @@ class LLMStackApp:
             if not isinstance(model, str):
                 raise ApiError(400, "'model' must be a string")
             found = self.loaded.stack.tier(model)
-            await self._serve_tier(scope, receive, send, path, found.name if found else model,
-                                   body, data)
+            tier = found.name if found else model
+            self.manager.bus.publish("named", tier=tier, model=model)
+            await self._serve_tier(scope, receive, send, path, tier, body, data)
             return
         session = self._session(scope)
         decision = self._route_auto(session, data)
