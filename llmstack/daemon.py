@@ -366,7 +366,8 @@ def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
                        + (f" (tier logs: {', '.join(known)})" if known else
                           " (llmstack start --detach writes logs there)"))
     with path.open(errors="replace") as handle:
-        out.writelines(handle.readlines()[-lines:] if lines else [])
+        history = handle.readlines()  # read to the end either way: -f goes on from there
+        out.writelines(history[-lines:] if lines > 0 else [])
         out.flush()
         if follow:
             _follow_file(path, handle, out)

@@ -106,10 +106,18 @@ def test_restart_reload_and_following_a_tier_log(cli: Cli, project: Path,
     finally:
         follow.kill()
         follow.wait()
-    reloaded = cli("reload", "--shell", "bash")
-    assert reloaded.returncode == 0, reloaded.stderr
-    assert "[OK] the stack re-read models.ini" in reloaded.stderr
-    assert "_llmstack_hook force" in reloaded.stdout  # the shell half, for eval
+    stack_log = subprocess.Popen([sys.executable, "-m", "llmstack", "logs", "-f", "-n", "0"],
+                                 cwd=project, env=cli_env, stdout=subprocess.PIPE, text=True)
+    try:
+        reloaded = cli("reload", "--shell", "bash")
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert "[OK] the stack re-read models.ini" in reloaded.stderr
+        assert "_llmstack_hook force" in reloaded.stdout  # the shell half, for eval
+        assert stack_log.stdout is not None
+        assert '"kind": "reconfigured"' in stack_log.stdout.readline()  # followed as written
+    finally:
+        stack_log.kill()
+        stack_log.wait()
 
     restarted = cli("restart", "--detach", "--port", str(port))
     assert restarted.returncode == 0, restarted.stderr
