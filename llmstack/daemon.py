@@ -357,7 +357,9 @@ def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
         if found is None:
             raise UserError("the stack is not running: llmstack logs -f TIER follows a running "
                            f"stack (its last log: llmstack logs {tier})")
-        return _stream_tier(found[0].url, tier, out)
+        tier_log = directory / f"{tier}.log"
+        return _stream_tier(found[0].url, tier, out, tier_log if tier_log.exists() else None,
+                            lines)
     path = directory / (f"{tier}.log" if tier else STACK_LOG)
     if not path.exists():
         known = sorted(p.stem for p in directory.glob("*.log") if p.name != STACK_LOG)
@@ -392,18 +394,27 @@ def _follow_file(path: Path, handle: IO[str], out: IO[str]) -> None:
         time.sleep(0.2)
 
 
-def _stream_tier(url: str, tier: str, out: IO[str]) -> int:
-    """Follow one tier's log live from the stack's ``/logs/stream/{tier}``."""
+def _stream_tier(url: str, tier: str, out: IO[str], tier_log: Path | None, lines: int) -> int:
+    """Follow one tier's log live from the stack's ``/logs/stream/{tier}``.
+
+    History: the last ``lines`` of ``tier_log`` when there is one (read once the
+    stream is subscribed, so nothing falls between), else the stack's buffered lines.
+    """
     import httpx
 
     from .status import auth_headers
 
+    query = "?no-history" if tier_log is not None else ""
     try:
-        with httpx.stream("GET", f"{url}/logs/stream/{tier}", headers=auth_headers(),
+        with httpx.stream("GET", f"{url}/logs/stream/{tier}{query}", headers=auth_headers(),
                           timeout=httpx.Timeout(5.0, read=None), trust_env=False) as response:
             if response.status_code != 200:
                 response.read()
                 raise UserError(f"{url}: {_error_message(response.text)}")
+            if tier_log is not None and lines > 0:
+                history = tier_log.read_text(errors="replace").splitlines(keepends=True)
+                out.writelines(history[-lines:])
+                out.flush()
             for line in response.iter_lines():
                 print(line, file=out, flush=True)
     except httpx.HTTPError as exc:

@@ -97,12 +97,16 @@ def test_restart_reload_and_following_a_tier_log(cli: Cli, project: Path,
     port = free_port()
     assert cli("start", "--detach", "--port", str(port)).returncode == 0
     first = _record(project)["pid"]
-    follow = subprocess.Popen([sys.executable, "-m", "llmstack", "logs", "fast", "-f"],
+    follow = subprocess.Popen([sys.executable, "-m", "llmstack", "logs", "fast", "-f", "-n", "1"],
                               cwd=project, env=cli_env, stdout=subprocess.PIPE, text=True)
     try:
         assert follow.stdout is not None
-        line = follow.stdout.readline()  # the buffered history arrives first
-        assert line.strip(), f"logs -f printed nothing; {_diagnose(project)}"
+        last = (project / ".llmstack" / "logs" / "fast.log").read_text().splitlines()[-1]
+        assert follow.stdout.readline().rstrip("\n") == last, _diagnose(project)  # -n 1
+        code, _, _ = http("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
+                          {"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
+        assert code == 200
+        assert follow.stdout.readline().strip()  # then live: the request's lines
     finally:
         follow.kill()
         follow.wait()
