@@ -29,7 +29,8 @@ import psutil
 
 from .channels import CURRENT, Channel, pinned, require_local
 from .pidrecord import (
-    PidRecord, describe, read_record, record_for, remove_record, url_for, verify, write_record,
+    PidRecord, describe, read_record, record_for, record_path, remove_record, url_for, verify,
+    write_record,
 )
 from .project import Project, UserError
 
@@ -90,7 +91,7 @@ def running(root: Path, report: IO[str] | None = None) -> tuple[PidRecord, psuti
     proc, why = verify(record)
     if proc is None:
         if report is not None:
-            print(f"[!] stale pid record {root / '.llmstack/daemon.json'}: {why}; removed",
+            print(f"[!] stale pid record {record_path(root)}: {why}; removed",
                   file=report)
         remove_record(root, record.pid)
         return None
@@ -149,12 +150,11 @@ def _local_channel(root: Path, verb: str) -> Channel:
     return pinned(project) or CURRENT
 
 
-def serve_argv(target: Target, logs: Path | None, channel: Channel) -> list[str]:
+def serve_argv(target: Target, logs: Path, channel: Channel) -> list[str]:
+    """The background ``llmstack serve`` command line (same interpreter)."""
     argv = [sys.executable, "-m", "llmstack", "serve", "--host", target.host,
-            "--port", str(target.port)]
+            "--port", str(target.port), "--log-dir", str(logs)]
     argv += ["--models-ini", str(target.models_ini)] if target.models_ini else ["--demo"]
-    if logs is not None:
-        argv += ["--log-dir", str(logs)]
     if channel.name == "next" and target.models_ini:  # serve pins only its default models.ini
         argv += ["--channel", "next"]
     return argv
@@ -194,8 +194,9 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
             write_record(root, record)
         try:
             _wait_ready(child, target.url, timeout, out, logs)
-        except UserError:
+        except BaseException:  # failed, or Ctrl-C while waiting: leave nothing behind
             _terminate(child.pid)
+            child.poll()
             remove_record(root, child.pid)
             _clear_active_channel(root)
             raise

@@ -48,8 +48,8 @@ def test_start_status_noop_stop_leaves_none_of_ours_and_spares_a_lookalike(
     assert "running: pid" in started.stderr and f"127.0.0.1:{port}" in started.stderr
     record = _record(project)
     pid = record["pid"]
-    assert record["cmdline"][-5:] == ["--port", str(port), "--demo", "--log-dir",
-                                      str(project / ".llmstack" / "logs")]
+    assert record["cmdline"][-5:] == ["--port", str(port), "--log-dir",
+                                      str(project / ".llmstack" / "logs"), "--demo"]
     assert (project / ".llmstack" / "active-channel").read_text() == "current\n"
 
     status = cli("status")
