@@ -116,7 +116,8 @@ class FrontDoor:
         if not origin or not ("*" in self.cors_origins
                               or origin.decode("latin-1") in self.cors_origins):
             return []
-        return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        return [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
+                (b"access-control-expose-headers", b"*")]
 
     def preflight_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         """Headers of a 204 answer to an allowed CORS preflight."""

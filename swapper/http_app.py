@@ -68,6 +68,9 @@ async def guarded(send: Send, handler: Callable[[Send], Awaitable[None]]) -> Non
     except ApiError as error:
         if not started:
             await send_error(send, error)
+    except RecursionError:  # a body nested just shallow enough to parse, too deep to walk
+        if not started:
+            await send_error(send, ApiError(400, "request body is nested too deeply"))
     except Exception:
         log.exception("request failed")
         if not started:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from swapper.http_app import DEFAULT_MAX_BODY
+from swapper.http_app import DEFAULT_MAX_BODY, guarded
 from swapper.http_protocol import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
+from swapper.server import KEEP_ALIVE_TIMEOUT
 from tests.conftest import Server, stop_server
 from tests.front_door_support import (
     error_of, one_model_yaml, port_of, raw_request, read_reply, start_swapper, status_of,
@@ -92,6 +93,15 @@ def test_slow_header_clients_are_closed_after_the_header_timeout(server: Server)
     assert all(status_of(reply) == 408 for reply in replies.values())
 
 
+def test_an_idle_keep_alive_connection_is_closed(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=KEEP_ALIVE_TIMEOUT + 5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_reply(sock).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert sock.recv(1) == b""
+        assert KEEP_ALIVE_TIMEOUT - 0.5 < time.monotonic() - started < KEEP_ALIVE_TIMEOUT + 2
+
+
 def test_body_past_the_limit_by_content_length_is_413_before_any_body(server: Server) -> None:
     started = time.monotonic()
     reply = raw_request(server, authed(CHAT + b"\r\nContent-Length: %d" % (DEFAULT_MAX_BODY + 1)),
@@ -119,6 +129,20 @@ def test_deeply_nested_json_is_400(server: Server) -> None:
     reply = raw_request(server, authed(CHAT + b"\r\nContent-Type: application/json"
                                        + b"\r\nContent-Length: %d" % len(body)), body)
     assert status_of(reply) == 400 and "nested" in error_of(reply)["message"]
+
+
+async def test_a_recursion_error_while_handling_is_a_400_not_a_500() -> None:
+    """JSON shallow enough for the parser can still be too deep to walk or re-encode."""
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def too_deep(_: object) -> None:
+        raise RecursionError
+
+    await guarded(send, too_deep)
+    assert sent[0]["status"] == 400 and b"nested too deeply" in sent[1]["body"]
 
 
 def test_non_utf8_multipart_model_is_400(server: Server) -> None:
