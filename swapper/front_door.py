@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ApiError
@@ -109,6 +109,7 @@ class FrontDoor:
     bound_host: str = "127.0.0.1"
     cors_origins: tuple[str, ...] = ()
     """Origins allowed cross-origin access (``*`` for any); empty means no CORS."""
+    _admitted_hosts: set[tuple[bytes, Any]] = field(default_factory=set, compare=False, repr=False)
 
     def cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         """The CORS response headers for this request's Origin ([] if it is not allowed)."""
@@ -137,17 +138,26 @@ class FrontDoor:
                 raise ApiError(401, "missing or wrong API key")
 
     def _check_local(self, scope: Scope) -> None:
-        host = header_bytes(scope, b"host").decode("latin-1")
-        server = scope.get("server") or ("", None)
-        if host:
-            name, port = split_host(host)
-            names = LOOPBACK_HOSTS | {self.bound_host.lower().strip("[]"), str(server[0]).lower()}
-            if name not in names or (port is not None and port != server[1]):
-                raise ApiError(403, f"Host {host!r} is not this server's: with no API key only "
-                                    "local names are served (DNS rebinding protection)",
-                               "forbidden_host")
-        origin = header_bytes(scope, b"origin").decode("latin-1")
-        if origin and origin.partition("://")[2].lower() != host.lower() and not self.cors_headers(scope):
-            raise ApiError(403, f"cross-origin request from {origin!r} refused: with no API key "
-                                "only the server's own pages and the configured CORS origins "
-                                "may call it", "forbidden_origin")
+        host = origin = b""
+        for key, value in scope["headers"]:
+            if key == b"host" and not host:
+                host = value
+            elif key == b"origin" and not origin:
+                origin = value
+        server = tuple(scope.get("server") or ("", None))
+        if host and (host, server) not in self._admitted_hosts:
+            self._check_host(host.decode("latin-1"), server)
+            self._admitted_hosts.add((host, server))  # bounded: local names x ports
+        if origin and origin.partition(b"://")[2].lower() != host.lower() \
+                and not self.cors_headers(scope):
+            raise ApiError(403, f"cross-origin request from {origin.decode('latin-1')!r} refused: "
+                                "with no API key only the server's own pages and the configured "
+                                "CORS origins may call it", "forbidden_origin")
+
+    def _check_host(self, host: str, server: tuple[Any, Any]) -> None:
+        name, port = split_host(host)
+        names = LOOPBACK_HOSTS | {self.bound_host.lower().strip("[]"), str(server[0]).lower()}
+        if name not in names or (port is not None and port != server[1]):
+            raise ApiError(403, f"Host {host!r} is not this server's: with no API key only "
+                                "local names are served (DNS rebinding protection)",
+                           "forbidden_host")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from swapper.front_door import is_loopback, split_host
 from tests.conftest import Server, free_port, http, stop_server, wait_until
 from tests.front_door_support import (
     error_of, one_model_yaml, port_of, raw_request, start_fake_stack, start_swapper, status_of,
@@ -156,3 +157,20 @@ def test_the_stacks_keys_never_reach_a_child(tmp_path: Path) -> None:
             assert seen["x-keep"] == "kept"
     finally:
         stop_server(server)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("localhost:8080", ("localhost", 8080)), ("Example.COM", ("example.com", None)),
+    ("[::1]:80", ("::1", 80)), ("[::1]", ("::1", None)), ("::1", ("::1", None)),
+    ("a:b", ("", None)), ("[::1]x", ("", None)), ("[::1", ("", None)),
+])
+def test_host_header_parsing(value: str, expected: tuple[str, int | None]) -> None:
+    assert split_host(value) == expected
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("localhost", True), ("127.0.0.1", True), ("127.3.4.5", True), ("::1", True), ("[::1]", True),
+    ("0.0.0.0", False), ("::", False), ("192.168.1.5", False), ("example.com", False),
+])
+def test_only_loopback_binds_need_no_key(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback

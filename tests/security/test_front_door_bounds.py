@@ -93,6 +93,21 @@ def test_slow_header_clients_are_closed_after_the_header_timeout(server: Server)
     assert all(status_of(reply) == 408 for reply in replies.values())
 
 
+def test_pipelined_requests_still_get_their_answers_in_order(server: Server) -> None:
+    requests = [authed(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1" % path) + b"\r\n\r\n"
+                for path in (b"/health", b"/running")]
+    requests.append(authed(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close")
+                    + b"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=10) as sock:
+        sock.sendall(b"".join(requests))
+        stream = b""
+        while chunk := sock.recv(65536):
+            stream += chunk
+    replies = [b"HTTP/1.1 " + r for r in stream.split(b"HTTP/1.1 ")[1:]]
+    assert [status_of(r) for r in replies] == [200, 200, 200]
+    assert replies[1].endswith(b'{"running": []}') and replies[2].endswith(b"OK")
+
+
 def test_an_idle_keep_alive_connection_is_closed(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", port_of(server)), timeout=KEEP_ALIVE_TIMEOUT + 5) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
