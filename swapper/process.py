@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -113,6 +113,15 @@ def signal_all(procs: list[psutil.Process], sig: int) -> None:
             proc.send_signal(sig)
 
 
+PRIVATE_ENV = frozenset({"LLMSTACK_API_KEYS"})
+"""The server's own secrets: never inherited by a child."""
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """Our environment minus :data:`PRIVATE_ENV`, plus the model's own ``env``."""
+    return {**{k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}, **extra}
+
+
 def expand_port(text: str, port: int | None) -> str:
     return text.replace(PORT_MACRO, str(port)) if port is not None else text
 
@@ -172,7 +181,7 @@ class UpstreamProcess:
 
     def spawn(self) -> int:
         """Start the child (argv, own process group, dies with its parent); returns its pid."""
-        env = {**os.environ, **self.spec.env}
+        env = child_env(self.spec.env)
         self.log.write(f"[swapper] starting {self.spec.id}: {' '.join(self.argv)}")
         try:
             self._popen = subprocess.Popen(

@@ -16,6 +16,8 @@ import uvicorn.config
 LOG_FILE_BYTES = 5 * 1024 * 1024
 LOG_FILE_BACKUPS = 3
 
+from .http_protocol import bounded_protocol
+
 
 def configure_logging(level: str = "INFO", path: Path | None = None) -> None:
     """Plain one-line logs on stderr, or in ``path`` rotated at 5 MB (3 backups kept)."""
@@ -36,6 +38,10 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+KEEP_ALIVE_TIMEOUT = 5
+"""Seconds an idle keep-alive connection stays open."""
+
+
 def run(app: Any, host: str, port: int, log_level: str = "info", own_logging: bool = False) -> None:
     """Serve ``app`` until SIGINT/SIGTERM; lifespan events start and stop the models.
 
@@ -44,9 +50,10 @@ def run(app: Any, host: str, port: int, log_level: str = "info", own_logging: bo
     """
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False,
-                            loop="uvloop" if has_uvloop else "asyncio", http="httptools",
+                            loop="uvloop" if has_uvloop else "asyncio", http=bounded_protocol(),
                             log_level=log_level, timeout_graceful_shutdown=5,
                             log_config=None if own_logging else uvicorn.config.LOGGING_CONFIG,
+                            timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
                             server_header=False, date_header=False)
     server = uvicorn.Server(config)
     if has_uvloop:
