@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 from . import __version__, lifecycle_cli
 
@@ -74,8 +74,9 @@ def _model_file_verbs(verbs: argparse._SubParsersAction) -> None:
                     "variable set or not. Offline. Exit status 1 if any tier is not ready.")
     check.add_argument("--verify", action="store_true", help="also hash every file (slow for big models)")
     for verb in (download, check):
-        verb.add_argument("--channel", choices=["current", "next"], default="current",
-                          help="which files: hf_file (current, default) or hf_file_next (next)")
+        verb.add_argument("--channel", choices=["current", "next"],
+                          help="which files: hf_file (current) or hf_file_next (next); default: "
+                               "the channel pinned by `llmstack install`, else current")
         verb.add_argument("--models-ini", type=Path,
                           help=f"models.ini to read (default: $LLMSTACK_MODELS_INI, else ./{DEFAULT_MODELS_INI})")
 
@@ -157,10 +158,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.verb in ("download", "download-models"):
         from .download import download_tiers
-        return download_tiers(_stack(args.models_ini), args.tiers, args.channel)
+        return download_tiers(_stack(args.models_ini), args.tiers, _file_channel(args.channel))
     if args.verb in ("check", "check-models"):
         from .check import check_stack, report
-        return report(check_stack(_stack(args.models_ini), args.channel, args.verify), sys.stdout)
+        return report(check_stack(_stack(args.models_ini), _file_channel(args.channel), args.verify),
+                      sys.stdout)
     if args.verb == "template":
         from .config import bundled_template_text
         sys.stdout.write(bundled_template_text())
@@ -210,3 +212,14 @@ def _stack(explicit: Path | None) -> Stack:
     except ModelsIniError as exc:
         print(f"[!] {path} has errors:\n{exc}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _file_channel(flag: Literal["current", "next"] | None) -> Literal["current", "next"]:
+    """download/check: the flag, else the project's pinned local channel, else current."""
+    if flag is not None:
+        return flag
+    from .channels import pinned
+    from .project import find_project
+
+    channel = pinned(find_project())
+    return "next" if channel is not None and channel.name == "next" else "current"

@@ -80,11 +80,14 @@ class Server:
 
 
 def start_server(argv: list[str], port: int, log: Path, env: dict[str, str] | None = None,
-                 ready_path: str = "/health", timeout: float = 30) -> Server:
-    """Start ``argv`` and wait until ``ready_path`` answers 200."""
+                 ready_path: str = "/health", timeout: float = 30, cwd: Path = ROOT,
+                 drop_env: tuple[str, ...] = ()) -> Server:
+    """Start ``argv`` in ``cwd`` (our environment less ``drop_env``, plus ``env``) and wait
+    until ``ready_path`` answers 200."""
+    base = {k: v for k, v in os.environ.items() if k not in drop_env}
     with log.open("wb") as out:
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                 env={**os.environ, **(env or {})}, start_new_session=True)
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                 env={**base, **(env or {})}, start_new_session=True)
     server = Server(popen, f"http://127.0.0.1:{port}", log)
 
     def up() -> bool:

@@ -79,6 +79,10 @@ def test_check_follows_the_channel_and_names_what_the_cache_has(
     row = _rows(queued.stdout)["fast"]
     assert " next " in row and " missing " in row
     assert "run: llmstack download fast --channel next; the cache has now.gguf" in row
+    (project.root / ".llmstack" / "default-channel").write_text("next\n")  # `install --next`
+    pinned = project.run("check")
+    assert pinned.returncode == 1 and " next " in _rows(pinned.stdout)["fast"]
+    assert project.run("check", "--channel", "current").returncode == 0  # the flag wins
 
 
 def test_check_and_help_do_not_import_huggingface_hub(project: Project) -> None:

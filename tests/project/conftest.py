@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmstack.project import Project
-from tests.conftest import Server, wait_until
+from tests.conftest import Server, start_server
 
 _LEAKY_ENV = ("LLMSTACK_REMOTE_URL", "LLMSTACK_USE_NEXT", "LLMSTACK_MODELS_INI", "LLMSTACK_WORK_DIR",
               "LLMSTACK_CHANNEL", "OPENCODE_CONFIG_DIR", "OPENCODE_SHARE", "OPENCODE_USERNAME",
@@ -59,22 +59,7 @@ def serve_in(cwd: Path, port: int, log: Path, env: dict[str, str], *args: str,
              ready_path: str = "/v1/models", timeout: float = 60) -> Server:
     """``llmstack serve --port P [args]`` run in ``cwd`` (so it finds that project's .llmstack)."""
     argv = [sys.executable, "-m", "llmstack", "serve", "--port", str(port), *args]
-    with log.open("wb") as out:
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                 env={**{k: v for k, v in os.environ.items() if k not in _LEAKY_ENV},
-                                      **env}, start_new_session=True)
-    server = Server(popen, f"http://127.0.0.1:{port}", log)
-
-    def up() -> bool:
-        if popen.poll() is not None:
-            raise AssertionError(f"serve exited early:\n{server.output()}")
-        try:
-            return server.get(ready_path)[0] == 200
-        except OSError:
-            return False
-
-    wait_until(up, timeout, f"llmstack serve to answer {ready_path}")
-    return server
+    return start_server(argv, port, log, env, ready_path, timeout, cwd=cwd, drop_env=_LEAKY_ENV)
 
 
 def hub_with_demo_models(hub: Path) -> Path:
