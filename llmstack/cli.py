@@ -120,7 +120,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        code = _run(args)
+        sys.stdout.flush()  # inside the handler: a reader that left is not a traceback
+        return code
     except KeyboardInterrupt:
         print("[!] interrupted", file=sys.stderr)
         return 130
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, ModelsIniError):
             print(f"[!] models.ini has errors:\n{exc}", file=sys.stderr)
             return 2
+        if isinstance(exc, BrokenPipeError):  # `llmstack status --json | head`: the reader left
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         if isinstance(exc, OSError):
             print(f"[!] {exc}", file=sys.stderr)
             return 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -111,6 +113,15 @@ def test_errors_are_one_line(cli: Cli, project: Project) -> None:
     project.default_channel.write_text("sideways\n")
     assert "default-channel:1:" in one_line_error(cli("configure"))
     assert not project.models_ini.exists()
+
+
+def test_a_reader_that_leaves_is_not_an_error_message(project: Project) -> None:
+    read, write = os.pipe()
+    os.close(read)  # like `llmstack template | head -0`: nobody reads
+    result = subprocess.run([sys.executable, "-m", "llmstack", "template"], cwd=project.root,
+                            stdout=write, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    os.close(write)
+    assert result.returncode == 141 and result.stderr == ""
 
 
 def test_models_ini_errors_are_located(cli: Cli, project: Project) -> None:
