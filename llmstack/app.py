@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,10 @@ from typing import Any
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError
 from swapper.http_app import (
-    Receive, Scope, SwapperApp, guarded, header, json_object, read_body, send_bytes, send_json,
+    Receive, Scope, SwapperApp, header, json_object, read_body, send_bytes, send_json,
 )
 from swapper.manager import Manager
-from swapper.proxy import Headers, Intercepted, Send
+from swapper.proxy import Intercepted, Send
 
 from .config import ModelsIniError, Stack
 from .hosted import serve_hosted
@@ -94,11 +94,7 @@ class LLMStackApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            await guarded(send, lambda tracked: self._handle(scope, receive, tracked))
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.swapper.authorize(scope)
-        await self._route(scope, receive, send)
+            await self.swapper.serve_http(scope, receive, send, self._route)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -120,7 +116,7 @@ class LLMStackApp:
         method, path = scope["method"], scope["path"]
         if method == "POST" and path in AUTO_PATHS:
             await self._completion(scope, receive, send, path)
-        elif method == "GET" and path == "/v1/models":
+        elif method == "GET" and path in ("/v1/models", "/models"):
             await send_json(send, 200, {"object": "list", "data": self.model_list()})
         elif method == "GET" and path == "/models.ini":
             await self._models_ini(send)
@@ -158,7 +154,7 @@ class LLMStackApp:
         return rows
 
     async def _completion(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        body = await read_body(receive, self.swapper.max_body)
+        body = await read_body(scope, receive, self.swapper.max_body)
         data = json_object(body)
         model = data.get("model")
         if model not in (None, "", "auto"):
@@ -193,7 +189,7 @@ class LLMStackApp:
             tier = bigger
 
     async def _serve_tier(self, scope: Scope, receive: Receive, send: Send, path: str, name: str,
-                          body: bytes, data: dict[str, Any], extra: Headers = (),
+                          body: bytes, data: dict[str, Any], extra: Iterable[tuple[bytes, bytes]] = (),
                           intercept: frozenset[int] = frozenset()) -> Intercepted | None:
         """One tier answers: hosted through litellm, local through the swapper."""
         tier = self.loaded.stack.tier(name)

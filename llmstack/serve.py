@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from swapper.config import ConfigError
 from swapper.events import EventBus, log_events
+from swapper.front_door import FrontDoor, exposure_check, parse_origins
 from swapper.http_app import SwapperApp
 from swapper.manager import Manager
 from swapper.server import configure_logging, run
@@ -26,9 +27,10 @@ from .routing import RoutingTable
 from .stack_config import build_swapper_config, local_files
 
 API_KEYS_ENV = "LLMSTACK_API_KEYS"
+CORS_ORIGINS_ENV = "LLMSTACK_CORS_ORIGINS"
 
 
-def _loader(read: Callable[[], Stack], files: Callable[[Stack], dict], server: str,
+def _loader(read: Callable[[], Stack], files: Callable[[Stack], Mapping[str, Path | None]], server: str,
             log_dir: Path) -> Callable[[], Loaded]:
     keys = tuple(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())
 
@@ -51,7 +53,8 @@ def routing_table(stack: Stack) -> RoutingTable:
 
 
 def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], demo: bool,
-          log_level: str, channel_flag: str | None = None) -> int:
+          log_level: str, channel_flag: str | None = None,
+          allow_unauthenticated_network: bool = False) -> int:
     """Run until Ctrl-C / SIGTERM; returns the exit code."""
     path, named = models_ini
     if named and not demo and not path.exists():
@@ -67,7 +70,8 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     try:
         stack = for_channel(demo_stack() if use_demo else load_stack(path), channel)
     except ModelsIniError as exc:
-        print(f"[!] {path} has errors:\n{exc}", file=sys.stderr)
+        one = len(exc.errors) == 1
+        print(f"[!] {exc}" if one else f"[!] {path} has errors:\n{exc}", file=sys.stderr)
         return 2
     server = find_llama_server(stack.llama_server_bin)
     if server is None and any(t.backend == "gguf" for t in stack.tiers):
@@ -86,13 +90,18 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     except (ModelsIniError, ConfigError) as exc:
         print(f"[!] {exc}", file=sys.stderr)
         return 2
+    message, fatal = exposure_check(host, bool(loaded.swapper.api_keys),
+                                    allow_unauthenticated_network)
+    if message:
+        print(f"[!] {message} ({API_KEYS_ENV}=key1,key2 sets keys)", file=sys.stderr)
+        if fatal:
+            return 2
     bus = EventBus()
     bus.subscribe(log_events)
     manager = Manager(loaded.swapper, bus, runtime_dir=runtime)
-    app = LLMStackApp(loader, None if use_demo else path.resolve(), SwapperApp(manager), loaded)
-    if host not in ("127.0.0.1", "localhost", "::1") and not loaded.swapper.api_keys:
-        print(f"[!] listening on {host} with no API key: anyone who can reach it can use it "
-              f"(set {API_KEYS_ENV}=key1,key2 to require one)", file=sys.stderr)
+    front = FrontDoor(host, parse_origins(os.environ.get(CORS_ORIGINS_ENV, "")))
+    app = LLMStackApp(loader, None if use_demo else path.resolve(),
+                      SwapperApp(manager, front=front), loaded)
     if use_demo:
         print(BANNER.format(host=host, port=port), file=sys.stderr)
     elif channel.name != "current":

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from swapper.config import Matrix, ModelSpec, SwapperConfig
 
@@ -114,7 +115,7 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
     models: dict[str, ModelSpec] = {}
     local = [t for t in stack.tiers if t.backend == "gguf"]
     for tier in stack.tiers:
-        common = dict(id=tier.name, aliases=tier.effective_aliases, name=tier.description or tier.name,
+        common: dict[str, Any] = dict(id=tier.name, aliases=tier.effective_aliases, name=tier.description or tier.name,
                       description=tier.description,
                       metadata={"role": tier.role, "tier": tier.tier or tier.role, "backend": tier.backend,
                                 "ctx_size": tier.ctx_size})

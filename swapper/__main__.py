@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .events import EventBus, log_events
+from .front_door import ALLOW_NETWORK_FLAG, FrontDoor, exposure_check, parse_origins
 from .http_app import SwapperApp
 from .manager import Manager
 from .server import configure_logging, parse_listen, run
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-dir", type=Path, default=None,
                         help="where child pid records live (default: one directory per config "
                              "under ${XDG_CACHE_HOME:-~/.cache}/swapper)")
+    parser.add_argument(ALLOW_NETWORK_FLAG, action="store_true",
+                        help="allow a non-loopback --listen with no apiKeys (anyone on the "
+                             "network can then use and stop the models)")
+    parser.add_argument("--cors-origins", default="", metavar="ORIGINS",
+                        help="comma-separated origins allowed cross-origin (browser) access, "
+                             "* for any (default: none)")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
@@ -41,12 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    message, fatal = exposure_check(host, bool(config.api_keys), args.allow_unauthenticated_network)
+    if message:
+        print(f"{'error' if fatal else 'warning'}: {message}", file=sys.stderr)
+        if fatal:
+            return 2
     for warning in config.extra.get("unsupported", ()):
         logging.getLogger("swapper").warning("%s", warning)
     bus = EventBus()
     bus.subscribe(log_events)
     runtime = args.runtime_dir or default_runtime_dir(args.config)
-    app = SwapperApp(Manager(config, bus, runtime_dir=runtime))
+    front = FrontDoor(host, parse_origins(args.cors_origins))
+    app = SwapperApp(Manager(config, bus, runtime_dir=runtime), front=front)
     run(app, host, port, args.log_level)
     return 0
 

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .errors import ApiError
+from .front_door import FrontDoor, header_bytes, without_credentials
 from .manager import Manager
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
 
 log = logging.getLogger("swapper")
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Scope = dict[str, Any]
+Route = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MODEL_POST_PATHS = frozenset({
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/reranking",
@@ -67,14 +68,26 @@ async def guarded(send: Send, handler: Callable[[Send], Awaitable[None]]) -> Non
     except ApiError as error:
         if not started:
             await send_error(send, error)
+    except RecursionError:  # a body nested just shallow enough to parse, too deep to walk
+        if not started:
+            await send_error(send, ApiError(400, "request body is nested too deeply"))
     except Exception:
         log.exception("request failed")
         if not started:
             await send_error(send, ApiError(500, "internal error (see the server log)", "internal_error"))
 
 
-async def read_body(receive: Receive, limit: int = DEFAULT_MAX_BODY) -> bytes:
-    """The whole request body; 413 past ``limit``."""
+def _too_large(limit: int) -> ApiError:
+    # Close the connection: the rest of the body is never read.
+    return ApiError(413, f"request body larger than {limit} bytes", "request_too_large",
+                    {"connection": "close"})
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int = DEFAULT_MAX_BODY) -> bytes:
+    """The whole request body; 413 past ``limit``, from Content-Length before reading any."""
+    declared = header_bytes(scope, b"content-length")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -84,7 +97,7 @@ async def read_body(receive: Receive, limit: int = DEFAULT_MAX_BODY) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"request body larger than {limit} bytes")
+            raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
@@ -96,6 +109,8 @@ def json_object(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
     return data
@@ -107,7 +122,10 @@ def model_from_body(body: bytes, content_type: str) -> tuple[str, dict[str, Any]
         match = _MULTIPART_MODEL.search(body)
         if match is None:
             raise ApiError(400, "multipart request without a 'model' field")
-        return match.group(1).decode(), None
+        try:
+            return match.group(1).decode(), None
+        except UnicodeDecodeError:
+            raise ApiError(400, "multipart 'model' field is not UTF-8") from None
     data = json_object(body)
     model = data.get("model")
     if not isinstance(model, str) or not model:
@@ -116,10 +134,17 @@ def model_from_body(body: bytes, content_type: str) -> tuple[str, dict[str, Any]
 
 
 def header(scope: Scope, name: bytes) -> str:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return ""
+    """The first value of a (lower-case) request header as text, "" when absent."""
+    return header_bytes(scope, name).decode("latin-1")
+
+
+def with_headers(send: Send, extra: Headers) -> Send:
+    """``send`` adding ``extra`` to the response headers."""
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+    return sending
 
 
 class DisconnectWatch:
@@ -156,10 +181,11 @@ class SwapperApp:
     """ASGI app serving the swapper's routes over a :class:`Manager`."""
 
     def __init__(self, manager: Manager, upstream: UpstreamClient | None = None,
-                 max_body: int = DEFAULT_MAX_BODY) -> None:
+                 max_body: int = DEFAULT_MAX_BODY, front: FrontDoor | None = None) -> None:
         self.manager = manager
         self.upstream = upstream or UpstreamClient(manager.http)
         self.max_body = max_body
+        self.front = front or FrontDoor()
 
     async def startup(self) -> None:
         await self.manager.start()
@@ -173,11 +199,29 @@ class SwapperApp:
             await self._lifespan(receive, send)
             return
         if scope["type"] == "http":
-            await guarded(send, lambda tracked: self._handle(scope, receive, tracked))
+            await self.serve_http(scope, receive, send, self.route)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.authorize(scope)
-        await self.route(scope, receive, send)
+    async def serve_http(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+        """One HTTP request: admission, CORS, HEAD as GET, then ``route``; errors as JSON."""
+        cors = self.front.cors_headers(scope)
+        if cors:
+            send = with_headers(send, cors)
+        if scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}  # uvicorn still sees HEAD and drops the body
+        await guarded(send, lambda tracked: self._admit(scope, receive, tracked, route, bool(cors)))
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send, route: Route,
+                     cors: bool) -> None:
+        self.front.admit(scope, self.manager.config.api_keys)
+        if scope["method"] == "OPTIONS":
+            if not cors:
+                raise ApiError(405, "OPTIONS is answered only for configured CORS origins",
+                               headers={"allow": "GET, POST, HEAD"})
+            await send({"type": "http.response.start", "status": 204,
+                        "headers": self.front.preflight_headers(scope)})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await route(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -194,21 +238,11 @@ class SwapperApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def authorize(self, scope: Scope) -> None:
-        """401 unless the request carries one of the configured API keys (if any)."""
-        keys = self.manager.config.api_keys
-        if not keys or scope["path"] == "/health":
-            return
-        given = header(scope, b"authorization").removeprefix("Bearer ").strip()
-        given = given or header(scope, b"x-api-key")
-        if not any(hmac.compare_digest(given, key) for key in keys):
-            raise ApiError(401, "missing or wrong API key")
-
     async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one HTTP request (llmstack calls this for routes it does not own)."""
         method, path = scope["method"], scope["path"]
         if method == "POST" and path in MODEL_POST_PATHS:
-            body = await read_body(receive, self.max_body)
+            body = await read_body(scope, receive, self.max_body)
             model, data = model_from_body(body, header(scope, b"content-type"))
             await self.serve_model(scope, receive, send, model, body, path, data=data)
         elif path.startswith("/upstream/"):
@@ -249,7 +283,7 @@ class SwapperApp:
 
     async def serve_model(self, scope: Scope, receive: Receive, send: Send, model: str,
                           body: bytes, path: str, hook: ResponseHook | None = None,
-                          extra_headers: Headers = (), data: dict[str, Any] | None = None,
+                          extra_headers: Iterable[tuple[bytes, bytes]] = (), data: dict[str, Any] | None = None,
                           intercept: frozenset[int] = frozenset()) -> Intercepted | None:
         """Acquire ``model`` (loading it if needed) and stream its answer to the client.
 
@@ -262,7 +296,7 @@ class SwapperApp:
                 query = scope.get("query_string", b"")
                 target = path + ("?" + query.decode("latin-1") if query else "")
                 return await self.upstream.forward(scope["method"], lease.base_url, target,
-                                                   forward_headers(scope["headers"]), body,
+                                                   self._forwarded_headers(scope), body,
                                                    watch.send, hook, extra_headers, intercept)
         except asyncio.CancelledError:
             if not watch.disconnected:
@@ -270,6 +304,9 @@ class SwapperApp:
             return None
         finally:
             watch.close()
+
+    def _forwarded_headers(self, scope: Scope) -> Headers:
+        return without_credentials(forward_headers(scope["headers"]), self.manager.config.api_keys)
 
     @staticmethod
     def _rewrite_body(spec: Any, body: bytes, data: dict[str, Any] | None) -> bytes:
@@ -302,7 +339,7 @@ class SwapperApp:
             if self.manager.config.resolve(model) is None:
                 raise ApiError(404, f"model '{model}' not found")
         path = rest[len(model):] or "/"
-        body = await read_body(receive, self.max_body)
+        body = await read_body(scope, receive, self.max_body)
         await self.serve_model(scope, receive, send, model, body, path)
 
     def _all_logs(self) -> str:

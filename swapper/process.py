@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .config import PORT_MACRO, ModelSpec
 from .logring import LogSink
@@ -69,6 +69,15 @@ async def wait_for_exit(popen: subprocess.Popen[bytes]) -> None:
     popen.wait()
 
 
+PRIVATE_ENV = frozenset({"LLMSTACK_API_KEYS"})
+"""The server's own secrets: never inherited by a child."""
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """Our environment minus :data:`PRIVATE_ENV`, plus the model's own ``env``."""
+    return {**{k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}, **extra}
+
+
 def expand_port(text: str, port: int | None) -> str:
     return text.replace(PORT_MACRO, str(port)) if port is not None else text
 
@@ -102,7 +111,7 @@ class UpstreamProcess:
 
     def spawn(self) -> int:
         """Start the child (argv, own process group, dies with its parent); returns its pid."""
-        env = {**os.environ, **self.spec.env}
+        env = child_env(self.spec.env)
         self.log.write(f"[swapper] starting {self.spec.id}: {' '.join(self.argv)}")
         try:
             self._popen = subprocess.Popen(

@@ -71,7 +71,7 @@ class UpstreamClient:
 
     async def forward(self, method: str, base_url: str, target: str, headers: Headers,
                       body: bytes, send: Send, hook: ResponseHook | None = None,
-                      extra_headers: Headers = (),
+                      extra_headers: Iterable[tuple[bytes, bytes]] = (),
                       intercept: frozenset[int] = frozenset()) -> Intercepted | None:
         """Send the request upstream and stream the answer to ``send``.
 
@@ -111,7 +111,7 @@ async def _start(send: Send, status: int, headers: Headers) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
 
 
-async def _stream_plain(resp: UpstreamResponse, send: Send, extra: Headers) -> None:
+async def _stream_plain(resp: UpstreamResponse, send: Send, extra: Iterable[tuple[bytes, bytes]]) -> None:
     await _start(send, resp.status, _response_headers(resp, True) + list(extra))
     try:
         async for chunk in resp.chunks():
@@ -122,7 +122,7 @@ async def _stream_plain(resp: UpstreamResponse, send: Send, extra: Headers) -> N
 
 
 async def _send_rewritten_json(resp: UpstreamResponse, send: Send, hook: ResponseHook,
-                               extra: Headers) -> None:
+                               extra: Iterable[tuple[bytes, bytes]]) -> None:
     raw = await _read(resp)
     try:
         data = json.loads(raw)
@@ -181,7 +181,7 @@ class _FirstEventRewriter:
 
 
 async def _stream_sse(resp: UpstreamResponse, send: Send, hook: ResponseHook | None,
-                      extra: Headers) -> None:
+                      extra: Iterable[tuple[bytes, bytes]]) -> None:
     headers = _response_headers(resp, False) + [(b"x-accel-buffering", b"no")] + list(extra)
     await _start(send, resp.status, headers)
     rewriter = _FirstEventRewriter(hook) if hook is not None else None

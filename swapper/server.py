@@ -10,6 +10,8 @@ from typing import Any
 
 import uvicorn
 
+from .http_protocol import bounded_protocol
+
 
 def configure_logging(level: str = "INFO") -> None:
     """Plain one-line logs on stderr; events arrive already formatted as JSON."""
@@ -25,12 +27,17 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+KEEP_ALIVE_TIMEOUT = 5
+"""Seconds an idle keep-alive connection stays open."""
+
+
 def run(app: Any, host: str, port: int, log_level: str = "info") -> None:
     """Serve ``app`` until SIGINT/SIGTERM; lifespan events start and stop the models."""
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False,
-                            loop="uvloop" if has_uvloop else "asyncio", http="httptools",
+                            loop="uvloop" if has_uvloop else "asyncio", http=bounded_protocol(),
                             log_level=log_level, timeout_graceful_shutdown=5,
+                            timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
                             server_header=False, date_header=False)
     server = uvicorn.Server(config)
     if has_uvloop:

@@ -514,7 +514,7 @@ class _Loader:
         try:
             compile_plan(config)
         except ConfigError as exc:
-            parts = tuple(exc.where.split(".")) if exc.where else ()
+            parts: YamlPath = tuple(exc.where.split(".")) if exc.where else ()
             if parts[:1] in (("matrix",), ("groups",)):
                 parts = (*routing_base, *parts)
             raise ConfigError(str(exc), self._location(parts)) from None

@@ -1,0 +1,119 @@
+"""uvicorn's httptools protocol with the two bounds it lacks: header size and header time.
+
+uvicorn bounds neither on httptools (``h11_max_incomplete_event_size`` is
+h11-only): a client may send megabytes of headers, or one byte a minute, and
+hold a connection and its memory forever. :func:`bounded_protocol` returns a
+protocol class that
+
+* answers 431 and closes once a request's head (request line and headers)
+  exceeds ``max_header_bytes``, counted as the bytes arrive, so an unfinished
+  head is refused without being buffered past the limit plus one read;
+* closes a connection whose head is not complete ``header_timeout`` seconds
+  after it was opened or after its first byte arrived (408 if any byte came).
+
+Idle keep-alive connections keep uvicorn's own ``timeout_keep_alive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_HEADER_TIMEOUT = 10.0
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def _refusal(status: int, message: str) -> bytes:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                 "code": str(status)}}).encode()
+    return b"".join([b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+                     b"content-type: application/json\r\n",
+                     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body])
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol refusing oversized heads (431) and closing slow ones (408)."""
+
+    max_header_bytes = DEFAULT_MAX_HEADER_BYTES
+    header_timeout = DEFAULT_HEADER_TIMEOUT
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            self._arm_head_timer()
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.max_header_bytes and not self._refused:
+            self._refuse(431, f"request headers larger than {self.max_header_bytes} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+        if size > self.max_header_bytes:
+            self._refuse(431, f"request headers larger than {self.max_header_bytes} bytes")
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self._head_bytes:
+            self._refuse(408, f"request headers not received within {self.header_timeout:g} s")
+        else:
+            self._refused = True
+            self.transport.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._refused = True
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self.transport.write(_refusal(status, message))
+            self.transport.close()
+
+
+def bounded_protocol(max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+                     header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> type[BoundedHttpToolsProtocol]:
+    """A :class:`BoundedHttpToolsProtocol` subclass with these limits (uvicorn's ``http=``)."""
+    return type("BoundedHttpTools", (BoundedHttpToolsProtocol,),
+                {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout})
