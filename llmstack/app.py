@@ -12,20 +12,21 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError
 from swapper.http_app import (
-    Receive, Scope, SwapperApp, header, json_object, read_body, send_bytes, send_json,
+    Receive, Scope, SwapperApp, header, json_object, model_from_body, read_body, send_bytes,
+    send_json,
 )
 from swapper.manager import Manager
 from swapper.proxy import Intercepted, Send
 
 from .config import ModelsIniError, Stack
-from .hosted import serve_hosted
+from .hosted import HostedTiers
 from .routing import (
     ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify, step_up,
 )
@@ -44,6 +45,8 @@ class Loaded:
     stack: Stack
     table: RoutingTable
     swapper: SwapperConfig
+    hosted: HostedTiers = field(default_factory=HostedTiers)
+    """The tiers litellm serves (hosted, multi-machine)."""
 
 
 Loader = Callable[[], Loaded]
@@ -116,8 +119,12 @@ class LLMStackApp:
         method, path = scope["method"], scope["path"]
         if method == "POST" and path in AUTO_PATHS:
             await self._completion(scope, receive, send, path)
+        elif method == "POST" and path == "/v1/messages":
+            await self._messages(scope, receive, send, path)
         elif method == "GET" and path in ("/v1/models", "/models"):
-            await send_json(send, 200, {"object": "list", "data": self.model_list()})
+            rows = self.model_list()
+            await self._add_backend_health(rows)
+            await send_json(send, 200, {"object": "list", "data": rows})
         elif method == "GET" and path == "/models.ini":
             await self._models_ini(send)
         elif method == "POST" and path == "/reload":
@@ -131,6 +138,26 @@ class LLMStackApp:
             raise ApiError(404, "no models.ini: llmstack is serving the built-in demo stack "
                                 "(set LLMSTACK_MODELS_INI or pass --models-ini)")
         await send_bytes(send, 200, self.models_ini.read_bytes(), "text/plain; charset=utf-8")
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """Anthropic Messages: litellm answers for its tiers, llama-server for local ones."""
+        body = await read_body(scope, receive, self.swapper.max_body)
+        model, data = model_from_body(body, header(scope, b"content-type"))
+        tier = self.loaded.stack.tier(model)
+        if tier is not None and tier.backend == "litellm" and data is not None:
+            await self.loaded.hosted.messages(tier, data, send,
+                                              [(b"x-llmstack-tier", tier.name.encode())])
+            return
+        await self.swapper.serve_model(scope, receive, send, model, body, path, data=data)
+
+    async def _add_backend_health(self, rows: list[dict[str, Any]]) -> None:
+        """Multi-machine tiers' rows list each backend's health."""
+        hosted = self.loaded.hosted
+        health = dict(zip(hosted.backends, await asyncio.gather(
+            *(b.health() for b in hosted.backends.values()))))
+        for row in rows:
+            if row.get("tier") in health:
+                row["backends"] = health[row["tier"]]
 
     def model_list(self) -> list[dict[str, Any]]:
         """``auto`` first, then every tier and its aliases."""
@@ -147,7 +174,8 @@ class LLMStackApp:
         }]
         for tier in self.loaded.stack.tiers:
             base = {"object": "model", "created": 0, "owned_by": "llmstack", "tier": tier.name,
-                    "role": tier.role, "backend": tier.backend, "context_length": tier.ctx_size}
+                    "role": tier.role, "backend": tier.backend, "context_length": tier.ctx_size,
+                    **({"hosted_model": tier.model} if tier.backend == "litellm" else {})}
             rows.append({"id": tier.name, "name": tier.description or tier.name, **base})
             rows += [{"id": alias, "name": f"{tier.description or tier.name} (alias of {tier.name})",
                       **base} for alias in tier.effective_aliases]
@@ -194,7 +222,18 @@ class LLMStackApp:
         """One tier answers: hosted through litellm, local through the swapper."""
         tier = self.loaded.stack.tier(name)
         if tier is not None and tier.backend == "litellm":
-            await serve_hosted(tier, data, send, list(extra))
+            try:
+                await self.loaded.hosted.chat(tier, data, send, list(extra),
+                                              next((header(scope, h) for h in SESSION_HEADERS
+                                                    if header(scope, h)), ""))
+            except ApiError as error:
+                if tier.fallback is None or (error.status < 500 and error.status != 429):
+                    raise
+                self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,
+                                         error=error.message.splitlines()[0])
+                data["model"] = tier.fallback
+                return await self._serve_tier(scope, receive, send, path, tier.fallback, body,
+                                              data, extra, intercept)
             return None
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
