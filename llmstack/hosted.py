@@ -59,7 +59,7 @@ async def load_litellm() -> ModuleType:
     litellm = await asyncio.to_thread(importlib.import_module, "litellm")
     # Messages to OpenAI-compatible servers (llama-server, other llmstacks) as chat completions,
     # which they all speak, not as the Responses API
-    litellm.use_chat_completions_url_for_anthropic_messages = True
+    setattr(litellm, "use_chat_completions_url_for_anthropic_messages", True)
     return litellm
 
 
