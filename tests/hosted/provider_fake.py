@@ -119,12 +119,16 @@ def build_app() -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", openai)
     app.router.add_post("/v1/messages", anthropic)
     app.router.add_post("/_mode", set_mode)
     app.router.add_get("/_log", get_log)
     app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
     return app
 
 
