@@ -527,8 +527,9 @@ def _unknown_key_message(key: str, known: Mapping[str, Converter]) -> str:
 def _tier(section: _Section, values: dict[str, Any], check: _Checker) -> Tier | None:
     """Build a tier, detecting its backend as the original did."""
     backend = values.pop("backend", None)
-    if "backend" in section.entries and backend is None:
-        return None  # bad backend value, already reported
+    if ("backend" in section.entries and backend is None) or (
+            "backends" in section.entries and "backends" not in values):
+        return None  # bad backend(s) value, already reported
     gguf_ready = bool(values.get("hf_repo") and values.get("hf_file"))
     if values.get("backends") and backend in (None, "litellm"):
         backend = "litellm"  # another machine's tier of the same name, unless model says otherwise
