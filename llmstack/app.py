@@ -26,14 +26,15 @@ from swapper.manager import Manager
 from swapper.proxy import Intercepted, Send
 
 from .config import ModelsIniError, Stack
-from .hosted import HostedTiers
+from .hosted import CONTEXT_CODE, HostedTiers
 from .routing import (
     ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify, step_up,
 )
 
 log = logging.getLogger("llmstack")
 _TOO_LONG_STATUS = frozenset({400})
-_CONTEXT_OVERFLOW = b"exceed_context_size"  # llama-server's error type for a too-long prompt
+# a too-long prompt: llama-server's error type, and the code hosted tiers answer with
+_CONTEXT_OVERFLOW = (b"exceed_context_size", CONTEXT_CODE.encode())
 AUTO_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 SESSION_HEADERS = (b"x-session-affinity", b"x-session-id")
 
@@ -206,7 +207,8 @@ class LLMStackApp:
                                              extra, intercept=_TOO_LONG_STATUS)
             if refused is None:
                 return
-            bigger = step_up(self.loaded.table, tier) if _CONTEXT_OVERFLOW in refused.body else None
+            overflow = any(marker in refused.body for marker in _CONTEXT_OVERFLOW)
+            bigger = step_up(self.loaded.table, tier) if overflow else None
             if bigger is None:
                 await _send_intercepted(send, refused)
                 return
@@ -227,6 +229,9 @@ class LLMStackApp:
                                               next((header(scope, h) for h in SESSION_HEADERS
                                                     if header(scope, h)), ""))
             except ApiError as error:
+                if error.status in intercept and error.code == CONTEXT_CODE:
+                    return Intercepted(error.status, error.body(),
+                                       [(b"content-type", b"application/json"), *extra])
                 if tier.fallback is None or (error.status < 500 and error.status != 429):
                     raise
                 self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,
@@ -278,6 +283,7 @@ class LLMStackApp:
         try:
             loaded = await asyncio.to_thread(self.loader)
             changed = self.manager.reconfigure(loaded.swapper)
+            loaded.hosted.carry_over(self.loaded.hosted)
         except (ModelsIniError, ConfigError, OSError) as exc:
             self.manager.bus.publish("reload_failed", error=str(exc))
             raise ApiError(400, f"models.ini not reloaded, old config kept:\n{exc}",

@@ -42,8 +42,8 @@ _CLASS_TYPES = {"ContextWindowExceededError": "invalid_request_error",
                 "RateLimitError": "rate_limit_error", "Timeout": "timeout_error"}
 
 
-_CONTEXT_OVERFLOW = re.compile(r"context.{0,10}(length|window)|prompt is too long|too many tokens",
-                               re.IGNORECASE)
+_CONTEXT_OVERFLOW = re.compile(
+    r"context.{0,10}(length|window|size)|prompt is too long|too many tokens", re.IGNORECASE)
 
 
 def litellm_installed() -> bool:
@@ -211,6 +211,14 @@ class HostedTiers:
         tiers = {t.name: t for t in stack.tiers if t.backend == "litellm"}
         return cls(tiers, params, {t.name: Backends(t, params[t.name])
                                    for t in tiers.values() if t.backends})
+
+    def carry_over(self, old: HostedTiers) -> None:
+        """Keep the old Backends (Router counts, cooldowns, session pins) of unchanged tiers."""
+        for name, backends in self.backends.items():
+            previous = old.backends.get(name)
+            if previous is not None and (previous.tier, previous.params) == (backends.tier,
+                                                                             backends.params):
+                self.backends[name] = previous
 
     async def _call(self, tier: Tier, endpoint: str) -> Call:
         """The litellm coroutine answering ``endpoint`` for this tier (a Router's, if it has backends)."""

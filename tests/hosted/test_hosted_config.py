@@ -125,3 +125,17 @@ def test_provider_errors_map_status_type_and_context_overflow() -> None:
                                                       "context_length_exceeded")
     error = provider_error(ConnectionError("refused"), "t")
     assert (error.status, error.type) == (502, "server_error")
+
+
+def test_reload_keeps_the_router_of_an_unchanged_multi_machine_tier() -> None:
+    from llmstack.hosted import HostedTiers
+
+    text = "[a]\nbackends = http://x:1\n[b]\nbackends = http://y:1\n"
+    old = HostedTiers.build(parse_stack(text))
+    routers = {name: object() for name in old.backends}
+    for name, backends in old.backends.items():
+        backends._router = routers[name]
+    new = HostedTiers.build(parse_stack(text.replace("http://y:1", "http://y:2")))
+    new.carry_over(old)
+    assert new.backends["a"]._router is routers["a"]  # unchanged: same Router, same state
+    assert new.backends["b"]._router is None  # changed: a new Router on first use

@@ -188,3 +188,32 @@ def test_models_list_hosted_tiers_and_credentials_stay_out_of_logs(stack) -> Non
     assert rows["claude"]["hosted_model"] == "anthropic/claude-fake"
     post(stack.base, CHAT, {"model": "claude", "messages": HI})
     assert CLAUDE_KEY not in stack.output() and "sk-openai-env" not in stack.output()
+
+
+def test_auto_steps_up_when_a_hosted_tier_refuses_the_prompt_as_too_long(provider, serve_ini) -> None:
+    stack = serve_ini(f"""\
+[ROUTING]
+high_fidelity_ceiling = 0
+mid_fidelity_ceiling = 1
+
+[small]
+role = fast
+model = openai/fake-small
+api_base = {provider.base}/v1
+ctx_size = 8192
+
+[big]
+role = agent
+model = openai/fake-big
+api_base = {provider.base}/v1
+ctx_size = 65536
+""", {"OPENAI_API_KEY": "sk-test"})
+    provider.mode(mode="error", status=400, type="invalid_request_error",
+                  message="the request exceeds the available context size, try increasing it")
+    before = len(provider.log())
+    status, _, body = post(stack.base, CHAT, {"model": "auto", "messages": [
+        {"role": "user", "content": "a prompt of a few tokens lands on the fast rung"}]})
+    assert status == 400 and json.loads(body)["error"]["code"] == "context_length_exceeded"
+    assert [e["body"]["model"] for e in provider.log()[before:]] == ["fake-small", "fake-big"]
+    events = json.loads(stack.get("/events")[2])
+    assert any(e["kind"] == "context_step_up" and e["to_tier"] == "big" for e in events)
