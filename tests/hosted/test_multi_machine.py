@@ -67,3 +67,14 @@ def test_models_show_backend_health_and_a_dead_tier_falls_back(front, fakes) -> 
     assert body["choices"][0]["message"]["name"] == "team"  # answered by the fallback tier
     events = json.loads(front.get("/events")[2])
     assert any(e.get("kind") == "fallback" and e.get("from_tier") == "gone" for e in events), events
+
+
+def test_anthropic_messages_reach_a_multi_machine_tier(front, fakes) -> None:
+    before = [len(fake.log()) for fake in fakes]
+    status, headers, body = post(front.base, "/v1/messages",
+                                 {"model": "team", "max_tokens": 20, "messages": HI})
+    assert status == 200, body
+    assert json.loads(body)["content"][0]["text"] == "hello from the fake provider"
+    [sent] = [e for fake, n in zip(fakes, before) for e in fake.log()[n:]]
+    assert sent["path"] == "/v1/chat/completions"  # the backends are asked in OpenAI form
+    assert sent["body"]["model"] == "team" and sent["authorization"] == "Bearer team-key"
