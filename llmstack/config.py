@@ -28,7 +28,9 @@ Backend = Literal["gguf", "litellm"]
 BACKENDS: tuple[str, ...] = ("gguf", "litellm")
 ROLES: tuple[str, ...] = ("fast", "agent", "ultra", "plan", "plan-uncensored")
 SAMPLER_NAMES: tuple[str, ...] = ("temp", "top_p", "top_k", "min_p", "rep_pen")
-CACHE_TYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+CACHE_TYPES: tuple[str, ...] = (
+    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1",
+)
 """llama-server's allowed --cache-type-k / --cache-type-v values."""
 
 DEFAULT_ROLE_TTL: dict[str, int] = {"fast": 0, "agent": 1800, "plan": 1200, "plan-uncensored": 1200}
@@ -647,22 +649,24 @@ def load_stack(path: str | os.PathLike[str]) -> Stack:
     encoding, no permission) is a one-line :class:`ModelsIniError`.
     """
     source = str(path)
+
+    def unreadable(line: int, message: str) -> ModelsIniError:
+        return ModelsIniError([IniError(source, line, "", "", message)])
+
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise ModelsIniError([IniError(source, 0, "", "", f"cannot read: {exc.strerror}")]) from None
+        raise unreadable(0, f"cannot read: {exc.strerror}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ModelsIniError([IniError(source, line, "", "", "not UTF-8 text (byte "
-                                       f"0x{raw[exc.start]:02x}); models.ini must be UTF-8")]) from None
+        raise unreadable(raw.count(b"\n", 0, exc.start) + 1, f"not UTF-8 text (byte "
+                         f"0x{raw[exc.start]:02x}); models.ini must be UTF-8") from None
     if "\0" in text:
-        line = text.count("\n", 0, text.index("\0")) + 1
-        raise ModelsIniError([IniError(source, line, "", "", "binary data (a NUL byte); "
-                                       "models.ini must be a text file")])
+        raise unreadable(text.count("\n", 0, text.index("\0")) + 1,
+                         "binary data (a NUL byte); models.ini must be a text file")
     return parse_stack(text, source)
 
 

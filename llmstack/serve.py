@@ -31,8 +31,8 @@ API_KEYS_ENV = "LLMSTACK_API_KEYS"
 CORS_ORIGINS_ENV = "LLMSTACK_CORS_ORIGINS"
 
 
-def _loader(read: Callable[[], Stack], files: Callable[[Stack], Mapping[str, Path | None]], server: str,
-            log_dir: Path, litellm_config: Path | None = None) -> Callable[[], Loaded]:
+def _loader(read: Callable[[], Stack], files: Callable[[Stack], Mapping[str, Path | None]],
+            server: str, log_dir: Path, litellm_config: Path | None = None) -> Callable[[], Loaded]:
     keys = tuple(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())
 
     def load() -> Loaded:

@@ -283,7 +283,8 @@ class SwapperApp:
 
     async def serve_model(self, scope: Scope, receive: Receive, send: Send, model: str,
                           body: bytes, path: str, hook: ResponseHook | None = None,
-                          extra_headers: Iterable[tuple[bytes, bytes]] = (), data: dict[str, Any] | None = None,
+                          extra_headers: Iterable[tuple[bytes, bytes]] = (),
+                          data: dict[str, Any] | None = None,
                           intercept: frozenset[int] = frozenset()) -> Intercepted | None:
         """Acquire ``model`` (loading it if needed) and stream its answer to the client.
 

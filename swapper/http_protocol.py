@@ -112,8 +112,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def bounded_protocol(max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-                     header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> type[BoundedHttpToolsProtocol]:
+def bounded_protocol(
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+) -> type[BoundedHttpToolsProtocol]:
     """A :class:`BoundedHttpToolsProtocol` subclass with these limits (uvicorn's ``http=``)."""
     return type("BoundedHttpTools", (BoundedHttpToolsProtocol,),
                 {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout})

@@ -111,7 +111,8 @@ async def _start(send: Send, status: int, headers: Headers) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
 
 
-async def _stream_plain(resp: UpstreamResponse, send: Send, extra: Iterable[tuple[bytes, bytes]]) -> None:
+async def _stream_plain(resp: UpstreamResponse, send: Send,
+                        extra: Iterable[tuple[bytes, bytes]]) -> None:
     await _start(send, resp.status, _response_headers(resp, True) + list(extra))
     try:
         async for chunk in resp.chunks():
