@@ -37,7 +37,8 @@ ANTHROPIC_SAMPLERS = ("temperature", "top_p", "top_k")
 CONTEXT_CODE = "context_length_exceeded"
 Call = Callable[..., Awaitable[Any]]
 _CLASS_TYPES = {"ContextWindowExceededError": "invalid_request_error",
-                "BadRequestError": "invalid_request_error", "AuthenticationError": "authentication_error",
+                "BadRequestError": "invalid_request_error",
+                "AuthenticationError": "authentication_error",
                 "PermissionDeniedError": "permission_error", "NotFoundError": "not_found_error",
                 "RateLimitError": "rate_limit_error", "Timeout": "timeout_error"}
 
@@ -72,7 +73,8 @@ async def _messages_adapter() -> Call:
     """
     module = await asyncio.to_thread(
         importlib.import_module, "litellm.llms.anthropic.messages.adapters.handler")
-    call: Call = module.LiteLLMMessagesToCompletionTransformationHandler.async_anthropic_messages_handler
+    handler = module.LiteLLMMessagesToCompletionTransformationHandler
+    call: Call = handler.async_anthropic_messages_handler
     return call
 
 
@@ -88,7 +90,7 @@ class ProviderError(ApiError):
 
 
 def provider_error(exc: Exception, tier: str) -> ProviderError:
-    """litellm's exception as the provider's status and type; context overflow stays recognisable."""
+    """litellm's exception as the provider's status and type; context overflows recognisable."""
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) and 400 <= status <= 599 else 502
     name = next((c.__name__ for c in type(exc).__mro__ if c.__name__ in _CLASS_TYPES), "")
@@ -181,7 +183,7 @@ def _anthropic_error_event(message: str) -> bytes:
 
 
 async def _messages_stream(chunks: AsyncIterator[Any], tier: str, send: Send) -> None:
-    """Anthropic SSE as litellm yields it; a stream without ``message_stop`` ends in an error event."""
+    """Anthropic SSE as litellm yields it; no ``message_stop`` means a closing error event."""
     ended = False  # by message_stop, or by litellm's own error event
     try:
         async for chunk in chunks:
@@ -221,7 +223,7 @@ class HostedTiers:
                 self.backends[name] = previous
 
     async def _call(self, tier: Tier, endpoint: str) -> Call:
-        """The litellm coroutine answering ``endpoint`` for this tier (a Router's, if it has backends)."""
+        """The litellm coroutine answering ``endpoint`` (a Router's for a multi-machine tier)."""
         litellm = await load_litellm()
         backends = self.backends.get(tier.name)
         if backends is not None:

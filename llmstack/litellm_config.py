@@ -1,9 +1,10 @@
 """The user's ``litellm_config.yaml``: read, never written; merged with models.ini in memory.
 
 The file is the user's (comments, unknown keys, their own entries all stay): llmstack
-only reads its ``model_list`` entries whose ``model_name`` is a tier name and takes their ``litellm_params`` (credentials such as
-``api_key: os.environ/OPENAI_API_KEY``, headers, api_version, ...). models.ini wins
-for ``model`` and ``api_base``; every other parameter comes from the file.
+only reads its ``model_list`` entries whose ``model_name`` is a tier name and takes
+their ``litellm_params`` (credentials such as ``api_key: os.environ/OPENAI_API_KEY``,
+headers, api_version, ...). models.ini wins for ``model`` and ``api_base``; every
+other parameter comes from the file.
 ``os.environ/NAME`` values are read from the environment as litellm's proxy does.
 """
 
@@ -46,7 +47,8 @@ def read_user_params(path: Path | None) -> dict[str, dict[str, Any]]:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise ModelsIniError([IniError(source, line, "", "", f"not valid YAML: {exc.problem}")]) from None
+        problem = f"not valid YAML: {exc.problem}"
+        raise ModelsIniError([IniError(source, line, "", "", problem)]) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ModelsIniError([IniError(source, 0, "", "", f"cannot read: {exc}")]) from None
     entries = (document or {}).get("model_list") or [] if isinstance(document, dict) else None

@@ -56,7 +56,8 @@ class Backends:
         if self._router is None:
             self._router = litellm.Router(
                 model_list=self.deployments(), routing_strategy=ROUTING_STRATEGY,
-                num_retries=NUM_RETRIES, allowed_fails=ALLOWED_FAILS, cooldown_time=COOLDOWN_SECONDS,
+                num_retries=NUM_RETRIES, allowed_fails=ALLOWED_FAILS,
+                cooldown_time=COOLDOWN_SECONDS,
                 optional_pre_call_checks=["session_affinity"])
         return self._router
 

@@ -27,7 +27,8 @@ def _sse(payload: dict[str, Any], event: str | None = None) -> bytes:
 
 def _openai_chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
     return _sse({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
-                 "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                 "model": model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
 
 def build_app() -> web.Application:
@@ -37,7 +38,8 @@ def build_app() -> web.Application:
         mode = state["mode"]
         message = mode.get("message", "provider refused")
         if anthropic:
-            body = {"type": "error", "error": {"type": mode.get("type", "api_error"), "message": message}}
+            body = {"type": "error",
+                    "error": {"type": mode.get("type", "api_error"), "message": message}}
         else:
             body = {"error": {"message": message, "type": mode.get("type", "server_error"),
                               "code": mode.get("code")}}
@@ -95,7 +97,8 @@ def build_app() -> web.Application:
             "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": 7, "output_tokens": 0}}}, "message_start"))
         await resp.write(_sse({"type": "content_block_start", "index": 0,
-                               "content_block": {"type": "text", "text": ""}}, "content_block_start"))
+                               "content_block": {"type": "text", "text": ""}},
+                              "content_block_start"))
         for index, word in enumerate(words):
             if state["mode"]["mode"] == "cut" and index == 2:
                 return resp  # no content_block_stop, message_delta or message_stop

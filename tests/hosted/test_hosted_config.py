@@ -24,7 +24,8 @@ def test_backends_make_a_litellm_tier_asking_for_the_same_name() -> None:
     tier = stack.tiers[0]
     assert tier.backend == "litellm" and tier.model == "openai/agent"
     assert tier.backends == ("http://10.0.0.7:10101", "https://b.example:443")
-    deployments = Backends(tier, {"model": "openai/agent", "extra_headers": {"x": "1"}}).deployments()
+    backends = Backends(tier, {"model": "openai/agent", "extra_headers": {"x": "1"}})
+    deployments = backends.deployments()
     assert [d["litellm_params"]["api_base"] for d in deployments] == [
         "http://10.0.0.7:10101/v1", "https://b.example:443/v1"]
     assert deployments[0]["model_info"] == {"id": "http://10.0.0.7:10101"}

@@ -1,4 +1,4 @@
-"""With no litellm-served tier, ``llmstack serve`` never imports litellm (asserted with -X importtime)."""
+"""With no litellm-served tier, ``llmstack serve`` never imports litellm (``-X importtime``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from tests.hosted.conftest import post
 pytestmark = pytest.mark.real
 
 
-def test_litellm_is_never_imported_without_a_hosted_tier(tmp_path: Path, llama_server_bin: str) -> None:
+def test_litellm_is_never_imported_without_a_hosted_tier(tmp_path: Path,
+                                                         llama_server_bin: str) -> None:
     port = free_port()
     server = start_server([sys.executable, "-X", "importtime", "-m", "llmstack", "serve", "--demo",
                            "--port", str(port)], port, tmp_path / "serve.log",
