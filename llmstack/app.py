@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,8 @@ from typing import Any
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError
 from swapper.http_app import (
-    Receive, Scope, SwapperApp, header, json_object, model_from_body, read_body, send_bytes,
-    send_json,
+    DisconnectWatch, Receive, Scope, SwapperApp, header, json_object, model_from_body, read_body,
+    send_bytes, send_json,
 )
 from swapper.manager import Manager
 from swapper.proxy import Intercepted, Send
@@ -70,6 +70,23 @@ class TierName:
         choices = data.get("choices")
         if choices and isinstance(choices[0], dict) and isinstance(choices[0].get("message"), dict):
             choices[0]["message"]["name"] = self.tier
+
+
+async def _until_disconnect(receive: Receive, send: Send,
+                            answer: Callable[[Send], Awaitable[None]]) -> ApiError | None:
+    """Run ``answer`` (a litellm-served reply), cancelled if the client leaves first, so a
+    hosted provider stops generating (and billing); its ApiError is returned, not raised."""
+    watch = DisconnectWatch(receive, send)
+    try:
+        await answer(watch.send)
+    except ApiError as error:
+        return error
+    except asyncio.CancelledError:
+        if not watch.disconnected:
+            raise
+    finally:
+        watch.close()
+    return None
 
 
 async def _send_intercepted(send: Send, answer: Intercepted) -> None:
@@ -146,8 +163,10 @@ class LLMStackApp:
         model, data = model_from_body(body, header(scope, b"content-type"))
         tier = self.loaded.stack.tier(model)
         if tier is not None and tier.backend == "litellm" and data is not None:
-            await self.loaded.hosted.messages(tier, data, send,
-                                              [(b"x-llmstack-tier", tier.name.encode())])
+            error = await _until_disconnect(receive, send, lambda out: self.loaded.hosted.messages(
+                tier, data, out, [(b"x-llmstack-tier", tier.name.encode())]))
+            if error is not None:
+                raise error
             return
         await self.swapper.serve_model(scope, receive, send, model, body, path, data=data)
 
@@ -224,22 +243,21 @@ class LLMStackApp:
         """One tier answers: hosted through litellm, local through the swapper."""
         tier = self.loaded.stack.tier(name)
         if tier is not None and tier.backend == "litellm":
-            try:
-                await self.loaded.hosted.chat(tier, data, send, list(extra),
-                                              next((header(scope, h) for h in SESSION_HEADERS
-                                                    if header(scope, h)), ""))
-            except ApiError as error:
-                if error.status in intercept and error.code == CONTEXT_CODE:
-                    return Intercepted(error.status, error.body(),
-                                       [(b"content-type", b"application/json"), *extra])
-                if tier.fallback is None or (error.status < 500 and error.status != 429):
-                    raise
-                self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,
-                                         error=error.message.splitlines()[0])
-                data["model"] = tier.fallback
-                return await self._serve_tier(scope, receive, send, path, tier.fallback, body,
-                                              data, extra, intercept)
-            return None
+            session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+            error = await _until_disconnect(receive, send, lambda out: self.loaded.hosted.chat(
+                tier, data, out, list(extra), session))
+            if error is None:
+                return None
+            if error.status in intercept and error.code == CONTEXT_CODE:
+                return Intercepted(error.status, error.body(),
+                                   [(b"content-type", b"application/json"), *extra])
+            if tier.fallback is None or (error.status < 500 and error.status != 429):
+                raise error
+            self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,
+                                     error=error.message.splitlines()[0])
+            data["model"] = tier.fallback
+            return await self._serve_tier(scope, receive, send, path, tier.fallback, body,
+                                          data, extra, intercept)
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
             repo, file = spec.metadata["missing_file"]

@@ -157,6 +157,13 @@ async def _send_json(send: Send, payload: dict[str, Any], extra: Headers) -> Non
     await send({"type": "http.response.body", "body": raw, "more_body": False})
 
 
+async def _close(chunks: AsyncIterator[Any]) -> None:
+    """Close a provider stream now (also when cancelled): the provider stops generating."""
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await asyncio.shield(close())
+
+
 async def _chat_stream(chunks: AsyncIterator[Any], tier: str, send: Send) -> None:
     """OpenAI SSE chunks named after the tier; ``[DONE]`` only after a finish_reason."""
     named = finished = False
@@ -174,6 +181,8 @@ async def _chat_stream(chunks: AsyncIterator[Any], tier: str, send: Send) -> Non
             f"tier '{tier}': the provider's stream ended before a finish_reason", "stream_cut")
     except Exception as exc:  # never end a failed stream cleanly
         tail = sse_error_event(f"tier '{tier}' failed mid-stream: {exc}", "stream_cut")
+    finally:
+        await _close(chunks)
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
@@ -194,6 +203,8 @@ async def _messages_stream(chunks: AsyncIterator[Any], tier: str, send: Send) ->
             f"tier '{tier}': the provider's stream ended before message_stop")
     except Exception as exc:
         tail = _anthropic_error_event(f"tier '{tier}' failed mid-stream: {exc}")
+    finally:
+        await _close(chunks)
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 

@@ -1,10 +1,11 @@
 """A loopback fake of two hosted providers: OpenAI chat completions and Anthropic Messages.
 
 Every request body is logged (``GET /_log``); ``POST /_mode`` sets how the next
-requests are answered: ``{"mode": "ok"}``, ``{"mode": "cut"}`` (a stream ends
-after two text deltas, with no finish and no terminator) or ``{"mode": "error",
-"status": 429, "type": "rate_limit_error", "message": "..."}`` in the provider's
-own error shape.
+requests are answered: ``{"mode": "ok", "delay_ms": 0}`` (OpenAI streams wait that
+long before each text delta; ``GET /_disconnects`` counts callers that left),
+``{"mode": "cut"}`` (a stream ends after two text deltas, with no finish and no
+terminator) or ``{"mode": "error", "status": 429, "type": "rate_limit_error",
+"message": "..."}`` in the provider's own error shape.
 
     python tests/hosted/provider_fake.py --port 18080
 """
@@ -12,6 +13,7 @@ own error shape.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from typing import Any
 
@@ -32,7 +34,7 @@ def _openai_chunk(model: str, delta: dict[str, Any], finish: str | None = None) 
 
 
 def build_app() -> web.Application:
-    state: dict[str, Any] = {"mode": {"mode": "ok"}, "log": []}
+    state: dict[str, Any] = {"mode": {"mode": "ok"}, "log": [], "disconnects": 0}
 
     def error(anthropic: bool) -> web.Response:
         mode = state["mode"]
@@ -66,7 +68,12 @@ def build_app() -> web.Application:
         for index, word in enumerate(words):
             if state["mode"]["mode"] == "cut" and index == 2:
                 return resp  # the provider goes away: no finish_reason, no [DONE]
-            await resp.write(_openai_chunk(model, {"content": word}))
+            try:
+                await asyncio.sleep(state["mode"].get("delay_ms", 0) / 1000)
+                await resp.write(_openai_chunk(model, {"content": word}))
+            except (ConnectionResetError, asyncio.CancelledError):
+                state["disconnects"] += 1  # the caller went away mid-stream
+                raise
         await resp.write(_openai_chunk(model, {}, "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
             await resp.write(_sse({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
@@ -119,6 +126,9 @@ def build_app() -> web.Application:
     async def get_log(_: web.Request) -> web.Response:
         return web.json_response(state["log"])
 
+    async def get_disconnects(_: web.Request) -> web.Response:
+        return web.json_response(state["disconnects"])
+
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -130,6 +140,7 @@ def build_app() -> web.Application:
     app.router.add_post("/v1/messages", anthropic)
     app.router.add_post("/_mode", set_mode)
     app.router.add_get("/_log", get_log)
+    app.router.add_get("/_disconnects", get_disconnects)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     return app
@@ -139,7 +150,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    web.run_app(build_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    # handler_cancellation: a caller that hangs up cancels its handler at once (so a stream
+    # paused between deltas sees it), as a real provider stops generating
+    web.run_app(build_app(), host="127.0.0.1", port=args.port, print=None, access_log=None,
+                handler_cancellation=True)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ body it receives, so the samplers llmstack injects are checked where they land.
 
 from __future__ import annotations
 
+import http.client
 import json
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, wait_until
 from tests.hosted.conftest import Provider, needs_litellm, post, sse_events
 
 CHAT = "/v1/chat/completions"
@@ -220,3 +221,17 @@ ctx_size = 65536
     assert [e["body"]["model"] for e in provider.log()[before:]] == ["fake-small", "fake-big"]
     events = json.loads(stack.get("/events")[2])
     assert any(e["kind"] == "context_step_up" and e["to_tier"] == "big" for e in events)
+
+
+def test_a_client_that_leaves_stops_the_provider_stream(stack, provider) -> None:
+    provider.mode(mode="ok", delay_ms=2500)  # long gaps: only a watch on the client sees it go
+    before = json.loads(provider.server.get("/_disconnects")[2])
+    host, port = stack.base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("POST", CHAT, json.dumps({"model": "gpt", "messages": HI, "stream": True}),
+                       {"content-type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.read1(65536).startswith(b"data: ")
+    connection.close()  # the client leaves after the first chunk
+    wait_until(lambda: json.loads(provider.server.get("/_disconnects")[2]) == before + 1, 1.5,
+               "the provider to see llmstack hang up")
