@@ -212,7 +212,6 @@ async def _messages_stream(chunks: AsyncIterator[Any], tier: str, send: Send) ->
 class HostedTiers:
     """The litellm-served tiers of one configuration generation."""
 
-    tiers: dict[str, Tier] = field(default_factory=dict)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per tier: model, api_base and the user's litellm_params (credentials), merged."""
     backends: dict[str, Backends] = field(default_factory=dict)
@@ -221,9 +220,8 @@ class HostedTiers:
     @classmethod
     def build(cls, stack: Stack, user: UserParams | None = None) -> HostedTiers:
         params = stack_params(stack, user or {})
-        tiers = {t.name: t for t in stack.tiers if t.backend == "litellm"}
-        return cls(tiers, params, {t.name: Backends(t, params[t.name])
-                                   for t in tiers.values() if t.backends})
+        return cls(params, {t.name: Backends(t, params[t.name])
+                            for t in stack.tiers if t.backend == "litellm" and t.backends})
 
     def carry_over(self, old: HostedTiers) -> None:
         """Keep the old Backends (Router counts, cooldowns, session pins) of unchanged tiers."""
