@@ -11,28 +11,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError
 from swapper.http_app import (
-    Receive, Scope, SwapperApp, header, json_object, read_body, send_bytes, send_json,
+    DisconnectWatch, Receive, Scope, SwapperApp, header, json_object, model_from_body, read_body,
+    send_bytes, send_json,
 )
 from swapper.manager import Manager
 from swapper.proxy import Intercepted, Send
 
 from .config import ModelsIniError, Stack
-from .hosted import serve_hosted
+from .hosted import CONTEXT_CODE, HostedTiers
 from .routing import (
     ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify, step_up,
 )
 
 log = logging.getLogger("llmstack")
 _TOO_LONG_STATUS = frozenset({400})
-_CONTEXT_OVERFLOW = b"exceed_context_size"  # llama-server's error type for a too-long prompt
+# a too-long prompt: llama-server's error type, and the code hosted tiers answer with
+_CONTEXT_OVERFLOW = (b"exceed_context_size", CONTEXT_CODE.encode())
 AUTO_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 SESSION_HEADERS = (b"x-session-affinity", b"x-session-id")
 
@@ -44,6 +46,8 @@ class Loaded:
     stack: Stack
     table: RoutingTable
     swapper: SwapperConfig
+    hosted: HostedTiers = field(default_factory=HostedTiers)
+    """The tiers litellm serves (hosted, multi-machine)."""
 
 
 Loader = Callable[[], Loaded]
@@ -66,6 +70,23 @@ class TierName:
         choices = data.get("choices")
         if choices and isinstance(choices[0], dict) and isinstance(choices[0].get("message"), dict):
             choices[0]["message"]["name"] = self.tier
+
+
+async def _until_disconnect(receive: Receive, send: Send,
+                            answer: Callable[[Send], Awaitable[None]]) -> ApiError | None:
+    """Run ``answer`` (a litellm-served reply), cancelled if the client leaves first, so a
+    hosted provider stops generating (and billing); its ApiError is returned, not raised."""
+    watch = DisconnectWatch(receive, send)
+    try:
+        await answer(watch.send)
+    except ApiError as error:
+        return error
+    except asyncio.CancelledError:
+        if not watch.disconnected:
+            raise
+    finally:
+        watch.close()
+    return None
 
 
 async def _send_intercepted(send: Send, answer: Intercepted) -> None:
@@ -116,8 +137,12 @@ class LLMStackApp:
         method, path = scope["method"], scope["path"]
         if method == "POST" and path in AUTO_PATHS:
             await self._completion(scope, receive, send, path)
+        elif method == "POST" and path == "/v1/messages":
+            await self._messages(scope, receive, send, path)
         elif method == "GET" and path in ("/v1/models", "/models"):
-            await send_json(send, 200, {"object": "list", "data": self.model_list()})
+            rows = self.model_list()
+            await self._add_backend_health(rows)
+            await send_json(send, 200, {"object": "list", "data": rows})
         elif method == "GET" and path == "/models.ini":
             await self._models_ini(send)
         elif method == "POST" and path == "/reload":
@@ -131,6 +156,28 @@ class LLMStackApp:
             raise ApiError(404, "no models.ini: llmstack is serving the built-in demo stack "
                                 "(set LLMSTACK_MODELS_INI or pass --models-ini)")
         await send_bytes(send, 200, self.models_ini.read_bytes(), "text/plain; charset=utf-8")
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """Anthropic Messages: litellm answers for its tiers, llama-server for local ones."""
+        body = await read_body(scope, receive, self.swapper.max_body)
+        model, data = model_from_body(body, header(scope, b"content-type"))
+        tier = self.loaded.stack.tier(model)
+        if tier is not None and tier.backend == "litellm" and data is not None:
+            error = await _until_disconnect(receive, send, lambda out: self.loaded.hosted.messages(
+                tier, data, out, [(b"x-llmstack-tier", tier.name.encode())]))
+            if error is not None:
+                raise error
+            return
+        await self.swapper.serve_model(scope, receive, send, model, body, path, data=data)
+
+    async def _add_backend_health(self, rows: list[dict[str, Any]]) -> None:
+        """Multi-machine tiers' rows list each backend's health."""
+        hosted = self.loaded.hosted
+        health = dict(zip(hosted.backends, await asyncio.gather(
+            *(b.health() for b in hosted.backends.values()))))
+        for row in rows:
+            if row.get("tier") in health:
+                row["backends"] = health[row["tier"]]
 
     def model_list(self) -> list[dict[str, Any]]:
         """``auto`` first, then every tier and its aliases."""
@@ -147,7 +194,8 @@ class LLMStackApp:
         }]
         for tier in self.loaded.stack.tiers:
             base = {"object": "model", "created": 0, "owned_by": "llmstack", "tier": tier.name,
-                    "role": tier.role, "backend": tier.backend, "context_length": tier.ctx_size}
+                    "role": tier.role, "backend": tier.backend, "context_length": tier.ctx_size,
+                    **({"hosted_model": tier.model} if tier.backend == "litellm" else {})}
             rows.append({"id": tier.name, "name": tier.description or tier.name, **base})
             rows += [{"id": alias, "name": f"{tier.description or tier.name} (alias of {tier.name})",
                       **base} for alias in tier.effective_aliases]
@@ -178,7 +226,8 @@ class LLMStackApp:
                                              extra, intercept=_TOO_LONG_STATUS)
             if refused is None:
                 return
-            bigger = step_up(self.loaded.table, tier) if _CONTEXT_OVERFLOW in refused.body else None
+            overflow = any(marker in refused.body for marker in _CONTEXT_OVERFLOW)
+            bigger = step_up(self.loaded.table, tier) if overflow else None
             if bigger is None:
                 await _send_intercepted(send, refused)
                 return
@@ -194,8 +243,21 @@ class LLMStackApp:
         """One tier answers: hosted through litellm, local through the swapper."""
         tier = self.loaded.stack.tier(name)
         if tier is not None and tier.backend == "litellm":
-            await serve_hosted(tier, data, send, list(extra))
-            return None
+            session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+            error = await _until_disconnect(receive, send, lambda out: self.loaded.hosted.chat(
+                tier, data, out, list(extra), session))
+            if error is None:
+                return None
+            if error.status in intercept and error.code == CONTEXT_CODE:
+                return Intercepted(error.status, error.body(),
+                                   [(b"content-type", b"application/json"), *extra])
+            if tier.fallback is None or (error.status < 500 and error.status != 429):
+                raise error
+            self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,
+                                     error=error.message.splitlines()[0])
+            data["model"] = tier.fallback
+            return await self._serve_tier(scope, receive, send, path, tier.fallback, body,
+                                          data, extra, intercept)
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
             repo, file = spec.metadata["missing_file"]
@@ -239,6 +301,7 @@ class LLMStackApp:
         try:
             loaded = await asyncio.to_thread(self.loader)
             changed = self.manager.reconfigure(loaded.swapper)
+            loaded.hosted.carry_over(self.loaded.hosted)
         except (ModelsIniError, ConfigError, OSError) as exc:
             self.manager.bus.publish("reload_failed", error=str(exc))
             raise ApiError(400, f"models.ini not reloaded, old config kept:\n{exc}",

@@ -125,6 +125,12 @@ class Tier:
     """Seconds to the upstream's response headers (0 = none); None: the stack's."""
     idle_timeout: int | None = None
     """Longest gap in seconds between upstream body bytes (0 = none); None: the stack's."""
+    api_base: str | None = None
+    """Hosted tier: the provider endpoint (an address, never a secret)."""
+    backends: tuple[str, ...] = ()
+    """Base URLs of other machines serving this tier; served through litellm's Router."""
+    fallback: str | None = None
+    """Tier that answers when this litellm-served tier fails before answering."""
 
     @property
     def effective_aliases(self) -> tuple[str, ...]:
@@ -258,6 +264,23 @@ def _model_next(raw: str) -> str | None:
     return os.environ.get(ref.group(1) or ref.group(2)) if ref else _text(raw)
 
 
+def _url(raw: str) -> str:
+    url = raw.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/@]+(?:/\S*)?", url):
+        raise ValueError(f"{raw!r}: expected an http:// or https:// address such as "
+                         "http://10.0.0.7:10101 (no credentials in it)")
+    return url
+
+
+def _urls(raw: str) -> tuple[str, ...]:
+    items = tuple(_url(item) for item in re.split(r"[\s,]+", raw.strip(" \t\n,")) if item)
+    if not items:
+        raise ValueError("empty backends; list base URLs separated by commas, or remove the line")
+    if len(set(items)) < len(items):
+        raise ValueError(f"{raw!r} lists the same backend twice")
+    return items
+
+
 def _closest(word: str, choices: Iterable[str]) -> str:
     match = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""
@@ -383,6 +406,9 @@ _TIER_KEYS: dict[str, Converter] = {
     "model_next": _model_next,
     "response_timeout": _DEFAULT_KEYS["response_timeout"],
     "idle_timeout": _DEFAULT_KEYS["idle_timeout"],
+    "api_base": _url,
+    "backends": _urls,
+    "fallback": _text,
 }
 _KEYS_BY_SECTION = {DEFAULT_SECTION: _DEFAULT_KEYS, ROUTING_SECTION: _ROUTING_KEYS}
 _KEY_HOMES = {"[DEFAULT]": _DEFAULT_KEYS, "[ROUTING]": _ROUTING_KEYS, "a tier section": _TIER_KEYS}
@@ -449,7 +475,8 @@ class _Checker:
                 else:
                     if value is not None:  # an empty text value means "unset"
                         values[key] = value
-            elif _SECRET.search(key) and not _closest(key, known):
+            elif _SECRET.search(key) and not any(  # a typo of a key like max_output_tokens
+                    _SECRET.search(k) for k in difflib.get_close_matches(key, list(known), n=1)):
                 self.error(
                     section,
                     key,
@@ -519,16 +546,25 @@ def _unknown_key_message(key: str, known: Mapping[str, Converter]) -> str:
 def _tier(section: _Section, values: dict[str, Any], check: _Checker) -> Tier | None:
     """Build a tier, detecting its backend as the original did."""
     backend = values.pop("backend", None)
-    if "backend" in section.entries and backend is None:
-        return None  # bad backend value, already reported
+    if ("backend" in section.entries and backend is None) or (
+            "backends" in section.entries and "backends" not in values):
+        return None  # bad backend(s) value, already reported
     gguf_ready = bool(values.get("hf_repo") and values.get("hf_file"))
+    if values.get("backends") and backend in (None, "litellm"):
+        backend = "litellm"  # another machine's tier of the same name, unless model says otherwise
+        values.setdefault("model", f"openai/{section.name}")
     if backend is None:
         backend = "litellm" if values.get("model") else "gguf" if gguf_ready else None
     if backend is None:
-        check.error(section, "", "not a tier: set hf_repo+hf_file (local) or model (hosted)")
+        check.error(section, "", "not a tier: set hf_repo+hf_file (local), model (hosted) "
+                                 "or backends (other machines)")
         return None
     if backend == "litellm" and not values.get("model"):
         check.error(section, "backend", "backend = litellm needs model = <provider>/<model-id>")
+        return None
+    if backend == "gguf" and values.get("backends"):
+        check.error(section, "backends", "a tier with backends is served by those machines; "
+                                         "remove hf_repo/hf_file or backend = gguf")
         return None
     if backend == "gguf" and not gguf_ready:
         check.error(section, "backend", "backend = gguf needs hf_repo and hf_file")
@@ -614,6 +650,9 @@ def parse_stack(text: str, source: str = "models.ini") -> Stack:
             tiers += [tier] if tier else []
     stack = Stack(**settings, tiers=tuple(tiers), path=source)
     _check_names(stack.tiers, sections, check)
+    for t in stack.tiers:
+        if t.fallback is not None and (stack.tier(t.fallback) in (None, t)):
+            check.error(sections[t.name], "fallback", f"{t.fallback!r} is not another tier")
     _check_ladder(stack, sections, check)
     if check.errors:
         raise ModelsIniError(check.errors)

@@ -1,10 +1,13 @@
-"""Hosted tiers (Anthropic, OpenAI, Bedrock, ...) served in process through litellm.
+"""Tiers served in process through litellm: hosted providers and tiers on other machines.
 
 litellm is optional (``pip install 'llmstack[hosted]'``) and imported on the first
-hosted request only: it costs seconds and ~200 MB. Credentials come from the
-environment as litellm reads them (ANTHROPIC_API_KEY, AWS profiles, ...), never
-from models.ini. A tier's sampler is added to the request without overriding
-what the caller set.
+request to such a tier only (in a worker thread: it costs seconds and ~200 MB).
+Credentials come from the environment as litellm reads them (ANTHROPIC_API_KEY,
+OPENAI_API_KEY, AWS profiles, ...) or from the user's litellm_config.yaml, never
+from models.ini. Per request: the tier's sampler fills in what the caller left
+unset, ``max_output_tokens`` caps the reply, streams carry the usage chunk, and
+a provider failure is an OpenAI-style error with the provider's status and type;
+a stream that breaks off ends with an in-band error event, never a clean stop.
 """
 
 from __future__ import annotations
@@ -14,77 +17,272 @@ import importlib
 import importlib.util
 import json
 import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from swapper.errors import ApiError, sse_error_event
 from swapper.proxy import Headers, Send
 
-from .config import Tier
+from .config import Stack, Tier
+from .litellm_config import UserParams, stack_params
+from .multi_machine import Backends
 
 SAMPLER_PARAMS = {"temp": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                   "rep_pen": "repetition_penalty"}
-_PASSTHROUGH_STATUS = {400, 401, 403, 404, 413, 429, 502, 503, 504}
+ANTHROPIC_SAMPLERS = ("temperature", "top_p", "top_k")
+"""The samplers the Anthropic Messages API has."""
+CONTEXT_CODE = "context_length_exceeded"
+Call = Callable[..., Awaitable[Any]]
+_CLASS_TYPES = {"ContextWindowExceededError": "invalid_request_error",
+                "BadRequestError": "invalid_request_error",
+                "AuthenticationError": "authentication_error",
+                "PermissionDeniedError": "permission_error", "NotFoundError": "not_found_error",
+                "RateLimitError": "rate_limit_error", "Timeout": "timeout_error"}
+
+
+_CONTEXT_OVERFLOW = re.compile(
+    r"context.{0,10}(length|window|size)|prompt is too long|too many tokens", re.IGNORECASE)
 
 
 def litellm_installed() -> bool:
     return importlib.util.find_spec("litellm") is not None
 
 
-async def _litellm() -> ModuleType:
+async def load_litellm() -> ModuleType:
     """litellm, imported once in a worker thread: its 3-5 s import must not stall the loop."""
+    if not litellm_installed():
+        raise ApiError(503, "this tier is served through litellm, which is not installed: "
+                            "pip install 'llmstack[hosted]'", "hosted_unavailable")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost-map fetch at import
-    return await asyncio.to_thread(importlib.import_module, "litellm")
+    litellm = await asyncio.to_thread(importlib.import_module, "litellm")
+    # Messages to OpenAI-compatible servers (llama-server, other llmstacks) as chat completions,
+    # which they all speak, not as the Responses API
+    setattr(litellm, "use_chat_completions_url_for_anthropic_messages", True)
+    return litellm
 
 
-def request_params(tier: Tier, data: dict[str, Any]) -> dict[str, Any]:
-    """litellm kwargs: the caller's body, the tier's model, samplers the caller left unset."""
+async def _messages_adapter() -> Call:
+    """litellm's Anthropic-Messages-over-chat-completions adapter, for any provider.
+
+    litellm's native Anthropic Messages stream imports its proxy package (fastapi,
+    orjson, soundfile, ...), which ``litellm`` alone does not install; the adapter
+    goes through ``acompletion`` like chat requests do and yields Anthropic SSE.
+    """
+    module = await asyncio.to_thread(
+        importlib.import_module, "litellm.llms.anthropic.messages.adapters.handler")
+    handler = module.LiteLLMMessagesToCompletionTransformationHandler
+    call: Call = handler.async_anthropic_messages_handler
+    return call
+
+
+@dataclass
+class ProviderError(ApiError):
+    """An error a provider answered, with its own ``type`` kept."""
+
+    provider_type: str = ""
+
+    @property
+    def type(self) -> str:
+        return self.provider_type or super().type
+
+
+def provider_error(exc: Exception, tier: str) -> ProviderError:
+    """litellm's exception as the provider's status and type; context overflows recognisable."""
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) and 400 <= status <= 599 else 502
+    name = next((c.__name__ for c in type(exc).__mro__ if c.__name__ in _CLASS_TYPES), "")
+    # litellm recognises most overflows itself; not every provider path (Anthropic streams)
+    context = name == "ContextWindowExceededError" or (status == 400 and bool(
+        _CONTEXT_OVERFLOW.search(str(exc))))
+    return ProviderError(status, f"tier '{tier}': {exc}", CONTEXT_CODE if context else "",
+                         provider_type=_provider_type(exc) or _CLASS_TYPES.get(name, ""))
+
+
+def _provider_type(exc: Exception) -> str:
+    """``error.type`` from the provider's own error body, when litellm kept it."""
+    body = getattr(exc, "body", None)
+    if not isinstance(body, dict):
+        try:
+            body = getattr(exc, "response").json()
+        except Exception:  # no response, or not JSON
+            return ""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) and kind != "error" else ""
+
+
+def _cap_output(params: dict[str, Any], limit: int) -> None:
+    """``max_output_tokens`` caps the reply: the caller may ask for less, never more."""
+    if not limit:
+        return
+    key = "max_completion_tokens" if "max_completion_tokens" in params else "max_tokens"
+    asked = params.get(key)
+    params[key] = min(asked, limit) if isinstance(asked, int) and asked > 0 else limit
+
+
+def chat_params(tier: Tier, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """litellm kwargs: the caller's body, the tier's model and credentials, samplers left unset."""
     params = {k: v for k, v in data.items() if k != "model"}
     for name, value in tier.sampler:
         params.setdefault(SAMPLER_PARAMS[name], value)
-    params["model"] = tier.model
-    return params
+    _cap_output(params, tier.max_output_tokens)
+    if params.get("stream") and "stream_options" not in params:
+        params["stream_options"] = {"include_usage": True}
+    return {"drop_params": True, **params, **base}
 
 
-def _api_error(exc: Exception) -> ApiError:
-    status = getattr(exc, "status_code", 502)
-    status = status if status in _PASSTHROUGH_STATUS else 502
-    return ApiError(status, f"hosted tier failed: {exc}", "hosted_error")
+def messages_params(tier: Tier, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic Messages kwargs: like chat_params, with the samplers that API has."""
+    params = {k: v for k, v in data.items() if k != "model"}
+    for name, value in tier.sampler:
+        if SAMPLER_PARAMS[name] in ANTHROPIC_SAMPLERS:
+            params.setdefault(SAMPLER_PARAMS[name], int(value) if name == "top_k" else value)
+    _cap_output(params, tier.max_output_tokens)
+    return {**params, **base}
 
 
-async def serve_hosted(tier: Tier, data: dict[str, Any], send: Send, extra: Headers) -> None:
-    """Answer one chat request from a hosted tier, streamed or not, named after the tier."""
-    if not litellm_installed():
-        raise ApiError(503, f"tier '{tier.name}' is hosted ({tier.model}) but litellm is not "
-                            "installed: pip install 'llmstack[hosted]'", "hosted_unavailable")
-    litellm = await _litellm()
-    try:
-        result = await litellm.acompletion(**request_params(tier, data))
-    except Exception as exc:  # litellm raises its own hierarchy; map by status
-        raise _api_error(exc) from exc
-    if not data.get("stream"):
-        body = result.model_dump()
-        if body.get("choices"):
-            body["choices"][0].setdefault("message", {})["name"] = tier.name
-        raw = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(raw)).encode()), *extra]})
-        await send({"type": "http.response.body", "body": raw, "more_body": False})
-        return
+async def _start(send: Send, content_type: bytes, extra: Headers) -> None:
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/event-stream"), (b"x-accel-buffering", b"no"),
-                            *extra]})
-    named = False
+                "headers": [(b"content-type", content_type), *extra]})
+
+
+async def _send_json(send: Send, payload: dict[str, Any], extra: Headers) -> None:
+    raw = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(raw)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": raw, "more_body": False})
+
+
+async def _close(chunks: AsyncIterator[Any]) -> None:
+    """Close a provider stream now (also when cancelled): the provider stops generating."""
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await asyncio.shield(close())
+
+
+async def _chat_stream(chunks: AsyncIterator[Any], tier: str, send: Send) -> None:
+    """OpenAI SSE chunks named after the tier; ``[DONE]`` only after a finish_reason."""
+    named = finished = False
     try:
-        async for chunk in result:
+        async for chunk in chunks:
             event = chunk.model_dump(exclude_none=True)
-            if not named and event.get("choices"):
-                event["choices"][0].setdefault("delta", {})["name"] = tier.name
+            choices = event.get("choices") or []
+            if not named and choices:
+                choices[0].setdefault("delta", {})["name"] = tier
                 named = True
+            finished = finished or any(c.get("finish_reason") for c in choices)
             await send({"type": "http.response.body", "more_body": True,
                         "body": b"data: " + json.dumps(event).encode() + b"\n\n"})
-        tail = b"data: [DONE]\n\n"
+        tail = b"data: [DONE]\n\n" if finished else sse_error_event(
+            f"tier '{tier}': the provider's stream ended before a finish_reason", "stream_cut")
     except Exception as exc:  # never end a failed stream cleanly
-        tail = sse_error_event(f"hosted tier failed mid-stream: {exc}")
+        tail = sse_error_event(f"tier '{tier}' failed mid-stream: {exc}", "stream_cut")
+    finally:
+        await _close(chunks)
     await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _anthropic_error_event(message: str) -> bytes:
+    payload = {"type": "error", "error": {"type": "api_error", "message": message}}
+    return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+
+
+async def _messages_stream(chunks: AsyncIterator[Any], tier: str, send: Send) -> None:
+    """Anthropic SSE as litellm yields it; no ``message_stop`` means a closing error event."""
+    ended = False  # by message_stop, or by litellm's own error event
+    try:
+        async for chunk in chunks:
+            raw = chunk if isinstance(chunk, bytes) else str(chunk).encode()
+            ended = ended or raw.startswith((b"event: message_stop", b"event: error"))
+            await send({"type": "http.response.body", "body": raw, "more_body": True})
+        tail = b"" if ended else _anthropic_error_event(
+            f"tier '{tier}': the provider's stream ended before message_stop")
+    except Exception as exc:
+        tail = _anthropic_error_event(f"tier '{tier}' failed mid-stream: {exc}")
+    finally:
+        await _close(chunks)
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+@dataclass
+class HostedTiers:
+    """The litellm-served tiers of one configuration generation."""
+
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per tier: model, api_base and the user's litellm_params (credentials), merged."""
+    backends: dict[str, Backends] = field(default_factory=dict)
+    """Multi-machine tiers: their Router, made on first use."""
+
+    @classmethod
+    def build(cls, stack: Stack, user: UserParams | None = None) -> HostedTiers:
+        params = stack_params(stack, user or {})
+        return cls(params, {t.name: Backends(t, params[t.name])
+                            for t in stack.tiers if t.backend == "litellm" and t.backends})
+
+    def carry_over(self, old: HostedTiers) -> None:
+        """Keep the old Backends (Router counts, cooldowns, session pins) of unchanged tiers."""
+        for name, backends in self.backends.items():
+            previous = old.backends.get(name)
+            if previous is not None and (previous.tier, previous.params) == (backends.tier,
+                                                                             backends.params):
+                self.backends[name] = previous
+
+    async def _call(self, tier: Tier, endpoint: str) -> Call:
+        """The litellm coroutine answering ``endpoint`` (a Router's for a multi-machine tier)."""
+        litellm = await load_litellm()
+        backends = self.backends.get(tier.name)
+        if backends is not None:
+            return backends.call(litellm, endpoint)
+        if endpoint == "chat":
+            call: Call = litellm.acompletion
+            return call
+        return await _messages_adapter()
+
+    async def chat(self, tier: Tier, data: dict[str, Any], send: Send, extra: Headers,
+                   session: str = "") -> None:
+        """Answer one chat completion, streamed or not, named after the tier."""
+        call = await self._call(tier, "chat")
+        params = chat_params(tier, self._base(tier), data)
+        if session and tier.name in self.backends:
+            params["metadata"] = {**(params.get("metadata") or {}), "session_id": session}
+        try:
+            result = await call(**params)
+        except Exception as exc:  # litellm raises its own hierarchy; keep the provider's view
+            raise provider_error(exc, tier.name) from exc
+        extra = [*extra, *self._answered_by(tier, result)]
+        if not data.get("stream"):
+            body = result.model_dump()
+            if body.get("choices"):
+                body["choices"][0].setdefault("message", {})["name"] = tier.name
+            await _send_json(send, body, extra)
+            return
+        await _start(send, b"text/event-stream", [(b"x-accel-buffering", b"no"), *extra])
+        await _chat_stream(result, tier.name, send)
+
+    async def messages(self, tier: Tier, data: dict[str, Any], send: Send, extra: Headers) -> None:
+        """Answer one Anthropic Messages request (``POST /v1/messages``) from this tier."""
+        call = await self._call(tier, "messages")
+        try:
+            result = await call(**messages_params(tier, self._base(tier), data))
+        except Exception as exc:
+            raise provider_error(exc, tier.name) from exc
+        extra = [*extra, *self._answered_by(tier, result)]
+        if not data.get("stream"):
+            body = result if isinstance(result, dict) else result.model_dump()
+            await _send_json(send, dict(body), extra)
+            return
+        await _start(send, b"text/event-stream", [(b"x-accel-buffering", b"no"), *extra])
+        await _messages_stream(result, tier.name, send)
+
+    def _base(self, tier: Tier) -> dict[str, Any]:
+        """Model and credentials; a multi-machine tier's Router is addressed by the tier name."""
+        return {"model": tier.name} if tier.name in self.backends else dict(self.params[tier.name])
+
+    def _answered_by(self, tier: Tier, result: Any) -> Headers:
+        backends = self.backends.get(tier.name)
+        return backends.answered_by(result) if backends is not None else []
+

@@ -20,7 +20,8 @@ from .app import LLMStackApp, Loaded
 from .channels import Channel, for_channel, read_marker, resolve_serve, write_marker
 from .config import ModelsIniError, Stack, load_stack
 from .demo import BANNER, demo_files, demo_stack
-from .hosted import litellm_installed
+from .hosted import HostedTiers, litellm_installed
+from .litellm_config import litellm_config_path, read_user_params
 from .llama_server import cache_dir, find_llama_server, missing_server_message
 from .project import Project, find_project
 from .routing import RoutingTable
@@ -32,13 +33,15 @@ CORS_ORIGINS_ENV = "LLMSTACK_CORS_ORIGINS"
 
 
 def _loader(read: Callable[[], Stack], files: Callable[[Stack], Mapping[str, Path | None]],
-            server: str, log_dir: Path) -> Callable[[], Loaded]:
+            server: str, log_dir: Path, litellm_config: Path | None = None) -> Callable[[], Loaded]:
     keys = tuple(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())
 
     def load() -> Loaded:
         stack = read()
         config = replace(build_swapper_config(stack, server, files(stack), str(log_dir)), api_keys=keys)
-        return Loaded(stack, routing_table(stack), config)
+        hosted = any(t.backend == "litellm" for t in stack.tiers)
+        user = read_user_params(litellm_config) if hosted else {}
+        return Loaded(stack, routing_table(stack), config, HostedTiers.build(stack, user))
     return load
 
 
@@ -88,7 +91,7 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     read: Callable[[], Stack] = lambda: for_channel(demo_stack() if use_demo else load_stack(path),
                                                     channel)
     loader = _loader(read, demo_files if use_demo else local_files, server or "llama-server",
-                     log_dir or runtime / "logs")
+                     log_dir or runtime / "logs", litellm_config_path(None if use_demo else project.state))
     configure_logging(log_level, log_dir / "llmstack.log" if log_dir else None)
     try:
         loaded = loader()

@@ -565,7 +565,8 @@ def test_unknown_backend() -> None:
 
 def test_not_a_tier() -> None:
     assert problems(tier_text("hf_repo = org/repo\nrole = fast\n")) == [
-        "t.ini:1: [a] not a tier: set hf_repo+hf_file (local) or model (hosted)"
+        "t.ini:1: [a] not a tier: set hf_repo+hf_file (local), model (hosted) "
+        "or backends (other machines)"
     ]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAKE_UPSTREAM, free_port, start_server, stop_server
+from tests.hosted.conftest import needs_litellm
 
 INI = """\
 [DEFAULT]
@@ -33,10 +34,7 @@ sampler = temp=0.3, top_p=0.9
 @pytest.fixture
 def hosted(tmp_path: Path):
     """llmstack serving two hosted tiers whose provider is the fake upstream."""
-    try:
-        import litellm  # noqa: F401
-    except ImportError:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("litellm is not installed")
+    needs_litellm()
     provider_port, port = free_port(), free_port()
     provider = start_server([sys.executable, str(FAKE_UPSTREAM), "--port", str(provider_port),
                              "--chunks", "4"], provider_port, tmp_path / "provider.log")
