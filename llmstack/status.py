@@ -109,7 +109,8 @@ def collect(root: Path) -> dict[str, Any]:
             "state": live.get("state") or ("hosted" if hosted else "stopped"),
             "pid": live.get("pid"), "port": live.get("port"),
             "rss_mb": _rss_mb(live.get("pid")), "memory_mb": live.get("memory_mb"),
-            "context": row.get("context_length")})
+            "context": row.get("context_length"), "hosted_model": row.get("hosted_model"),
+            "backends": row.get("backends", [])})
     return doc
 
 
@@ -151,6 +152,12 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+    for t in doc["tiers"]:
+        if t.get("hosted_model") and not t.get("backends"):
+            print(f"  {t['name']}: hosted {t['hosted_model']}", file=out)
+        for b in t.get("backends", []):
+            health = "healthy" if b.get("healthy") else f"DOWN ({b.get('error') or 'no answer'})"
+            print(f"  {t['name']}: backend {b['url']} {health}", file=out)
     resident = [t["name"] for t in doc["tiers"] if t["pid"]]
     print(f"  resident {', '.join(resident) or 'none'}", file=out)
 

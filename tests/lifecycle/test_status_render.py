@@ -1,0 +1,28 @@
+"""``llmstack status`` lists hosted and multi-machine tiers with each backend's health."""
+
+from __future__ import annotations
+
+import io
+
+from llmstack.status import render
+
+
+def test_status_names_hosted_models_and_backend_health() -> None:
+    tier = {"role": "fast", "state": "hosted", "pid": None, "port": None, "rss_mb": None,
+            "memory_mb": None, "context": 8192}
+    doc = {"project": "/p", "channel": "current", "state": "running", "pid": None,
+           "url": "http://127.0.0.1:10101", "base_url": "http://127.0.0.1:10101/v1",
+           "opencode_config": "/p/.llmstack/opencode.json",
+           "tiers": [{**tier, "name": "ultra", "backend": "litellm",
+                      "hosted_model": "anthropic/claude-x", "backends": []},
+                     {**tier, "name": "team", "backend": "litellm", "hosted_model": "openai/team",
+                      "backends": [{"url": "http://a:10101", "healthy": True},
+                                   {"url": "http://b:10101", "healthy": False,
+                                    "error": "connection refused"}]}]}
+    out = io.StringIO()
+    render(doc, out)
+    text = out.getvalue()
+    assert "ultra: hosted anthropic/claude-x" in text
+    assert "team: backend http://a:10101 healthy" in text
+    assert "team: backend http://b:10101 DOWN (connection refused)" in text
+    assert "team: hosted" not in text  # a multi-machine tier shows its backends instead
