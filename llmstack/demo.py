@@ -15,8 +15,8 @@ _SEEDS = {"fast": 1, "agent": 2, "plan": 3}
 BANNER = """\
 llmstack is serving the built-in DEMO stack: tiny self-made models that answer gibberish.
   Try:  curl -s http://{host}:{port}/v1/chat/completions -d '{{"model":"auto","messages":[{{"role":"user","content":"Say hello"}}]}}'
-  Real models: write a models.ini (start from `llmstack template > .llmstack/models.ini`)
-  and run `llmstack serve --models-ini .llmstack/models.ini`."""
+  Real models: `llmstack setup` in your project (models.ini, downloads, opencode.json,
+  background stack), then `opencode`."""
 
 
 def demo_text() -> str:

@@ -6,7 +6,8 @@ import logging
 import os
 import sys
 from dataclasses import replace
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from swapper.config import ConfigError
@@ -16,10 +17,12 @@ from swapper.manager import Manager
 from swapper.server import configure_logging, run
 
 from .app import LLMStackApp, Loaded
+from .channels import Channel, for_channel, read_marker, resolve_serve, write_marker
 from .config import ModelsIniError, Stack, load_stack
 from .demo import BANNER, demo_files, demo_stack
 from .llama_server import cache_dir, find_llama_server, missing_server_message
 from .hosted import litellm_installed
+from .project import Project, find_project
 from .routing import RoutingTable
 from .stack_config import build_swapper_config, local_files
 
@@ -50,15 +53,25 @@ def routing_table(stack: Stack) -> RoutingTable:
 
 
 def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], demo: bool,
-          log_level: str) -> int:
-    """Run until Ctrl-C / SIGTERM; returns the exit code."""
+          log_level: str, channel_flag: str | None = None, log_dir: Path | None = None) -> int:
+    """Run until Ctrl-C / SIGTERM; returns the exit code.
+
+    ``log_dir``: the process logs to ``<log_dir>/llmstack.log`` and each tier to
+    ``<log_dir>/<tier>.log`` (both rotated) instead of stderr and the cache.
+    """
     path, named = models_ini
     if named and not demo and not path.exists():
         print(f"[!] models.ini not found: {path}", file=sys.stderr)
         return 2
     use_demo = demo or not path.exists()
+    project = find_project()
+    # the project's pinned channel applies to its own models.ini, not to a named one or the demo
+    resolved = resolve_serve(None if named or use_demo else project, channel_flag)
+    for note in resolved.notes:
+        print(f"[!] {note}", file=sys.stderr)
+    channel = resolved.channel
     try:
-        stack = demo_stack() if use_demo else load_stack(path)
+        stack = for_channel(demo_stack() if use_demo else load_stack(path), channel)
     except ModelsIniError as exc:
         print(f"[!] {path} has errors:\n{exc}", file=sys.stderr)
         return 2
@@ -69,10 +82,11 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     host = host or stack.host
     port = port or stack.router_port
     runtime = cache_dir() / "run" / f"port-{port}"
-    read: Callable[[], Stack] = demo_stack if use_demo else (lambda: load_stack(path))
+    read: Callable[[], Stack] = lambda: for_channel(demo_stack() if use_demo else load_stack(path),
+                                                    channel)
     loader = _loader(read, demo_files if use_demo else local_files, server or "llama-server",
-                     runtime / "logs")
-    configure_logging(log_level)
+                     log_dir or runtime / "logs")
+    configure_logging(log_level, log_dir / "llmstack.log" if log_dir else None)
     try:
         loaded = loader()
     except (ModelsIniError, ConfigError) as exc:
@@ -87,5 +101,23 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
               f"(set {API_KEYS_ENV}=key1,key2 to require one)", file=sys.stderr)
     if use_demo:
         print(BANNER.format(host=host, port=port), file=sys.stderr)
-    run(app, host, port, log_level)
+    elif channel.name != "current":
+        print(f"[*] serving the {channel.name} channel of {path}", file=sys.stderr)
+    with active_channel(project, channel):
+        run(app, host, port, log_level, own_logging=log_dir is not None)
     return 0
+
+
+@contextmanager
+def active_channel(project: Project, channel: Channel) -> Iterator[None]:
+    """Record the served channel in the project's .llmstack/active-channel while serving."""
+    marker = project.active_channel
+    if not project.state.is_dir():
+        yield
+        return
+    write_marker(marker, channel)
+    try:
+        yield
+    finally:
+        if read_marker(marker) == channel:
+            marker.unlink(missing_ok=True)

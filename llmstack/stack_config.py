@@ -53,6 +53,8 @@ def llama_server_argv(stack: Stack, tier: Tier, server: str, model_file: Path) -
     argv += ["--cache-type-k", stack.cache_type_k, "--cache-type-v", stack.cache_type_v,
              "--threads", str(stack.threads), "--no-warmup", "-lm", "none",
              "-m", str(model_file), "--alias", tier.name, "-c", str(tier.ctx_size)]
+    if tier.max_output_tokens:  # caps every request's generation, max_tokens or not
+        argv += ["-n", str(tier.max_output_tokens)]
     if tier.rope_scaling is not None:
         scale, orig_ctx = tier.rope_scaling
         argv += ["--rope-scaling", "yarn", "--rope-scale", _number(scale), "--yarn-orig-ctx", str(orig_ctx)]

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -138,30 +141,31 @@ def write_tiny_gguf(
         banned=unsampleable_ids(types, allow_eos=allow_eos),
         layers=layers, dim=dim, ff=ff, heads=heads, kv_heads=kv_heads,
     )
-    writer = GGUFWriter(None, "llama")
-    writer.add_name(f"llmstack-tiny-seed{seed}")
-    writer.add_string(PARAMS_KEY, json.dumps(params, sort_keys=True))
-    writer.add_context_length(context_length)
-    writer.add_embedding_length(dim)
-    writer.add_block_count(layers)
-    writer.add_feed_forward_length(ff)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(dim // heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(UNK_ID)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_eos_token_id(EOS_ID)
-    writer.add_add_bos_token(False)
-    writer.add_chat_template(CHATML_TEMPLATE)
-    for name, array in tensors.items():
-        writer.add_tensor(name, array)
-    return _write_atomically(writer, Path(path))
+    with _quiet_writer():
+        writer = GGUFWriter(None, "llama")
+        writer.add_name(f"llmstack-tiny-seed{seed}")
+        writer.add_string(PARAMS_KEY, json.dumps(params, sort_keys=True))
+        writer.add_context_length(context_length)
+        writer.add_embedding_length(dim)
+        writer.add_block_count(layers)
+        writer.add_feed_forward_length(ff)
+        writer.add_head_count(heads)
+        writer.add_head_count_kv(kv_heads)
+        writer.add_rope_dimension_count(dim // heads)
+        writer.add_layer_norm_rms_eps(1e-5)
+        writer.add_vocab_size(len(tokens))
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_unk_token_id(UNK_ID)
+        writer.add_bos_token_id(BOS_ID)
+        writer.add_eos_token_id(EOS_ID)
+        writer.add_add_bos_token(False)
+        writer.add_chat_template(CHATML_TEMPLATE)
+        for name, array in tensors.items():
+            writer.add_tensor(name, array)
+        return _write_atomically(writer, Path(path))
 
 
 def _write_atomically(writer: GGUFWriter, path: Path) -> Path:
@@ -181,6 +185,18 @@ def _write_atomically(writer: GGUFWriter, path: Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def _quiet_writer() -> Iterator[None]:
+    """Hide the gguf writer's INFO lines ("Writing the following files", ...) from our logs."""
+    writer_log = logging.getLogger("gguf.gguf_writer")
+    level = writer_log.level
+    writer_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        writer_log.setLevel(level)
 
 
 def _recorded_params(path: Path) -> dict[str, object] | None:

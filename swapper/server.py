@@ -5,15 +5,26 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import logging.handlers
 import sys
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+import uvicorn.config
+
+LOG_FILE_BYTES = 5 * 1024 * 1024
+LOG_FILE_BACKUPS = 3
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Plain one-line logs on stderr; events arrive already formatted as JSON."""
-    logging.basicConfig(stream=sys.stderr, level=level.upper(),
+def configure_logging(level: str = "INFO", path: Path | None = None) -> None:
+    """Plain one-line logs on stderr, or in ``path`` rotated at 5 MB (3 backups kept)."""
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_FILE_BYTES,
+                                                       backupCount=LOG_FILE_BACKUPS)
+    logging.basicConfig(handlers=[handler], level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
@@ -25,12 +36,17 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def run(app: Any, host: str, port: int, log_level: str = "info") -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; lifespan events start and stop the models."""
+def run(app: Any, host: str, port: int, log_level: str = "info", own_logging: bool = False) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM; lifespan events start and stop the models.
+
+    ``own_logging``: uvicorn's loggers go to the root handlers set by
+    :func:`configure_logging` instead of uvicorn's own stderr handlers.
+    """
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False,
                             loop="uvloop" if has_uvloop else "asyncio", http="httptools",
                             log_level=log_level, timeout_graceful_shutdown=5,
+                            log_config=None if own_logging else uvicorn.config.LOGGING_CONFIG,
                             server_header=False, date_header=False)
     server = uvicorn.Server(config)
     if has_uvloop:

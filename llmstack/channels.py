@@ -1,0 +1,199 @@
+"""Channels: which models a project serves (current / next) or whose stack it uses (external).
+
+``install`` pins the channel in ``.llmstack/default-channel``; a running stack
+records what it serves in ``.llmstack/active-channel``. Both hold one line,
+``<channel>[ <url>]``, so a shell can ``read -r channel url < file``.
+
+Precedence is flag > environment > pinned default > ``current``, and an environment
+variable never quietly beats a flag: when both are given and disagree the flag
+wins and the caller gets a note saying the variable was ignored. The environment
+chooses a channel only for the command it is given to (``install`` with
+``$LLMSTACK_REMOTE_URL``, ``serve`` with ``$LLMSTACK_USE_NEXT``); every other verb
+goes by the pinned channel, so a variable left over from another project's shell
+cannot turn this one into a client.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .files import write_atomic
+from .project import Project, UserError
+
+if TYPE_CHECKING:  # `llmstack status` reads markers without paying for the models.ini parser
+    from .config import Stack
+
+CHANNELS = ("current", "next", "external")
+LOCAL_CHANNELS = ("current", "next")
+REMOTE_URL_ENV = "LLMSTACK_REMOTE_URL"
+USE_NEXT_ENV = "LLMSTACK_USE_NEXT"
+DEFAULT_REMOTE_URL = "http://127.0.0.1:10101"
+FETCH_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A channel; ``url`` only (and always) for ``external``."""
+
+    name: str
+    url: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.url}" if self.url else self.name
+
+    @property
+    def external(self) -> bool:
+        return self.name == "external"
+
+
+CURRENT = Channel("current")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A channel, where it came from, and notes the user should see (one line each)."""
+
+    channel: Channel
+    source: str
+    notes: tuple[str, ...] = ()
+
+
+def normalise_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"external URL {url!r} must start with http:// or https://", 2)
+    return url
+
+
+def read_marker(path: Path) -> Channel | None:
+    """The channel in a marker file, None when it is missing; a bad marker is a UserError."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    name, _, url = text.partition(" ")
+    if name in LOCAL_CHANNELS and not url:
+        return Channel(name)
+    if name == "external" and url.strip():
+        return Channel(name, normalise_url(url))
+    raise UserError(f"{path}:1: expected 'current', 'next' or 'external <url>', found {text!r} "
+                    "(run `llmstack install --current|--next|--external URL` to rewrite it)")
+
+
+def write_marker(path: Path, channel: Channel) -> None:
+    write_atomic(path, f"{channel}\n")
+
+
+def pinned(project: Project) -> Channel | None:
+    return read_marker(project.default_channel)
+
+
+def resolve_install(project: Project, flag: Channel | None) -> Resolved:
+    """The channel ``install`` pins: flag > $LLMSTACK_REMOTE_URL > pinned > current.
+
+    ``--external`` without a URL takes $LLMSTACK_REMOTE_URL, else the pinned external
+    URL, else http://127.0.0.1:10101.
+    """
+    env_url = os.environ.get(REMOTE_URL_ENV, "").strip()
+    pin = pinned(project)
+    if flag is not None:
+        if flag.external and flag.url is None:
+            url = env_url or (pin.url if pin and pin.url else DEFAULT_REMOTE_URL)
+            flag = Channel("external", normalise_url(url))
+        notes = ()
+        if env_url and (not flag.external or normalise_url(env_url) != flag.url):
+            notes = (f"--{flag.name} given: ignoring ${REMOTE_URL_ENV}={env_url}",)
+        return Resolved(flag, "flag", notes)
+    if env_url:
+        channel = Channel("external", normalise_url(env_url))
+        notes = ()
+        if pin is not None and pin != channel:
+            notes = (f"${REMOTE_URL_ENV} is set: using external {channel.url} instead of the "
+                     f"pinned '{pin}' (pass --current or --next to keep this project local)",)
+        return Resolved(channel, "environment", notes)
+    if pin is not None:
+        return Resolved(pin, "pinned")
+    return Resolved(CURRENT, "default")
+
+
+def resolve_serve(project: Project | None, flag: str | None) -> Resolved:
+    """The channel ``serve`` serves: --channel > $LLMSTACK_USE_NEXT > pinned > current.
+
+    With ``project`` None (a models.ini named explicitly) no pinned channel applies.
+    """
+    raw = os.environ.get(USE_NEXT_ENV, "").strip().lower()
+    values = {"1": "next", "true": "next", "yes": "next", "on": "next", "0": "current",
+              "false": "current", "no": "current", "off": "current", "": None}
+    if raw not in values:
+        raise UserError(f"${USE_NEXT_ENV}={raw!r}: expected 1 (serve the next channel) or 0", 2)
+    env = values[raw]
+    if flag is not None:
+        notes = ((f"--channel {flag} given: ignoring ${USE_NEXT_ENV}={raw}",)
+                 if env is not None and env != flag else ())
+        return Resolved(Channel(flag), "flag", notes)
+    if env is not None:
+        return Resolved(Channel(env), "environment")
+    pin = pinned(project) if project is not None else None
+    if pin is not None and pin.external:
+        raise UserError(external_refusal(pin, "serve") + " (or pass --channel current)")
+    return Resolved(pin, "pinned") if pin else Resolved(CURRENT, "default")
+
+
+def external_refusal(channel: Channel, verb: str) -> str:
+    return (f"`llmstack {verb}` works on a local stack, but this project is a client of "
+            f"{channel.url} (pinned in .llmstack/default-channel); run it where that stack "
+            "runs, or make this project local with `llmstack install --current`")
+
+
+def require_local(project: Project, verb: str) -> None:
+    """Raise a UserError when the project is pinned to an external stack."""
+    pin = pinned(project)
+    if pin is not None and pin.external:
+        raise UserError(external_refusal(pin, verb))
+
+
+def next_stack(stack: Stack) -> Stack:
+    """The stack as the next channel serves it: queued files and models in place of current."""
+    tiers = []
+    for t in stack.tiers:
+        if t.backend == "gguf" and t.hf_file_next:
+            t = replace(t, hf_repo=t.hf_repo_next or t.hf_repo, hf_file=t.hf_file_next,
+                        size_gb=t.size_gb_next if t.size_gb_next is not None else t.size_gb,
+                        quant=t.quant_next or t.quant)
+        elif t.backend == "litellm" and t.model_next:
+            t = replace(t, model=t.model_next)
+        tiers.append(t)
+    if tiers == list(stack.tiers):
+        raise UserError(f"{stack.path}: no tier queues an upgrade (hf_file_next or model_next), "
+                        "so the next channel would serve exactly the current models")
+    return replace(stack, tiers=tuple(tiers))
+
+
+def for_channel(stack: Stack, channel: Channel) -> Stack:
+    return next_stack(stack) if channel.name == "next" else stack
+
+
+def fetch_models_ini(url: str) -> str:
+    """``GET <url>/models.ini`` of a running stack; one-line UserErrors for every failure."""
+    import httpx
+
+    address = f"{url}/models.ini"
+    try:
+        response = httpx.get(address, headers={"Accept": "text/plain"}, timeout=FETCH_TIMEOUT)
+    except httpx.HTTPError as exc:
+        raise UserError(f"cannot reach {address}: {exc or type(exc).__name__} "
+                        "(is `llmstack start` running there, and the URL right?)") from None
+    if response.status_code == 404:
+        raise UserError(f"{address} answered 404: that stack serves the built-in demo, which has "
+                        "no models.ini to share; point it at a models.ini first")
+    if response.status_code in (401, 403):
+        raise UserError(f"{address} answered {response.status_code}: that stack requires an "
+                        "API key (LLMSTACK_API_KEYS), which external mode cannot send yet")
+    if response.status_code != 200:
+        raise UserError(f"{address} answered HTTP {response.status_code}")
+    if not response.text.strip():
+        raise UserError(f"{address} answered with an empty models.ini")
+    return response.text

@@ -1,0 +1,443 @@
+"""A project's stack as a background service: start, stop, restart and logs.
+
+``start --detach`` runs ``llmstack serve`` in its own session with its logs in
+``.llmstack/logs/`` (``llmstack.log`` and ``<tier>.log``, rotated at 5 MB by the
+serve process itself; ``serve.stderr`` holds only what the process prints outside
+logging: the banner and a crash's traceback, and is truncated at each start), writes
+the pid record (:mod:`llmstack.pidrecord`) and returns once ``/health`` answers.
+``stop`` signals only the process its record names, after checking pid, create time
+and command line, so a reused pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+from .channels import CURRENT, Channel, pinned, require_local
+from .pidrecord import (
+    PidRecord, describe, read_record, record_for, remove_record, url_for, verify, write_record,
+)
+from .project import Project, UserError
+
+READY_TIMEOUT = 180.0
+STOP_GRACE = 5.0
+POLL = 0.05
+STDERR_LOG = "serve.stderr"
+STACK_LOG = "llmstack.log"
+TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class Target:
+    """What ``start`` serves: an address and a models.ini (None: the demo stack)."""
+
+    host: str
+    port: int
+    models_ini: Path | None
+
+    @property
+    def url(self) -> str:
+        return url_for(self.host, self.port)
+
+
+def log_dir(root: Path) -> Path:
+    return Project(root).state / "logs"
+
+
+def _clear_active_channel(root: Path) -> None:
+    """``serve`` removes its marker on a clean exit; a stop by signal or a failed start may not."""
+    Project(root).active_channel.unlink(missing_ok=True)
+
+
+def resolve_target(root: Path, host: str | None, port: int | None, demo: bool) -> Target:
+    """The address and models.ini ``start`` uses: flags, else models.ini's [DEFAULT]."""
+    project = Project(root)
+    ini = project.models_ini
+    if not demo and not ini.exists() and project.models_ini_from_env:
+        raise UserError(f"models.ini not found: {ini} (from $LLMSTACK_MODELS_INI)", 2)
+    if demo or not ini.exists():
+        from .demo import demo_stack
+        stack = demo_stack()
+    else:
+        from .config import ModelsIniError, load_stack
+        try:
+            stack = load_stack(ini)
+        except ModelsIniError as exc:
+            raise UserError(f"{ini} has errors:\n{exc}", 2) from None
+    return Target(host or stack.host, port or stack.router_port,
+                  None if demo or not ini.exists() else ini.resolve())
+
+
+def running(root: Path, report: IO[str] | None = None) -> tuple[PidRecord, psutil.Process] | None:
+    """The verified running stack of ``root``; a stale record is reported and removed."""
+    record = read_record(root)
+    if record is None:
+        return None
+    proc, why = verify(record)
+    if proc is None:
+        if report is not None:
+            print(f"[!] stale pid record {root / '.llmstack/daemon.json'}: {why}; removed",
+                  file=report)
+        remove_record(root, record.pid)
+        return None
+    return record, proc
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Who listens on ``port`` (named when visible), or None when it is free."""
+    try:
+        listeners = [c for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
+    except psutil.AccessDenied:
+        listeners = []
+    for conn in listeners:
+        if conn.pid:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(conn.pid)
+                return f"{describe(proc)} [cwd {proc.cwd()}]"
+            return f"pid {conn.pid}"
+    if listeners:
+        return "another user's program (its pid is not visible)"
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    with socket.socket(socket.AF_INET6 if ":" in probe_host else socket.AF_INET) as sock:
+        sock.settimeout(0.5)
+        if sock.connect_ex((probe_host, port)) == 0:
+            return "a program this user cannot see"
+    return None
+
+
+@contextlib.contextmanager
+def _start_lock(root: Path) -> Iterator[None]:
+    """One ``start``/``stop`` at a time per project."""
+    path = Project(root).state / "daemon.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _preflight(root: Path, target: Target, out: IO[str]) -> PidRecord | None:
+    """The running stack's record (start is then a no-op), else None once the port is free."""
+    found = running(root, report=out)
+    if found is not None:
+        return found[0]
+    holder = port_holder(target.host, target.port)
+    if holder is not None:
+        raise UserError(f"port {target.port} is held by another program: {holder}; stop it, or "
+                       f"start on another port (llmstack start --port N)")
+    return None
+
+
+def _local_channel(root: Path, verb: str) -> Channel:
+    """The pinned local channel (refused for a client of an external stack)."""
+    project = Project(root)
+    require_local(project, verb)
+    return pinned(project) or CURRENT
+
+
+def serve_argv(target: Target, logs: Path | None, channel: Channel) -> list[str]:
+    argv = [sys.executable, "-m", "llmstack", "serve", "--host", target.host,
+            "--port", str(target.port)]
+    argv += ["--models-ini", str(target.models_ini)] if target.models_ini else ["--demo"]
+    if logs is not None:
+        argv += ["--log-dir", str(logs)]
+    if channel.name == "next" and target.models_ini:  # serve pins only its default models.ini
+        argv += ["--channel", "next"]
+    return argv
+
+
+def start_detached(project_dir: Path, *, host: str | None = None, port: int | None = None,
+                   demo: bool = False, timeout: float = READY_TIMEOUT,
+                   out: IO[str] = sys.stderr) -> int:
+    """Run the project's stack in the background; returns 0 once ``/health`` answers.
+
+    A no-op when this project's stack already runs. The pid is in the pid record
+    (:func:`llmstack.pidrecord.read_record`). Raises :class:`UserError` when the
+    project is a client of an external stack, the port is held by another program,
+    or the stack exits or does not answer within ``timeout`` (with its log tail).
+    """
+    root = project_dir.resolve()
+    channel = _local_channel(root, "start")
+    target = resolve_target(root, host, port, demo)
+    with _start_lock(root):
+        existing = _preflight(root, target, out)
+        if existing is not None:
+            print(f"[=] already running: pid {existing.pid} at {existing.url}", file=out)
+            return 0
+        logs = log_dir(root)
+        logs.mkdir(parents=True, exist_ok=True)
+        argv = serve_argv(target, logs, channel)
+        with (logs / STDERR_LOG).open("wb") as stderr:
+            child = subprocess.Popen(argv, cwd=root, stdin=subprocess.DEVNULL, stdout=stderr,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            record = record_for(child.pid, host=target.host, port=target.port,
+                                log_dir=str(logs), demo=target.models_ini is None,
+                                channel=channel.name, started_at=time.time())
+        except psutil.NoSuchProcess:
+            record = None
+        if record is not None:
+            write_record(root, record)
+        try:
+            _wait_ready(child, target.url, timeout, out, logs)
+        except UserError:
+            _terminate(child.pid)
+            remove_record(root, child.pid)
+            _clear_active_channel(root)
+            raise
+    print(f"[OK] llmstack running: pid {child.pid} at {target.url} (logs: {logs})", file=out)
+    return 0
+
+
+def _wait_ready(child: subprocess.Popen[bytes], url: str, timeout: float, out: IO[str],
+                logs: Path) -> None:
+    """Poll ``/health`` until it answers 200, showing progress; raise with the log tail."""
+    import httpx
+
+    started = time.monotonic()
+    tty = out.isatty()
+    print(f"[*] starting llmstack (pid {child.pid}) on {url} ...", file=out,
+          end="" if tty else "\n", flush=True)
+    shown = 0
+    with httpx.Client(timeout=1.0, trust_env=False) as client:
+        while True:
+            if child.poll() is not None:
+                raise UserError(f"llmstack serve exited with status {child.returncode} before "
+                               f"answering:\n{log_tail(logs)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url + "/health").status_code == 200:
+                    break
+            waited = time.monotonic() - started
+            if waited > timeout:
+                raise UserError(f"llmstack serve did not answer on {url} within {timeout:.0f} s:\n"
+                               f"{log_tail(logs)}")
+            if tty and int(waited) > shown:
+                shown = int(waited)
+                print(f"\r[*] starting llmstack (pid {child.pid}) on {url} ... {shown} s",
+                      file=out, end="", flush=True)
+            time.sleep(POLL)
+    if tty:
+        print(file=out)
+
+
+def log_tail(logs: Path, lines: int = TAIL_LINES) -> str:
+    """The last lines of the stack's own log and of what it printed, for error messages."""
+    parts = []
+    for name in (STACK_LOG, STDERR_LOG):
+        with contextlib.suppress(OSError):
+            text = (logs / name).read_text(errors="replace").splitlines()[-lines:]
+            if text:
+                parts.append(f"--- {logs / name} ---\n" + "\n".join(text))
+    return "\n".join(parts) or f"(no log output in {logs})"
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of ``procs`` still alive after ``timeout`` (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if not _gone(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(POLL)
+        alive = [p for p in alive if not _gone(p)]
+    return alive
+
+
+def _terminate(pid: int) -> None:
+    """TERM a child we just started, KILL it after the grace period."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        _stop_process(psutil.Process(pid), sys.stderr)
+
+
+def _stop_process(proc: psutil.Process, out: IO[str]) -> bool:
+    """TERM ``proc``; after STOP_GRACE s KILL it and what it started. True if it needed KILL.
+
+    ``psutil.Process`` objects check the create time before signalling, so a child
+    that exited and whose pid was reused is never signalled.
+    """
+    try:
+        children = proc.children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+    except psutil.NoSuchProcess:
+        return False
+    if _wait_gone([proc], STOP_GRACE):
+        print(f"[!] pid {proc.pid} still running {STOP_GRACE:.0f} s after SIGTERM: SIGKILL",
+              file=out)
+        _kill([proc, *children], out)
+        return True
+    leftover = _wait_gone(children, STOP_GRACE)  # serve stops its children as it exits
+    _kill(leftover, out)
+    return bool(leftover)
+
+
+def _kill(procs: list[psutil.Process], out: IO[str]) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    left = _wait_gone(procs, STOP_GRACE)
+    if left:
+        print(f"[!] still running after SIGKILL: {', '.join(str(p.pid) for p in left)}", file=out)
+
+
+def stop(project_dir: Path, out: IO[str] = sys.stdout) -> int:
+    """Stop what this project started (nothing else); returns the exit status."""
+    root = project_dir.resolve()
+    channel = pinned(Project(root)) or CURRENT
+    with _start_lock(root):
+        found = running(root, report=out)
+        if found is None:
+            _clear_active_channel(root)
+            if channel.external:
+                print(f"[=] client of the external stack at {channel.url}: nothing local to stop",
+                      file=out)
+            else:
+                print("[=] not running", file=out)
+            return 0
+        record, proc = found
+        print(f"[*] stopping llmstack (pid {record.pid}) at {record.url} ...", file=out, flush=True)
+        _stop_process(proc, out)
+        remove_record(root, record.pid)
+        _clear_active_channel(root)
+    print("[OK] stopped", file=out)
+    return 0
+
+
+def start_foreground(project_dir: Path, *, host: str | None, port: int | None, demo: bool,
+                     log_level: str = "info") -> int:
+    """Serve in this process (Ctrl-C stops), recorded so ``status``/``stop`` see it."""
+    from .serve import serve
+
+    root = project_dir.resolve()
+    channel = _local_channel(root, "start")
+    target = resolve_target(root, host, port, demo)
+    with _start_lock(root):
+        existing = _preflight(root, target, sys.stderr)
+        if existing is not None:
+            print(f"[=] already running in the background: pid {existing.pid} at "
+                  f"{existing.url} (llmstack stop first to run it here)", file=sys.stderr)
+            return 0
+        write_record(root, record_for(os.getpid(), host=target.host, port=target.port,
+                                      log_dir="", demo=target.models_ini is None,
+                                      channel=channel.name, started_at=time.time()))
+    try:
+        ini = (target.models_ini, True) if target.models_ini else (Project(root).models_ini, False)
+        return serve(target.host, target.port, ini, target.models_ini is None, log_level,
+                     channel.name if target.models_ini else None)
+    finally:
+        remove_record(root, os.getpid())
+
+
+def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
+         out: IO[str] = sys.stdout) -> int:
+    """Print the stack's log (or one tier's), then follow it with ``follow``."""
+    root = project_dir.resolve()
+    found = running(root)
+    record = found[0] if found else read_record(root)
+    directory = Path(record.log_dir) if record and record.log_dir else log_dir(root)
+    if tier is not None and follow:
+        if found is None:
+            raise UserError("the stack is not running: llmstack logs -f TIER follows a running "
+                           f"stack (its last log: llmstack logs {tier})")
+        return _stream_tier(found[0].url, tier, out)
+    path = directory / (f"{tier}.log" if tier else STACK_LOG)
+    if not path.exists():
+        known = sorted(p.stem for p in directory.glob("*.log") if p.name != STACK_LOG)
+        what = f"tier '{tier}'" if tier else "the stack"
+        raise UserError(f"no log for {what} in {directory}"
+                       + (f" (tier logs: {', '.join(known)})" if known else
+                          " (llmstack start --detach writes logs there)"))
+    with path.open(errors="replace") as handle:
+        out.writelines(handle.readlines()[-lines:] if lines else [])
+        out.flush()
+        if follow:
+            _follow_file(path, handle, out)
+    return 0
+
+
+def _follow_file(path: Path, handle: IO[str], out: IO[str]) -> None:
+    """``tail -F``: print lines as they are appended, reopening after a rotation."""
+    inode = os.fstat(handle.fileno()).st_ino
+    while True:
+        line = handle.readline()
+        if line:
+            out.write(line)
+            out.flush()
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino != inode or os.stat(path).st_size < handle.tell():
+                handle.close()
+                handle = path.open(errors="replace")
+                inode = os.fstat(handle.fileno()).st_ino
+                continue
+        time.sleep(0.2)
+
+
+def _stream_tier(url: str, tier: str, out: IO[str]) -> int:
+    """Follow one tier's log live from the stack's ``/logs/stream/{tier}``."""
+    import httpx
+
+    from .status import auth_headers
+
+    try:
+        with httpx.stream("GET", f"{url}/logs/stream/{tier}", headers=auth_headers(),
+                          timeout=httpx.Timeout(5.0, read=None), trust_env=False) as response:
+            if response.status_code != 200:
+                response.read()
+                raise UserError(f"{url}: {_error_message(response.text)}")
+            for line in response.iter_lines():
+                print(line, file=out, flush=True)
+    except httpx.HTTPError as exc:
+        raise UserError(f"lost the log stream from {url}: {exc}") from None
+    print("[=] the stack closed the log stream", file=sys.stderr)
+    return 0
+
+
+def _error_message(body: str) -> str:
+    """The ``error.message`` of an OpenAI-style error body, else the body itself."""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        return str(json.loads(body)["error"]["message"])
+    return body.strip()[:200]
+
+
+def reload_stack(project_dir: Path, out: IO[str] = sys.stderr) -> int:
+    """Ask the running stack to re-read models.ini (``POST /reload``); reports on ``out``."""
+    import httpx
+
+    from .status import auth_headers
+
+    found = running(project_dir.resolve())
+    if found is None:
+        print("[=] the stack is not running: nothing to reload", file=out)
+        return 0
+    url = found[0].url
+    try:
+        response = httpx.post(f"{url}/reload", headers=auth_headers(), timeout=120.0,
+                              trust_env=False)
+    except httpx.HTTPError as exc:
+        raise UserError(f"{url} did not answer POST /reload: {exc}") from None
+    if response.status_code != 200:
+        print(f"[!] {_error_message(response.text)}", file=out)
+        return 1
+    restarted = response.json().get("restarted") or []
+    print(f"[OK] the stack re-read models.ini; restarted: {', '.join(restarted) or 'nothing'}",
+          file=out)
+    return 0

@@ -1,0 +1,126 @@
+"""Writing the files llmstack generates: atomically, and never losing a user's edits.
+
+Every generated file is written to a temporary file in the same directory and then
+``os.replace``d into place, so a reader sees the old or the new file, never half of
+one. The sha256 of what llmstack last wrote to each path is kept in
+``.llmstack/generated.json``; a file whose content no longer matches that record
+(or that llmstack never wrote) was edited by someone else, so it is copied to
+``<name>.<timestamp>.bak`` before it is replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RECORD_NAME = "generated.json"
+
+
+def _staged(path: Path, data: str | bytes, mode: int) -> Path:
+    """``data`` written and synced to a temp file beside ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode("utf-8") if isinstance(data, str) else data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` in one step (temp file + fsync + os.replace)."""
+    tmp = _staged(path, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def create_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> bool:
+    """Create ``path`` complete in one step; False (nothing written) if it already exists."""
+    if path.exists():
+        return False
+    tmp = _staged(path, data, mode)
+    try:
+        os.link(tmp, path)  # unlike os.replace, refuses to replace an existing file
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_generated` did to one file."""
+
+    path: Path
+    changed: bool
+    """False when the file already held exactly this text."""
+    backup: Path | None = None
+    """Where the user's edited version was kept, if it was."""
+
+
+class GeneratedFiles:
+    """Writes generated files, remembering their hashes in ``<state_dir>/generated.json``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.record_path = state_dir / RECORD_NAME
+
+    def _record(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def edited(self, path: Path) -> bool:
+        """Whether ``path`` exists with content llmstack did not write there last."""
+        try:
+            current = path.read_bytes()
+        except FileNotFoundError:
+            return False
+        return self._record().get(str(path.resolve())) != _digest(current)
+
+    def write(self, path: Path, text: str) -> Written:
+        """Write ``text`` to ``path``; back up a user-edited previous version first."""
+        new = text.encode("utf-8")
+        try:
+            old: bytes | None = path.read_bytes()
+        except FileNotFoundError:
+            old = None
+        backup = None
+        if old is not None and old != new and self.edited(path):
+            backup = _backup_name(path)
+            write_atomic(backup, old)
+        if old != new:
+            write_atomic(path, new)
+        record = self._record()
+        record[str(path.resolve())] = _digest(new)
+        write_atomic(self.record_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        return Written(path, old != new, backup)
+
+
+def _backup_name(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate = path.with_name(f"{path.name}.{stamp}.bak")
+    n = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.{stamp}-{n}.bak")
+        n += 1
+    return candidate

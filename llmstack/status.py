@@ -1,0 +1,164 @@
+"""``llmstack status``: what the project's stack runs, read from its own endpoints.
+
+Kept light for speed (goal: whole process well under 100 ms): the stdlib
+``http.client`` on one keep-alive connection for ``/running`` and ``/v1/models``
+(importing httpx alone costs about 45 ms here, see benchmarks/RESULTS.md), and
+psutil for the pid check and the children's resident memory.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import psutil
+
+from .channels import CURRENT, Channel, pinned, read_marker
+from .pidrecord import read_record, record_path, verify
+from .project import Project
+
+TIMEOUT = 2.0
+STOPPED = 3  # exit status when nothing runs, as `systemctl status` / LSB
+
+
+def live_channel(project: Project) -> Channel:
+    """What runs now (``active-channel``), else the pinned channel, else current."""
+    return read_marker(project.active_channel) or pinned(project) or CURRENT
+
+
+def auth_headers() -> dict[str, str]:
+    """The first of ``$LLMSTACK_API_KEYS`` as a bearer token (the stack may require one)."""
+    keys = [k.strip() for k in os.environ.get("LLMSTACK_API_KEYS", "").split(",") if k.strip()]
+    return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+
+
+class StackClient:
+    """GET JSON from a running stack over one connection (stdlib, for speed)."""
+
+    def __init__(self, base: str, timeout: float = TIMEOUT) -> None:
+        parts = urlsplit(base)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self.prefix = parts.path.rstrip("/")
+        self.conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+
+    def get_json(self, path: str) -> Any:
+        self.conn.request("GET", self.prefix + path, headers=auth_headers())
+        response = self.conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise OSError(f"GET {path}: HTTP {response.status} {body[:200]!r}")
+        return json.loads(body)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _rss_mb(pid: int | None) -> float | None:
+    if not pid:
+        return None
+    try:
+        return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    except psutil.Error:
+        return None
+
+
+def collect(root: Path) -> dict[str, Any]:
+    """The status document (what ``--json`` prints)."""
+    project = Project(root)
+    channel = live_channel(project)
+    doc: dict[str, Any] = {"project": str(root), "channel": channel.name, "state": "stopped",
+                           "url": None, "pid": None, "tiers": [],
+                           "opencode_config": str(project.opencode_json)}
+    if channel.external:
+        doc["url"] = channel.url
+    else:
+        record = read_record(root)
+        if record is None:
+            return doc
+        proc, why = verify(record)
+        if proc is None:
+            doc["stale_record"] = f"{record_path(root)}: {why}"
+            return doc
+        doc.update(url=record.url, pid=record.pid, uptime_s=round(time.time() - record.started_at),
+                   logs=record.log_dir or None, rss_mb=_rss_mb(record.pid))
+    client = StackClient(doc["url"])
+    try:
+        running = {row["model"]: row for row in client.get_json("/running")["running"]}
+        models = client.get_json("/v1/models")["data"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        doc["state"] = "not answering"
+        doc["error"] = str(exc) or type(exc).__name__
+        return doc
+    finally:
+        client.close()
+    doc["state"] = "running"
+    doc["base_url"] = doc["url"] + "/v1"
+    for row in models:
+        if "tier" not in row or row["id"] != row["tier"]:
+            continue  # auto and aliases
+        live = running.get(row["id"], {})
+        hosted = row.get("backend") == "litellm"
+        doc["tiers"].append({
+            "name": row["id"], "role": row.get("role"), "backend": row.get("backend"),
+            "state": live.get("state") or ("hosted" if hosted else "stopped"),
+            "pid": live.get("pid"), "port": live.get("port"),
+            "rss_mb": _rss_mb(live.get("pid")), "memory_mb": live.get("memory_mb"),
+            "context": row.get("context_length")})
+    return doc
+
+
+def _duration(seconds: int) -> str:
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def render(doc: dict[str, Any], out: IO[str]) -> None:
+    channel = doc["channel"] + (f" {doc['url']}" if doc["channel"] == "external" else "")
+    head = f"llmstack: {doc['state']}"
+    if doc["pid"]:
+        head += f" (pid {doc['pid']}, up {_duration(doc.get('uptime_s', 0))})"
+    print(f"{head}, channel {channel}", file=out)
+    print(f"  project  {doc['project']}", file=out)
+    if doc.get("stale_record"):
+        print(f"  [!] stale pid record {doc['stale_record']} (llmstack start replaces it)",
+              file=out)
+    if doc.get("error"):
+        print(f"  [!] {doc['url']} does not answer: {doc['error']}", file=out)
+    if doc["state"] != "running":
+        if doc["channel"] != "external" and not doc.get("error"):
+            print("  start it: llmstack start --detach", file=out)
+        return
+    print(f"  url      {doc['base_url']}  (opencode: OPENCODE_CONFIG={doc['opencode_config']})",
+          file=out)
+    if doc.get("logs"):
+        print(f"  logs     {doc['logs']}  (llmstack logs [tier] -f)", file=out)
+    rows = [("TIER", "ROLE", "BACKEND", "STATE", "PID", "PORT", "RSS", "CONTEXT")]
+    for t in doc["tiers"]:
+        rows.append((t["name"], t["role"] or "-", t["backend"] or "-", t["state"],
+                     str(t["pid"] or "-"), str(t["port"] or "-"),
+                     f"{t['rss_mb']:.0f} MB" if t["rss_mb"] is not None else "-",
+                     str(t["context"] or "-")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+    resident = [t["name"] for t in doc["tiers"] if t["pid"]]
+    print(f"  resident {', '.join(resident) or 'none'}", file=out)
+
+
+def status(root: Path, as_json: bool, out: IO[str] = sys.stdout) -> int:
+    """Print the status; 0 when running, 3 when stopped, 1 when it does not answer."""
+    doc = collect(root)
+    if as_json:
+        print(json.dumps(doc, indent=2), file=out)
+    else:
+        render(doc, out)
+    return {"running": 0, "stopped": STOPPED}.get(doc["state"], 1)

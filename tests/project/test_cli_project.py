@@ -1,0 +1,173 @@
+"""init / configure / install / setup through the real command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from llmstack import install
+from llmstack.config import bundled_template_text
+from llmstack.project import Project
+from tests.project.conftest import Cli, tree
+
+VERBS = ("serve", "install-server", "template", "init", "configure", "install", "setup")
+
+
+def one_line_error(result) -> str:
+    assert result.returncode != 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()  # progress lines ([*] ...) may come first
+    errors = [line for line in lines if not line.startswith("[*] ")]
+    assert len(errors) == 1 and errors[0].startswith("[!] ") and errors[0] == lines[-1], result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(cli: Cli, verb: str) -> None:
+    result = cli(verb, "--help")
+    assert result.returncode == 0 and "usage: llmstack " + verb in result.stdout
+
+
+def test_init_seeds_the_template_and_never_overwrites(cli: Cli, project: Project) -> None:
+    first = cli("init")
+    assert first.returncode == 0 and "[OK]" in first.stderr
+    assert project.models_ini.read_text() == bundled_template_text()
+    project.models_ini.write_text("; mine\n")
+    second = cli("init")
+    assert second.returncode == 0 and "already exists" in second.stderr
+    assert project.models_ini.read_text() == "; mine\n"
+
+
+def test_print_writes_nothing(cli: Cli, project: Project) -> None:
+    fresh = cli("install", "--print")  # the original seeded models.ini here
+    assert fresh.returncode == 0 and not project.state.exists()
+    assert json.loads(fresh.stdout)["model"] == "llmstack/auto"
+    cli("init")
+    before = tree(project.root)
+    for args in (("configure", "--print"), ("install", "--next", "--print"),
+                 ("configure", "--print", "--demo")):
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        json.loads(result.stdout)
+        assert tree(project.root) == before
+
+
+def test_configure_writes_what_print_shows(cli: Cli, project: Project) -> None:
+    cli("init")
+    shown = cli("configure", "--print").stdout
+    result = cli("configure")
+    assert result.returncode == 0
+    assert project.opencode_json.read_text() == shown
+    config = json.loads(shown)
+    assert config["instructions"] == [str(project.agents_md)]
+    assert "plan" in project.agents_md.read_text() and ".llmstack/" in project.agents_md.read_text()
+    assert "(unchanged)" in cli("configure").stderr
+
+
+def test_a_user_edit_is_kept_as_a_backup_and_reported(cli: Cli, project: Project) -> None:
+    cli("init")
+    cli("configure")
+    edited = project.opencode_json.read_text().replace('"notify"', '"disabled"')
+    project.opencode_json.write_text(edited)
+    result = cli("configure")
+    assert result.returncode == 0 and "had been edited" in result.stderr
+    backups = list(project.state.glob("opencode.json.*.bak"))
+    assert len(backups) == 1 and backups[0].read_text() == edited
+    assert backups[0].name in result.stderr
+    assert '"notify"' in project.opencode_json.read_text()
+
+
+def test_install_pins_the_channel_and_renders_for_it(cli: Cli, project: Project) -> None:
+    result = cli("install", "--next")
+    assert result.returncode == 0, result.stderr
+    assert project.default_channel.read_text() == "next\n"
+    options = json.loads(project.opencode_json.read_text())["provider"]["llmstack"]["options"]
+    assert options["headerTimeout"] == 640_000  # sized by the next files
+    cli("install", "--current")
+    assert project.default_channel.read_text() == "current\n"
+
+
+def test_env_var_never_silently_overrides_an_explicit_flag(cli: Cli, project: Project) -> None:
+    result = cli("install", "--current", env={"LLMSTACK_REMOTE_URL": "http://127.0.0.1:9"})
+    assert result.returncode == 0, result.stderr
+    assert "ignoring $LLMSTACK_REMOTE_URL" in result.stderr
+    assert project.default_channel.read_text() == "current\n"
+    config = json.loads(project.opencode_json.read_text())
+    assert config["provider"]["llmstack"]["options"]["baseURL"] == "http://127.0.0.1:10101/v1"
+
+
+def test_errors_are_one_line(cli: Cli, project: Project) -> None:
+    assert "llmstack init" in one_line_error(cli("configure"))  # no models.ini yet
+    assert "not allowed with" in one_line_error(cli("install", "--external", "x", "--next"))
+    assert "must start with http" in one_line_error(cli("install", "--external", "ftp://x"))
+    assert "cannot reach" in one_line_error(cli("install", "--external", "http://127.0.0.1:9"))
+    assert "invalid choice" in one_line_error(cli("nonsense"))
+    assert "unrecognized arguments" in one_line_error(cli("init", "--bogus"))
+    project.state.mkdir()
+    project.default_channel.write_text("sideways\n")
+    assert "default-channel:1:" in one_line_error(cli("configure"))
+    assert not project.models_ini.exists()
+
+
+def test_models_ini_errors_are_located(cli: Cli, project: Project) -> None:
+    project.state.mkdir()
+    project.models_ini.write_text("[fast]\nrole = fast\nhf_repo = a/b\nhf_file = c.gguf\nctx_size = 8k\n")
+    result = cli("configure")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "models.ini:5: [fast] ctx_size:" in result.stderr
+
+
+def test_setup_runs_init_download_configure_start_in_order(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple] = []
+    download = types.ModuleType("llmstack.download")
+    daemon = types.ModuleType("llmstack.daemon")
+    download.download_tiers = lambda stack, names: calls.append(  # type: ignore[attr-defined]
+        ("download", names, project.models_ini.exists())) or 0
+    daemon.start_detached = lambda root, demo=False: calls.append(  # type: ignore[attr-defined]
+        ("start", root, demo, project.opencode_json.exists())) or 0
+    monkeypatch.setitem(sys.modules, "llmstack.download", download)
+    monkeypatch.setitem(sys.modules, "llmstack.daemon", daemon)
+    assert install.setup(project) == 0
+    assert calls == [("download", ["code-fast", "code-smart", "plan", "plan-uncensored"], True),
+                     ("start", project.root, False, True)]
+    calls.clear()
+    demo = Project(project.root / "demo")
+    demo.root.mkdir()
+    assert install.setup(demo, demo=True) == 0
+    assert calls == [("start", demo.root, True, True)] and not demo.models_ini.exists()
+    assert json.loads(demo.opencode_json.read_text())["small_model"] == "llmstack/fast"
+
+
+def test_setup_stops_at_a_failed_download(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    download = types.ModuleType("llmstack.download")
+    download.download_tiers = lambda stack, names: 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "llmstack.download", download)
+    assert install.setup(project) == 3 and not project.opencode_json.exists()
+
+
+def test_walks_up_to_the_project_from_a_subdirectory(cli: Cli, project: Project) -> None:
+    cli("init")
+    sub = project.root / "src" / "deep"
+    sub.mkdir(parents=True)
+    result = cli("configure", cwd=sub)
+    assert result.returncode == 0, result.stderr
+    assert project.opencode_json.exists() and not (sub / ".llmstack").exists()
+
+
+def test_local_verbs_refuse_in_external_mode(cli: Cli, project: Project) -> None:
+    project.state.mkdir()
+    project.default_channel.write_text("external http://127.0.0.1:9\n")
+    for verb in ("init", "setup"):
+        line = one_line_error(cli(verb))
+        assert f"`llmstack {verb}`" in line and "install --current" in line
+    assert not project.models_ini.exists()
+
+
+def test_agents_md_is_packaged() -> None:
+    assert install.agents_md_text().startswith("# ")
+    assert Path(install.__file__).with_name("data").joinpath("AGENTS.md").exists()

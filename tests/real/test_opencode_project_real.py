@@ -1,0 +1,93 @@
+"""The whole front door with the real opencode: configure a project, start it detached, run
+``opencode run`` on the opencode.json the project generated, stop it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmstack.demo import demo_files, demo_stack, demo_text
+from tests.conftest import free_port, http, pid_alive
+from tests.real.test_opencode_real import opencode_bin  # noqa: F401 (the npm-installed client)
+
+pytestmark = pytest.mark.real
+
+
+def _hub_cache(directory: Path) -> Path:
+    """A Hugging Face hub cache holding the demo's tiny GGUFs as if downloaded (blobs + refs)."""
+    commit = "0" * 40
+    repo = directory / "models--llmstack-demo--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for name, path in demo_files(demo_stack()).items():
+        assert path is not None
+        blob = repo / "blobs" / f"{name}-blob"
+        blob.symlink_to(path)
+        (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
+    return directory
+
+
+def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin: Path,  # noqa: F811
+                                                   llama_server_bin: str) -> None:
+    project, home = tmp_path / "project", tmp_path / "home"
+    (project / ".llmstack").mkdir(parents=True)
+    home.mkdir()
+    port = free_port()
+    # A project whose models.ini serves the demo's tiny tiers (as downloaded files) on its own port.
+    (project / ".llmstack" / "models.ini").write_text(
+        demo_text().replace("[DEFAULT]\n", f"[DEFAULT]\nrouter_port = {port}\n", 1))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMSTACK_", "OPENCODE_"))}
+    env.update(LLMSTACK_LLAMA_SERVER=llama_server_bin,
+               HF_HUB_CACHE=str(_hub_cache(tmp_path / "hub")))
+
+    def llmstack(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llmstack", *args], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    configured = llmstack("configure")
+    assert configured.returncode == 0, configured.stderr
+    config = project / ".llmstack" / "opencode.json"
+    provider = json.loads(config.read_text())["provider"]["llmstack"]
+    assert provider["options"]["baseURL"] == f"http://127.0.0.1:{port}/v1"
+    started = llmstack("start", "--detach")
+    assert started.returncode == 0, started.stderr
+    pid = json.loads((project / ".llmstack" / "daemon.json").read_text())["pid"]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        oc_env = {"PATH": os.environ["PATH"], "HOME": str(home),
+                  "XDG_CONFIG_HOME": str(home / ".config"),
+                  "XDG_DATA_HOME": str(home / ".local/share"),
+                  "XDG_CACHE_HOME": str(home / ".cache"), "OPENCODE_CONFIG": str(config),
+                  "OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_DISABLE_AUTOUPDATE": "1",
+                  "npm_config_registry": "http://127.0.0.1:9/"}  # its plugin install stays offline
+        result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
+                                cwd=project, env=oc_env, capture_output=True, text=True,
+                                timeout=180)
+        assert result.returncode == 0, result.stderr[-2000:]
+        events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        kinds = [e["type"] for e in events]
+        assert "error" not in kinds and "text" in kinds, result.stdout[-2000:]
+        reply = "".join(e["part"].get("text", "") for e in events if e["type"] == "text")
+        assert reply.strip(), "opencode printed no reply"
+
+        stack_events = json.loads(http("GET", base + "/events")[2])
+        served = [(e["model"], e["tier"]) for e in stack_events if e["kind"] == "served"]
+        assert ("fast", "fast") in served, f"no title request on the fast tier: {served}"
+        assert any(model == "auto" for model, _ in served), f"no request through auto: {served}"
+        assert any(e["kind"] == "routed" for e in stack_events)
+        children = [row["pid"] for row in json.loads(http("GET", base + "/running")[2])["running"]]
+        assert children
+    finally:
+        stopped = llmstack("stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    for ours in (pid, *children):
+        assert not pid_alive(ours), f"pid {ours} survived llmstack stop"
+    assert not (project / ".llmstack" / "daemon.json").exists()
