@@ -22,6 +22,7 @@ from swapper.http_app import (
     Receive, Scope, SwapperApp, guarded, header, json_object, read_body, send_bytes, send_json,
 )
 from swapper.manager import Manager
+from swapper.observe import RequestMeter
 from swapper.proxy import Headers, Intercepted, Send
 
 from .config import ModelsIniError, Stack
@@ -66,11 +67,6 @@ class TierName:
         choices = data.get("choices")
         if choices and isinstance(choices[0], dict) and isinstance(choices[0].get("message"), dict):
             choices[0]["message"]["name"] = self.tier
-
-
-async def _send_intercepted(send: Send, answer: Intercepted) -> None:
-    await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
-    await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
 
 class LLMStackApp:
@@ -163,7 +159,8 @@ class LLMStackApp:
             found = self.loaded.stack.tier(model)
             name = found.name if found else model
             self.manager.bus.publish("served", tier=name, model=model, path=path)
-            await self._serve_tier(scope, receive, send, path, name, body, data)
+            await self._serve_tier(scope, receive, send, path, name, body, data,
+                                   context={"asked": model, "reason": "asked by name"})
             return
         session = self._session(scope)
         decision = self._route_auto(session, data)
@@ -176,12 +173,14 @@ class LLMStackApp:
             extra = [(b"x-llmstack-tokens", str(decision.estimated_tokens).encode()),
                      (b"x-llmstack-tier", tier.encode())]
             refused = await self._serve_tier(scope, receive, send, path, tier, body, data,
-                                             extra, intercept=_TOO_LONG_STATUS)
+                                             extra, intercept=_TOO_LONG_STATUS, context={
+                                                 "asked": "auto", "reason": decision.reason,
+                                                 "estimate": decision.estimated_tokens})
             if refused is None:
                 return
             bigger = step_up(self.loaded.table, tier) if _CONTEXT_OVERFLOW in refused.body else None
             if bigger is None:
-                await _send_intercepted(send, refused)
+                await self.swapper.send_intercepted(scope, send, refused)
                 return
             self.manager.bus.publish("context_step_up", from_tier=tier, to_tier=bigger,
                                      tokens=decision.estimated_tokens)
@@ -191,11 +190,17 @@ class LLMStackApp:
 
     async def _serve_tier(self, scope: Scope, receive: Receive, send: Send, path: str, name: str,
                           body: bytes, data: dict[str, Any], extra: Headers = (),
-                          intercept: frozenset[int] = frozenset()) -> Intercepted | None:
+                          intercept: frozenset[int] = frozenset(),
+                          context: dict[str, Any] | None = None) -> Intercepted | None:
         """One tier answers: hosted through litellm, local through the swapper."""
         tier = self.loaded.stack.tier(name)
         if tier is not None and tier.backend == "litellm":
-            await serve_hosted(tier, data, send, list(extra))
+            meter = RequestMeter(self.manager.bus, send, name, path, context)
+            try:
+                await serve_hosted(tier, data, meter.send, list(extra))
+            except ApiError as error:
+                meter.finish(error.status)
+                raise
             return None
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
@@ -204,7 +209,7 @@ class LLMStackApp:
                                 f"download it first (huggingface-cli download {repo} {file})",
                            "model_not_downloaded")
         return await self.swapper.serve_model(scope, receive, send, name, body, path,
-                                              TierName(name), extra, data, intercept)
+                                              TierName(name), extra, data, intercept, context)
 
     def _session(self, scope: Scope) -> str:
         """The agent session id (opencode sends both headers), "" when sticky routing is off."""

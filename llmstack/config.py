@@ -113,6 +113,8 @@ class Tier:
     model: str | None = None
     model_next: str | None = None
     """litellm id of the queued upgrade; ``$NAME``/``${NAME}`` read from the environment."""
+    send_loading_state: bool = False
+    """While it loads, streamed chat answers show progress in ``reasoning_content``."""
 
     @property
     def effective_aliases(self) -> tuple[str, ...]:
@@ -358,6 +360,7 @@ _TIER_KEYS: dict[str, Converter] = {
     "rope_scaling": _rope,
     "model": _text,
     "model_next": _model_next,
+    "send_loading_state": _flag,
 }
 _KEYS_BY_SECTION = {DEFAULT_SECTION: _DEFAULT_KEYS, ROUTING_SECTION: _ROUTING_KEYS}
 _KEY_HOMES = {"[DEFAULT]": _DEFAULT_KEYS, "[ROUTING]": _ROUTING_KEYS, "a tier section": _TIER_KEYS}

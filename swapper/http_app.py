@@ -18,7 +18,11 @@ from typing import Any
 
 from .errors import ApiError
 from .manager import Manager
+from .scheduler import Status
+from .loading import SCOPE_KEY, LoadingStream, wants_stream
+from .observe import RequestMeter
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
+from .status_api import PUBLIC_PATHS, StatusApi
 
 log = logging.getLogger("swapper")
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -160,6 +164,7 @@ class SwapperApp:
         self.manager = manager
         self.upstream = upstream or UpstreamClient(manager.http)
         self.max_body = max_body
+        self.status_api = StatusApi(manager)
 
     async def startup(self) -> None:
         await self.manager.start()
@@ -197,7 +202,7 @@ class SwapperApp:
     def authorize(self, scope: Scope) -> None:
         """401 unless the request carries one of the configured API keys (if any)."""
         keys = self.manager.config.api_keys
-        if not keys or scope["path"] == "/health":
+        if not keys or scope["path"] in PUBLIC_PATHS:
             return
         given = header(scope, b"authorization").removeprefix("Bearer ").strip()
         given = given or header(scope, b"x-api-key")
@@ -230,6 +235,8 @@ class SwapperApp:
             await self._log_stream(scope, receive, send, path.removeprefix("/logs/stream/"))
         elif method == "GET" and path == "/events":
             await send_json(send, 200, [e.as_dict() for e in self.manager.bus.recent])
+        elif await self.status_api.route(scope, receive, send):
+            pass
         else:
             raise ApiError(404, f"no route for {method} {path}")
 
@@ -250,26 +257,67 @@ class SwapperApp:
     async def serve_model(self, scope: Scope, receive: Receive, send: Send, model: str,
                           body: bytes, path: str, hook: ResponseHook | None = None,
                           extra_headers: Headers = (), data: dict[str, Any] | None = None,
-                          intercept: frozenset[int] = frozenset()) -> Intercepted | None:
+                          intercept: frozenset[int] = frozenset(),
+                          context: dict[str, Any] | None = None) -> Intercepted | None:
         """Acquire ``model`` (loading it if needed) and stream its answer to the client.
 
         An upstream answer whose status is in ``intercept`` is returned, not sent.
+        ``context`` (e.g. the routing reason) goes into the request's ``request_done``
+        event. A streamed request for a model that is not ready is answered at once and
+        kept alive while it loads (:mod:`swapper.loading`).
         """
         watch = DisconnectWatch(receive, send)
+        resolved = self.manager.config.resolve(model)
+        loading: LoadingStream | None = scope.get(SCOPE_KEY)
+        if loading is None and resolved is not None and wants_stream(path, data):
+            loading = await self._start_loading(scope, resolved, path, watch.send, extra_headers)
+        meter = RequestMeter(self.manager.bus, loading.send if loading else watch.send,
+                             resolved or "-", path, context)
         try:
             async with self.manager.lease(model) as lease:
+                if loading is not None:
+                    await loading.ready()
                 body = self._rewrite_body(lease.spec, body, data)
                 query = scope.get("query_string", b"")
                 target = path + ("?" + query.decode("latin-1") if query else "")
                 return await self.upstream.forward(scope["method"], lease.base_url, target,
                                                    forward_headers(scope["headers"]), body,
-                                                   watch.send, hook, extra_headers, intercept)
+                                                   meter.send, hook, extra_headers, intercept)
+        except ApiError as error:
+            meter.finish(error.status)
+            if loading is None:
+                raise
+            await loading.fail(error)
+            return None
         except asyncio.CancelledError:
+            meter.finish(499)  # nginx's "client closed request"
             if not watch.disconnected:
                 raise
             return None
         finally:
+            if loading is not None:
+                await loading.ready()
             watch.close()
+
+    async def _start_loading(self, scope: Scope, model: str, path: str, send: Send,
+                             headers: Headers) -> LoadingStream | None:
+        """Start the response now when ``model`` must load first (it has a process, not ready)."""
+        spec = self.manager.config.models[model]
+        if not spec.has_process or self.manager.scheduler.status.get(model) is Status.READY:
+            return None
+        loading = LoadingStream(send, model, spec.send_loading_state,
+                                chat=path == "/v1/chat/completions")
+        scope[SCOPE_KEY] = loading
+        await loading.begin(list(headers))
+        return loading
+
+    async def send_intercepted(self, scope: Scope, send: Send, answer: Intercepted) -> None:
+        """Send an answer :meth:`serve_model` held back (an SSE error event once loading began)."""
+        loading: LoadingStream | None = scope.get(SCOPE_KEY)
+        target = loading.send if loading is not None else send
+        await target({"type": "http.response.start", "status": answer.status,
+                      "headers": answer.headers})
+        await target({"type": "http.response.body", "body": answer.body, "more_body": False})
 
     @staticmethod
     def _rewrite_body(spec: Any, body: bytes, data: dict[str, Any] | None) -> bytes:

@@ -327,6 +327,14 @@ class Manager:
                     self.bus.publish("ttl_expired", model=model, ttl=ttl)
                 self._apply(effects)
 
+    def load(self, name: str) -> str:
+        """Start loading ``name`` in the background, as a request would; returns its id."""
+        model = self.config.resolve(name)
+        if model is None:
+            raise ApiError(404, f"model '{name}' not found")
+        self._spawn(self._preload(model))
+        return model
+
     async def unload(self, model: str | None = None) -> list[str]:
         """Stop one model (or all); returns once their processes are gone."""
         if model is not None:

@@ -53,12 +53,12 @@ _MACRO_NAME = re.compile(r"[a-zA-Z0-9_-]{1,63}")
 _GLOBAL_KEYS = frozenset({
     "models", "macros", "healthCheckTimeout", "startPort", "globalTTL", "unloadTimeout",
     "hooks", "apiKeys", "matrix", "groups", "routing", "memoryBudgetMB", "loadWaitTimeout",
-    "maxQueueWait",
+    "maxQueueWait", "sendLoadingState",
 })
 _MODEL_KEYS = frozenset({
     "cmd", "cmdStop", "proxy", "checkEndpoint", "ttl", "unloadTimeout", "aliases", "unlisted",
     "env", "useModelName", "filters", "concurrencyLimit", "name", "description", "metadata",
-    "macros", "memoryMB",
+    "macros", "memoryMB", "sendLoadingState",
 })
 # Model fields where a runtime macro may stay unexpanded.
 _RUNTIME_MACROS = {
@@ -332,12 +332,14 @@ class _Loader:
             "description": ("description", self._string),
             "metadata": ("metadata", self._mapping),
             "memoryMB": ("memory_mb", self._non_negative),
+            "sendLoadingState": ("send_loading_state", self._boolean),
         }
         values = {parsers[k][0]: parsers[k][1](v, (*path, k)) for k, v in fields.items()}
         ttl, unload = values.get("ttl", USE_GLOBAL_TTL), values.get("unload_timeout", 0)
         values["ttl"] = defaults["ttl"] if ttl == USE_GLOBAL_TTL else ttl
         values["unload_timeout"] = unload or defaults["unload_timeout"]
         values["concurrency_limit"] = values.get("concurrency_limit") or DEFAULT_CONCURRENCY_LIMIT
+        values.setdefault("send_loading_state", defaults["send_loading_state"])
         return values
 
     def _ttl(self, value: Any, path: YamlPath) -> float:
@@ -479,6 +481,7 @@ class _Loader:
         defaults = {
             "ttl": self._optional(top, "globalTTL", self._non_negative, 0.0),
             "unload_timeout": unload_timeout or DEFAULT_UNLOAD_TIMEOUT,
+            "send_loading_state": self._optional(top, "sendLoadingState", self._boolean, False),
         }
         models = {
             model_id: self._model(model_id, raw, macros, defaults)
