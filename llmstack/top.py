@@ -22,6 +22,7 @@ from .stackview import decision_line, memory_line, ms, state_text
 from .status import StackClient, live_channel
 
 CLEAR = "\x1b[H\x1b[2J"
+ALT_SCREEN, MAIN_SCREEN = "\x1b[?1049h", "\x1b[?1049l"  # like top: the terminal is restored
 
 
 def stack_url(root: Path) -> str:
@@ -82,6 +83,9 @@ def top(url: str, interval: float = 0.5, out: IO[str] = sys.stdout,
     """Redraw every ``interval`` s until ``q``/Ctrl-C (or after ``frames`` frames)."""
     client = StackClient(url)
     shown = 0
+    tty = out.isatty()
+    if tty:
+        out.write(ALT_SCREEN)
     with _keys(sys.stdin) as keys:
         try:
             while frames is None or shown < frames:
@@ -105,4 +109,7 @@ def top(url: str, interval: float = 0.5, out: IO[str] = sys.stdout,
             return 0
         finally:
             client.close()
+            if tty:
+                out.write(MAIN_SCREEN)
+                out.flush()
     return 0

@@ -89,6 +89,7 @@ function renderLogs() {
   document.querySelector("#logs").replaceChildren(...state.models.filter((m) => m.log.length).map((m) =>
     el("details", { open: "" }, el("summary", {}, m.model),
       el("pre", { class: "log", "data-model": m.model }, m.log.join("\n")))));
+  for (const pre of document.querySelectorAll("pre.log")) pre.scrollTop = pre.scrollHeight;
 }
 
 function render() { renderModels(); renderDecisions(); renderSwaps(); renderLogs(); }
