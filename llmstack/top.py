@@ -44,8 +44,8 @@ def screen(doc: dict[str, Any], url: str, width: int, height: int) -> list[str]:
     """The lines of one frame, cut to the terminal's size."""
     now = doc["ts"]
     lines = [f"llmstack top  {url}  {time.strftime('%H:%M:%S', time.localtime(now))}  (q quits)",
-             "", f"{'MODEL':<14} {'STATE':<28} {'IN':>3} {'QUEUE':>5} {'MEMORY':>9} {'PID':>7}"
-             f" {'LOAD':>7}"]
+             "", (f"{'MODEL':<14} {'STATE':<28} {'IN':>3} {'QUEUE':>5} {'MEMORY':>9} {'PID':>7}"
+                  f" {'LOAD':>7}")]
     for m in doc["models"]:
         lines.append(f"{m['model']:<14} {state_text(m, now)[:28]:<28} {m['in_flight']:>3} "
                      f"{m['queued']:>5} {m['memory_mb']:>6.0f} MB {m['pid'] or '-':>7} "

@@ -110,7 +110,7 @@ def _message(body: bytes) -> str:
         data = json.loads(body)
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
+            return str(error["message"])
     except ValueError:
         pass
     return body.decode("utf-8", "replace")[:500] or "upstream error"

@@ -50,8 +50,8 @@ class RequestMeter:
     pays one attribute swap; the tail is searched once, at the end.
     """
 
-    __slots__ = ("_bus", "_send", "model", "path", "context", "_t0", "status", "_first",
-                 "_prev", "_last", "_done")
+    __slots__ = ("_bus", "_done", "_first", "_last", "_prev", "_send", "_t0", "context", "model",
+                 "path", "status")
 
     def __init__(self, bus: EventBus, send: Send, model: str, path: str,
                  context: Mapping[str, Any] | None = None) -> None:
@@ -129,9 +129,9 @@ class Observer:
             self.failed.pop(model, None)
         elif kind in ("model_ready", "load_failed"):
             self.load_ms[model] = fields.get("ms", 0.0)
-            swap = self._open_swaps.pop(model, None)
-            if swap is not None:
-                swap.update(ms=fields.get("ms"), result="ready" if kind == "model_ready"
+            opened = self._open_swaps.pop(model, None)
+            if opened is not None:
+                opened.update(ms=fields.get("ms"), result="ready" if kind == "model_ready"
                             else f"failed: {fields.get('error', '')}")
             if kind == "load_failed":
                 self.failed[model] = str(fields.get("error", "load failed"))
@@ -144,7 +144,7 @@ class Observer:
         """Every model's state (scheduler), load and queue, memory against the budget, history."""
         sched = manager.scheduler
         now = time.time()
-        models = []
+        models: list[dict[str, Any]] = []
         for spec in manager.config.models.values():
             model = spec.id
             status = sched.status.get(model)
@@ -170,8 +170,8 @@ class Observer:
                 "last_load_ms": self.load_ms.get(model), "meta": dict(spec.metadata),
                 "log": log,
             })
-        resident = sum(m["memory_mb"] for m in models if m["state"] in ("starting", "ready",
-                                                                          "stopping"))
+        resident = sum(float(m["memory_mb"]) for m in models
+                       if m["state"] in ("starting", "ready", "stopping"))
         return {"ts": round(now, 3), "models": models,
                 "memory": {"budget_mb": manager.config.memory_budget_mb,
                            "resident_mb": round(resident, 1)},

@@ -99,7 +99,7 @@ def test_the_page_loads_a_tier_and_shows_a_routing_decision(
             return texts("#decisions tr.decision")
 
         wait_until(lambda: bool(decision_rows()), 10, "a routing decision on the page")
-        when, shown_tier, asked, reason, estimate, status_cell, *_ = decision_rows()[0].split("\t")
+        _, shown_tier, asked, reason, estimate, status_cell, *_ = decision_rows()[0].split("\t")
         assert (shown_tier, asked, status_cell) == (tier, "auto", "200")
         assert "tokens~" in reason and estimate.isdigit()
         swaps = texts("#swaps")[0]

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, fake_cmd, wait_until
+from tests.conftest import Server, fake_cmd
 from tests.ui.conftest import CHAT, LOAD_MS, post, scrape, slow_config, sse_data
 
 Swapper = Callable[..., Server]
@@ -112,7 +112,7 @@ def test_a_failed_load_ends_the_early_stream_with_an_error_event(swapper: Swappe
     errors = [e for e in sse_data(body) if isinstance(e, dict) and "error" in e]
     assert errors and "failed to load model" in errors[0]["error"]["message"]
     assert b"[DONE]" not in body
-    status, _, raw = server.get("/api/state")
+    raw = server.get("/api/state")[2]
     broken = json.loads(raw)["models"][0]
     assert broken["state"] == "failed" and "failed to load model" in broken["failure"]
 
@@ -172,7 +172,7 @@ def test_api_events_streams_a_snapshot_then_state_changes_decisions_and_logs(
 
 def test_with_api_keys_the_page_is_public_and_the_data_needs_the_key(swapper: Swapper) -> None:
     server = swapper(slow_config(extra="apiKeys: [sekrit]\n"))
-    status, headers, page = server.get("/ui")
+    status, _, page = server.get("/ui")
     assert status == 200 and b"<title>llmstack status</title>" in page
     assert server.get("/ui/app.js")[0] == 200
     for path in ("/api/state", "/api/events", "/metrics"):

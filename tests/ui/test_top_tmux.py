@@ -29,7 +29,8 @@ def tmux(tmp_path: Path) -> Iterator[Callable[..., str]]:
                               capture_output=True, text=True, timeout=10).stdout
 
     yield run
-    subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True, timeout=10)
+    subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True,
+                   timeout=10, check=False)
 
 
 def model_line(screen: str, model: str) -> str:
