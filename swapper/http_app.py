@@ -16,7 +16,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .errors import ApiError
+from .errors import ApiError, sse_error_event, unavailable
 from .manager import Manager
 from .scheduler import Status
 from .loading import SCOPE_KEY, LoadingStream, wants_stream
@@ -136,14 +136,31 @@ class DisconnectWatch:
     def __init__(self, receive: Receive, send: Send) -> None:
         self._task = asyncio.current_task()
         self._send = send
+        self.started = False
+        self.plain_sse = False  # an uncompressed event stream: an error event can be appended
         self.complete = False
         self.disconnected = False
         self._watch = asyncio.ensure_future(self._run(receive))
 
     async def send(self, message: dict[str, Any]) -> None:
-        if not message.get("more_body", False) and message["type"] == "http.response.body":
+        if message["type"] == "http.response.start":
+            self.started = True
+            headers = {k.lower(): v for k, v in message.get("headers", ())}
+            self.plain_sse = (headers.get(b"content-type", b"").startswith(b"text/event-stream")
+                              and b"content-encoding" not in headers)
+        elif not message.get("more_body", False) and message["type"] == "http.response.body":
             self.complete = True
         await self._send(message)
+
+    async def end_with_error(self, message: str) -> bool:
+        """End an unfinished response visibly: 503 before it started, an SSE error event in a
+        plain event stream. False when neither applies (the caller lets the connection drop)."""
+        if not self.started:
+            await send_error(self._send, unavailable(message))
+        elif self.plain_sse and not self.complete:
+            await self.send({"type": "http.response.body", "more_body": False,
+                             "body": sse_error_event(message, "shutdown")})
+        return not self.started or self.complete
 
     async def _run(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -290,10 +307,15 @@ class SwapperApp:
             await loading.fail(error)
             return None
         except asyncio.CancelledError:
-            meter.finish(499)  # nginx's "client closed request"
-            if not watch.disconnected:
-                raise
-            return None
+            meter.finish(499 if watch.disconnected else 503)  # 499: nginx's "client closed"
+            if loading is not None:
+                await loading.ready()
+            # Not the client leaving: the server ends the request (uvicorn cancels what still
+            # runs when its graceful-shutdown period is over). Never cut a stream silently.
+            if watch.disconnected or (not watch.complete
+                                      and await watch.end_with_error("the server is shutting down")):
+                return None
+            raise
         finally:
             if loading is not None:
                 await loading.ready()

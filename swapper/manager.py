@@ -100,13 +100,11 @@ class Manager:
         """Stop every child and release resources."""
         if self._ttl_task is not None:
             self._ttl_task.cancel()
+        self._apply(self.scheduler.shutdown())
         await asyncio.gather(*(p.stop() for p in list(self.processes.values())),
                              return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
-        for fut in self._futures.values():
-            if not fut.done():
-                fut.set_exception(unavailable("the swapper is shutting down"))
         self.http.close()
         for sink in self.logs.values():
             sink.close()
@@ -297,7 +295,7 @@ class Manager:
         """
         plan = compile_plan(config)
         changed = {m for m, spec in self.config.models.items() if config.models.get(m) != spec}
-        restart = changed & set(self.processes) & set(config.models)
+        restart = changed & self.scheduler.running() & set(config.models)
         self.config, self.plan = config, plan
         self.scheduler.max_queue_wait = config.max_queue_wait
         self._apply(self.scheduler.reconfigure(_limits(config), self._evictions, changed))
@@ -336,18 +334,25 @@ class Manager:
         return model
 
     async def unload(self, model: str | None = None) -> list[str]:
-        """Stop one model (or all); returns once their processes are gone."""
+        """Stop one model (or all); returns the models it ended, once they are STOPPED.
+
+        A model already stopping (TTL, or evicted by a swap) is waited for too, so
+        when this returns, ``/running`` lists none of them.
+        """
         if model is not None:
             resolved = self.config.resolve(model)
             if resolved is None:
                 raise ApiError(404, f"model '{model}' not found")
             model = resolved
-        effects = self.scheduler.unload(model)
-        self._apply(effects)
-        stopping = [e.model for e in effects if isinstance(e, sch.Stop)]
-        await asyncio.gather(*(self._stops[m] for m in stopping if m in self._stops),
-                             return_exceptions=True)
-        return stopping
+        targets = {m for m, state in self.scheduler.status.items()
+                   if state is not sch.Status.STOPPED and model in (None, m)}
+        self._apply(self.scheduler.unload(model))
+        waits = {self._stops[m] for m in targets if m in self._stops}
+        waits |= {self._swaps[t] for t, evict in self.scheduler.swaps.items()
+                  if evict & targets and t in self._swaps}
+        if waits:
+            await asyncio.wait(waits)  # never cancels them, even if the caller goes away
+        return sorted(targets)
 
     def running(self) -> list[dict[str, Any]]:
         """What runs now, as /running reports it: the scheduler's state, with process details."""

@@ -196,6 +196,8 @@ class UpstreamProcess:
             await self.stop()
             raise
         self.ready_at = time.monotonic()
+        if self._popen is not None:  # a wrapper's server is known even if the wrapper dies first
+            self._descendants = descendants(self._popen.pid)
 
     def _failure(self, what: str) -> str:
         tail = "\n".join(self.log.tail(20))
@@ -249,7 +251,8 @@ class UpstreamProcess:
         """
         if self._popen is None or self._exited.is_set():
             return
-        self._descendants = descendants(self._popen.pid)
+        self._descendants = list({p.pid: p for p in self._descendants + descendants(self._popen.pid)}
+                                 .values())
         if self.spec.cmd_stop:
             argv = [a.replace("${PID}", str(self._popen.pid)) for a in self.spec.cmd_stop]
             with contextlib.suppress(OSError):

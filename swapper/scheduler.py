@@ -250,6 +250,23 @@ class Scheduler:
                 effects.append(Stop(target, "unload"))
         return effects
 
+    def shutdown(self) -> list[Effect]:
+        """Everything stops: queued and waiting requests fail, no model is READY any more.
+
+        The caller stops the processes itself; nothing is reported back.
+        """
+        effects: list[Effect] = []
+        pending = [r for r, _ in self._queue] + [r for w in self._waiters.values() for r in w]
+        for req in pending:
+            effects.append(Fail(req, 503, "the swapper is shutting down"))
+            self._release(req)
+        self._queue, self._waiters = [], {m: [] for m in self._waiters}
+        self._cancelled.update(self.swaps)
+        for model, state in self.status.items():
+            if state is not Status.STOPPED:
+                self.status[model] = Status.STOPPING
+        return effects
+
     def stopped(self, model: str) -> list[Effect]:
         """``model``'s process is gone (a Stop finished, or it exited by itself)."""
         if model in self.swaps:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from swapper.config import ModelSpec, SwapperConfig
+from swapper.config import Matrix, ModelSpec, SwapperConfig
 from swapper.errors import ApiError
 from swapper.events import EventBus
 from swapper.logring import LogSink
@@ -207,7 +207,7 @@ async def test_request_racing_a_ttl_stop_waits_for_it_and_restarts(world: World)
         await until(lambda: len(world.spawned()) == 2, "a to start again")
         world.child("a").ready.set_result(None)
         await until(lambda: client.lease is not None, "the request to be served")
-        assert client.lease.base_url == world.child("a").base_url
+        assert client.lease is not None and client.lease.base_url == world.child("a").base_url
         client.release()
         await client.task
         assert [e.fields["reason"] for e in manager.bus.recent if e.kind == "model_stopping"] == ["ttl"]
@@ -235,7 +235,7 @@ async def test_reconfigure_during_a_load_restarts_with_the_new_settings(world: W
         assert manager.reconfigure(config(new)) == ["a"]
         world.child("a", 0).ready.set_result(None)
         await until(lambda: first.lease is not None, "the waiter to get the old load")
-        assert first.lease.spec == old
+        assert first.lease is not None and first.lease.spec == old
         later = Client(manager, "a")
         await until(lambda: manager.scheduler.queued() != [], "a new request to wait for the restart")
         first.release()
@@ -243,7 +243,7 @@ async def test_reconfigure_during_a_load_restarts_with_the_new_settings(world: W
         assert world.child("a", 1).argv == ["srv", "a", "--new", "${PORT}"]
         world.child("a", 1).ready.set_result(None)
         await until(lambda: later.lease is not None, "the new request to be served")
-        assert later.lease.spec == new
+        assert later.lease is not None and later.lease.spec == new
         later.release()
         await later.task
 
@@ -293,3 +293,52 @@ async def test_a_waiting_model_is_served_after_the_limit_plus_one_drain(world: W
         for client in (busy, young, plan, held):
             await client.task
             assert client.error is None
+
+
+async def test_shutdown_fails_waiters_and_reports_no_unexpected_exit(world: World) -> None:
+    world.instant_stops = True
+    manager = world.manager(config(spec("a"), spec("b")))
+    await bring_up(world, manager, "a")
+    loading = Client(manager, "b")
+    await until(lambda: len(world.spawned()) == 1 and world.child("a").exited.is_set(),
+                "the swap to evict a")
+    await until(lambda: len(world.spawned()) == 2, "b to spawn")
+    await manager.shutdown()
+    await loading.task
+    assert loading.error is not None and loading.error.status == 503
+    assert all(c.exited.is_set() for c in world.children)
+    assert not any(e.kind == "model_exited" for e in manager.bus.recent)
+
+
+async def test_why_a_model_was_evicted_has_one_answer_in_the_events(world: World) -> None:
+    world.instant_stops = True
+    matrix = Matrix(sets={"pair": "a & b", "solo": "c"}, evict_costs={"a": 3})
+    async with running(world.manager(config(spec("a"), spec("b"), spec("c"),
+                                            matrix=matrix))) as manager:
+        await bring_up(world, manager, "a")
+        await bring_up(world, manager, "b")
+        await bring_up(world, manager, "c")
+        swaps = [e.fields for e in manager.bus.recent if e.kind == "swap_started"]
+        assert swaps[-1] == {"model": "c", "evict": ["a", "b"], "set": "solo", "cost": 4}
+        assert swaps[1] == {"model": "b", "evict": [], "set": "pair", "cost": 0}
+        stops = {e.fields["model"]: e.fields["reason"] for e in manager.bus.recent
+                 if e.kind == "model_stopping"}
+        assert stops == {"a": "evicted for c", "b": "evicted for c"}
+        assert rows(manager) == {"c": "ready"}
+
+
+async def test_unloading_a_model_a_swap_is_evicting_waits_until_it_is_gone(world: World) -> None:
+    async with running(world.manager(config(spec("a"), spec("b")))) as manager:
+        await bring_up(world, manager, "a")
+        b = Client(manager, "b")
+        await until(lambda: world.child("a").stop_asked, "the swap to stop a")
+        unload = asyncio.ensure_future(manager.unload("a"))
+        await until(lambda: manager.scheduler.queued() == [] and not unload.done(), "unload to wait")
+        world.child("a").stop_gate.set()
+        assert await unload == ["a"]
+        assert "a" not in rows(manager)
+        await until(lambda: "b" in world.spawned(), "b to spawn")
+        world.child("b").ready.set_result(None)
+        await until(lambda: b.lease is not None, "b to be served")
+        b.release()
+        await b.task

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from swapper.scheduler import (
-    Effect, Fail, Grant, Load, ModelLimits, Reject, Scheduler, StartSwap, Status, Stop,
+    Effect,
+    Fail,
+    Grant,
+    Load,
+    ModelLimits,
+    Reject,
+    Scheduler,
+    StartSwap,
+    Status,
+    Stop,
 )
 from swapper.solver import Solution
 
@@ -213,7 +222,7 @@ def test_reconfigure_forgets_a_removed_model_after_it_stops() -> None:
     ready(s, "c", 1)
     models = {m: ModelLimits(10) for m in ("a", "b", "fast")}
     assert s.reconfigure(models, alone, {"c"}) == [Stop("c")]
-    assert s.request(2, "c")[0].status == 404
+    assert s.request(2, "c") == [Reject(2, 404, "model 'c' not found")]
     s.stopped("c")
     assert "c" not in s.status
 
@@ -337,3 +346,15 @@ def test_stops_say_why() -> None:
     ready(s, "a", 1)
     (stop,) = s.idle_timeout("a")
     assert isinstance(stop, Stop) and stop.reason == "ttl"
+
+
+def test_shutdown_fails_everything_pending_and_leaves_nothing_ready() -> None:
+    s = make()
+    ready(s, "a", 1)
+    s.request(2, "a")
+    s.request(3, "b")  # queued: a is serving
+    s.request(4, "fast")  # loading
+    assert s.shutdown() == [Fail(3, 503, "the swapper is shutting down"),
+                            Fail(4, 503, "the swapper is shutting down")]
+    assert s.running() == frozenset() and s.queued() == []
+    assert s.idle_timeout("a") == []
