@@ -8,7 +8,9 @@ numbers and stops at the first duplicate; every problem in the file is
 collected and raised together as one :class:`ModelsIniError`.
 
 ``[DEFAULT]`` holds only stack-wide keys, so the values a tier inherits from it
-are never read per tier; tier keys belong in tier sections.
+are never read per tier; tier keys belong in tier sections. The upstream
+timeouts (``response_timeout``, ``idle_timeout``) are the exception: set in
+``[DEFAULT]`` for every tier, and per tier to override it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+
+from swapper.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
 
 Backend = Literal["gguf", "litellm"]
 BACKENDS: tuple[str, ...] = ("gguf", "litellm")
@@ -115,6 +119,10 @@ class Tier:
     """litellm id of the queued upgrade; ``$NAME``/``${NAME}`` read from the environment."""
     send_loading_state: bool = False
     """While it loads, streamed chat answers show progress in ``reasoning_content``."""
+    response_timeout: int | None = None
+    """Seconds to the upstream's response headers (0 = none); None: the stack's."""
+    idle_timeout: int | None = None
+    """Longest gap in seconds between upstream body bytes (0 = none); None: the stack's."""
 
     @property
     def effective_aliases(self) -> tuple[str, ...]:
@@ -151,6 +159,8 @@ class Stack:
     mid_fidelity_ceiling: int = 32000
     multi_turn: int = 10
     sticky_sessions: bool = True
+    response_timeout: int = int(DEFAULT_RESPONSE_TIMEOUT)
+    idle_timeout: int = int(DEFAULT_IDLE_TIMEOUT)
     tiers: tuple[Tier, ...] = ()
     path: str = ""
 
@@ -332,6 +342,8 @@ _DEFAULT_KEYS: dict[str, Converter] = {
     "llama_server_bin": _text,
     "memory_budget_mb": _whole("megabytes", 57344),
     "max_queue_wait": _whole("seconds", 10),
+    "response_timeout": _whole("seconds", 900),
+    "idle_timeout": _whole("seconds", 300),
 }
 _ROUTING_KEYS: dict[str, Converter] = {
     "high_fidelity_ceiling": _whole("tokens", 12000),
@@ -361,6 +373,8 @@ _TIER_KEYS: dict[str, Converter] = {
     "model": _text,
     "model_next": _model_next,
     "send_loading_state": _flag,
+    "response_timeout": _DEFAULT_KEYS["response_timeout"],
+    "idle_timeout": _DEFAULT_KEYS["idle_timeout"],
 }
 _KEYS_BY_SECTION = {DEFAULT_SECTION: _DEFAULT_KEYS, ROUTING_SECTION: _ROUTING_KEYS}
 _KEY_HOMES = {"[DEFAULT]": _DEFAULT_KEYS, "[ROUTING]": _ROUTING_KEYS, "a tier section": _TIER_KEYS}

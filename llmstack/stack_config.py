@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from swapper.config import DEFAULT_MAX_QUEUE_WAIT, Matrix, ModelSpec, SwapperConfig
+from swapper.config import DEFAULT_MAX_QUEUE_WAIT, Matrix, ModelSpec, SwapperConfig, Timeouts
 
 from .config import Stack, Tier
 from .gguf_info import read_gguf_info, kv_cache_bytes, tier_memory_mb
@@ -80,6 +80,13 @@ def tier_memory(stack: Stack, tier: Tier, model_file: Path | None) -> float:
     return (tier.size_gb or 0.0) * 1024
 
 
+def tier_timeouts(stack: Stack, tier: Tier) -> Timeouts:
+    """The tier's upstream timeouts: its own keys, else [DEFAULT]'s."""
+    response = stack.response_timeout if tier.response_timeout is None else tier.response_timeout
+    idle = stack.idle_timeout if tier.idle_timeout is None else tier.idle_timeout
+    return Timeouts(response=float(response), idle=float(idle))
+
+
 def _evict_cost(tier: Tier) -> int:
     return min(30, max(1, round((tier.size_gb if tier.size_gb is not None else 5.0) / 1.5)))
 
@@ -127,6 +134,7 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
         argv = llama_server_argv(stack, tier, server, model_file or Path(str(tier.hf_file)))
         models[tier.name] = ModelSpec(cmd=argv, ttl=float(tier.effective_ttl),
                                       concurrency_limit=TIER_CONCURRENCY_LIMIT,
+                                      timeouts=tier_timeouts(stack, tier),
                                       memory_mb=tier_memory(stack, tier, model_file), **common)
     return SwapperConfig(
         models=models, health_check_timeout=HEALTH_CHECK_TIMEOUT,

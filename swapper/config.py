@@ -26,7 +26,10 @@ DEFAULT_LOAD_WAIT_TIMEOUT = 240.0
 # request, so steady traffic is rarely interrupted; short enough that a waiting model is
 # never starved for more than this plus one drain.
 DEFAULT_MAX_QUEUE_WAIT = 10.0
-
+# Upstream timeouts (seconds, 0 = none); the README's "Timeouts" says why these values.
+DEFAULT_CONNECT_TIMEOUT = 30.0  # llama-swap's default
+DEFAULT_RESPONSE_TIMEOUT = 900.0  # a long prompt on CPU, or a whole non-streamed answer
+DEFAULT_IDLE_TIMEOUT = 300.0  # opencode's chunkTimeout: past it the client has given up
 
 
 class ConfigError(ValueError):
@@ -35,6 +38,19 @@ class ConfigError(ValueError):
     def __init__(self, message: str, where: str = "") -> None:
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Upstream time limits in seconds; 0 means none.
+
+    ``connect``: to open a connection. ``response``: from the request sent to the
+    response's headers. ``idle``: the longest gap between body bytes.
+    """
+
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    response: float = DEFAULT_RESPONSE_TIMEOUT
+    idle: float = DEFAULT_IDLE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,7 @@ class ModelSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     use_model_name: str = ""
     filters: Filters = field(default_factory=Filters)
+    timeouts: Timeouts = field(default_factory=Timeouts)
     concurrency_limit: int = DEFAULT_CONCURRENCY_LIMIT
     memory_mb: float = 0.0
     name: str = ""

@@ -23,6 +23,7 @@ from .loading import SCOPE_KEY, LoadingStream, wants_stream
 from .observe import RequestMeter
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
 from .status_api import PUBLIC_PATHS, StatusApi
+from .upstream_path import raw_path, upstream_target
 
 log = logging.getLogger("swapper")
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -299,7 +300,8 @@ class SwapperApp:
                 target = path + ("?" + query.decode("latin-1") if query else "")
                 return await self.upstream.forward(scope["method"], lease.base_url, target,
                                                    forward_headers(scope["headers"]), body,
-                                                   meter.send, hook, extra_headers, intercept)
+                                                   meter.send, hook, extra_headers, intercept,
+                                                   lease.spec.timeouts)
         except ApiError as error:
             meter.finish(error.status)
             if loading is None:
@@ -364,14 +366,8 @@ class SwapperApp:
         return json.dumps(data).encode()
 
     async def _upstream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rest = scope["path"].removeprefix("/upstream/")
-        names = sorted(self.manager.config.models, key=len, reverse=True)
-        model = next((m for m in names if rest == m or rest.startswith(m + "/")), None)
-        if model is None:
-            model, _, _ = rest.partition("/")
-            if self.manager.config.resolve(model) is None:
-                raise ApiError(404, f"model '{model}' not found")
-        path = rest[len(model):] or "/"
+        model, path = upstream_target(raw_path(scope), scope.get("query_string", b""),
+                                      self.manager.config.resolve)
         body = await read_body(receive, self.max_body)
         await self.serve_model(scope, receive, send, model, body, path)
 

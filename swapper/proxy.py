@@ -6,18 +6,27 @@ unchanged; only the first SSE event (or a JSON body) is parsed, and only when a
 :class:`ResponseHook` asks for it. A connection that carried a stream is never
 reused: llama-server closes it after every stream although it advertises
 keep-alive.
+
+A body the upstream cuts off (or stops sending for the model's idle timeout)
+never looks complete to the client: a stream gets an SSE error event, any other
+body (or a compressed stream, where an event would corrupt it) an aborted
+connection.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .config import Timeouts
 from .errors import ApiError, sse_error_event
-from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, origin
+from .upstream import BadTarget, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout, origin
+
+log = logging.getLogger("swapper")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
@@ -25,6 +34,7 @@ Headers = list[tuple[bytes, bytes]]
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
     b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"accept-encoding",
+    b"expect", b"proxy-connection",
 })
 _DROP_RESPONSE = HOP_BY_HOP - {b"content-length"}
 _DONE = b"data: [DONE]"
@@ -50,14 +60,35 @@ class ResponseHook(Protocol):
         """Modify a decoded JSON response body in place."""
 
 
+def _end_to_end(raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]) -> Headers:
+    """``raw`` minus the ``drop`` names and every header its ``Connection`` headers name."""
+    raw = list(raw)
+    named = [v for k, v in raw if k.lower() == b"connection"]
+    if named:
+        drop = drop | {token.strip().lower() for v in named for token in v.split(b",")}
+    return [(k, v) for k, v in raw if k.lower() not in drop]
+
+
 def forward_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Client request headers minus hop-by-hop ones (and compression: we pass bytes through)."""
-    return [(k, v) for k, v in raw if k.lower() not in HOP_BY_HOP]
+    return _end_to_end(raw, HOP_BY_HOP)
 
 
 def _response_headers(resp: UpstreamResponse, keep_length: bool) -> Headers:
-    drop = _DROP_RESPONSE if keep_length else HOP_BY_HOP
-    return [(k, v) for k, v in resp.headers if k.lower() not in drop]
+    return _end_to_end(resp.headers, _DROP_RESPONSE if keep_length else HOP_BY_HOP)
+
+
+def _api_error(exc: UpstreamError, what: str) -> ApiError:
+    """504 for a timeout, else 502."""
+    if isinstance(exc, UpstreamTimeout):
+        return ApiError(504, f"{what}: {exc}", "upstream_timeout")
+    return ApiError(502, f"{what}: {exc}", "upstream_error")
+
+
+def _abort(exc: UpstreamError) -> ApiError:
+    """The error that leaves the client's response incomplete (the server drops the connection)."""
+    log.warning("upstream failed after the response started (%s); client connection dropped", exc)
+    return _api_error(exc, "upstream failed mid-answer")
 
 
 class UpstreamClient:
@@ -72,16 +103,20 @@ class UpstreamClient:
     async def forward(self, method: str, base_url: str, target: str, headers: Headers,
                       body: bytes, send: Send, hook: ResponseHook | None = None,
                       extra_headers: Headers = (),
-                      intercept: frozenset[int] = frozenset()) -> Intercepted | None:
+                      intercept: frozenset[int] = frozenset(),
+                      timeouts: Timeouts = Timeouts()) -> Intercepted | None:
         """Send the request upstream and stream the answer to ``send``.
 
         An answer whose status is in ``intercept`` is returned instead of sent.
         """
         try:
             host, port, prefix = origin(base_url)
-            resp = await self.pool.request(method, host, port, prefix + target, headers, body)
+            resp = await self.pool.request(method, host, port, prefix + target, headers, body,
+                                           timeouts)
         except UpstreamError as exc:
-            raise ApiError(502, f"upstream {base_url} failed: {exc}", "upstream_error") from exc
+            raise _api_error(exc, f"upstream {base_url} failed") from exc
+        except BadTarget as exc:
+            raise ApiError(400, str(exc)) from None
         reuse = False
         try:
             if resp.status in intercept:
@@ -104,7 +139,7 @@ async def _read(resp: UpstreamResponse) -> bytes:
     try:
         return await resp.read()
     except UpstreamError as exc:
-        raise ApiError(502, f"upstream failed while answering: {exc}", "upstream_error") from exc
+        raise _api_error(exc, "upstream failed while answering") from exc
 
 
 async def _start(send: Send, status: int, headers: Headers) -> None:
@@ -116,8 +151,8 @@ async def _stream_plain(resp: UpstreamResponse, send: Send, extra: Headers) -> N
     try:
         async for chunk in resp.chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except UpstreamError:
-        pass  # content-length/chunking tells a plain-HTTP client the body was cut
+    except UpstreamError as exc:
+        raise _abort(exc) from exc
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -185,6 +220,7 @@ async def _stream_sse(resp: UpstreamResponse, send: Send, hook: ResponseHook | N
     headers = _response_headers(resp, False) + [(b"x-accel-buffering", b"no")] + list(extra)
     await _start(send, resp.status, headers)
     rewriter = _FirstEventRewriter(hook) if hook is not None else None
+    compressed = resp.header(b"content-encoding") not in ("", "identity")  # [DONE] unreadable
     tail = b""
     try:
         async for chunk in resp.chunks():
@@ -194,11 +230,15 @@ async def _stream_sse(resp: UpstreamResponse, send: Send, hook: ResponseHook | N
                 if not chunk:
                     continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        ended_cleanly = _DONE in tail or resp.status >= 400
+        ended_cleanly = _DONE in tail or resp.status >= 400 or compressed
         problem = "" if ended_cleanly else "upstream ended the stream without [DONE]"
+        code = "upstream_error"
     except UpstreamError as exc:  # a break after [DONE] lost nothing
+        if compressed:  # an event appended to compressed bytes would be garbage
+            raise _abort(exc) from exc
         problem = "" if _DONE in tail else f"upstream failed mid-stream: {exc}"
+        code = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
     final = rewriter.pending if rewriter is not None and not rewriter.done else b""
     if problem:  # never end a broken stream cleanly: opencode would re-send forever
-        final += sse_error_event(problem)
+        final += sse_error_event(problem, code)
     await send({"type": "http.response.body", "body": final, "more_body": False})

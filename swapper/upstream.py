@@ -6,13 +6,22 @@ here, and llama-server closes its socket after every stream, so every streamed
 request pays a connect. This client does only what proxying needs: one request
 with a known-length body, the response's status and headers, then its body as
 it arrives (content-length, chunked or close-delimited, parsed by httptools).
-Idle keep-alive connections are pooled per host and port; a request that fails
-on a pooled connection before any response byte is retried once on a new one.
+
+Contracts: interim 1xx answers are skipped; a final status outside 200-599 (or
+101), a response head over ``MAX_HEAD`` bytes, bad HTTP, a cut body and a
+timeout (:class:`~swapper.config.Timeouts`) are :class:`UpstreamError`
+(:class:`UpstreamTimeout` for the last), and the connection is dropped. Idle
+keep-alive connections are pooled per host and port; one that receives a byte
+while idle, or any byte past its answer, is discarded, never reused. A request
+that fails on a pooled connection before any response byte is retried once on
+a new one only when its method is idempotent (a POST may already be running).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from functools import lru_cache
@@ -20,21 +29,49 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .config import Timeouts
+
 Headers = list[tuple[bytes, bytes]]
 _HIGH_WATER = 1 << 20  # pause reading the upstream past this many unread body bytes
+MAX_HEAD = 64 * 1024  # bytes of status line and headers (interim answers included)
+POOL_IDLE_LIMIT = 4.0  # seconds; below llama-server's (and uvicorn's) 5 s keep-alive timeout
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")  # would break or extend the request line
+NO_TIMEOUTS = Timeouts(0.0, 0.0, 0.0)
 
 
 class UpstreamError(ConnectionError):
     """The upstream could not be reached, or broke before finishing its answer."""
 
 
+class UpstreamTimeout(UpstreamError):
+    """The upstream took longer than one of its :class:`Timeouts`."""
+
+
+class BadTarget(ValueError):
+    """A request target that cannot go on a request line unchanged (a client error)."""
+
+
+class _ExtraBytes(Exception):
+    """Bytes after the end of the answer: the connection is out of step."""
+
+
 @lru_cache(maxsize=256)
 def origin(base_url: str) -> tuple[str, int, str]:
-    """(host, port, path prefix) of an ``http://`` base URL."""
-    parts = urlsplit(base_url)
+    """(host, port, path prefix) of an ``http://`` base URL (IPv6 hosts without brackets)."""
+    try:
+        parts = urlsplit(base_url)
+        port = parts.port
+    except ValueError as exc:
+        raise UpstreamError(f"bad upstream URL {base_url!r}: {exc}") from None
     if parts.scheme != "http" or not parts.hostname:
         raise UpstreamError(f"unsupported upstream URL {base_url!r} (plain http:// only)")
-    return parts.hostname, parts.port or 80, parts.path.rstrip("/")
+    return parts.hostname, port or 80, parts.path.rstrip("/")
+
+
+@lru_cache(maxsize=256)
+def _host_header(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Connection(asyncio.Protocol):
@@ -42,51 +79,133 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
         self.closed = False
-        self._reset(head=False)
+        self.idle = False  # in the pool: any byte now means the connection is out of step
+        self.idle_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._limit, self._what, self.last_data = 0.0, "", 0.0
+        self._reset(head=False, timeouts=NO_TIMEOUTS)
 
-    def _reset(self, head: bool) -> None:
+    def _reset(self, head: bool, timeouts: Timeouts) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.head = head
+        self.timeouts = timeouts
         self.status = 0
         self.headers: Headers = []
         self.got_bytes = False
+        self.head_bytes = 0  # raw bytes while the head is incomplete
+        self.head_size = 0  # parsed header bytes (interim answers included)
+        self.in_head = True
         self.close_delimited = False
-        self.headers_done = asyncio.get_running_loop().create_future()
+        self.headers_done = self.loop.create_future()
         self.body: deque[bytes] = deque()
         self.buffered = 0
+        self.paused = False
         self.complete = False
         self.keep_alive = False
         self.error: Exception | None = None
         self.wakeup: asyncio.Future[None] | None = None
 
-    # asyncio.Protocol
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed and self.error is None
+
+    def abort(self) -> None:
+        self.closed = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- timeouts: one timer, pushed back lazily (no per-chunk timer work) ---------
+    # The response timeout counts from the request sent to the end of the headers; the
+    # idle timeout from the last body byte (data_received moves ``last_data`` on).
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        if seconds > 0:
+            self._limit, self._what = seconds, what
+            self.last_data = self.loop.time()
+            self._timer = self.loop.call_at(self.last_data + seconds, self._check_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_timer(self) -> None:
+        now = self.loop.time()
+        if self.paused:  # we stopped reading (slow client): the upstream is not idle
+            self.last_data = now
+        due = self.last_data + self._limit
+        if now < due:
+            self._timer = self.loop.call_at(due, self._check_timer)
+            return
+        self._timer = None
+        self._fail(UpstreamTimeout(f"{self._what} within {self._limit:g} s"))
+        self.abort()
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:  # an answer nobody asked for: never hand it to the next request
+            self.abort()
+            return
         self.got_bytes = True
+        if self._timer is not None and not self.in_head:
+            self.last_data = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"bad HTTP from upstream: {exc}"))
+            if self.complete:  # bytes past the answer: the answer stands, the connection goes
+                self.keep_alive = False
+            else:
+                self._fail(UpstreamError(f"bad HTTP from upstream: {exc.__cause__ or exc}"))
+            self.abort()
+            return
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD:
+                self._fail(UpstreamError(f"upstream response head larger than {MAX_HEAD} bytes"))
+                self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.close_delimited and exc is None:  # its body ends with the connection
+        self._disarm()
+        if self.close_delimited and exc is None and not self.complete:  # body ends with the close
             self.on_message_complete()
         if not self.complete:
             self._fail(UpstreamError(f"upstream closed the connection{f': {exc}' if exc else ''}"))
 
-    # httptools callbacks
+    # -- httptools callbacks -----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _ExtraBytes
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # interim: the final answer follows
+            self.headers = []
+            return
+        self.in_head = False
+        if not 200 <= status <= 599 or self.head_size > MAX_HEAD:
+            self._fail(UpstreamError(f"upstream answered with invalid status {status}"
+                                     if self.head_size <= MAX_HEAD else
+                                     f"upstream response head larger than {MAX_HEAD} bytes"))
+            raise _ExtraBytes  # stop parsing; data_received drops the connection
+        self.status = status
         names = {name.lower(): value.lower() for name, value in self.headers}
         self.close_delimited = (b"content-length" not in names
                                 and b"chunked" not in names.get(b"transfer-encoding", b""))
+        self._arm(self.timeouts.idle, "upstream sent no body bytes")
         if not self.headers_done.done():
             self.headers_done.set_result(None)
         if self.head:
@@ -96,18 +215,24 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and self.transport is not None:
+            self.paused = True
             self.transport.pause_reading()
         self._wake()
 
     def on_message_complete(self) -> None:
-        self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callbacks
+        if self.in_head:  # the end of an interim answer
+            return
+        # only valid inside the callbacks; a HEAD answer's framing is unknown to the parser
+        self.keep_alive = self.parser.should_keep_alive() and not self.head
         self.complete = True
+        self._disarm()
         self._wake()
 
     def _fail(self, error: Exception) -> None:
-        self.error = error
+        if self.error is None:
+            self.error = error
         if not self.headers_done.done():
-            self.headers_done.set_exception(error)
+            self.headers_done.set_exception(self.error)
         self._wake()
 
     def _wake(self) -> None:
@@ -124,12 +249,13 @@ class _Connection(asyncio.Protocol):
                 return None
             if self.error is not None:
                 raise self.error
-            self.wakeup = asyncio.get_running_loop().create_future()
+            self.wakeup = self.loop.create_future()
             await self.wakeup
         chunk = self.body.popleft() if len(self.body) == 1 else b"".join(self.body)
         self.body.clear()  # everything already here goes out as one piece
         self.buffered = 0
-        if self.transport is not None and not self.closed:
+        if self.paused and not self.closed and self.transport is not None:
+            self.paused = False
             self.transport.resume_reading()
         return chunk
 
@@ -144,9 +270,13 @@ class UpstreamResponse:
 
     @property
     def content_type(self) -> str:
-        for name, value in self.headers:
-            if name.lower() == b"content-type":
-                return value.split(b";", 1)[0].strip().decode("latin-1").lower()
+        return self.header(b"content-type").split(";", 1)[0].strip().lower()
+
+    def header(self, name: bytes) -> str:
+        """The first value of header ``name`` (lower case), or ""."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
         return ""
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -159,81 +289,96 @@ class UpstreamResponse:
     def close(self, reuse: bool = True) -> None:
         """Return the connection to the pool if it can carry another request, else drop it."""
         conn = self._conn
-        if reuse and conn.complete and not conn.closed and conn.keep_alive:
+        if reuse and conn.reusable:
             self._pool.give_back(self._key, conn)
-        elif conn.transport is not None:
-            conn.transport.abort()
+        else:
+            conn.abort()
 
 
 class UpstreamPool:
     """Keep-alive connections per (host, port), and the request itself."""
 
-    def __init__(self, connect_timeout: float = 10.0, max_idle: int = 16) -> None:
-        self.connect_timeout = connect_timeout
+    def __init__(self, max_idle: int = 16) -> None:
         self.max_idle = max_idle
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
 
     def give_back(self, key: tuple[str, int], conn: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
         if len(idle) < self.max_idle:
+            conn.idle, conn.idle_since = True, time.monotonic()
             idle.append(conn)
         elif conn.transport is not None:
             conn.transport.close()
 
     def _pooled(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)
+        if not idle:
+            return None
+        too_old = time.monotonic() - POOL_IDLE_LIMIT
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if not conn.closed and conn.idle_since > too_old:
+                conn.idle = False
                 return conn
+            conn.abort()  # the server may be closing it right now
         return None
 
-    async def _connect(self, key: tuple[str, int]) -> _Connection:
+    async def _connect(self, key: tuple[str, int], timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(_Connection, *key),
-                                             self.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise UpstreamError(f"cannot connect to {key[0]}:{key[1]}: {exc or 'timed out'}") from exc
+            connecting = loop.create_connection(_Connection, *key)
+            _, conn = await (asyncio.wait_for(connecting, timeout) if timeout > 0 else connecting)
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout(f"cannot connect to {_host_header(*key)} within {timeout:g} s") from exc
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to {_host_header(*key)}: {exc}") from exc
         return conn
 
     async def request(self, method: str, host: str, port: int, target: str, headers: Headers,
-                      body: bytes) -> UpstreamResponse:
-        """Send one request; returns once the response's headers arrived."""
+                      body: bytes, timeouts: Timeouts = Timeouts()) -> UpstreamResponse:
+        """Send one request; returns once the response's headers arrived.
+
+        Raises BadTarget for a target with a space or control character.
+        """
+        if _BAD_TARGET.search(target) or not target.startswith("/"):
+            raise BadTarget(f"request target {target!r} holds a space or control character")
         key = (host, port)
-        head = b"".join([f"{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        head = b"".join([f"{method} {target} HTTP/1.1\r\nHost: {_host_header(host, port)}\r\n"
                          f"Content-Length: {len(body)}\r\n".encode("latin-1"),
                          *(k + b": " + v + b"\r\n" for k, v in headers), b"\r\n"])
         pooled = self._pooled(key)
-        for conn in (pooled, None) if pooled is not None else (None,):
-            conn = conn or await self._connect(key)
-            conn._reset(head=method == "HEAD")
+        retry = pooled is not None and method in IDEMPOTENT
+        conn = pooled or await self._connect(key, timeouts.connect)
+        while True:
+            conn._reset(method == "HEAD", timeouts)
             assert conn.transport is not None
             conn.transport.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
                 conn.transport.write(body)
+            conn._arm(timeouts.response, "upstream sent no response headers")
             try:
                 await conn.headers_done
-            except UpstreamError:
-                if conn is pooled and not conn.got_bytes:
-                    continue  # the server closed the idle connection: retry on a fresh one
+            except UpstreamError as exc:
+                conn.abort()
+                if retry and not conn.got_bytes and not isinstance(exc, UpstreamTimeout):
+                    retry = False  # the server closed the idle connection: once more, fresh
+                    conn = await self._connect(key, timeouts.connect)
+                    continue
                 raise
             except BaseException:
-                if conn.transport is not None:
-                    conn.transport.abort()
+                conn.abort()
                 raise
             return UpstreamResponse(self, key, conn)
-        raise AssertionError("unreachable")
 
     async def status(self, url: str, timeout: float) -> int | None:
         """GET ``url`` and return its status, or None if it did not answer in time."""
         resp: UpstreamResponse | None = None
         try:
             host, port, path = origin(url)
-            resp = await asyncio.wait_for(self.request("GET", host, port, path or "/", [], b""),
-                                          timeout)
-            await asyncio.wait_for(resp.read(), timeout)
-        except (UpstreamError, asyncio.TimeoutError):
+            resp = await self.request("GET", host, port, path or "/", [], b"",
+                                      Timeouts(timeout, timeout, timeout))
+            await resp.read()
+        except UpstreamError:
             if resp is not None:
                 resp.close(reuse=False)
             return None

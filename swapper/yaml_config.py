@@ -6,8 +6,10 @@ may use macros defined before it) and ``${MODEL_ID}``. ``${PORT}`` stays in
 place for the spawner to fill (only in ``cmd`` and ``proxy``) and ``${PID}``
 stays in ``cmdStop``. Commands are split with :mod:`shlex`, never run by a shell.
 
-Extensions: ``memoryBudgetMB``, ``loadWaitTimeout`` and ``maxQueueWait`` (global),
-``memoryMB`` (per model). Keys the
+Extensions: ``memoryBudgetMB``, ``loadWaitTimeout``, ``maxQueueWait`` and
+``sendLoadingState`` (global), ``memoryMB`` and ``sendLoadingState`` (per model), and
+``bodyIdle`` in a model's ``timeouts`` block (beside llama-swap's ``connect`` and
+``responseHeader``; seconds, 0 = none). Keys the
 loader does not support are listed, with their path, in
 ``config.extra["unsupported"]``; the rest of the config still loads.
 """
@@ -38,6 +40,7 @@ from .config import (
     Matrix,
     ModelSpec,
     SwapperConfig,
+    Timeouts,
 )
 from .solver import compile_plan
 
@@ -58,8 +61,9 @@ _GLOBAL_KEYS = frozenset({
 _MODEL_KEYS = frozenset({
     "cmd", "cmdStop", "proxy", "checkEndpoint", "ttl", "unloadTimeout", "aliases", "unlisted",
     "env", "useModelName", "filters", "concurrencyLimit", "name", "description", "metadata",
-    "macros", "memoryMB", "sendLoadingState",
+    "macros", "memoryMB", "sendLoadingState", "timeouts",
 })
+_TIMEOUT_KEYS = {"connect": "connect", "responseHeader": "response", "bodyIdle": "idle"}
 # Model fields where a runtime macro may stay unexpanded.
 _RUNTIME_MACROS = {
     "cmd": frozenset({"PORT"}),
@@ -333,6 +337,7 @@ class _Loader:
             "metadata": ("metadata", self._mapping),
             "memoryMB": ("memory_mb", self._non_negative),
             "sendLoadingState": ("send_loading_state", self._boolean),
+            "timeouts": ("timeouts", self._timeouts),
         }
         values = {parsers[k][0]: parsers[k][1](v, (*path, k)) for k, v in fields.items()}
         ttl, unload = values.get("ttl", USE_GLOBAL_TTL), values.get("unload_timeout", 0)
@@ -347,6 +352,11 @@ class _Loader:
         if ttl < 0 and ttl != USE_GLOBAL_TTL:
             raise self._error(path, f"must be >= 0 (or -1 for globalTTL), got {value!r}")
         return ttl
+
+    def _timeouts(self, value: Any, path: YamlPath) -> Timeouts:
+        raw = self._section(value, path, _TIMEOUT_KEYS.keys())
+        return Timeouts(**{field: self._non_negative(raw[key], (*path, key))
+                           for key, field in _TIMEOUT_KEYS.items() if raw.get(key) is not None})
 
     def _env(self, value: Any, path: YamlPath) -> dict[str, str]:
         env = {}
