@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, fake_cmd
+from tests.conftest import Server, fake_cmd, wait_until
 from tests.ui.conftest import CHAT, LOAD_MS, post, scrape, slow_config, sse_data
 
 Swapper = Callable[..., Server]
@@ -187,3 +187,21 @@ def test_with_api_keys_the_page_is_public_and_the_data_needs_the_key(swapper: Sw
 @pytest.mark.parametrize("path", ["/api/models/load/nope"])
 def test_loading_an_unknown_model_is_a_404(swapper: Swapper, path: str) -> None:
     assert swapper(slow_config()).post(path)[0] == 404
+
+
+def test_a_client_leaving_during_the_load_frees_its_place_and_the_load_carries_on(
+        swapper: Swapper) -> None:
+    server = swapper(slow_config())
+    resp = post(server.base, CHAT, {"model": "slow", "stream": True, "messages": HI})
+    assert resp.read1(65536).startswith(b": loading slow")
+
+    def slow() -> dict:
+        return next(m for m in json.loads(server.get("/api/state")[2])["models"]
+                    if m["model"] == "slow")
+
+    wait_until(lambda: slow()["queued"] == 1, 5, "the request waiting for the load")
+    resp.close()
+    wait_until(lambda: slow()["queued"] == 0, 5, "the waiter to be cancelled")
+    wait_until(lambda: slow()["state"] == "ready", 15, "the load to finish anyway")
+    done = [e for e in json.loads(server.get("/events")[2]) if e["kind"] == "request_done"]
+    assert [d["status"] for d in done] == [499]
