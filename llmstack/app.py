@@ -79,6 +79,8 @@ class LLMStackApp:
         self.swapper = swapper
         self.loaded = loaded
         self.floors = SessionFloors()
+        self.shutdown_hooks: list[Callable[[], None]] = []
+        """Run after the models are stopped (uvicorn re-raises SIGTERM, so no finally runs)."""
 
     @property
     def manager(self) -> Manager:
@@ -105,6 +107,8 @@ class LLMStackApp:
             elif message["type"] == "lifespan.shutdown":
                 loop.remove_signal_handler(signal.SIGHUP)
                 await self.swapper.shutdown()
+                for hook in self.shutdown_hooks:
+                    hook()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -157,9 +161,9 @@ class LLMStackApp:
             if not isinstance(model, str):
                 raise ApiError(400, "'model' must be a string")
             found = self.loaded.stack.tier(model)
-            name = found.name if found else model
-            self.manager.bus.publish("served", tier=name, model=model, path=path)
-            await self._serve_tier(scope, receive, send, path, name, body, data,
+            tier = found.name if found else model
+            self.manager.bus.publish("named", tier=tier, model=model)
+            await self._serve_tier(scope, receive, send, path, tier, body, data,
                                    context={"asked": model, "reason": "asked by name"})
             return
         session = self._session(scope)
@@ -169,7 +173,6 @@ class LLMStackApp:
             # llama-server ignores "model" (it answers with its alias), so the client's bytes
             # go upstream unchanged; hosted tiers read the rewritten dict.
             data["model"] = tier
-            self.manager.bus.publish("served", tier=tier, model="auto", path=path)
             extra = [(b"x-llmstack-tokens", str(decision.estimated_tokens).encode()),
                      (b"x-llmstack-tier", tier.encode())]
             refused = await self._serve_tier(scope, receive, send, path, tier, body, data,

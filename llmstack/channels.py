@@ -103,7 +103,7 @@ def resolve_install(project: Project, flag: Channel | None) -> Resolved:
         if flag.external and flag.url is None:
             url = env_url or (pin.url if pin and pin.url else DEFAULT_REMOTE_URL)
             flag = Channel("external", normalise_url(url))
-        notes = ()
+        notes: tuple[str, ...] = ()
         if env_url and (not flag.external or normalise_url(env_url) != flag.url):
             notes = (f"--{flag.name} given: ignoring ${REMOTE_URL_ENV}={env_url}",)
         return Resolved(flag, "flag", notes)
@@ -111,8 +111,8 @@ def resolve_install(project: Project, flag: Channel | None) -> Resolved:
         channel = Channel("external", normalise_url(env_url))
         notes = ()
         if pin is not None and pin != channel:
-            notes = (f"${REMOTE_URL_ENV} is set: using external {channel.url} instead of the "
-                     f"pinned '{pin}' (pass --current or --next to keep this project local)",)
+            notes = ((f"${REMOTE_URL_ENV} is set: using external {channel.url} instead of the "
+                      f"pinned '{pin}' (pass --current or --next to keep this project local)"),)
         return Resolved(channel, "environment", notes)
     if pin is not None:
         return Resolved(pin, "pinned")

@@ -185,7 +185,7 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
             child = subprocess.Popen(argv, cwd=root, stdin=subprocess.DEVNULL, stdout=stderr,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            record = record_for(child.pid, host=target.host, port=target.port,
+            record = record_for(child.pid, argv, host=target.host, port=target.port,
                                 log_dir=str(logs), demo=target.models_ini is None,
                                 channel=channel.name, started_at=time.time())
         except psutil.NoSuchProcess:

@@ -14,13 +14,19 @@ import shutil
 import sys
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
-from .channels import Channel, for_channel, fetch_models_ini, pinned, require_local, resolve_install
-from .channels import write_marker
+from .channels import (
+    Channel,
+    fetch_models_ini,
+    for_channel,
+    pinned,
+    require_local,
+    resolve_install,
+    write_marker,
+)
 from .config import Stack, bundled_template_text, load_stack, parse_stack
 from .files import GeneratedFiles, create_atomic
-from .opencode_config import local_base_url, render, to_text
+from .opencode_config import LOCAL_PROVIDER_NAME, local_base_url, render, to_text
 from .project import Project, UserError
 
 
@@ -33,8 +39,12 @@ def agents_md_text() -> str:
 
 
 def init(project: Project) -> int:
-    """Seed models.ini from the bundled template unless one exists."""
+    """Seed models.ini from the bundled template unless one exists (refused when external)."""
     require_local(project, "init")
+    return _seed(project)
+
+
+def _seed(project: Project) -> int:
     path = project.models_ini
     if create_atomic(path, bundled_template_text()):
         say(f"[OK] wrote {path} from the bundled template: edit its tiers, then `llmstack configure`")
@@ -64,23 +74,22 @@ def _local_stack(project: Project, seeded: bool) -> Stack:
 
 def render_for(project: Project, channel: Channel, demo: bool = False,
                fresh_ok: bool = False) -> Rendered:
-    """opencode.json for a channel: the local (or demo) models.ini, or the remote stack's."""
-    instructions = [str(project.agents_md.resolve())]
-    if channel.external:
-        assert channel.url is not None
-        say(f"[*] fetching models.ini from {channel.url}/models.ini ...")
-        text = fetch_models_ini(channel.url)
-        stack = parse_stack(text, f"{channel.url}/models.ini")
-        base = f"{channel.url}/v1"
-        config = render(stack, base, instructions, f"llmstack (remote stack at {channel.url})")
-        return Rendered(stack, to_text(config), base)
+    """opencode.json for the demo stack, the local models.ini (current or next), or a remote's."""
+    name = LOCAL_PROVIDER_NAME
     if demo:
         from .demo import demo_stack
         stack = demo_stack()
+        base = local_base_url(stack)
+    elif channel.external:
+        assert channel.url is not None
+        say(f"[*] fetching models.ini from {channel.url}/models.ini ...")
+        stack = parse_stack(fetch_models_ini(channel.url), f"{channel.url}/models.ini")
+        base, name = f"{channel.url}/v1", f"llmstack (remote stack at {channel.url})"
     else:
         stack = for_channel(_local_stack(project, fresh_ok), channel)
-    base = local_base_url(stack)
-    return Rendered(stack, to_text(render(stack, base, instructions)), base)
+        base = local_base_url(stack)
+    config = render(stack, base, [str(project.agents_md.resolve())], name)
+    return Rendered(stack, to_text(config), base)
 
 
 def _write(project: Project, rendered: Rendered) -> None:
@@ -114,7 +123,7 @@ def install(project: Project, flag: Channel | None, print_only: bool = False) ->
         say(f"[!] {note}")
     channel = resolved.channel
     if not channel.external and not print_only:
-        init(project)
+        _seed(project)
     rendered = render_for(project, channel, fresh_ok=print_only)
     if print_only:
         sys.stdout.write(rendered.text)

@@ -23,6 +23,7 @@ from typing import Any
 from .config import Stack, Tier
 
 PROVIDER_ID = "llmstack"
+LOCAL_PROVIDER_NAME = "llmstack (local stack + auto router)"
 SCHEMA = "https://opencode.ai/config.json"
 DEFAULT_DISABLED_PROVIDERS = ("anthropic", "openai", "google", "openrouter", "xai", "groq",
                               "deepseek", "mistral", "cerebras", "azure", "perplexity",
@@ -90,7 +91,7 @@ def _auto_entry(stack: Stack) -> dict[str, Any]:
 
 
 def render(stack: Stack, base_url: str, instructions: Sequence[str],
-           provider_name: str = "llmstack (local stack + auto router)") -> dict[str, Any]:
+           provider_name: str = LOCAL_PROVIDER_NAME) -> dict[str, Any]:
     """The opencode.json object (keys in the order opencode users know from the original).
 
     ``$OPENCODE_SHARE``, ``$OPENCODE_USERNAME``, ``$OPENCODE_DISABLED_PROVIDERS`` (comma

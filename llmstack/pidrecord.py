@@ -70,10 +70,16 @@ def remove_record(root: Path, pid: int | None = None) -> None:
     record_path(root).unlink(missing_ok=True)
 
 
-def record_for(pid: int, **fields: Any) -> PidRecord:
-    """A record of the live process ``pid`` as the kernel describes it now."""
+def record_for(pid: int, argv: list[str] | None = None, **fields: Any) -> PidRecord:
+    """A record of the live process ``pid``; ``argv``: what it was just exec'd with.
+
+    A child's command line is read as ``argv`` rather than from the kernel: right after
+    ``Popen`` returns, ``/proc/<pid>/cmdline`` can still be empty (the exec is not done
+    setting up the new image), while the create time is fixed at fork.
+    """
     proc = psutil.Process(pid)
-    return PidRecord(pid=pid, create_time=proc.create_time(), cmdline=proc.cmdline(), **fields)
+    cmdline = list(argv) if argv is not None else proc.cmdline()
+    return PidRecord(pid=pid, create_time=proc.create_time(), cmdline=cmdline, **fields)
 
 
 def verify(record: PidRecord) -> tuple[psutil.Process | None, str]:

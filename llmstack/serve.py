@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from swapper.config import ConfigError
@@ -20,12 +19,11 @@ from .app import LLMStackApp, Loaded
 from .channels import Channel, for_channel, read_marker, resolve_serve, write_marker
 from .config import ModelsIniError, Stack, load_stack
 from .demo import BANNER, demo_files, demo_stack
-from .llama_server import cache_dir, find_llama_server, missing_server_message
 from .hosted import litellm_installed
+from .llama_server import cache_dir, find_llama_server, missing_server_message
 from .project import Project, find_project
 from .routing import RoutingTable
 from .stack_config import build_swapper_config, local_files
-
 
 API_KEYS_ENV = "LLMSTACK_API_KEYS"
 
@@ -65,8 +63,8 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
         return 2
     use_demo = demo or not path.exists()
     project = find_project()
-    # the project's pinned channel applies to its own models.ini, not to a named one or the demo
-    resolved = resolve_serve(None if named or use_demo else project, channel_flag)
+    # the project's pinned channel applies to its own models.ini, not to a named one or --demo
+    resolved = resolve_serve(None if named or demo else project, channel_flag)
     for note in resolved.notes:
         print(f"[!] {note}", file=sys.stderr)
     channel = resolved.channel
@@ -103,21 +101,23 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
         print(BANNER.format(host=host, port=port), file=sys.stderr)
     elif channel.name != "current":
         print(f"[*] serving the {channel.name} channel of {path}", file=sys.stderr)
-    with active_channel(project, channel):
+    clear = record_active_channel(project, channel)
+    app.shutdown_hooks.append(clear)
+    try:
         run(app, host, port, log_level, own_logging=log_dir is not None)
+    finally:
+        clear()
     return 0
 
 
-@contextmanager
-def active_channel(project: Project, channel: Channel) -> Iterator[None]:
-    """Record the served channel in the project's .llmstack/active-channel while serving."""
+def record_active_channel(project: Project, channel: Channel) -> Callable[[], None]:
+    """Write the served channel to the project's .llmstack/active-channel; returns the undo."""
     marker = project.active_channel
     if not project.state.is_dir():
-        yield
-        return
+        return lambda: None
     write_marker(marker, channel)
-    try:
-        yield
-    finally:
-        if read_marker(marker) == channel:
+
+    def clear() -> None:
+        if marker.exists() and read_marker(marker) == channel:
             marker.unlink(missing_ok=True)
+    return clear

@@ -19,6 +19,19 @@ from tests.lifecycle.conftest import Cli
 LOOKALIKE = "import time; time.sleep(120)"
 
 
+def _diagnose(project: Path) -> str:
+    """The pid record and what the kernel says about its pid, for failure messages."""
+    path = project / ".llmstack" / "daemon.json"
+    if not path.exists():
+        return "no pid record"
+    record = json.loads(path.read_text())
+    try:
+        proc = psutil.Process(record["pid"])
+        return f"record {record}; live: {proc.create_time()} {proc.cmdline()} {proc.status()}"
+    except psutil.Error as exc:
+        return f"record {record}; {exc!r}"
+
+
 def _record(project: Path) -> dict:
     return json.loads((project / ".llmstack" / "daemon.json").read_text())
 
@@ -89,7 +102,7 @@ def test_restart_reload_and_following_a_tier_log(cli: Cli, project: Path,
     try:
         assert follow.stdout is not None
         line = follow.stdout.readline()  # the buffered history arrives first
-        assert line.strip(), "logs -f printed nothing"
+        assert line.strip(), f"logs -f printed nothing; {_diagnose(project)}"
     finally:
         follow.kill()
         follow.wait()
@@ -126,6 +139,14 @@ def test_foreground_start_is_recorded_and_stopped_by_stop(cli: Cli, project: Pat
         if fg.poll() is None:
             fg.kill()
             fg.wait()
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    """SIGTERM is in the process's ignored-signals mask (/proc/<pid>/status SigIgn)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
 
 
 def _listening(port: int) -> bool:
@@ -204,3 +225,21 @@ def test_a_client_of_an_external_stack_has_nothing_local_to_start_or_stop(
     assert stopped.returncode == 0 and "nothing local to stop" in stopped.stdout
     status = cli("status")
     assert status.returncode == 1 and "http://127.0.0.1:9 does not answer" in status.stdout
+
+
+def test_stop_kills_what_ignores_sigterm_after_the_grace_period(
+        cli: Cli, project: Path, spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    stubborn = spawn([sys.executable, "-c", "import signal, time; "
+                      "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+    proc = psutil.Process(stubborn.pid)
+    wait_until(lambda: "SIG_IGN" in " ".join(proc.cmdline()), 10, "the stubborn process to exec")
+    record = {"pid": proc.pid, "create_time": proc.create_time(), "cmdline": proc.cmdline(),
+              "host": "127.0.0.1", "port": free_port(), "log_dir": "", "demo": True,
+              "channel": "current", "started_at": time.time()}
+    (project / ".llmstack" / "daemon.json").write_text(json.dumps(record))
+    wait_until(lambda: _ignores_sigterm(proc.pid), 10, "it to ignore SIGTERM")
+    started = time.monotonic()
+    stopped = cli("stop")
+    assert stopped.returncode == 0 and "SIGKILL" in stopped.stdout, stopped.stdout
+    assert stubborn.wait(5) == -signal.SIGKILL
+    assert time.monotonic() - started >= 5.0  # TERM first, KILL only after the grace period

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmstack.project import Project
+from tests.conftest import Server, wait_until
 
 _LEAKY_ENV = ("LLMSTACK_REMOTE_URL", "LLMSTACK_USE_NEXT", "LLMSTACK_MODELS_INI", "LLMSTACK_WORK_DIR",
               "LLMSTACK_CHANNEL", "OPENCODE_CONFIG_DIR", "OPENCODE_SHARE", "OPENCODE_USERNAME",
@@ -44,10 +46,44 @@ def cli(project: Project) -> Iterator[Cli]:
         full = {k: v for k, v in os.environ.items() if k not in _LEAKY_ENV}
         return subprocess.run([sys.executable, "-m", "llmstack", *args], cwd=cwd or project.root,
                               env={**full, **(env or {})}, capture_output=True, text=True,
-                              timeout=60)
+                              timeout=60, check=False)
     yield run
 
 
 def tree(root: Path) -> dict[str, bytes]:
     """Every file under root with its content (to prove nothing was written)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def serve_in(cwd: Path, port: int, log: Path, env: dict[str, str], *args: str,
+             ready_path: str = "/v1/models", timeout: float = 60) -> Server:
+    """``llmstack serve --port P [args]`` run in ``cwd`` (so it finds that project's .llmstack)."""
+    argv = [sys.executable, "-m", "llmstack", "serve", "--port", str(port), *args]
+    with log.open("wb") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                 env={**{k: v for k, v in os.environ.items() if k not in _LEAKY_ENV},
+                                      **env}, start_new_session=True)
+    server = Server(popen, f"http://127.0.0.1:{port}", log)
+
+    def up() -> bool:
+        if popen.poll() is not None:
+            raise AssertionError(f"serve exited early:\n{server.output()}")
+        try:
+            return server.get(ready_path)[0] == 200
+        except OSError:
+            return False
+
+    wait_until(up, timeout, f"llmstack serve to answer {ready_path}")
+    return server
+
+
+def hub_with_demo_models(hub: Path) -> Path:
+    """A Hugging Face cache holding the demo's tiny models (what `llmstack download` leaves)."""
+    from llmstack.demo import demo_files, demo_stack
+
+    snapshot = hub / "models--llmstack-demo--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for path in demo_files(demo_stack()).values():
+        assert path is not None
+        shutil.copy(path, snapshot / path.name)
+    return hub

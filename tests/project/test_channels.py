@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from llmstack.channels import (
-    CURRENT, Channel, next_stack, read_marker, require_local, resolve_install, resolve_serve,
+    CURRENT,
+    Channel,
+    next_stack,
+    read_marker,
+    require_local,
+    resolve_install,
+    resolve_serve,
     write_marker,
 )
 from llmstack.config import bundled_template_text, parse_stack
@@ -95,7 +101,7 @@ def test_next_channel_swaps_queued_files_and_models() -> None:
     nxt = {t.name: t for t in next_stack(stack).tiers}
     assert nxt["code-smart"].hf_file == "Qwen3-Coder-Next-UD-Q4_K_XL.gguf"
     assert nxt["code-smart"].size_gb == 50 and nxt["code-smart"].quant == "UD-Q4_K_XL"
-    assert nxt["code-fast"].hf_file == stack.tier("code-fast").hf_file  # nothing queued
+    assert nxt["code-fast"] == stack.tiers[0]  # nothing queued for code-fast
     hosted = parse_stack("[h]\nrole = fast\nmodel = openai/a\nmodel_next = openai/b\nctx_size = 9000\n")
     assert next_stack(hosted).tiers[0].model == "openai/b"
     with pytest.raises(UserError, match="no tier queues an upgrade"):

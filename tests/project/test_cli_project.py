@@ -124,12 +124,19 @@ def test_models_ini_errors_are_located(cli: Cli, project: Project) -> None:
 def test_setup_runs_init_download_configure_start_in_order(
         project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple] = []
+
+    def download_tiers(stack: object, names: list[str]) -> int:
+        calls.append(("download", names, project.models_ini.exists()))
+        return 0
+
+    def start_detached(root: Path, demo: bool = False) -> int:
+        calls.append(("start", root, demo, (root / ".llmstack" / "opencode.json").exists()))
+        return 0
+
     download = types.ModuleType("llmstack.download")
     daemon = types.ModuleType("llmstack.daemon")
-    download.download_tiers = lambda stack, names: calls.append(  # type: ignore[attr-defined]
-        ("download", names, project.models_ini.exists())) or 0
-    daemon.start_detached = lambda root, demo=False: calls.append(  # type: ignore[attr-defined]
-        ("start", root, demo, project.opencode_json.exists())) or 0
+    download.download_tiers = download_tiers  # type: ignore[attr-defined]
+    daemon.start_detached = start_detached  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "llmstack.download", download)
     monkeypatch.setitem(sys.modules, "llmstack.daemon", daemon)
     assert install.setup(project) == 0
@@ -166,6 +173,9 @@ def test_local_verbs_refuse_in_external_mode(cli: Cli, project: Project) -> None
         line = one_line_error(cli(verb))
         assert f"`llmstack {verb}`" in line and "install --current" in line
     assert not project.models_ini.exists()
+    demo = cli("configure", "--demo", "--print")  # an explicit --demo needs no remote
+    assert demo.returncode == 0 and "fetching" not in demo.stderr
+    assert json.loads(demo.stdout)["small_model"] == "llmstack/fast"
 
 
 def test_agents_md_is_packaged() -> None:

@@ -10,7 +10,11 @@ from llmstack.channels import next_stack
 from llmstack.config import bundled_template_text, parse_stack
 from llmstack.demo import demo_stack
 from llmstack.opencode_config import (
-    COLD_READ_MB_PER_S, DEFAULT_DISABLED_PROVIDERS, local_base_url, provider_timeouts_ms, render,
+    COLD_READ_MB_PER_S,
+    DEFAULT_DISABLED_PROVIDERS,
+    local_base_url,
+    provider_timeouts_ms,
+    render,
     to_text,
 )
 
