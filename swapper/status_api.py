@@ -39,7 +39,7 @@ LOG_POLL = 0.25
 
 
 def _ui_file(name: str) -> bytes:
-    return resources.files("swapper").joinpath("ui", name).read_bytes()
+    return resources.files("swapper").joinpath("ui").joinpath(name).read_bytes()
 
 
 class StatusApi:
