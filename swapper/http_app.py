@@ -18,7 +18,6 @@ from typing import Any
 
 from .errors import ApiError, sse_error_event, unavailable
 from .manager import Manager
-from .scheduler import Status
 from .loading import SCOPE_KEY, LoadingStream, wants_stream
 from .observe import RequestMeter
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
@@ -281,18 +280,28 @@ class SwapperApp:
 
         An upstream answer whose status is in ``intercept`` is returned, not sent.
         ``context`` (e.g. the routing reason) goes into the request's ``request_done``
-        event. A streamed request for a model that is not ready is answered at once and
-        kept alive while it loads (:mod:`swapper.loading`).
+        event. A streamed request that must wait (a load, a swap, a drain) is answered at
+        once and kept alive meanwhile (:mod:`swapper.loading`); 404/429 stay plain errors.
         """
         watch = DisconnectWatch(receive, send)
         resolved = self.manager.config.resolve(model)
         loading: LoadingStream | None = scope.get(SCOPE_KEY)
-        if loading is None and resolved is not None and wants_stream(path, data):
-            loading = await self._start_loading(scope, resolved, path, watch.send, extra_headers)
         meter = RequestMeter(self.manager.bus, loading.send if loading else watch.send,
                              resolved or "-", path, context)
+
+        async def start_loading() -> None:  # the request must wait: answer it now
+            nonlocal loading
+            loading = LoadingStream(watch.send, resolved or model,
+                                    bool(spec and spec.send_loading_state),
+                                    chat=path == "/v1/chat/completions")
+            scope[SCOPE_KEY] = loading
+            meter.downstream = loading.send
+            await loading.begin(list(extra_headers))
+
+        spec = self.manager.config.models.get(resolved) if resolved else None
+        early = loading is None and spec is not None and wants_stream(path, data)
         try:
-            async with self.manager.lease(model) as lease:
+            async with self.manager.lease(model, start_loading if early else None) as lease:
                 if loading is not None:
                     await loading.ready()
                 body = self._rewrite_body(lease.spec, body, data)
@@ -322,18 +331,6 @@ class SwapperApp:
             if loading is not None:
                 await loading.ready()
             watch.close()
-
-    async def _start_loading(self, scope: Scope, model: str, path: str, send: Send,
-                             headers: Headers) -> LoadingStream | None:
-        """Start the response now when ``model`` must load first (it has a process, not ready)."""
-        spec = self.manager.config.models[model]
-        if not spec.has_process or self.manager.scheduler.status.get(model) is Status.READY:
-            return None
-        loading = LoadingStream(send, model, spec.send_loading_state,
-                                chat=path == "/v1/chat/completions")
-        scope[SCOPE_KEY] = loading
-        await loading.begin(list(headers))
-        return loading
 
     async def send_intercepted(self, scope: Scope, send: Send, answer: Intercepted) -> None:
         """Send an answer :meth:`serve_model` held back (an SSE error event once loading began)."""

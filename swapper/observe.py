@@ -50,13 +50,13 @@ class RequestMeter:
     pays one attribute swap; the tail is searched once, at the end.
     """
 
-    __slots__ = ("_bus", "_done", "_first", "_last", "_prev", "_send", "_t0", "context", "model",
-                 "path", "status")
+    __slots__ = ("_bus", "_done", "_first", "_last", "_prev", "_t0", "context", "downstream",
+                 "model", "path", "status")
 
     def __init__(self, bus: EventBus, send: Send, model: str, path: str,
                  context: Mapping[str, Any] | None = None) -> None:
         self._bus = bus
-        self._send = send
+        self.downstream = send
         self.model = model
         self.path = path
         self.context = context
@@ -74,12 +74,12 @@ class RequestMeter:
                     self._first = time.perf_counter()
                 self._prev, self._last = self._last, body
             if not message.get("more_body", False):
-                await self._send(message)
+                await self.downstream(message)
                 self.finish()
                 return
         elif message["type"] == "http.response.start":
             self.status = message["status"]
-        await self._send(message)
+        await self.downstream(message)
 
     def finish(self, status: int | None = None) -> None:
         """Publish the record once (``status`` for an error answered before any byte)."""

@@ -205,3 +205,14 @@ def test_a_client_leaving_during_the_load_frees_its_place_and_the_load_carries_o
     wait_until(lambda: slow()["state"] == "ready", 15, "the load to finish anyway")
     done = [e for e in json.loads(server.get("/events")[2]) if e["kind"] == "request_done"]
     assert [d["status"] for d in done] == [499]
+
+
+def test_a_refused_streaming_request_keeps_its_status(swapper: Swapper) -> None:
+    server = swapper(slow_config().replace("  quick:", "    concurrencyLimit: 1\n  quick:"))
+    first = post(server.base, CHAT, {"model": "slow", "stream": True, "messages": HI})
+    assert first.read1(65536).startswith(b": loading slow")  # it waits for the load
+    second = post(server.base, CHAT, {"model": "slow", "stream": True, "messages": HI})
+    assert second.status == 429 and second.getheader("retry-after") == "1"
+    assert json.loads(second.read())["error"]["type"] == "rate_limit_error"
+    assert post(server.base, CHAT, {"model": "nope", "stream": True, "messages": HI}).status == 404
+    assert b"data: [DONE]" in first.read()
