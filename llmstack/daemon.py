@@ -29,7 +29,8 @@ import psutil
 
 from .channels import CURRENT, Channel, pinned, require_local
 from .pidrecord import (
-    PidRecord, describe, read_record, record_for, remove_record, url_for, verify, write_record,
+    PidRecord, describe, read_record, record_for, record_path, remove_record, url_for, verify,
+    write_record,
 )
 from .project import Project, UserError
 
@@ -90,7 +91,7 @@ def running(root: Path, report: IO[str] | None = None) -> tuple[PidRecord, psuti
     proc, why = verify(record)
     if proc is None:
         if report is not None:
-            print(f"[!] stale pid record {root / '.llmstack/daemon.json'}: {why}; removed",
+            print(f"[!] stale pid record {record_path(root)}: {why}; removed",
                   file=report)
         remove_record(root, record.pid)
         return None
@@ -149,12 +150,11 @@ def _local_channel(root: Path, verb: str) -> Channel:
     return pinned(project) or CURRENT
 
 
-def serve_argv(target: Target, logs: Path | None, channel: Channel) -> list[str]:
+def serve_argv(target: Target, logs: Path, channel: Channel) -> list[str]:
+    """The background ``llmstack serve`` command line (same interpreter)."""
     argv = [sys.executable, "-m", "llmstack", "serve", "--host", target.host,
-            "--port", str(target.port)]
+            "--port", str(target.port), "--log-dir", str(logs)]
     argv += ["--models-ini", str(target.models_ini)] if target.models_ini else ["--demo"]
-    if logs is not None:
-        argv += ["--log-dir", str(logs)]
     if channel.name == "next" and target.models_ini:  # serve pins only its default models.ini
         argv += ["--channel", "next"]
     return argv
@@ -194,8 +194,9 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
             write_record(root, record)
         try:
             _wait_ready(child, target.url, timeout, out, logs)
-        except UserError:
+        except BaseException:  # failed, or Ctrl-C while waiting: leave nothing behind
             _terminate(child.pid)
+            child.poll()
             remove_record(root, child.pid)
             _clear_active_channel(root)
             raise
@@ -357,7 +358,9 @@ def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
         if found is None:
             raise UserError("the stack is not running: llmstack logs -f TIER follows a running "
                            f"stack (its last log: llmstack logs {tier})")
-        return _stream_tier(found[0].url, tier, out)
+        tier_log = directory / f"{tier}.log"
+        return _stream_tier(found[0].url, tier, out, tier_log if tier_log.exists() else None,
+                            lines)
     path = directory / (f"{tier}.log" if tier else STACK_LOG)
     if not path.exists():
         known = sorted(p.stem for p in directory.glob("*.log") if p.name != STACK_LOG)
@@ -366,7 +369,8 @@ def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
                        + (f" (tier logs: {', '.join(known)})" if known else
                           " (llmstack start --detach writes logs there)"))
     with path.open(errors="replace") as handle:
-        out.writelines(handle.readlines()[-lines:] if lines else [])
+        history = handle.readlines()  # read to the end either way: -f goes on from there
+        out.writelines(history[-lines:] if lines > 0 else [])
         out.flush()
         if follow:
             _follow_file(path, handle, out)
@@ -391,18 +395,27 @@ def _follow_file(path: Path, handle: IO[str], out: IO[str]) -> None:
         time.sleep(0.2)
 
 
-def _stream_tier(url: str, tier: str, out: IO[str]) -> int:
-    """Follow one tier's log live from the stack's ``/logs/stream/{tier}``."""
+def _stream_tier(url: str, tier: str, out: IO[str], tier_log: Path | None, lines: int) -> int:
+    """Follow one tier's log live from the stack's ``/logs/stream/{tier}``.
+
+    History: the last ``lines`` of ``tier_log`` when there is one (read once the
+    stream is subscribed, so nothing falls between), else the stack's buffered lines.
+    """
     import httpx
 
     from .status import auth_headers
 
+    query = "?no-history" if tier_log is not None else ""
     try:
-        with httpx.stream("GET", f"{url}/logs/stream/{tier}", headers=auth_headers(),
+        with httpx.stream("GET", f"{url}/logs/stream/{tier}{query}", headers=auth_headers(),
                           timeout=httpx.Timeout(5.0, read=None), trust_env=False) as response:
             if response.status_code != 200:
                 response.read()
                 raise UserError(f"{url}: {_error_message(response.text)}")
+            if tier_log is not None and lines > 0:
+                history = tier_log.read_text(errors="replace").splitlines(keepends=True)
+                out.writelines(history[-lines:])
+                out.flush()
             for line in response.iter_lines():
                 print(line, file=out, flush=True)
     except httpx.HTTPError as exc:

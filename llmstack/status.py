@@ -132,7 +132,8 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
     channel = doc["channel"] + (f" {doc['url']}" if doc["channel"] == "external" else "")
     head = f"llmstack: {doc['state']}"
     if doc["pid"]:
-        head += f" (pid {doc['pid']}, up {_duration(doc.get('uptime_s', 0))})"
+        rss = f", {doc['rss_mb']:.0f} MB" if doc.get("rss_mb") is not None else ""
+        head += f" (pid {doc['pid']}, up {_duration(doc.get('uptime_s', 0))}{rss})"
     print(f"{head}, channel {channel}", file=out)
     print(f"  project  {doc['project']}", file=out)
     if doc.get("stale_record"):

@@ -48,8 +48,8 @@ def test_start_status_noop_stop_leaves_none_of_ours_and_spares_a_lookalike(
     assert "running: pid" in started.stderr and f"127.0.0.1:{port}" in started.stderr
     record = _record(project)
     pid = record["pid"]
-    assert record["cmdline"][-5:] == ["--port", str(port), "--demo", "--log-dir",
-                                      str(project / ".llmstack" / "logs")]
+    assert record["cmdline"][-5:] == ["--port", str(port), "--log-dir",
+                                      str(project / ".llmstack" / "logs"), "--demo"]
     assert (project / ".llmstack" / "active-channel").read_text() == "current\n"
 
     status = cli("status")
@@ -97,19 +97,31 @@ def test_restart_reload_and_following_a_tier_log(cli: Cli, project: Path,
     port = free_port()
     assert cli("start", "--detach", "--port", str(port)).returncode == 0
     first = _record(project)["pid"]
-    follow = subprocess.Popen([sys.executable, "-m", "llmstack", "logs", "fast", "-f"],
+    follow = subprocess.Popen([sys.executable, "-m", "llmstack", "logs", "fast", "-f", "-n", "1"],
                               cwd=project, env=cli_env, stdout=subprocess.PIPE, text=True)
     try:
         assert follow.stdout is not None
-        line = follow.stdout.readline()  # the buffered history arrives first
-        assert line.strip(), f"logs -f printed nothing; {_diagnose(project)}"
+        last = (project / ".llmstack" / "logs" / "fast.log").read_text().splitlines()[-1]
+        assert follow.stdout.readline().rstrip("\n") == last, _diagnose(project)  # -n 1
+        code, _, _ = http("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
+                          {"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
+        assert code == 200
+        assert follow.stdout.readline().strip()  # then live: the request's lines
     finally:
         follow.kill()
         follow.wait()
-    reloaded = cli("reload", "--shell", "bash")
-    assert reloaded.returncode == 0, reloaded.stderr
-    assert "[OK] the stack re-read models.ini" in reloaded.stderr
-    assert "_llmstack_hook force" in reloaded.stdout  # the shell half, for eval
+    stack_log = subprocess.Popen([sys.executable, "-m", "llmstack", "logs", "-f", "-n", "0"],
+                                 cwd=project, env=cli_env, stdout=subprocess.PIPE, text=True)
+    try:
+        reloaded = cli("reload", "--shell", "bash")
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert "[OK] the stack re-read models.ini" in reloaded.stderr
+        assert "_llmstack_hook force" in reloaded.stdout  # the shell half, for eval
+        assert stack_log.stdout is not None
+        assert '"kind": "reconfigured"' in stack_log.stdout.readline()  # followed as written
+    finally:
+        stack_log.kill()
+        stack_log.wait()
 
     restarted = cli("restart", "--detach", "--port", str(port))
     assert restarted.returncode == 0, restarted.stderr
