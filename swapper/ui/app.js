@@ -3,7 +3,8 @@
 "use strict";
 const KEY = "llmstack-api-key";
 const STATE_KINDS = new Set(["swap_started", "model_starting", "model_ready", "load_failed",
-  "model_stopping", "model_stopped", "model_exited", "reconfigured", "preloaded"]);
+  "model_stopping", "model_stopped", "model_exited", "reconfigured", "preloaded",
+  "routed", "named"]);  // a request arriving changes what is in flight or queued
 let state = null;
 let refetch = null;
 
