@@ -23,7 +23,8 @@ from swapper.http_app import (
     send_bytes, send_json,
 )
 from swapper.manager import Manager
-from swapper.proxy import Intercepted, Send
+from swapper.observe import RequestMeter
+from swapper.proxy import Headers, Intercepted, Send
 
 from .config import ModelsIniError, Stack
 from .hosted import CONTEXT_CODE, HostedTiers
@@ -87,11 +88,6 @@ async def _until_disconnect(receive: Receive, send: Send,
     finally:
         watch.close()
     return None
-
-
-async def _send_intercepted(send: Send, answer: Intercepted) -> None:
-    await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
-    await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
 
 class LLMStackApp:
@@ -211,7 +207,8 @@ class LLMStackApp:
             found = self.loaded.stack.tier(model)
             tier = found.name if found else model
             self.manager.bus.publish("named", tier=tier, model=model)
-            await self._serve_tier(scope, receive, send, path, tier, body, data)
+            await self._serve_tier(scope, receive, send, path, tier, body, data,
+                                   context={"asked": model, "reason": "asked by name"})
             return
         session = self._session(scope)
         decision = self._route_auto(session, data)
@@ -223,13 +220,15 @@ class LLMStackApp:
             extra = [(b"x-llmstack-tokens", str(decision.estimated_tokens).encode()),
                      (b"x-llmstack-tier", tier.encode())]
             refused = await self._serve_tier(scope, receive, send, path, tier, body, data,
-                                             extra, intercept=_TOO_LONG_STATUS)
+                                             extra, intercept=_TOO_LONG_STATUS, context={
+                                                 "asked": "auto", "reason": decision.reason,
+                                                 "estimate": decision.estimated_tokens})
             if refused is None:
                 return
             overflow = any(marker in refused.body for marker in _CONTEXT_OVERFLOW)
             bigger = step_up(self.loaded.table, tier) if overflow else None
             if bigger is None:
-                await _send_intercepted(send, refused)
+                await self.swapper.send_intercepted(scope, send, refused)
                 return
             self.manager.bus.publish("context_step_up", from_tier=tier, to_tier=bigger,
                                      tokens=decision.estimated_tokens)
@@ -238,16 +237,20 @@ class LLMStackApp:
             tier = bigger
 
     async def _serve_tier(self, scope: Scope, receive: Receive, send: Send, path: str, name: str,
-                          body: bytes, data: dict[str, Any], extra: Iterable[tuple[bytes, bytes]] = (),
-                          intercept: frozenset[int] = frozenset()) -> Intercepted | None:
+                          body: bytes, data: dict[str, Any],
+                          extra: Iterable[tuple[bytes, bytes]] = (),
+                          intercept: frozenset[int] = frozenset(),
+                          context: dict[str, Any] | None = None) -> Intercepted | None:
         """One tier answers: hosted through litellm, local through the swapper."""
         tier = self.loaded.stack.tier(name)
         if tier is not None and tier.backend == "litellm":
+            meter = RequestMeter(self.manager.bus, send, name, path, context)
             session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
-            error = await _until_disconnect(receive, send, lambda out: self.loaded.hosted.chat(
+            error = await _until_disconnect(receive, meter.send, lambda out: self.loaded.hosted.chat(
                 tier, data, out, list(extra), session))
             if error is None:
                 return None
+            meter.finish(error.status)
             if error.status in intercept and error.code == CONTEXT_CODE:
                 return Intercepted(error.status, error.body(),
                                    [(b"content-type", b"application/json"), *extra])
@@ -257,7 +260,7 @@ class LLMStackApp:
                                      error=error.message.splitlines()[0])
             data["model"] = tier.fallback
             return await self._serve_tier(scope, receive, send, path, tier.fallback, body,
-                                          data, extra, intercept)
+                                          data, extra, intercept, context)
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
             repo, file = spec.metadata["missing_file"]
@@ -265,7 +268,7 @@ class LLMStackApp:
                                 f"run: llmstack download {name}",
                            "model_not_downloaded")
         return await self.swapper.serve_model(scope, receive, send, name, body, path,
-                                              TierName(name), extra, data, intercept)
+                                              TierName(name), extra, data, intercept, context)
 
     def _session(self, scope: Scope) -> str:
         """The agent session id (opencode sends both headers), "" when sticky routing is off."""

@@ -121,6 +121,8 @@ class Tier:
     model: str | None = None
     model_next: str | None = None
     """litellm id of the queued upgrade; ``$NAME``/``${NAME}`` read from the environment."""
+    send_loading_state: bool = False
+    """While it loads, streamed chat answers show progress in ``reasoning_content``."""
     response_timeout: int | None = None
     """Seconds to the upstream's response headers (0 = none); None: the stack's."""
     idle_timeout: int | None = None
@@ -404,6 +406,7 @@ _TIER_KEYS: dict[str, Converter] = {
     "rope_scaling": _rope,
     "model": _text,
     "model_next": _model_next,
+    "send_loading_state": _flag,
     "response_timeout": _DEFAULT_KEYS["response_timeout"],
     "idle_timeout": _DEFAULT_KEYS["idle_timeout"],
     "api_base": _url,

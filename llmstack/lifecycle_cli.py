@@ -1,6 +1,6 @@
 """The command line of the lifecycle and shell verbs.
 
-start, stop, restart, reload, status, logs, activate.
+start, stop, restart, reload, status, top, logs, activate.
 
 Only argparse is imported here (``--help`` stays fast); each verb imports its module
 when it runs. Failures raise ``UserError``: one ``[!]`` line and a non-zero status.
@@ -50,6 +50,12 @@ def register(verbs: Any) -> None:
         description="What the project's stack runs, from its own /running and /v1/models. "
                     "Exit status: 0 running, 3 stopped, 1 not answering.")
     status.add_argument("--json", action="store_true", help="print one JSON document")
+    top = verbs.add_parser(
+        "top", help="live view: models, states, memory, queue, last decisions",
+        description="Redraw the running stack's state (GET /api/state, the facts /ui shows) "
+                    "every --interval seconds until q or Ctrl-C.")
+    top.add_argument("--url", help="the stack's URL (default: this project's running stack)")
+    top.add_argument("--interval", type=float, default=0.5, help="seconds between frames (0.5)")
     logs = verbs.add_parser(
         "logs", help="the stack's log, or one tier's",
         description="Print the last lines of .llmstack/logs/llmstack.log (or TIER's log); "
@@ -111,6 +117,13 @@ def _status(args: argparse.Namespace) -> int:
     return status(find_project().root, args.json)
 
 
+def _top(args: argparse.Namespace) -> int:
+    from .project import find_project
+    from .top import stack_url, top
+
+    return top(args.url or stack_url(find_project().root), args.interval)
+
+
 def _logs(args: argparse.Namespace) -> int:
     from .daemon import logs
     from .project import find_project
@@ -141,5 +154,5 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 _HANDLERS = {"start": _start, "stop": _stop, "restart": _restart, "status": _status,
-             "logs": _logs, "activate": _activate, "reload": _reload}
+             "top": _top, "logs": _logs, "activate": _activate, "reload": _reload}
 VERBS = frozenset(_HANDLERS)

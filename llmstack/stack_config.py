@@ -113,7 +113,7 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
     local = [t for t in stack.tiers if t.backend == "gguf"]
     for tier in stack.tiers:
         common: dict[str, Any] = dict(id=tier.name, aliases=tier.effective_aliases, name=tier.description or tier.name,
-                      description=tier.description,
+                      description=tier.description, send_loading_state=tier.send_loading_state,
                       metadata={"role": tier.role, "tier": tier.tier or tier.role, "backend": tier.backend,
                                 "ctx_size": tier.ctx_size})
         if tier.backend != "gguf":

@@ -22,6 +22,7 @@ import psutil
 from .channels import CURRENT, Channel, pinned, read_marker
 from .pidrecord import read_record, record_path, verify
 from .project import Project
+from .stackview import decision_line, memory_line, state_text
 
 TIMEOUT = 2.0
 STOPPED = 3  # exit status when nothing runs, as `systemctl status` / LSB
@@ -91,6 +92,7 @@ def collect(root: Path) -> dict[str, Any]:
     try:
         running = {row["model"]: row for row in client.get_json("/running")["running"]}
         models = client.get_json("/v1/models")["data"]
+        live = client.get_json("/api/state")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         doc["state"] = "not answering"
         doc["error"] = str(exc) or type(exc).__name__
@@ -99,16 +101,21 @@ def collect(root: Path) -> dict[str, Any]:
         client.close()
     doc["state"] = "running"
     doc["base_url"] = doc["url"] + "/v1"
+    facts = {m["model"]: m for m in live["models"]}
+    doc.update(memory=live["memory"], decisions=live["decisions"][-5:], swaps=live["swaps"][-3:])
     for row in models:
         if "tier" not in row or row["id"] != row["tier"]:
             continue  # auto and aliases
-        live = running.get(row["id"], {})
+        up = running.get(row["id"], {})
+        fact = facts.get(row["id"], {})
         hosted = row.get("backend") == "litellm"
         doc["tiers"].append({
             "name": row["id"], "role": row.get("role"), "backend": row.get("backend"),
-            "state": live.get("state") or ("hosted" if hosted else "stopped"),
-            "pid": live.get("pid"), "port": live.get("port"),
-            "rss_mb": _rss_mb(live.get("pid")), "memory_mb": live.get("memory_mb"),
+            "state": up.get("state") or ("hosted" if hosted else "stopped"),
+            "detail": state_text(fact, live["ts"]) if fact and not hosted else None,
+            "pid": up.get("pid"), "port": up.get("port"),
+            "rss_mb": _rss_mb(up.get("pid")), "memory_mb": up.get("memory_mb"),
+            "in_flight": fact.get("in_flight", 0), "queued": fact.get("queued", 0),
             "context": row.get("context_length"), "hosted_model": row.get("hosted_model"),
             "backends": row.get("backends", [])})
     return doc
@@ -143,10 +150,11 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
           file=out)
     if doc.get("logs"):
         print(f"  logs     {doc['logs']}  (llmstack logs [tier] -f)", file=out)
-    rows = [("TIER", "ROLE", "BACKEND", "STATE", "PID", "PORT", "RSS", "CONTEXT")]
+    rows = [("TIER", "ROLE", "BACKEND", "STATE", "IN", "QUEUE", "PID", "PORT", "RSS", "CONTEXT")]
     for t in doc["tiers"]:
-        rows.append((t["name"], t["role"] or "-", t["backend"] or "-", t["state"],
-                     str(t["pid"] or "-"), str(t["port"] or "-"),
+        rows.append((t["name"], t["role"] or "-", t["backend"] or "-", t["detail"] or t["state"],
+                     str(t["in_flight"]), str(t["queued"]), str(t["pid"] or "-"),
+                     str(t["port"] or "-"),
                      f"{t['rss_mb']:.0f} MB" if t["rss_mb"] is not None else "-",
                      str(t["context"] or "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -159,7 +167,13 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
             health = "healthy" if b.get("healthy") else f"DOWN ({b.get('error') or 'no answer'})"
             print(f"  {t['name']}: backend {b['url']} {health}", file=out)
     resident = [t["name"] for t in doc["tiers"] if t["pid"]]
-    print(f"  resident {', '.join(resident) or 'none'}", file=out)
+    print(f"  resident {', '.join(resident) or 'none'}; {memory_line(doc)}", file=out)
+    for d in reversed(doc["decisions"]):
+        print(f"  recent   {decision_line(d)}", file=out)
+    for s in reversed(doc["swaps"]):
+        print(f"  swap     {s['model']} evicting {', '.join(s.get('evict') or []) or 'nothing'} "
+              f"(set {s.get('set')}, cost {s.get('cost')}): {s.get('result') or 'in progress'}",
+              file=out)
 
 
 def status(root: Path, as_json: bool, out: IO[str] = sys.stdout) -> int:

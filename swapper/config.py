@@ -89,6 +89,8 @@ class ModelSpec:
     name: str = ""
     description: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    send_loading_state: bool = False
+    """While it loads, streamed chat answers carry progress text in ``reasoning_content``."""
 
     @property
     def has_process(self) -> bool:

@@ -52,7 +52,7 @@ class EventBus:
 
 # One per request: at INFO they would be an access log on the hot path (10 % of the CPU
 # under load); they stay visible in GET /events and with --log-level debug.
-PER_REQUEST_KINDS = frozenset({"routed", "named"})
+PER_REQUEST_KINDS = frozenset({"routed", "named", "request_done"})
 
 
 def log_events(event: Event) -> None:

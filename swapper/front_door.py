@@ -127,12 +127,14 @@ class FrontDoor:
                 (b"access-control-allow-headers", asked or b"authorization, content-type"),
                 (b"access-control-max-age", CORS_MAX_AGE.encode())]
 
-    def admit(self, scope: Scope, keys: Iterable[str]) -> None:
-        """Raise 401/403 unless this request may be served (preflights skip the key check)."""
+    def admit(self, scope: Scope, keys: Iterable[str],
+              public: frozenset[str] = frozenset({"/health"})) -> None:
+        """Raise 401/403 unless this request may be served (preflights and ``public`` paths
+        skip the key check)."""
         keys = tuple(keys)
         if not keys:
             self._check_local(scope)
-        elif scope["path"] != "/health" and scope["method"] != "OPTIONS":
+        elif scope["path"] not in public and scope["method"] != "OPTIONS":
             given = _given_key(scope)
             if not any(hmac.compare_digest(given, key.encode()) for key in keys):
                 raise ApiError(401, "missing or wrong API key")

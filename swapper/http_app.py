@@ -18,7 +18,10 @@ from typing import Any
 from .errors import ApiError, sse_error_event, unavailable
 from .front_door import FrontDoor, header_bytes, without_credentials
 from .manager import Manager
+from .loading import SCOPE_KEY, LoadingStream, wants_stream
+from .observe import RequestMeter
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
+from .status_api import PUBLIC_PATHS, StatusApi
 from .upstream_path import raw_path, upstream_target
 
 log = logging.getLogger("swapper")
@@ -204,6 +207,7 @@ class SwapperApp:
         self.upstream = upstream or UpstreamClient(manager.http)
         self.max_body = max_body
         self.front = front or FrontDoor()
+        self.status_api = StatusApi(manager)
 
     async def startup(self) -> None:
         await self.manager.start()
@@ -230,7 +234,7 @@ class SwapperApp:
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, route: Route,
                      cors: bool) -> None:
-        self.front.admit(scope, self.manager.config.api_keys)
+        self.front.admit(scope, self.manager.config.api_keys, PUBLIC_PATHS)
         if scope["method"] == "OPTIONS":
             if not cors:
                 raise ApiError(405, "OPTIONS is answered only for configured CORS origins",
@@ -282,6 +286,8 @@ class SwapperApp:
             await self._log_stream(scope, receive, send, path.removeprefix("/logs/stream/"))
         elif method == "GET" and path == "/events":
             await send_json(send, 200, [e.as_dict() for e in self.manager.bus.recent])
+        elif await self.status_api.route(scope, receive, send):
+            pass
         else:
             raise ApiError(404, f"no route for {method} {path}")
 
@@ -301,24 +307,54 @@ class SwapperApp:
 
     async def serve_model(self, scope: Scope, receive: Receive, send: Send, model: str,
                           body: bytes, path: str, hook: ResponseHook | None = None,
-                          extra_headers: Iterable[tuple[bytes, bytes]] = (),
-                          data: dict[str, Any] | None = None,
-                          intercept: frozenset[int] = frozenset()) -> Intercepted | None:
+                          extra_headers: Iterable[tuple[bytes, bytes]] = (), data: dict[str, Any] | None = None,
+                          intercept: frozenset[int] = frozenset(),
+                          context: dict[str, Any] | None = None) -> Intercepted | None:
         """Acquire ``model`` (loading it if needed) and stream its answer to the client.
 
         An upstream answer whose status is in ``intercept`` is returned, not sent.
+        ``context`` (e.g. the routing reason) goes into the request's ``request_done``
+        event. A streamed request that must wait (a load, a swap, a drain) is answered at
+        once and kept alive meanwhile (:mod:`swapper.loading`); 404/429 stay plain errors.
         """
         watch = DisconnectWatch(receive, send)
+        resolved = self.manager.config.resolve(model)
+        loading: LoadingStream | None = scope.get(SCOPE_KEY)
+        meter = RequestMeter(self.manager.bus, loading.send if loading else watch.send,
+                             resolved or "-", path, context)
+
+        async def start_loading() -> None:  # the request must wait: answer it now
+            nonlocal loading
+            loading = LoadingStream(watch.send, resolved or model,
+                                    bool(spec and spec.send_loading_state),
+                                    chat=path == "/v1/chat/completions")
+            scope[SCOPE_KEY] = loading
+            meter.downstream = loading.send
+            await loading.begin(list(extra_headers))
+
+        spec = self.manager.config.models.get(resolved) if resolved else None
+        early = loading is None and spec is not None and wants_stream(path, data)
         try:
-            async with self.manager.lease(model) as lease:
+            async with self.manager.lease(model, start_loading if early else None) as lease:
+                if loading is not None:
+                    await loading.ready()
                 body = self._rewrite_body(lease.spec, body, data)
                 query = scope.get("query_string", b"")
                 target = path + ("?" + query.decode("latin-1") if query else "")
                 return await self.upstream.forward(scope["method"], lease.base_url, target,
                                                    self._forwarded_headers(scope), body,
-                                                   watch.send, hook, extra_headers, intercept,
+                                                   meter.send, hook, extra_headers, intercept,
                                                    lease.spec.timeouts)
+        except ApiError as error:
+            meter.finish(error.status)
+            if loading is None:
+                raise
+            await loading.fail(error)
+            return None
         except asyncio.CancelledError:
+            meter.finish(499 if watch.disconnected else 503)  # 499: nginx's "client closed"
+            if loading is not None:
+                await loading.ready()
             # Not the client leaving: the server ends the request (uvicorn cancels what still
             # runs when its graceful-shutdown period is over). Never cut a stream silently.
             if watch.disconnected or (not watch.complete
@@ -326,10 +362,20 @@ class SwapperApp:
                 return None
             raise
         finally:
+            if loading is not None:
+                await loading.ready()
             watch.close()
 
     def _forwarded_headers(self, scope: Scope) -> Headers:
         return without_credentials(forward_headers(scope["headers"]), self.manager.config.api_keys)
+
+    async def send_intercepted(self, scope: Scope, send: Send, answer: Intercepted) -> None:
+        """Send an answer :meth:`serve_model` held back (an SSE error event once loading began)."""
+        loading: LoadingStream | None = scope.get(SCOPE_KEY)
+        target = loading.send if loading is not None else send
+        await target({"type": "http.response.start", "status": answer.status,
+                      "headers": answer.headers})
+        await target({"type": "http.response.body", "body": answer.body, "more_body": False})
 
     @staticmethod
     def _rewrite_body(spec: Any, body: bytes, data: dict[str, Any] | None) -> bytes:

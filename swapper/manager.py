@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,13 +112,25 @@ class Manager:
     # -- requests -------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def lease(self, name: str) -> AsyncIterator[Lease]:
-        """Hold a model for the duration of one request."""
+    async def lease(self, name: str,
+                    waiting: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[Lease]:
+        """Hold a model for the duration of one request.
+
+        ``waiting`` is awaited once when the request cannot be served at once (it waits
+        for a load, a swap or a drain); a 404/429 or a ready model never calls it.
+        """
         model = self.config.resolve(name) or name
         req = next(self._ids)
         if not self._apply(self.scheduler.request(req, model, self._clock()), req):
             fut = asyncio.get_running_loop().create_future()
             self._futures[req] = fut
+            if waiting is not None:
+                try:
+                    await waiting()
+                except BaseException:
+                    self._futures.pop(req, None)
+                    self._apply(self.scheduler.cancel(req))
+                    raise
             try:
                 await asyncio.wait_for(asyncio.shield(fut), self.config.load_wait_timeout)
             except (asyncio.CancelledError, asyncio.TimeoutError) as exc:
@@ -324,6 +336,14 @@ class Manager:
                 if effects:
                     self.bus.publish("ttl_expired", model=model, ttl=ttl)
                 self._apply(effects)
+
+    def load(self, name: str) -> str:
+        """Start loading ``name`` in the background, as a request would; returns its id."""
+        model = self.config.resolve(name)
+        if model is None:
+            raise ApiError(404, f"model '{name}' not found")
+        self._spawn(self._preload(model))
+        return model
 
     async def unload(self, model: str | None = None) -> list[str]:
         """Stop one model (or all); returns the models it ended, once they are STOPPED.

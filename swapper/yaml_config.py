@@ -6,9 +6,10 @@ may use macros defined before it) and ``${MODEL_ID}``. ``${PORT}`` stays in
 place for the spawner to fill (only in ``cmd`` and ``proxy``) and ``${PID}``
 stays in ``cmdStop``. Commands are split with :mod:`shlex`, never run by a shell.
 
-Extensions: ``memoryBudgetMB``, ``loadWaitTimeout`` and ``maxQueueWait`` (global),
-``memoryMB`` (per model), and ``bodyIdle`` in a model's ``timeouts`` block (beside
-llama-swap's ``connect`` and ``responseHeader``; seconds, 0 = none). Keys the
+Extensions: ``memoryBudgetMB``, ``loadWaitTimeout``, ``maxQueueWait`` and
+``sendLoadingState`` (global), ``memoryMB`` and ``sendLoadingState`` (per model), and
+``bodyIdle`` in a model's ``timeouts`` block (beside llama-swap's ``connect`` and
+``responseHeader``; seconds, 0 = none). Keys the
 loader does not support are listed, with their path, in
 ``config.extra["unsupported"]``; the rest of the config still loads.
 """
@@ -55,12 +56,12 @@ _MACRO_NAME = re.compile(r"[a-zA-Z0-9_-]{1,63}")
 _GLOBAL_KEYS = frozenset({
     "models", "macros", "healthCheckTimeout", "startPort", "globalTTL", "unloadTimeout",
     "hooks", "apiKeys", "matrix", "groups", "routing", "memoryBudgetMB", "loadWaitTimeout",
-    "maxQueueWait",
+    "maxQueueWait", "sendLoadingState",
 })
 _MODEL_KEYS = frozenset({
     "cmd", "cmdStop", "proxy", "checkEndpoint", "ttl", "unloadTimeout", "aliases", "unlisted",
     "env", "useModelName", "filters", "concurrencyLimit", "name", "description", "metadata",
-    "macros", "memoryMB", "timeouts",
+    "macros", "memoryMB", "sendLoadingState", "timeouts",
 })
 _TIMEOUT_KEYS = {"connect": "connect", "responseHeader": "response", "bodyIdle": "idle"}
 # Model fields where a runtime macro may stay unexpanded.
@@ -335,6 +336,7 @@ class _Loader:
             "description": ("description", self._string),
             "metadata": ("metadata", self._mapping),
             "memoryMB": ("memory_mb", self._non_negative),
+            "sendLoadingState": ("send_loading_state", self._boolean),
             "timeouts": ("timeouts", self._timeouts),
         }
         values = {parsers[k][0]: parsers[k][1](v, (*path, k)) for k, v in fields.items()}
@@ -342,6 +344,7 @@ class _Loader:
         values["ttl"] = defaults["ttl"] if ttl == USE_GLOBAL_TTL else ttl
         values["unload_timeout"] = unload or defaults["unload_timeout"]
         values["concurrency_limit"] = values.get("concurrency_limit") or DEFAULT_CONCURRENCY_LIMIT
+        values.setdefault("send_loading_state", defaults["send_loading_state"])
         return values
 
     def _ttl(self, value: Any, path: YamlPath) -> float:
@@ -488,6 +491,7 @@ class _Loader:
         defaults = {
             "ttl": self._optional(top, "globalTTL", self._non_negative, 0.0),
             "unload_timeout": unload_timeout or DEFAULT_UNLOAD_TIMEOUT,
+            "send_loading_state": self._optional(top, "sendLoadingState", self._boolean, False),
         }
         models = {
             model_id: self._model(model_id, raw, macros, defaults)

@@ -8,11 +8,13 @@ from llmstack.status import render
 
 
 def test_status_names_hosted_models_and_backend_health() -> None:
-    tier = {"role": "fast", "state": "hosted", "pid": None, "port": None, "rss_mb": None,
+    tier = {"role": "fast", "state": "hosted", "detail": None, "in_flight": 0, "queued": 0,
+            "pid": None, "port": None, "rss_mb": None,
             "memory_mb": None, "context": 8192}
     doc = {"project": "/p", "channel": "current", "state": "running", "pid": None,
            "url": "http://127.0.0.1:10101", "base_url": "http://127.0.0.1:10101/v1",
-           "opencode_config": "/p/.llmstack/opencode.json",
+           "opencode_config": "/p/.llmstack/opencode.json", "decisions": [], "swaps": [],
+           "memory": {"budget_mb": 0, "resident_mb": 0},
            "tiers": [{**tier, "name": "ultra", "backend": "litellm",
                       "hosted_model": "anthropic/claude-x", "backends": []},
                      {**tier, "name": "team", "backend": "litellm", "hosted_model": "openai/team",

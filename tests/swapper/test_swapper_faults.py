@@ -71,7 +71,9 @@ def test_client_disconnect_reaches_the_upstream_within_a_second(swapper) -> None
         async with aiohttp.ClientSession() as session:
             resp = await session.post(server.base + CHAT,
                                       json={"model": "slow", "stream": True, "messages": []})
-            await resp.content.readany()
+            seen = b""
+            while b"data: " not in seen:  # past the keep-alives sent while the model loads
+                seen += await resp.content.readany()
             resp.close()
             return time.time()
 

@@ -138,14 +138,13 @@ def test_unsupported_keys_are_reported_with_their_path():
         """)
     assert config.extra["unsupported"] == [
         "logLevel: not supported, ignored",
-        "sendLoadingState: not supported, ignored",
         "peers: not supported, ignored",
         "selectors: not supported, ignored",
-        "models.llama.sendLoadingState: not supported, ignored",
         "models.llama.filters.setParamsByID: not supported, ignored",
         "routing.scheduler.settings: not supported, ignored",
-    ]
+    ]  # sendLoadingState is supported (global true, the model's false wins)
     assert config.models["llama"].cmd == ("srv", "${PORT}")
+    assert config.models["llama"].send_loading_state is False
 
 
 def test_legacy_and_routing_router_together_fail():

@@ -1,0 +1,112 @@
+"""The /ui page in a real headless Chromium (Debian's chromium + chromedriver, via selenium)
+on a running demo stack with the real llama-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port, http, start_server, stop_server, wait_until
+
+pytestmark = pytest.mark.real
+LOAD_DELAY_S = 1.5  # the wrapper sleeps before exec'ing llama-server: a load slow enough to see
+
+
+def _need(tool: str) -> str:
+    found = shutil.which(tool)
+    if found is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"{tool} is needed (apt-get install chromium chromium-driver)")
+    return str(found)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = _need("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,1400"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(_need("chromedriver")))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def slow_llama_server(tmp_path: Path, real: str) -> Path:
+    script = tmp_path / "slow-llama-server"
+    script.write_text(f"#!/bin/sh\nsleep {LOAD_DELAY_S}\nexec {real} \"$@\"\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+def test_the_page_loads_a_tier_and_shows_a_routing_decision(
+        tmp_path: Path, browser: Any, llama_server_bin: str, artifacts: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    port = free_port()
+    server = start_server([sys.executable, "-m", "llmstack", "serve", "--demo", "--port",
+                           str(port)], port, tmp_path / "serve.log",
+                          {"LLMSTACK_LLAMA_SERVER": str(slow_llama_server(tmp_path,
+                                                                           llama_server_bin))},
+                          ready_path="/v1/models", timeout=60)
+    try:
+        browser.get(server.base + "/ui")
+
+        def texts(selector: str) -> list[str]:
+            """Read in one script: the page re-renders rows, so element handles go stale."""
+            return list(browser.execute_script(
+                "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)",
+                selector))
+
+        def cell(tier: str, cls: str) -> str:
+            found = texts(f'tr[data-model="{tier}"] td.{cls}')
+            return found[0] if found else ""
+
+        wait_until(lambda: texts("#conn") == ["live"], 15,
+                   "the page to follow /api/events")
+        wait_until(lambda: cell("agent", "state") == "stopped", 15, "agent shown stopped")
+        browser.find_element(By.CSS_SELECTOR, 'button.load[data-model="agent"]').click()
+        seen: list[str] = []
+
+        def shows(state: str) -> bool:
+            text = cell("agent", "state")
+            if not seen or seen[-1] != text:
+                seen.append(text)
+            return text.startswith(state)
+
+        wait_until(lambda: shows("starting"), 5, "agent shown starting")
+        wait_until(lambda: shows("ready"), 60, "agent shown ready")
+        assert [s.split()[0] for s in seen][-2:] == ["starting", "ready"], seen
+        status, _, body = http("POST", server.base + "/v1/chat/completions", {
+            "model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+        assert status == 200, body
+        tier = json.loads(body)["choices"][0]["message"]["name"]
+
+        def decision_rows() -> list[str]:
+            return texts("#decisions tr.decision")
+
+        wait_until(lambda: bool(decision_rows()), 10, "a routing decision on the page")
+        _, shown_tier, asked, reason, estimate, status_cell, *_ = decision_rows()[0].split("\t")
+        assert (shown_tier, asked, status_cell) == (tier, "auto", "200")
+        assert "tokens~" in reason and estimate.isdigit()
+        swaps = texts("#swaps")[0]
+        assert "agent" in swaps and "ready in" in swaps
+        assert "MB resident" in texts("#memtext")[0]
+        assert texts('pre.log[data-model="agent"]')
+        browser.save_screenshot(str(artifacts / "ui-status.png"))
+        assert (artifacts / "ui-status.png").stat().st_size > 10_000
+    finally:
+        stop_server(server)

@@ -1,0 +1,52 @@
+"""The real opencode through a 3 s cold load: it waits on the kept-alive stream, no retry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server
+from tests.real.test_opencode_real import opencode_bin  # noqa: F401  (the fixture)
+from tests.ui.conftest import LOAD_MS, slow_config
+
+pytestmark = pytest.mark.real
+
+
+def test_opencode_waits_through_a_cold_load_without_retrying(
+        tmp_path: Path, swapper: Callable[..., Server], opencode_bin: Path) -> None:  # noqa: F811
+    server = swapper(slow_config(send_loading_state=True))
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    config = project / "opencode.json"
+    config.write_text(json.dumps({
+        "$schema": "https://opencode.ai/config.json",
+        "provider": {"stack": {
+            "npm": "@ai-sdk/openai-compatible", "name": "stack",
+            "options": {"baseURL": f"{server.base}/v1", "apiKey": "sk-no-key-required"},
+            "models": {"slow": {"name": "slow", "limit": {"context": 8192, "output": 32}},
+                       "quick": {"name": "quick", "limit": {"context": 8192, "output": 32}}}}},
+        "model": "stack/slow", "small_model": "stack/quick",
+        "autoupdate": False, "share": "disabled"}))
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_DATA_HOME": str(home / ".local/share"), "XDG_CACHE_HOME": str(home / ".cache"),
+           "OPENCODE_CONFIG": str(config), "OPENCODE_DISABLE_MODELS_FETCH": "1",
+           "OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1",
+           "npm_config_registry": "http://127.0.0.1:9/"}  # its plugin install stays offline
+    result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
+                            cwd=project, env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    kinds = [e["type"] for e in events]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "error" not in kinds and "text" in kinds
+    assert any("tok tok" in json.dumps(e) for e in events if e["type"] == "text")
+    done = [e for e in json.loads(server.get("/events")[2])
+            if e["kind"] == "request_done" and e["model"] == "slow"]
+    assert len(done) == 1, done  # one request: opencode never gave up and re-sent it
+    assert done[0]["status"] == 200 and done[0]["ms"] >= LOAD_MS
