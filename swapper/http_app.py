@@ -19,6 +19,7 @@ from .errors import ApiError, sse_error_event, unavailable
 from .front_door import FrontDoor, header_bytes, without_credentials
 from .manager import Manager
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
+from .stream_protocols import RAW, StreamProtocol
 from .upstream_path import raw_path, upstream_target
 
 log = logging.getLogger("swapper")
@@ -303,10 +304,12 @@ class SwapperApp:
                           body: bytes, path: str, hook: ResponseHook | None = None,
                           extra_headers: Iterable[tuple[bytes, bytes]] = (),
                           data: dict[str, Any] | None = None,
-                          intercept: frozenset[int] = frozenset()) -> Intercepted | None:
+                          intercept: frozenset[int] = frozenset(),
+                          protocol: StreamProtocol | None = None) -> Intercepted | None:
         """Acquire ``model`` (loading it if needed) and stream its answer to the client.
 
-        An upstream answer whose status is in ``intercept`` is returned, not sent.
+        An upstream answer whose status is in ``intercept`` is returned, not sent;
+        ``protocol`` overrides the stream protocol ``path`` implies.
         """
         watch = DisconnectWatch(receive, send)
         try:
@@ -317,7 +320,7 @@ class SwapperApp:
                 return await self.upstream.forward(scope["method"], lease.base_url, target,
                                                    self._forwarded_headers(scope), body,
                                                    watch.send, hook, extra_headers, intercept,
-                                                   lease.spec.timeouts)
+                                                   lease.spec.timeouts, protocol)
         except asyncio.CancelledError:
             # Not the client leaving: the server ends the request (uvicorn cancels what still
             # runs when its graceful-shutdown period is over). Never cut a stream silently.
@@ -357,7 +360,7 @@ class SwapperApp:
         model, path = upstream_target(raw_path(scope), scope.get("query_string", b""),
                                       self.manager.config.resolve)
         body = await read_body(scope, receive, self.max_body)
-        await self.serve_model(scope, receive, send, model, body, path)
+        await self.serve_model(scope, receive, send, model, body, path, protocol=RAW)
 
     def _all_logs(self) -> str:
         parts = [f"== {name} ==\n" + "\n".join(sink.lines) for name, sink in self.manager.logs.items()]
