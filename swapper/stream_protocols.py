@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import error_json
 
@@ -31,12 +32,12 @@ class StreamProtocol:
     def error_event(self, message: str, code: str) -> bytes:
         """An SSE event this protocol's clients raise on."""
         if self.name == "anthropic":
-            payload = {"type": "error", "error": {"type": "api_error", "message": message}}
-            return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+            anthropic = {"type": "error", "error": {"type": "api_error", "message": message}}
+            return b"event: error\ndata: " + json.dumps(anthropic).encode() + b"\n\n"
         if self.name == "responses":
             # The Responses API's error event, plus an OpenAI ``error`` object: the openai SDK
             # raises APIError on ``event: error`` only when the data carries ``error``.
-            payload = {"type": "error", "code": code, "message": message, "param": None,
+            payload: dict[str, Any] = {"type": "error", "code": code, "message": message, "param": None,
                        "error": {"message": message, "type": "server_error", "code": code}}
             return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
         return b"data: " + error_json(message, "server_error", code) + b"\n\n"
