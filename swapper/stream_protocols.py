@@ -37,8 +37,9 @@ class StreamProtocol:
         if self.name == "responses":
             # The Responses API's error event, plus an OpenAI ``error`` object: the openai SDK
             # raises APIError on ``event: error`` only when the data carries ``error``.
-            payload: dict[str, Any] = {"type": "error", "code": code, "message": message, "param": None,
-                       "error": {"message": message, "type": "server_error", "code": code}}
+            payload: dict[str, Any] = {
+                "type": "error", "code": code, "message": message, "param": None,
+                "error": {"message": message, "type": "server_error", "code": code}}
             return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
         return b"data: " + error_json(message, "server_error", code) + b"\n\n"
 
