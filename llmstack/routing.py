@@ -244,9 +244,9 @@ def _measure(body: Mapping[str, Any]) -> _Measure:
             chars += len(system)
             trigger_texts.append(system)
         elif isinstance(system, list):
-            part_chars, _, texts = _parts_size(system)
+            part_chars, _, system_texts = _parts_size(system)
             chars += part_chars
-            trigger_texts += texts
+            trigger_texts += system_texts
     messages = body.get("messages")
     items = body.get("input")  # Responses: a string or a list of items
     if isinstance(items, str):
