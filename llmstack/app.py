@@ -22,18 +22,20 @@ from swapper.http_app import (
     Receive, Scope, SwapperApp, header, json_object, read_body, send_bytes, send_json,
 )
 from swapper.manager import Manager
-from swapper.proxy import Intercepted, Send
+from swapper.proxy import Headers, Intercepted, Send
 
 from .config import ModelsIniError, Stack
 from .hosted import serve_hosted
+from .protocols import (
+    ANTHROPIC_PATHS, CHAT, ERROR_STATUSES, ROUTED_PATHS, TierName, anthropic_error, client_error,
+)
 from .routing import (
-    ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify, step_up,
+    ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify,
+    estimate_tokens, step_up,
 )
 
 log = logging.getLogger("llmstack")
-_TOO_LONG_STATUS = frozenset({400})
 _CONTEXT_OVERFLOW = b"exceed_context_size"  # llama-server's error type for a too-long prompt
-AUTO_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 SESSION_HEADERS = (b"x-session-affinity", b"x-session-id")
 
 
@@ -49,28 +51,14 @@ class Loaded:
 Loader = Callable[[], Loaded]
 
 
-class TierName:
-    """Response hook: the tier's name on the first streamed delta and on the message."""
-
-    def __init__(self, tier: str) -> None:
-        self.tier = tier
-
-    def event(self, data: dict[str, Any]) -> bool:
-        choices = data.get("choices")
-        if choices and isinstance(choices[0], dict) and isinstance(choices[0].get("delta"), dict):
-            choices[0]["delta"]["name"] = self.tier
-            return True
-        return False
-
-    def body(self, data: dict[str, Any]) -> None:
-        choices = data.get("choices")
-        if choices and isinstance(choices[0], dict) and isinstance(choices[0].get("message"), dict):
-            choices[0]["message"]["name"] = self.tier
-
-
-async def _send_intercepted(send: Send, answer: Intercepted) -> None:
-    await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+async def _send_intercepted(send: Send, answer: Intercepted, extra: Headers) -> None:
+    headers = answer.headers + extra
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+
+
+def _tier_headers(tier: str, tokens: int) -> Headers:
+    return [(b"x-llmstack-tokens", str(tokens).encode()), (b"x-llmstack-tier", tier.encode())]
 
 
 class LLMStackApp:
@@ -114,10 +102,14 @@ class LLMStackApp:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
-        if method == "POST" and path in AUTO_PATHS:
+        if method == "POST" and path in ANTHROPIC_PATHS:
+            await self._anthropic(scope, receive, send, path)
+        elif method == "POST" and path in ROUTED_PATHS:
             await self._completion(scope, receive, send, path)
         elif method == "GET" and path in ("/v1/models", "/models"):
             await send_json(send, 200, {"object": "list", "data": self.model_list()})
+        elif method == "GET" and path.startswith("/v1/models/"):
+            await send_json(send, 200, self.model_entry(path.removeprefix("/v1/models/")))
         elif method == "GET" and path == "/models.ini":
             await self._models_ini(send)
         elif method == "POST" and path == "/reload":
@@ -147,23 +139,68 @@ class LLMStackApp:
         }]
         for tier in self.loaded.stack.tiers:
             base = {"object": "model", "created": 0, "owned_by": "llmstack", "tier": tier.name,
-                    "role": tier.role, "backend": tier.backend, "context_length": tier.ctx_size}
+                    "role": tier.role, "backend": tier.backend, "context_length": tier.ctx_size,
+                    "max_output_tokens": tier.max_output_tokens}
             rows.append({"id": tier.name, "name": tier.description or tier.name, **base})
             rows += [{"id": alias, "name": f"{tier.description or tier.name} (alias of {tier.name})",
                       **base} for alias in tier.effective_aliases]
         return rows
 
+    def model_entry(self, model_id: str) -> dict[str, Any]:
+        """``GET /v1/models/{id}``: the row of ``auto``, a tier or an alias; 404 otherwise."""
+        row = next((r for r in self.model_list() if r["id"] == model_id), None)
+        if row is None:
+            raise ApiError(404, f"model '{model_id}' not found", "model_not_found")
+        return row
+
+    async def _anthropic(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """A Messages endpoint: the router's own errors in Anthropic's shape too."""
+        started = False
+
+        async def tracking(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._completion(scope, receive, tracking, path)
+        except ApiError as error:
+            if started:
+                raise
+            await send_bytes(send, error.status, anthropic_error(error.status, error.message),
+                             "application/json", error.headers)
+
+    def _named(self, model: Any) -> str:
+        if not isinstance(model, str):
+            raise ApiError(400, "'model' must be a string")
+        found = self.loaded.stack.tier(model)
+        tier = found.name if found else model
+        self.manager.bus.publish("named", tier=tier, model=model)
+        return tier
+
+    def _serving_tier(self, job: str, path: str) -> str:
+        """``auto`` on an embeddings or rerank endpoint: the first tier with that role."""
+        tier = self.loaded.stack.first_with_role(job)
+        if tier is None:
+            raise ApiError(404, f"model 'auto' cannot route {path}: no tier has role = {job}; "
+                                "add one to models.ini or ask for a model by name",
+                           "model_not_found")
+        self.manager.bus.publish("routed", tier=tier.name, reason=f"role {job}", tokens=0)
+        return tier.name
+
     async def _completion(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         body = await read_body(scope, receive, self.swapper.max_body)
         data = json_object(body)
         model = data.get("model")
-        if model not in (None, "", "auto"):
-            if not isinstance(model, str):
-                raise ApiError(400, "'model' must be a string")
-            found = self.loaded.stack.tier(model)
-            tier = found.name if found else model
-            self.manager.bus.publish("named", tier=tier, model=model)
-            await self._serve_tier(scope, receive, send, path, tier, body, data)
+        job = ROUTED_PATHS[path]
+        if model not in (None, "", "auto") or job != CHAT:
+            tier = self._named(model) if model not in (None, "", "auto") else (
+                self._serving_tier(job, path))
+            extra = _tier_headers(tier, estimate_tokens(data))
+            refused = await self._serve_tier(scope, receive, send, path, tier, body, data, extra,
+                                             ERROR_STATUSES)
+            if refused is not None:
+                await _send_intercepted(send, client_error(refused, path, tier), extra)
             return
         session = self._session(scope)
         decision = self._route_auto(session, data)
@@ -172,15 +209,15 @@ class LLMStackApp:
             # llama-server ignores "model" (it answers with its alias), so the client's bytes
             # go upstream unchanged; hosted tiers read the rewritten dict.
             data["model"] = tier
-            extra = [(b"x-llmstack-tokens", str(decision.estimated_tokens).encode()),
-                     (b"x-llmstack-tier", tier.encode())]
+            extra = _tier_headers(tier, decision.estimated_tokens)
             refused = await self._serve_tier(scope, receive, send, path, tier, body, data,
-                                             extra, intercept=_TOO_LONG_STATUS)
+                                             extra, intercept=ERROR_STATUSES)
             if refused is None:
                 return
-            bigger = step_up(self.loaded.table, tier) if _CONTEXT_OVERFLOW in refused.body else None
+            overflow = refused.status == 400 and _CONTEXT_OVERFLOW in refused.body
+            bigger = step_up(self.loaded.table, tier) if overflow else None
             if bigger is None:
-                await _send_intercepted(send, refused)
+                await _send_intercepted(send, client_error(refused, path, tier), extra)
                 return
             self.manager.bus.publish("context_step_up", from_tier=tier, to_tier=bigger,
                                      tokens=decision.estimated_tokens)

@@ -289,6 +289,11 @@ def _measure(body: Mapping[str, Any]) -> _Measure:
     )
 
 
+def estimate_tokens(body: Mapping[str, Any]) -> int:
+    """The input-token estimate :func:`classify` routes by (chars // 4 plus images)."""
+    return _measure(body).tokens
+
+
 def _has_trigger(text: str) -> bool:
     # The substring test is much cheaper than the regex on a 20 KB system prompt.
     lowered = text.lower()

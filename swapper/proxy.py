@@ -209,15 +209,18 @@ class _FirstEventRewriter:
         return out
 
     def _rewrite(self, event: bytes) -> bytes:
-        if not event.startswith(b"data: ") or event == _DONE:
+        """Rewrite an event's one-line ``data:`` field (after any ``event:`` line)."""
+        start = 0 if event.startswith(b"data: ") else event.find(b"\ndata: ") + 1
+        head, line = event[:start], event[start:]
+        if not line.startswith(b"data: ") or line == _DONE or b"\n" in line:
             return event
         try:
-            data = json.loads(event[6:])
+            data = json.loads(line[6:])
         except ValueError:
             return event
         if isinstance(data, dict) and self.hook.event(data):
             self.done = True
-            return b"data: " + json.dumps(data, ensure_ascii=False).encode()
+            return head + b"data: " + json.dumps(data, ensure_ascii=False).encode()
         return event
 
 
