@@ -37,6 +37,8 @@ from .routing import (
 log = logging.getLogger("llmstack")
 _CONTEXT_OVERFLOW = b"exceed_context_size"  # llama-server's error type for a too-long prompt
 SESSION_HEADERS = (b"x-session-affinity", b"x-session-id")
+HOSTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+"""The endpoints hosted (litellm) tiers answer."""
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ class LLMStackApp:
             return
         session = self._session(scope)
         decision = self._route_auto(session, data)
-        tier = decision.tier
+        tier = decision.tier if path in HOSTED_PATHS else self._local_rung(decision.tier, data)
         while True:
             # llama-server ignores "model" (it answers with its alias), so the client's bytes
             # go upstream unchanged; hosted tiers read the rewritten dict.
@@ -230,6 +232,10 @@ class LLMStackApp:
                           intercept: frozenset[int] = frozenset()) -> Intercepted | None:
         """One tier answers: hosted through litellm, local through the swapper."""
         tier = self.loaded.stack.tier(name)
+        if tier is not None and tier.backend == "litellm" and path not in HOSTED_PATHS:
+            raise ApiError(400, f"tier '{name}' is hosted; hosted tiers answer "
+                                f"{' and '.join(sorted(HOSTED_PATHS))} only, not {path}",
+                           "unsupported_endpoint")
         if tier is not None and tier.backend == "litellm":
             await serve_hosted(tier, data, send, list(extra))
             return None
@@ -247,6 +253,18 @@ class LLMStackApp:
         if not self.loaded.table.sticky_sessions:
             return ""
         return next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+
+    def _local_rung(self, chosen: str, data: dict[str, Any]) -> str:
+        """For an endpoint hosted tiers do not serve: ``chosen`` if it is local, else the
+        highest local rung whose window holds the request (``chosen`` when none does)."""
+        stack, table = self.loaded.stack, self.loaded.table
+        tier = stack.tier(chosen)
+        if tier is None or tier.backend != "litellm":
+            return chosen
+        needed = estimate_tokens(data)
+        local = (r for r in reversed(table.rungs) if r is not None and r.fits(needed)
+                 and (t := stack.tier(r.name)) is not None and t.backend == "gguf")
+        return next((r.name for r in local), chosen)
 
     def _route_auto(self, session: str, data: dict[str, Any]) -> Decision:
         table = self.loaded.table
