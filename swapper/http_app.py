@@ -15,11 +15,11 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from .errors import ApiError, sse_error_event, unavailable
+from .errors import ApiError, unavailable
 from .front_door import FrontDoor, header_bytes, without_credentials
 from .manager import Manager
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
-from .stream_protocols import RAW, StreamProtocol
+from .stream_protocols import OPENAI, RAW, StreamProtocol, protocol_for
 from .upstream_path import raw_path, upstream_target
 
 log = logging.getLogger("swapper")
@@ -175,14 +175,15 @@ class DisconnectWatch:
             self.complete = True
         await self._send(message)
 
-    async def end_with_error(self, message: str) -> bool:
-        """End an unfinished response visibly: 503 before it started, an SSE error event in a
-        plain event stream. False when neither applies (the caller lets the connection drop)."""
+    async def end_with_error(self, message: str, protocol: StreamProtocol = OPENAI) -> bool:
+        """End an unfinished response visibly: 503 before it started, an error event in the
+        protocol's shape in a plain event stream. False when neither applies (the caller lets
+        the connection drop)."""
         if not self.started:
             await send_error(self._send, unavailable(message))
         elif self.plain_sse and not self.complete:
             await self.send({"type": "http.response.body", "more_body": False,
-                             "body": sse_error_event(message, "shutdown")})
+                             "body": protocol.error_event(message, "shutdown")})
         return not self.started or self.complete
 
     async def _run(self, receive: Receive) -> None:
@@ -325,7 +326,9 @@ class SwapperApp:
             # Not the client leaving: the server ends the request (uvicorn cancels what still
             # runs when its graceful-shutdown period is over). Never cut a stream silently.
             if watch.disconnected or (not watch.complete
-                                      and await watch.end_with_error("the server is shutting down")):
+                                      and await watch.end_with_error(
+                                          "the server is shutting down",
+                                          protocol or protocol_for(path))):
                 return None
             raise
         finally:

@@ -109,3 +109,26 @@ def test_protocol_follows_the_endpoint() -> None:
     assert protocol_for("/v1/messages?beta=true") is ANTHROPIC
     assert protocol_for("/v1/responses") is RESPONSES
     assert protocol_for("/v1/chat/completions") is OPENAI
+
+
+def test_a_stream_ended_by_shutdown_gets_the_error_event_of_its_protocol() -> None:
+    from swapper.http_app import DisconnectWatch
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+    async def run() -> None:
+        watch = DisconnectWatch(receive, send)
+        await watch.send({"type": "http.response.start", "status": 200,
+                          "headers": [(b"content-type", b"text/event-stream")]})
+        assert await watch.end_with_error("the server is shutting down", ANTHROPIC)
+        watch.close()
+
+    asyncio.run(run())
+    assert sent[-1]["body"].startswith(b"event: error\ndata: {\"type\": \"error\"")
