@@ -272,7 +272,8 @@ class LLMStackApp:
         try:
             decision = classify(data, table, floor)
         except ContextTooLarge as exc:
-            raise ApiError(400, str(exc), "context_length_exceeded") from None
+            raise ApiError(400, str(exc), "context_length_exceeded",
+                           {"x-llmstack-tokens": str(exc.estimated_tokens)}) from None
         except NoRoutableTier as exc:
             raise ApiError(404, f"model 'auto' cannot route: {exc}") from None
         if session:

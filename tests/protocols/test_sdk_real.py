@@ -93,6 +93,7 @@ def test_a_prompt_beyond_every_window_is_a_context_window_error_to_every_client(
     with pytest.raises(openai.BadRequestError) as oai_error:
         oai(demo).chat.completions.create(model="auto", messages=messages)  # type: ignore[arg-type]
     assert oai_error.value.code == "context_length_exceeded"
+    assert int(oai_error.value.response.headers["x-llmstack-tokens"]) > 65536
     with pytest.raises(litellm.ContextWindowExceededError):
         litellm.completion(model="openai/auto", api_base=demo.base + "/v1", api_key="none",
                            messages=messages, num_retries=0)
