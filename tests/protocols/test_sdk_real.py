@@ -88,6 +88,15 @@ def test_embeddings_on_the_demo_embedding_tier_by_name_and_by_auto(demo: Server)
         assert raw.headers["x-llmstack-tier"] == "embed" and result.model == "embed"
 
 
+def test_rerank_on_the_demo_rerank_tier_by_name_and_by_auto(demo: Server) -> None:
+    for model in ("rerank", "auto", "reranker"):
+        resp = httpx.post(demo.base + "/v1/rerank", timeout=60, json={
+            "model": model, "query": "greeting", "documents": ["hello", "tax law", "hi"]})
+        assert resp.status_code == 200 and resp.headers["x-llmstack-tier"] == "rerank"
+        assert sorted(r["index"] for r in resp.json()["results"]) == [0, 1, 2]
+        assert resp.json()["model"] == "rerank"
+
+
 def test_a_prompt_beyond_every_window_is_a_context_window_error_to_every_client(demo: Server) -> None:
     messages = [{"role": "user", "content": TOO_LONG}]
     with pytest.raises(openai.BadRequestError) as oai_error:
