@@ -16,7 +16,7 @@ from swapper.upstream import UpstreamError
 MESSAGES = (b'event: message_start\ndata: {"type":"message_start","message":{}}\n\n'
             b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{}}\n\n'
             b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
-RESPONSES_STREAM = (b'event: response.created\ndata: {"type":"response.created"}\n\n'
+RESPONSES_STREAM = (b'event: response.created\ndata: {"type":"response.created","response":{}}\n\n'
                     b'event: response.completed\ndata: {"type":"response.completed",'
                     b'"response":{"output":[' + b'{"text":"x"},' * 300 + b'{}]}}\n\n')
 CHAT = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
@@ -132,3 +132,17 @@ def test_a_stream_ended_by_shutdown_gets_the_error_event_of_its_protocol() -> No
 
     asyncio.run(run())
     assert sent[-1]["body"].startswith(b"event: error\ndata: {\"type\": \"error\"")
+
+
+def test_the_tier_name_lands_on_message_start_and_the_first_response_event() -> None:
+    from llmstack.protocols import TierName
+    from swapper.proxy import _FirstEventRewriter
+
+    for stream, path in ((MESSAGES, ("message", "model")), (RESPONSES_STREAM, ("response", "model"))):
+        rewriter = _FirstEventRewriter(TierName("fast"))
+        out = b"".join(rewriter.feed(stream[i:i + 5]) for i in range(0, len(stream), 5))
+        first = out.split(b"\n\n")[0]
+        assert first.startswith(b"event: ")
+        data = json.loads(first.split(b"\ndata: ", 1)[1])
+        assert data[path[0]][path[1]] == "fast"
+        assert out.split(b"\n\n")[1:] == stream.split(b"\n\n")[1:]
