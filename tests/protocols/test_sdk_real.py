@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
-import anthropic
-import httpx
-import litellm
-import openai
-import pytest
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch at import: loopback only
+
+import anthropic  # noqa: E402
+import httpx  # noqa: E402
+import litellm  # noqa: E402
+import openai  # noqa: E402
+import pytest  # noqa: E402
 
 from llmstack.demo import demo_files, demo_stack
 from llmstack.gguf_info import read_gguf_info
