@@ -19,8 +19,8 @@ from typing import Any
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError
 from swapper.http_app import (
-    DisconnectWatch, Receive, Scope, SwapperApp, header, json_object, model_from_body, read_body,
-    send_bytes, send_json,
+    DisconnectWatch, Receive, Scope, SwapperApp, header, json_object, read_body, send_bytes,
+    send_json,
 )
 from swapper.manager import Manager
 from swapper.observe import RequestMeter
@@ -28,16 +28,20 @@ from swapper.proxy import Headers, Intercepted, Send
 
 from .config import ModelsIniError, Stack
 from .hosted import CONTEXT_CODE, HostedTiers
+from .protocols import (
+    ANTHROPIC_PATHS, CHAT, ERROR_STATUSES, ROUTED_PATHS, TierName, anthropic_error, client_error,
+)
 from .routing import (
-    ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify, step_up,
+    ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify,
+    estimate_tokens, step_up,
 )
 
 log = logging.getLogger("llmstack")
-_TOO_LONG_STATUS = frozenset({400})
 # a too-long prompt: llama-server's error type, and the code hosted tiers answer with
 _CONTEXT_OVERFLOW = (b"exceed_context_size", CONTEXT_CODE.encode())
-AUTO_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 SESSION_HEADERS = (b"x-session-affinity", b"x-session-id")
+HOSTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages"})
+"""The endpoints hosted (litellm) tiers answer."""
 
 
 @dataclass(frozen=True)
@@ -52,25 +56,6 @@ class Loaded:
 
 
 Loader = Callable[[], Loaded]
-
-
-class TierName:
-    """Response hook: the tier's name on the first streamed delta and on the message."""
-
-    def __init__(self, tier: str) -> None:
-        self.tier = tier
-
-    def event(self, data: dict[str, Any]) -> bool:
-        choices = data.get("choices")
-        if choices and isinstance(choices[0], dict) and isinstance(choices[0].get("delta"), dict):
-            choices[0]["delta"]["name"] = self.tier
-            return True
-        return False
-
-    def body(self, data: dict[str, Any]) -> None:
-        choices = data.get("choices")
-        if choices and isinstance(choices[0], dict) and isinstance(choices[0].get("message"), dict):
-            choices[0]["message"]["name"] = self.tier
 
 
 async def _until_disconnect(receive: Receive, send: Send,
@@ -88,6 +73,10 @@ async def _until_disconnect(receive: Receive, send: Send,
     finally:
         watch.close()
     return None
+
+
+def _tier_headers(tier: str, tokens: int) -> Headers:
+    return [(b"x-llmstack-tokens", str(tokens).encode()), (b"x-llmstack-tier", tier.encode())]
 
 
 class LLMStackApp:
@@ -131,14 +120,16 @@ class LLMStackApp:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
-        if method == "POST" and path in AUTO_PATHS:
+        if method == "POST" and path in ANTHROPIC_PATHS:
+            await self._anthropic(scope, receive, send, path)
+        elif method == "POST" and path in ROUTED_PATHS:
             await self._completion(scope, receive, send, path)
-        elif method == "POST" and path == "/v1/messages":
-            await self._messages(scope, receive, send, path)
         elif method == "GET" and path in ("/v1/models", "/models"):
             rows = self.model_list()
             await self._add_backend_health(rows)
             await send_json(send, 200, {"object": "list", "data": rows})
+        elif method == "GET" and path.startswith("/v1/models/"):
+            await send_json(send, 200, self.model_entry(path.removeprefix("/v1/models/")))
         elif method == "GET" and path == "/models.ini":
             await self._models_ini(send)
         elif method == "POST" and path == "/reload":
@@ -152,19 +143,6 @@ class LLMStackApp:
             raise ApiError(404, "no models.ini: llmstack is serving the built-in demo stack "
                                 "(set LLMSTACK_MODELS_INI or pass --models-ini)")
         await send_bytes(send, 200, self.models_ini.read_bytes(), "text/plain; charset=utf-8")
-
-    async def _messages(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        """Anthropic Messages: litellm answers for its tiers, llama-server for local ones."""
-        body = await read_body(scope, receive, self.swapper.max_body)
-        model, data = model_from_body(body, header(scope, b"content-type"))
-        tier = self.loaded.stack.tier(model)
-        if tier is not None and tier.backend == "litellm" and data is not None:
-            error = await _until_disconnect(receive, send, lambda out: self.loaded.hosted.messages(
-                tier, data, out, [(b"x-llmstack-tier", tier.name.encode())]))
-            if error is not None:
-                raise error
-            return
-        await self.swapper.serve_model(scope, receive, send, model, body, path, data=data)
 
     async def _add_backend_health(self, rows: list[dict[str, Any]]) -> None:
         """Multi-machine tiers' rows list each backend's health."""
@@ -191,50 +169,101 @@ class LLMStackApp:
         for tier in self.loaded.stack.tiers:
             base = {"object": "model", "created": 0, "owned_by": "llmstack", "tier": tier.name,
                     "role": tier.role, "backend": tier.backend, "context_length": tier.ctx_size,
+                    "max_output_tokens": tier.max_output_tokens,
                     **({"hosted_model": tier.model} if tier.backend == "litellm" else {})}
             rows.append({"id": tier.name, "name": tier.description or tier.name, **base})
             rows += [{"id": alias, "name": f"{tier.description or tier.name} (alias of {tier.name})",
                       **base} for alias in tier.effective_aliases]
         return rows
 
+    def model_entry(self, model_id: str) -> dict[str, Any]:
+        """``GET /v1/models/{id}``: the row of ``auto``, a tier or an alias; 404 otherwise."""
+        row = next((r for r in self.model_list() if r["id"] == model_id), None)
+        if row is None:
+            raise ApiError(404, f"model '{model_id}' not found", "model_not_found")
+        return row
+
+    async def _anthropic(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """A Messages endpoint: the router's own errors in Anthropic's shape too."""
+        started = False
+
+        async def tracking(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._completion(scope, receive, tracking, path)
+        except ApiError as error:
+            if started:
+                raise
+            await send_bytes(send, error.status, anthropic_error(error.status, error.message),
+                             "application/json", error.headers)
+
+    def _named(self, model: Any) -> str:
+        if not isinstance(model, str):
+            raise ApiError(400, "'model' must be a string")
+        found = self.loaded.stack.tier(model)
+        tier = found.name if found else model
+        self.manager.bus.publish("named", tier=tier, model=model)
+        return tier
+
+    def _serving_tier(self, job: str, path: str) -> str:
+        """``auto`` on an embeddings or rerank endpoint: the first tier with that role."""
+        tier = self.loaded.stack.first_with_role(job)
+        if tier is None:
+            raise ApiError(404, f"model 'auto' cannot route {path}: no tier has role = {job}; "
+                                "add one to models.ini or ask for a model by name",
+                           "model_not_found")
+        self.manager.bus.publish("routed", tier=tier.name, reason=f"role {job}", tokens=0)
+        return tier.name
+
     async def _completion(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         body = await read_body(scope, receive, self.swapper.max_body)
         data = json_object(body)
         model = data.get("model")
-        if model not in (None, "", "auto"):
-            if not isinstance(model, str):
-                raise ApiError(400, "'model' must be a string")
-            found = self.loaded.stack.tier(model)
-            tier = found.name if found else model
-            self.manager.bus.publish("named", tier=tier, model=model)
-            await self._serve_tier(scope, receive, send, path, tier, body, data,
-                                   context={"asked": model, "reason": "asked by name"})
+        job = ROUTED_PATHS[path]
+        if model not in (None, "", "auto") or job != CHAT:
+            tier = self._named(model) if model not in (None, "", "auto") else (
+                self._serving_tier(job, path))
+            extra = _tier_headers(tier, estimate_tokens(data))
+            context = ({"asked": model, "reason": "asked by name"}
+                       if model not in (None, "", "auto") else {"asked": "auto", "reason": f"role {job}"})
+            refused = await self._serve_tier(scope, receive, send, path, tier, body, data, extra,
+                                             ERROR_STATUSES, context)
+            if refused is not None:
+                await self._refuse(scope, send, client_error(refused, path, tier), extra)
             return
         session = self._session(scope)
         decision = self._route_auto(session, data)
-        tier = decision.tier
+        tier = decision.tier if path in HOSTED_PATHS else self._local_rung(decision.tier, data)
         while True:
             # llama-server ignores "model" (it answers with its alias), so the client's bytes
             # go upstream unchanged; hosted tiers read the rewritten dict.
             data["model"] = tier
-            extra = [(b"x-llmstack-tokens", str(decision.estimated_tokens).encode()),
-                     (b"x-llmstack-tier", tier.encode())]
+            extra = _tier_headers(tier, decision.estimated_tokens)
             refused = await self._serve_tier(scope, receive, send, path, tier, body, data,
-                                             extra, intercept=_TOO_LONG_STATUS, context={
+                                             extra, intercept=ERROR_STATUSES, context={
                                                  "asked": "auto", "reason": decision.reason,
                                                  "estimate": decision.estimated_tokens})
             if refused is None:
                 return
-            overflow = any(marker in refused.body for marker in _CONTEXT_OVERFLOW)
+            overflow = refused.status == 400 and any(m in refused.body for m in _CONTEXT_OVERFLOW)
             bigger = step_up(self.loaded.table, tier) if overflow else None
             if bigger is None:
-                await self.swapper.send_intercepted(scope, send, refused)
+                await self._refuse(scope, send, client_error(refused, path, tier), extra)
                 return
             self.manager.bus.publish("context_step_up", from_tier=tier, to_tier=bigger,
                                      tokens=decision.estimated_tokens)
             if session:
                 self.floors.record(session, bigger)
             tier = bigger
+
+    async def _refuse(self, scope: Scope, send: Send, answer: Intercepted,
+                      extra: Headers) -> None:
+        """Send a held-back answer with the tier headers (an SSE error once loading began)."""
+        await self.swapper.send_intercepted(
+            scope, send, Intercepted(answer.status, answer.body, answer.headers + extra))
 
     async def _serve_tier(self, scope: Scope, receive: Receive, send: Send, path: str, name: str,
                           body: bytes, data: dict[str, Any],
@@ -244,23 +273,12 @@ class LLMStackApp:
         """One tier answers: hosted through litellm, local through the swapper."""
         tier = self.loaded.stack.tier(name)
         if tier is not None and tier.backend == "litellm":
-            meter = RequestMeter(self.manager.bus, send, name, path, context)
-            session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
-            error = await _until_disconnect(receive, meter.send, lambda out: self.loaded.hosted.chat(
-                tier, data, out, list(extra), session))
-            if error is None:
-                return None
-            meter.finish(error.status)
-            if error.status in intercept and error.code == CONTEXT_CODE:
-                return Intercepted(error.status, error.body(),
-                                   [(b"content-type", b"application/json"), *extra])
-            if tier.fallback is None or (error.status < 500 and error.status != 429):
-                raise error
-            self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,
-                                     error=error.message.splitlines()[0])
-            data["model"] = tier.fallback
-            return await self._serve_tier(scope, receive, send, path, tier.fallback, body,
-                                          data, extra, intercept, context)
+            if path not in HOSTED_PATHS:
+                raise ApiError(400, f"tier '{name}' is hosted; hosted tiers answer "
+                                    f"{', '.join(sorted(HOSTED_PATHS))} only, not {path}",
+                               "unsupported_endpoint")
+            return await self._serve_hosted(scope, receive, send, path, tier.name, body, data,
+                                            list(extra), intercept, context)
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
             repo, file = spec.metadata["missing_file"]
@@ -270,11 +288,53 @@ class LLMStackApp:
         return await self.swapper.serve_model(scope, receive, send, name, body, path,
                                               TierName(name), extra, data, intercept, context)
 
+    async def _serve_hosted(self, scope: Scope, receive: Receive, send: Send, path: str,
+                            name: str, body: bytes, data: dict[str, Any], extra: Headers,
+                            intercept: frozenset[int],
+                            context: dict[str, Any] | None) -> Intercepted | None:
+        """litellm answers (chat, or Anthropic Messages); a failure may fall back to the
+        tier's ``fallback``; a context overflow in ``intercept`` is returned for a step-up."""
+        tier = self.loaded.stack.tier(name)
+        assert tier is not None
+        hosted = self.loaded.hosted
+        meter = RequestMeter(self.manager.bus, send, name, path, context)
+        session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+        if path == "/v1/messages":
+            error = await _until_disconnect(receive, meter.send, lambda out: hosted.messages(
+                tier, data, out, extra))
+        else:
+            error = await _until_disconnect(receive, meter.send, lambda out: hosted.chat(
+                tier, data, out, extra, session))
+        if error is None:
+            return None
+        meter.finish(error.status)
+        if error.status in intercept and error.code == CONTEXT_CODE:
+            return Intercepted(error.status, error.body(), [(b"content-type", b"application/json")])
+        if tier.fallback is None or (error.status < 500 and error.status != 429):
+            raise error
+        self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,
+                                 error=error.message.splitlines()[0])
+        data["model"] = tier.fallback
+        return await self._serve_tier(scope, receive, send, path, tier.fallback, body,
+                                      data, extra, intercept, context)
+
     def _session(self, scope: Scope) -> str:
         """The agent session id (opencode sends both headers), "" when sticky routing is off."""
         if not self.loaded.table.sticky_sessions:
             return ""
         return next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+
+    def _local_rung(self, chosen: str, data: dict[str, Any]) -> str:
+        """For an endpoint hosted tiers do not serve: ``chosen`` if it is local, else the
+        highest local rung whose window holds the request (``chosen`` when none does)."""
+        stack, table = self.loaded.stack, self.loaded.table
+        tier = stack.tier(chosen)
+        if tier is None or tier.backend != "litellm":
+            return chosen
+        needed = estimate_tokens(data)
+        local = (r for r in reversed(table.rungs) if r is not None and r.fits(needed)
+                 and (t := stack.tier(r.name)) is not None and t.backend == "gguf")
+        return next((r.name for r in local), chosen)
 
     def _route_auto(self, session: str, data: dict[str, Any]) -> Decision:
         table = self.loaded.table
@@ -282,7 +342,8 @@ class LLMStackApp:
         try:
             decision = classify(data, table, floor)
         except ContextTooLarge as exc:
-            raise ApiError(400, str(exc), "context_length_exceeded") from None
+            raise ApiError(400, str(exc), "context_length_exceeded",
+                           {"x-llmstack-tokens": str(exc.estimated_tokens)}) from None
         except NoRoutableTier as exc:
             raise ApiError(404, f"model 'auto' cannot route: {exc}") from None
         if session:

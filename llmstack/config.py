@@ -19,6 +19,7 @@ import difflib
 import math
 import os
 import re
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,7 +31,9 @@ from swapper.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
 
 Backend = Literal["gguf", "litellm"]
 BACKENDS: tuple[str, ...] = ("gguf", "litellm")
-ROLES: tuple[str, ...] = ("fast", "agent", "ultra", "plan", "plan-uncensored")
+ROLES: tuple[str, ...] = ("fast", "agent", "ultra", "plan", "plan-uncensored", "embed", "rerank")
+SERVING_ROLES: dict[str, str] = {"embed": "--embeddings", "rerank": "--reranking"}
+"""Roles that serve one non-chat job, and the llama-server flag that turns it on."""
 SAMPLER_NAMES: tuple[str, ...] = ("temp", "top_p", "top_k", "min_p", "rep_pen")
 CACHE_TYPES: tuple[str, ...] = (
     "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1",
@@ -46,6 +49,8 @@ DEFAULT_ROLE_ALIASES: dict[str, tuple[str, ...]] = {
     "agent": ("agent", "smart", "code", "coder"),
     "plan": ("plan", "planner", "chat"),
     "plan-uncensored": ("uncensored", "nofilter", "plan-nofilter", "heretic"),
+    "embed": ("embed", "embedding", "embeddings"),
+    "rerank": ("rerank", "reranker"),
 }
 
 RESERVED_NAMES = frozenset({"auto"})
@@ -133,6 +138,8 @@ class Tier:
     """Base URLs of other machines serving this tier; served through litellm's Router."""
     fallback: str | None = None
     """Tier that answers when this litellm-served tier fails before answering."""
+    llama_server_args: tuple[str, ...] = ()
+    """Extra llama-server arguments (shlex-split, never through a shell)."""
 
     @property
     def effective_aliases(self) -> tuple[str, ...]:
@@ -355,6 +362,44 @@ def _sampler(raw: str) -> tuple[tuple[str, float], ...]:
     return tuple(pairs)
 
 
+_OWNED_FLAGS: dict[str, str] = {
+    **dict.fromkeys(("--host", "--port"), "the stack's own address"),
+    **dict.fromkeys(("-m", "--model", "-hf", "--hf-repo", "-hff", "--hf-file", "-mu",
+                     "--model-url"), "hf_repo / hf_file"),
+    **dict.fromkeys(("-a", "--alias"), "the tier name and aliases"),
+    **dict.fromkeys(("-c", "--ctx-size"), "ctx_size"),
+    **dict.fromkeys(("-n", "--predict", "--n-predict"), "max_output_tokens"),
+    **dict.fromkeys(("-t", "--threads"), "threads in [DEFAULT]"),
+    **dict.fromkeys(("-ngl", "--gpu-layers", "--n-gpu-layers"), "n_gpu_layers in [DEFAULT]"),
+    **dict.fromkeys(("-fa", "--flash-attn"), "flash_attn in [DEFAULT]"),
+    **dict.fromkeys(("-ctk", "--cache-type-k"), "cache_type_k in [DEFAULT]"),
+    **dict.fromkeys(("-ctv", "--cache-type-v"), "cache_type_v in [DEFAULT]"),
+    **dict.fromkeys(("--jinja", "--no-jinja"), "jinja in [DEFAULT]"),
+    **dict.fromkeys(("-lm", "--load-mode", "--warmup", "--no-warmup"), "llmstack"),
+    **dict.fromkeys(("--embedding", "--embeddings", "--reranking", "--rerank"),
+                    "role = embed / rerank"),
+    **dict.fromkeys(("--rope-scaling", "--rope-scale", "--yarn-orig-ctx"), "rope_scaling"),
+    **dict.fromkeys(("--temp", "--top-p", "--top-k", "--min-p", "--repeat-penalty"), "sampler"),
+    **dict.fromkeys(("--api-key", "--api-key-file"), "the stack's api_keys"),
+}
+"""llama-server flags the stack sets itself, and the models.ini key (or owner) that sets them."""
+
+
+def _llama_server_args(raw: str) -> tuple[str, ...]:
+    """Extra llama-server arguments, split like a shell would (but never run by one)."""
+    try:
+        args = shlex.split(raw)
+    except ValueError as exc:
+        raise ValueError(f"{raw!r}: {exc}; quote arguments as in a shell") from None
+    for arg in args:
+        flag = arg.partition("=")[0]
+        if flag in _OWNED_FLAGS:
+            raise ValueError(f"{flag} is set by llmstack (use {_OWNED_FLAGS[flag]})")
+    if args and not args[0].startswith("-"):
+        raise ValueError(f"{args[0]!r}: expected llama-server flags such as --pooling mean")
+    return tuple(args)
+
+
 def _rope(raw: str) -> tuple[float, int]:
     m = _ROPE.fullmatch(raw)
     if not m or float(m.group(1)) <= 0 or int(m.group(2)) <= 0:
@@ -412,6 +457,7 @@ _TIER_KEYS: dict[str, Converter] = {
     "api_base": _url,
     "backends": _urls,
     "fallback": _text,
+    "llama_server_args": _llama_server_args,
 }
 _KEYS_BY_SECTION = {DEFAULT_SECTION: _DEFAULT_KEYS, ROUTING_SECTION: _ROUTING_KEYS}
 _KEY_HOMES = {"[DEFAULT]": _DEFAULT_KEYS, "[ROUTING]": _ROUTING_KEYS, "a tier section": _TIER_KEYS}
@@ -568,6 +614,8 @@ def _tier(section: _Section, values: dict[str, Any], check: _Checker) -> Tier | 
     if backend == "gguf" and values.get("backends"):
         check.error(section, "backends", "a tier with backends is served by those machines; "
                                          "remove hf_repo/hf_file or backend = gguf")
+    if backend == "litellm" and values.get("llama_server_args"):
+        check.error(section, "llama_server_args", "only local (gguf) tiers run llama-server")
         return None
     if backend == "gguf" and not gguf_ready:
         check.error(section, "backend", "backend = gguf needs hf_repo and hf_file")

@@ -1,4 +1,4 @@
-"""The built-in demo stack: three local tiers on tiny models made on first use."""
+"""The built-in demo stack: three chat tiers, an embedding and a rerank tier on tiny models made on first use."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .llama_server import cache_dir
 from .tiny_gguf import ensure_tiny_model
 
 DEMO_SOURCE = "<built-in demo models.ini>"
-_SEEDS = {"fast": 1, "agent": 2, "plan": 3}
+_SEEDS = {"fast": 1, "agent": 2, "plan": 3, "embed": 4, "rerank": 5}
 
 BANNER = """\
 llmstack is serving the built-in DEMO stack: tiny self-made models that answer gibberish.

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .config import Stack, Tier
+from .config import SERVING_ROLES, Stack, Tier
 
 PROVIDER_ID = "llmstack"
 LOCAL_PROVIDER_NAME = "llmstack (local stack + auto router)"
@@ -110,7 +110,8 @@ def render(stack: Stack, base_url: str, instructions: Sequence[str],
     config["instructions"] = ([p for p in custom.split(":") if p] if custom is not None
                               else list(instructions))
     models = {"auto": _auto_entry(stack)}
-    models.update((t.name, _tier_entry(t)) for t in stack.tiers)
+    # Embedding and rerank tiers cannot chat: they are no opencode models.
+    models.update((t.name, _tier_entry(t)) for t in stack.tiers if t.role not in SERVING_ROLES)
     config["provider"] = {PROVIDER_ID: {
         "npm": "@ai-sdk/openai-compatible", "name": provider_name,
         "options": {"baseURL": base_url, "apiKey": "sk-no-key-required",

@@ -31,8 +31,13 @@ The estimate is characters // 4 over: ``prompt`` (a string or a list of
 strings), message contents (strings, and ``text`` parts of part lists),
 assistant ``tool_calls`` / ``function_call`` names and arguments, and the
 compact JSON of ``tools`` / ``functions``; plus a flat IMAGE_TOKENS per image
-part. Requested output is ``max_completion_tokens``, else ``max_tokens``,
-else 0 (a tier's own output limit is not assumed).
+part. Anthropic Messages add ``system`` (a string or text blocks) and
+``tool_use`` (name and input JSON) / ``tool_result`` blocks; the Responses API
+adds ``instructions`` and ``input`` (a string, or items: messages with
+``input_text`` / ``output_text`` / ``input_image`` parts, ``function_call`` and
+``function_call_output``). A user message made only of tool results is no user
+turn. Requested output is ``max_completion_tokens``, else ``max_tokens``, else
+``max_output_tokens``, else 0 (a tier's own output limit is not assumed).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ FALLBACK_NAMES: dict[str, str] = {"fast": "code-fast", "agent": "code-smart", "u
 IMAGE_TOKENS = 768
 """Flat token estimate per image part (roughly one 768x768 image tile set)."""
 _IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 _FAST, _AGENT, _ULTRA = range(3)
 
 ULTRA_TRIGGER = re.compile(
@@ -73,9 +79,15 @@ class ContextTooLarge(ValueError):
         self.largest_ctx = largest_ctx
         self.max_tokens = max_tokens
         output = f" plus {max_tokens} output tokens" if max_tokens else ""
+        # Worded for clients' context-window classifiers: litellm's
+        # ExceptionCheckers.is_error_str_context_window_exceeded
+        # (litellm/litellm_core_utils/exception_mapping_utils.py) matches "this model's maximum
+        # context length is" (OpenAI's own wording) and "prompt is too long" (Anthropic's, which
+        # Claude Code matches too); the openai SDK exposes the code context_length_exceeded.
         super().__init__(
-            f"this request needs about {estimated_tokens} input tokens{output}, "
-            f"but the largest context window is {largest_ctx} tokens"
+            f"This model's maximum context length is {largest_ctx} tokens (the largest "
+            f"context window of any tier), but this request needs about {estimated_tokens} "
+            f"input tokens{output}: prompt is too long"
         )
 
 
@@ -171,20 +183,34 @@ class SessionFloors:
 
 
 def _parts_size(parts: list[Any]) -> tuple[int, int, list[str]]:
-    """(chars, images, texts) of a content-part list."""
+    """(chars, images, texts) of a content-part list; ``texts`` are the text parts only."""
     chars, images, texts = 0, 0, []
     for part in parts:
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
-        if kind == "text":
+        if kind in _TEXT_PARTS:
             text = part.get("text")
             if isinstance(text, str):
                 chars += len(text)
                 texts.append(text)
         elif kind in _IMAGE_PARTS:
             images += 1
+        elif kind == "tool_use":
+            chars += _call_chars(part) + len(_encode_json(part.get("input")))
+        elif kind == "tool_result":
+            chars, images = _add_output(part.get("content"), chars, images)
     return chars, images, texts
+
+
+def _add_output(output: Any, chars: int, images: int) -> tuple[int, int]:
+    """A tool result (a string or nested parts) added to (chars, images)."""
+    if isinstance(output, str):
+        return chars + len(output), images
+    if isinstance(output, list):
+        more_chars, more_images, _ = _parts_size(output)
+        return chars + more_chars, images + more_images
+    return chars, images
 
 
 def _call_chars(function: Any) -> int:
@@ -213,12 +239,27 @@ def _measure(body: Mapping[str, Any]) -> _Measure:
         chars += len(prompt)
     elif isinstance(prompt, list):
         chars += sum(len(p) for p in prompt if isinstance(p, str))
+    for system in (body.get("system"), body.get("instructions")):  # Anthropic, Responses
+        if isinstance(system, str):
+            chars += len(system)
+            trigger_texts.append(system)
+        elif isinstance(system, list):
+            part_chars, _, system_texts = _parts_size(system)
+            chars += part_chars
+            trigger_texts += system_texts
     messages = body.get("messages")
+    items = body.get("input")  # Responses: a string or a list of items
+    if isinstance(items, str):
+        chars += len(items)
+        user_turns, last_user = 1, [items]
+    elif isinstance(items, list):
+        messages = items
     for message in messages if isinstance(messages, list) else ():
         if not isinstance(message, dict):
             continue
         role, content = message.get("role"), message.get("content")
         texts: list[str] = []
+        part_images = 0
         if isinstance(content, str):
             chars += len(content)
             texts = [content]
@@ -228,13 +269,16 @@ def _measure(body: Mapping[str, Any]) -> _Measure:
             part_chars, part_images, texts = _parts_size(content)
             chars += part_chars
             images += part_images
-        if role == "user":
+        if role == "user" and (texts or part_images or not isinstance(content, list)):
             user_turns += 1
             last_user = texts
         calls = message.get("tool_calls")
         if isinstance(calls, list):
             chars += sum(_call_chars(c.get("function")) for c in calls if isinstance(c, dict))
         chars += _call_chars(message.get("function_call"))
+        if role is None:  # Responses items: function_call, function_call_output
+            chars += _call_chars(message)
+            chars, images = _add_output(message.get("output"), chars, images)
     for key in ("tools", "functions"):
         schemas = body.get(key)
         if schemas:
@@ -245,6 +289,11 @@ def _measure(body: Mapping[str, Any]) -> _Measure:
     )
 
 
+def estimate_tokens(body: Mapping[str, Any]) -> int:
+    """The input-token estimate :func:`classify` routes by (chars // 4 plus images)."""
+    return _measure(body).tokens
+
+
 def _has_trigger(text: str) -> bool:
     # The substring test is much cheaper than the regex on a 20 KB system prompt.
     lowered = text.lower()
@@ -252,8 +301,9 @@ def _has_trigger(text: str) -> bool:
 
 
 def _requested_output(body: Mapping[str, Any]) -> int:
-    """``max_completion_tokens``, else ``max_tokens``, else 0 (non-integers count as absent)."""
-    for key in ("max_completion_tokens", "max_tokens"):
+    """``max_completion_tokens``, else ``max_tokens``, else ``max_output_tokens``, else 0
+    (non-integers count as absent)."""
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value

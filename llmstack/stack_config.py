@@ -17,7 +17,7 @@ from typing import Any
 
 from swapper.config import DEFAULT_MAX_QUEUE_WAIT, Matrix, ModelSpec, SwapperConfig, Timeouts
 
-from .config import Stack, Tier
+from .config import SERVING_ROLES, Stack, Tier
 from .gguf_info import read_gguf_info, kv_cache_bytes, tier_memory_mb
 
 log = logging.getLogger("llmstack")
@@ -36,7 +36,8 @@ def _number(value: float) -> str:
 
 
 def llama_server_argv(stack: Stack, tier: Tier, server: str, model_file: Path) -> tuple[str, ...]:
-    """The llama-server command line of one GGUF tier (samplers in the original's order)."""
+    """The llama-server command line of one GGUF tier (samplers in the original's order), then
+    ``--embeddings`` / ``--reranking`` for those roles and the tier's ``llama_server_args``."""
     argv = [server, "--host", "127.0.0.1", "--port", "${PORT}",
             "-ngl", str(stack.n_gpu_layers), "-fa", stack.flash_attn]
     if stack.jinja:
@@ -54,7 +55,9 @@ def llama_server_argv(stack: Stack, tier: Tier, server: str, model_file: Path) -
         if name in sampler:
             value = sampler[name]
             argv += [flag, str(int(value)) if name == "top_k" else repr(float(value))]
-    return tuple(argv)
+    if tier.role in SERVING_ROLES:
+        argv.append(SERVING_ROLES[tier.role])
+    return (*argv, *tier.llama_server_args)
 
 
 def tier_memory(stack: Stack, tier: Tier, model_file: Path | None) -> float:
@@ -83,7 +86,8 @@ def _evict_cost(tier: Tier) -> int:
 
 
 def residency_matrix(local: list[Tier]) -> Matrix | None:
-    """Fast stays; one heavy tier beside it; plan and plan-uncensored may share with fast."""
+    """Fast stays; one heavy tier beside it; plan and plan-uncensored may share with fast.
+    Embedding and rerank tiers (small, and called between chats) run beside every set."""
     if not local:
         return None
     names: dict[str, str] = {}
@@ -91,9 +95,10 @@ def residency_matrix(local: list[Tier]) -> Matrix | None:
         var = _ROLE_VARS.get(tier.role, "")
         names[tier.name] = var if var and var not in names.values() else f"t{index}"
     fast = next((t for t in local if names[t.name] == "f"), None)
+    serving = [names[t.name] for t in local if t.role in SERVING_ROLES]
     sets: dict[str, str] = {}
     for tier in local:
-        if tier is fast:
+        if tier is fast or tier.role in SERVING_ROLES:
             continue
         label = (tier.role if names[tier.name] in _ROLE_VARS.values() else tier.name).replace("-", "_")
         sets[f"{label}_with_fast" if fast else label] = f"f & {names[tier.name]}" if fast else names[tier.name]
@@ -102,6 +107,9 @@ def residency_matrix(local: list[Tier]) -> Matrix | None:
         sets["all_chats_with_fast" if fast else "all_chats"] = " & ".join((["f"] if fast else []) + plans)
     if not sets and fast is not None:
         sets["fast_alone"] = "f"
+    if serving:
+        sets = {name: " & ".join([members, *serving]) for name, members in sets.items()}
+        sets = sets or {"serving": " & ".join(serving)}
     return Matrix(vars={v: n for n, v in names.items()},
                   evict_costs={names[t.name]: _evict_cost(t) for t in local}, sets=sets)
 

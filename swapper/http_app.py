@@ -15,13 +15,14 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from .errors import ApiError, sse_error_event, unavailable
+from .errors import ApiError, unavailable
 from .front_door import FrontDoor, header_bytes, without_credentials
 from .manager import Manager
 from .loading import SCOPE_KEY, LoadingStream, wants_stream
 from .observe import RequestMeter
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
 from .status_api import PUBLIC_PATHS, StatusApi
+from .stream_protocols import OPENAI, RAW, StreamProtocol, protocol_for
 from .upstream_path import raw_path, upstream_target
 
 log = logging.getLogger("swapper")
@@ -177,14 +178,15 @@ class DisconnectWatch:
             self.complete = True
         await self._send(message)
 
-    async def end_with_error(self, message: str) -> bool:
-        """End an unfinished response visibly: 503 before it started, an SSE error event in a
-        plain event stream. False when neither applies (the caller lets the connection drop)."""
+    async def end_with_error(self, message: str, protocol: StreamProtocol = OPENAI) -> bool:
+        """End an unfinished response visibly: 503 before it started, an error event in the
+        protocol's shape in a plain event stream. False when neither applies (the caller lets
+        the connection drop)."""
         if not self.started:
             await send_error(self._send, unavailable(message))
         elif self.plain_sse and not self.complete:
             await self.send({"type": "http.response.body", "more_body": False,
-                             "body": sse_error_event(message, "shutdown")})
+                             "body": protocol.error_event(message, "shutdown")})
         return not self.started or self.complete
 
     async def _run(self, receive: Receive) -> None:
@@ -307,12 +309,15 @@ class SwapperApp:
 
     async def serve_model(self, scope: Scope, receive: Receive, send: Send, model: str,
                           body: bytes, path: str, hook: ResponseHook | None = None,
-                          extra_headers: Iterable[tuple[bytes, bytes]] = (), data: dict[str, Any] | None = None,
+                          extra_headers: Iterable[tuple[bytes, bytes]] = (),
+                          data: dict[str, Any] | None = None,
                           intercept: frozenset[int] = frozenset(),
-                          context: dict[str, Any] | None = None) -> Intercepted | None:
+                          context: dict[str, Any] | None = None,
+                          protocol: StreamProtocol | None = None) -> Intercepted | None:
         """Acquire ``model`` (loading it if needed) and stream its answer to the client.
 
-        An upstream answer whose status is in ``intercept`` is returned, not sent.
+        An upstream answer whose status is in ``intercept`` is returned, not sent;
+        ``protocol`` overrides the stream protocol ``path`` implies.
         ``context`` (e.g. the routing reason) goes into the request's ``request_done``
         event. A streamed request that must wait (a load, a swap, a drain) is answered at
         once and kept alive meanwhile (:mod:`swapper.loading`); 404/429 stay plain errors.
@@ -344,7 +349,7 @@ class SwapperApp:
                 return await self.upstream.forward(scope["method"], lease.base_url, target,
                                                    self._forwarded_headers(scope), body,
                                                    meter.send, hook, extra_headers, intercept,
-                                                   lease.spec.timeouts)
+                                                   lease.spec.timeouts, protocol)
         except ApiError as error:
             meter.finish(error.status)
             if loading is None:
@@ -358,7 +363,9 @@ class SwapperApp:
             # Not the client leaving: the server ends the request (uvicorn cancels what still
             # runs when its graceful-shutdown period is over). Never cut a stream silently.
             if watch.disconnected or (not watch.complete
-                                      and await watch.end_with_error("the server is shutting down")):
+                                      and await watch.end_with_error(
+                                          "the server is shutting down",
+                                          protocol or protocol_for(path))):
                 return None
             raise
         finally:
@@ -403,7 +410,7 @@ class SwapperApp:
         model, path = upstream_target(raw_path(scope), scope.get("query_string", b""),
                                       self.manager.config.resolve)
         body = await read_body(scope, receive, self.max_body)
-        await self.serve_model(scope, receive, send, model, body, path)
+        await self.serve_model(scope, receive, send, model, body, path, protocol=RAW)
 
     def _all_logs(self) -> str:
         parts = [f"== {name} ==\n" + "\n".join(sink.lines) for name, sink in self.manager.logs.items()]

@@ -8,9 +8,10 @@ reused: llama-server closes it after every stream although it advertises
 keep-alive.
 
 A body the upstream cuts off (or stops sending for the model's idle timeout)
-never looks complete to the client: a stream gets an SSE error event, any other
-body (or a compressed stream, where an event would corrupt it) an aborted
-connection.
+never looks complete to the client: a stream that its protocol does not call
+complete (:mod:`swapper.stream_protocols`) gets an error event in that
+protocol's shape, any other body (or a compressed stream, where an event would
+corrupt it) an aborted connection.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import Timeouts
-from .errors import ApiError, sse_error_event
+from .errors import ApiError
+from .stream_protocols import EndWatch, StreamProtocol, protocol_for
 from .upstream import BadTarget, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout, origin
 
 log = logging.getLogger("swapper")
@@ -38,6 +40,7 @@ HOP_BY_HOP = frozenset({
 })
 _DROP_RESPONSE = HOP_BY_HOP - {b"content-length"}
 _DONE = b"data: [DONE]"
+_NO_BUFFERING = (b"x-accel-buffering", b"no")
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
@@ -104,10 +107,12 @@ class UpstreamClient:
                       body: bytes, send: Send, hook: ResponseHook | None = None,
                       extra_headers: Iterable[tuple[bytes, bytes]] = (),
                       intercept: frozenset[int] = frozenset(),
-                      timeouts: Timeouts = Timeouts()) -> Intercepted | None:
+                      timeouts: Timeouts = Timeouts(),
+                      protocol: StreamProtocol | None = None) -> Intercepted | None:
         """Send the request upstream and stream the answer to ``send``.
 
         An answer whose status is in ``intercept`` is returned instead of sent.
+        ``protocol`` says when an event stream is complete (default: by ``target``'s path).
         """
         try:
             host, port, prefix = origin(base_url)
@@ -122,7 +127,7 @@ class UpstreamClient:
             if resp.status in intercept:
                 answer = Intercepted(resp.status, await _read(resp), _response_headers(resp, True))
             elif resp.content_type == "text/event-stream":
-                await _stream_sse(resp, send, hook, extra_headers)
+                await _stream_sse(resp, send, hook, extra_headers, protocol or protocol_for(target))
                 answer = None
             elif hook is not None and resp.content_type == "application/json":
                 await _send_rewritten_json(resp, send, hook, extra_headers)
@@ -204,42 +209,54 @@ class _FirstEventRewriter:
         return out
 
     def _rewrite(self, event: bytes) -> bytes:
-        if not event.startswith(b"data: ") or event == _DONE:
+        """Rewrite an event's one-line ``data:`` field (after any ``event:`` line)."""
+        start = 0 if event.startswith(b"data: ") else event.find(b"\ndata: ") + 1
+        head, line = event[:start], event[start:]
+        if not line.startswith(b"data: ") or line == _DONE or b"\n" in line:
             return event
         try:
-            data = json.loads(event[6:])
+            data = json.loads(line[6:])
         except ValueError:
             return event
         if isinstance(data, dict) and self.hook.event(data):
             self.done = True
-            return b"data: " + json.dumps(data, ensure_ascii=False).encode()
+            return head + b"data: " + json.dumps(data, ensure_ascii=False).encode()
         return event
 
 
+def _sse_headers(resp: UpstreamResponse, extra: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """The upstream's headers plus ``extra``, with exactly one ``X-Accel-Buffering``."""
+    headers = _response_headers(resp, False) + list(extra)
+    if not any(k.lower() == _NO_BUFFERING[0] for k, _ in headers):
+        headers.append(_NO_BUFFERING)
+    return headers
+
+
 async def _stream_sse(resp: UpstreamResponse, send: Send, hook: ResponseHook | None,
-                      extra: Iterable[tuple[bytes, bytes]]) -> None:
-    headers = _response_headers(resp, False) + [(b"x-accel-buffering", b"no")] + list(extra)
-    await _start(send, resp.status, headers)
+                      extra: Iterable[tuple[bytes, bytes]], protocol: StreamProtocol) -> None:
+    await _start(send, resp.status, _sse_headers(resp, extra))
     rewriter = _FirstEventRewriter(hook) if hook is not None else None
-    compressed = resp.header(b"content-encoding") not in ("", "identity")  # [DONE] unreadable
-    tail = b""
+    compressed = resp.header(b"content-encoding") not in ("", "identity")  # the end unreadable
+    ended = EndWatch(protocol)
     try:
         async for chunk in resp.chunks():
-            tail = (tail + chunk)[-32:]
+            ended.feed(chunk)
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)
                 if not chunk:
                     continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        ended_cleanly = _DONE in tail or resp.status >= 400 or compressed
-        problem = "" if ended_cleanly else "upstream ended the stream without [DONE]"
+        ended_cleanly = ended.seen or resp.status >= 400 or compressed
+        problem = "" if ended_cleanly else (
+            f"upstream ended the {protocol.name} stream before its final event")
         code = "upstream_error"
-    except UpstreamError as exc:  # a break after [DONE] lost nothing
+    except UpstreamError as exc:  # a break after the final event lost nothing
         if compressed:  # an event appended to compressed bytes would be garbage
             raise _abort(exc) from exc
-        problem = "" if _DONE in tail else f"upstream failed mid-stream: {exc}"
+        lost_nothing = ended.seen and protocol.end is not None
+        problem = "" if lost_nothing else f"upstream failed mid-stream: {exc}"
         code = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
     final = rewriter.pending if rewriter is not None and not rewriter.done else b""
     if problem:  # never end a broken stream cleanly: opencode would re-send forever
-        final += sse_error_event(problem, code)
+        final += protocol.error_event(problem, code)
     await send({"type": "http.response.body", "body": final, "more_body": False})

@@ -74,6 +74,7 @@ def test_bundled_defaults_and_routing(bundled: Stack) -> None:
         "code-ultra",
         "plan",
         "plan-uncensored",
+        "embed",
     ]
 
 
@@ -426,12 +427,13 @@ def test_keys_in_the_wrong_section() -> None:
             "agnet",
             (
                 "unknown role 'agnet' (did you mean 'agent'?); "
-                "known roles: fast, agent, ultra, plan, plan-uncensored"
+                "known roles: fast, agent, ultra, plan, plan-uncensored, embed, rerank"
             ),
         ),
         (
             "",
-            "empty role; use one of fast, agent, ultra, plan, plan-uncensored, or remove the line",
+            "empty role; use one of fast, agent, ultra, plan, plan-uncensored, embed, rerank, "
+            "or remove the line",
         ),
     ],
 )

@@ -353,8 +353,9 @@ def test_context_too_large() -> None:
         1000,
     )
     assert str(info.value) == (
-        "this request needs about 16000 input tokens plus 1000 output tokens, "
-        "but the largest context window is 16384 tokens"
+        "This model's maximum context length is 16384 tokens (the largest context window of "
+        "any tier), but this request needs about 16000 input tokens plus 1000 output tokens: "
+        "prompt is too long"
     )
     assert isinstance(info.value, ValueError)
 

@@ -35,11 +35,12 @@ def test_residency_matrix_from_roles(template) -> None:
     _, config = template
     matrix = config.matrix
     assert matrix is not None
-    assert dict(matrix.vars) == {"f": "code-fast", "c": "code-smart", "p": "plan", "u": "plan-uncensored"}
-    assert dict(matrix.evict_costs) == {"f": 2, "c": 30, "p": 12, "u": 9}
-    assert dict(matrix.sets) == {"agent_with_fast": "f & c", "plan_with_fast": "f & p",
-                                 "plan_uncensored_with_fast": "f & u",
-                                 "all_chats_with_fast": "f & p & u"}
+    assert dict(matrix.vars) == {"f": "code-fast", "c": "code-smart", "p": "plan",
+                                 "u": "plan-uncensored", "t4": "embed"}
+    assert dict(matrix.evict_costs) == {"f": 2, "c": 30, "p": 12, "u": 9, "t4": 1}
+    assert dict(matrix.sets) == {"agent_with_fast": "f & c & t4", "plan_with_fast": "f & p & t4",
+                                 "plan_uncensored_with_fast": "f & u & t4",
+                                 "all_chats_with_fast": "f & p & u & t4"}
     plan = compile_plan(config)
     assert plan.solve("plan", frozenset({"code-fast", "code-smart"})).evict == {"code-smart"}
     assert plan.solve("plan-uncensored", frozenset({"code-fast", "plan"})).evict == frozenset()

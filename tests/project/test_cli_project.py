@@ -151,7 +151,8 @@ def test_setup_runs_init_download_configure_start_in_order(
     monkeypatch.setitem(sys.modules, "llmstack.download", download)
     monkeypatch.setitem(sys.modules, "llmstack.daemon", daemon)
     assert install.setup(project) == 0
-    assert calls == [("download", ["code-fast", "code-smart", "plan", "plan-uncensored"], True),
+    assert calls == [("download", ["code-fast", "code-smart", "plan", "plan-uncensored",
+                                  "embed"], True),
                      ("start", project.root, False, True)]
     calls.clear()
     demo = Project(project.root / "demo")
