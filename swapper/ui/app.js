@@ -93,6 +93,25 @@ function renderLogs() {
   for (const pre of document.querySelectorAll("pre.log")) pre.scrollTop = pre.scrollHeight;
 }
 
+// Tiers served through litellm (llmstack's /v1/models rows with backend "litellm"): no
+// process here, so they are not in /api/state. Probing backends costs up to a second, so
+// this list is refreshed every 10 s, not on every event.
+let remote = [];
+function renderRemote() {
+  document.querySelector("#remote").hidden = !remote.length;
+  document.querySelector("#remote-tiers tbody").replaceChildren(...remote.map((r) => el("tr", { "data-tier": r.id },
+    el("td", {}, r.id), el("td", {}, r.hosted_model || "–"),
+    el("td", { class: "backends" }, ...(r.backends || []).map((b) => el("div", {
+      class: b.healthy ? "s-ready" : "s-failed" }, `${b.url} ${b.healthy ? "healthy" : "down"}`))))));
+}
+
+async function reloadRemote() {
+  const resp = await call("/v1/models");
+  if (!resp.ok) return;
+  remote = (await resp.json()).data.filter((r) => r.backend === "litellm" && r.id === r.tier);
+  renderRemote();
+}
+
 function render() { renderModels(); renderDecisions(); renderSwaps(); renderLogs(); }
 
 async function act(prefix, model) {
@@ -150,4 +169,6 @@ async function follow() {
 }
 
 setInterval(() => { if (state) renderModels(); }, 1000);
+setInterval(reloadRemote, 10000);
+reloadRemote();
 follow();

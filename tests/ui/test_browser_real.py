@@ -110,3 +110,36 @@ def test_the_page_loads_a_tier_and_shows_a_routing_decision(
         assert (artifacts / "ui-status.png").stat().st_size > 10_000
     finally:
         stop_server(server)
+
+
+def test_the_page_lists_hosted_and_multi_machine_tiers_with_backend_health(
+        tmp_path: Path, browser: Any) -> None:
+    from tests.hosted.conftest import OFFLINE, needs_litellm, start_provider
+
+    needs_litellm()
+    backend = start_provider(tmp_path)
+    dead = f"http://127.0.0.1:{free_port()}"
+    ini = tmp_path / "models.ini"
+    ini.write_text(f"[team]\nrole = fast\nbackends = {backend.base}, {dead}\n\n"
+                   f"[ultra]\nrole = ultra\nbackend = litellm\nmodel = openai/big\n"
+                   f"api_base = {backend.base}/v1\n")
+    port = free_port()
+    server = start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port),
+                           "--models-ini", str(ini)], port, tmp_path / "serve.log", OFFLINE,
+                          ready_path="/v1/models", timeout=60)
+    try:
+        browser.get(server.base + "/ui")
+
+        def rows() -> dict[str, str]:
+            found = browser.execute_script(
+                "return [...document.querySelectorAll('#remote-tiers tr[data-tier]')]"
+                ".map(e => [e.dataset.tier, e.innerText])")
+            return dict(found)
+
+        wait_until(lambda: set(rows()) == {"team", "ultra"}, 15, "the remote tiers listed")
+        shown = rows()
+        assert f"{backend.base} healthy" in shown["team"] and f"{dead} down" in shown["team"]
+        assert "openai/big" in shown["ultra"]
+    finally:
+        stop_server(server)
+        stop_server(backend.server)
