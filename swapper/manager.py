@@ -16,10 +16,12 @@ import contextlib
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import scheduler as sch
 from .config import ModelSpec, SwapperConfig
@@ -28,6 +30,7 @@ from .events import EventBus
 from .logring import LogSink
 from .process import ChildProcess, LoadError, ProcessFactory, UpstreamProcess
 from .reaper import ChildRecords
+from .selectors import NameRouter
 from .solver import Plan, Solution, compile_plan
 from .upstream import UpstreamPool
 
@@ -39,6 +42,7 @@ class Lease:
     model: str
     spec: ModelSpec
     base_url: str
+    params: Mapping[str, Any] = field(default_factory=dict)  # from setParamsByID
 
 
 def free_port() -> int:
@@ -49,7 +53,8 @@ def free_port() -> int:
 
 
 def _limits(config: SwapperConfig) -> dict[str, sch.ModelLimits]:
-    return {m: sch.ModelLimits(s.concurrency_limit, s.has_process) for m, s in config.models.items()}
+    return {m: sch.ModelLimits(s.concurrency_limit, s.has_process, config.priority.get(m, 0))
+            for m, s in config.models.items()}
 
 
 class Manager:
@@ -62,6 +67,7 @@ class Manager:
         self.bus = bus or EventBus()
         self.config = config
         self.plan: Plan = compile_plan(config)
+        self.names = NameRouter(config)
         self.scheduler = sch.Scheduler(_limits(config), self._evictions, config.max_queue_wait)
         self.processes: dict[str, ChildProcess] = {}
         self._new_process = process_factory
@@ -114,8 +120,18 @@ class Manager:
     @contextlib.asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Lease]:
         """Hold a model for the duration of one request."""
-        model = self.config.resolve(name) or name
+        routed = self.names.route(name, self.scheduler.status)
+        model = routed.model
         req = next(self._ids)
+        try:
+            async with self._held(req, model):
+                lease = self._lease_for(model)
+                yield dc_replace(lease, params=routed.params) if routed.params else lease
+        finally:
+            self.names.release(routed)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, req: int, model: str) -> AsyncIterator[None]:
         if not self._apply(self.scheduler.request(req, model, self._clock()), req):
             fut = asyncio.get_running_loop().create_future()
             self._futures[req] = fut
@@ -129,7 +145,7 @@ class Manager:
                                       retry_after=5, code="model_loading") from None
                 raise
         try:
-            yield self._lease_for(model)
+            yield
         finally:
             self.last_used[model] = self._clock()
             self._apply(self.scheduler.finished(req))
@@ -266,6 +282,13 @@ class Manager:
             return free_port()
         return self.config.start_port + list(self.config.models).index(model)
 
+    def port_of(self, model: str) -> int | None:
+        """The port ``model``'s process listens on, if it has one now."""
+        process = self.processes.get(model)
+        port = urlsplit(process.base_url).port if process is not None else None
+        return port if port is not None or self.config.start_port is None else (
+            self._port_for(model))
+
     def log_for(self, model: str) -> LogSink:
         if model not in self.logs:
             path = Path(self.config.log_dir) / f"{model}.log" if self.config.log_dir else None
@@ -297,6 +320,9 @@ class Manager:
         changed = {m for m, spec in self.config.models.items() if config.models.get(m) != spec}
         restart = changed & self.scheduler.running() & set(config.models)
         self.config, self.plan = config, plan
+        self.names.config = config
+        if self.names.active_profile not in config.profiles:
+            self.names.active_profile = None
         self.scheduler.max_queue_wait = config.max_queue_wait
         self._apply(self.scheduler.reconfigure(_limits(config), self._evictions, changed))
         for model in sorted(restart):  # it was up: bring it back with its new settings
