@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import scheduler as sch
 from .config import ModelSpec, SwapperConfig
@@ -285,9 +284,9 @@ class Manager:
     def port_of(self, model: str) -> int | None:
         """The port ``model``'s process listens on, if it has one now."""
         process = self.processes.get(model)
-        port = urlsplit(process.base_url).port if process is not None else None
-        return port if port is not None or self.config.start_port is None else (
-            self._port_for(model))
+        if process is not None:
+            return process.port
+        return None if self.config.start_port is None else self._port_for(model)
 
     def log_for(self, model: str) -> LogSink:
         if model not in self.logs:
