@@ -10,13 +10,15 @@ of the scheduler's status, so tests choose the state.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Selector, SwapperConfig
 from .errors import ApiError
 from .scheduler import Status
+
+Resolve = Callable[[str], "str | None"]  # a model id for an id or alias, or None
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ def strategy_pin(selector: Selector) -> str:
     return selector.targets[0]
 
 
-def strategy_warm(selector: Selector, resolve: Any, status: Mapping[str, Status]) -> str:
+def strategy_warm(selector: Selector, resolve: Resolve, status: Mapping[str, Status]) -> str:
     """The first ready target, else the first starting one, else the first."""
     for wanted in (Status.READY, Status.STARTING):
         for target in selector.targets:
@@ -50,13 +52,14 @@ class SpilloverTracker:
         self.in_flight: Counter[tuple[str, str]] = Counter()
         self._turn = 0
 
-    def pick(self, selector: Selector, resolve: Any, status: Mapping[str, Status]) -> str:
+    def pick(self, selector: Selector, resolve: Resolve, status: Mapping[str, Status]) -> str:
         """Fill busy targets up to ``spillover`` each, then start the next cold one.
 
         Targets stopping are skipped; a target without a process (a peer) is busy
         while it has requests. Ties between the least busy go round-robin.
         """
-        active, cold = [], []
+        active: list[str] = []
+        cold: list[str] = []
         for target in selector.targets:
             state = status.get(resolve(target) or target)
             if state is Status.STOPPING:
@@ -124,5 +127,6 @@ class NameRouter:
         return Routed(model, chosen, params, selector.id if selector is not None else "")
 
     def release(self, routed: Routed) -> None:
-        if routed.selector and self.config.selectors[routed.selector].strategy == "spillover":
+        """End a request :meth:`route` placed (only spillover picks hold anything)."""
+        if routed.selector:
             self.spillover.release(routed.selector, routed.requested)

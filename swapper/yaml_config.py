@@ -3,8 +3,16 @@
 Keys keep llama-swap's meaning. ``${env.X}`` is substituted first (loading
 fails if X is unset), then user macros (global, overridden per model; a macro
 may use macros defined before it) and ``${MODEL_ID}``. ``${PORT}`` stays in
-place for the spawner to fill (only in ``cmd`` and ``proxy``) and ``${PID}``
-stays in ``cmdStop``. Commands are split with :mod:`shlex`, never run by a shell.
+place for the spawner to fill (in ``cmd`` and ``proxy``; in ``metadata`` when
+listed) and ``${PID}`` stays in ``cmdStop``. Commands are split with
+:mod:`shlex`, never run by a shell.
+
+llama-swap's routing keys load too: ``selectors``, ``profiles``, ``peers``
+(:mod:`swapper.peers`), ``filters.setParamsByID``, ``capabilities``,
+``includeAliasesInList`` and fifo ``priority``. Where llama-swap's own example is
+only illustrative, this loader is more tolerant: a preload, selector target,
+profile pin, priority or group member naming an undefined model is reported
+and ignored rather than fatal.
 
 Extensions: ``memoryBudgetMB``, ``loadWaitTimeout`` and ``maxQueueWait`` (global),
 ``memoryMB`` (per model), and ``bodyIdle`` in a model's ``timeouts`` block (beside
@@ -185,6 +193,8 @@ class _Loader:
         self._source = source
         self._lines = lines
         self._unsupported: list[str] = []
+        self._scope: Mapping[str, Any] = {}  # macros of the model being read
+        self._models: Mapping[str, ModelSpec] = {}  # every model, once read
 
     # ------------------------------------------------------------------ reporting
 
