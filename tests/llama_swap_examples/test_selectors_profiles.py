@@ -307,3 +307,30 @@ def test_server_profile_api_selectors_set_params_by_id_and_peers(swapper, peer) 
     assert listed["a"]["meta"]["port"] == server.running()["a"]["port"]
     assert listed["warm-one"]["selector"] == {"strategy": "warm", "targets": ["b", "a"]}
     assert "remote/m1" in listed
+
+
+def test_spillover_release_after_a_reload_removed_the_selector() -> None:
+    config = parse(SELECTORS % "pool: {strategy: spillover, targets: [a, b]}")
+    names = NameRouter(config)
+    routed = names.route("pool", {})
+    names.config = parse(SELECTORS % "other: {strategy: pin, targets: [a]}")
+    names.release(routed)  # the request ends after the reload: no KeyError
+    assert names.spillover.in_flight[("pool", "a")] == 0
+
+
+def test_include_aliases_in_list() -> None:
+    from swapper.listing import model_rows
+
+    text = f"""
+        includeAliasesInList: %s
+        models:
+          m:
+            cmd: "{fake_cmd()}"
+            aliases: [mm]
+            filters: {{setParamsByID: {{"m:low": {{t: 0}}}}}}
+        """
+    assert [r["id"] for r in model_rows(parse(text % "false"), frozenset(), lambda m: None)] == [
+        "m"]
+    rows = model_rows(parse(text % "true"), frozenset(), lambda m: None)
+    assert [(r["id"], r.get("alias_of")) for r in rows] == [
+        ("m", None), ("mm", "m"), ("m:low", "m")]
