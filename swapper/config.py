@@ -178,6 +178,8 @@ class SwapperConfig:
     selectors: Mapping[str, Selector] = field(default_factory=dict)
     profiles: Mapping[str, Profile] = field(default_factory=dict)
     priority: Mapping[str, int] = field(default_factory=dict)  # fifo queue priority per model
+    # llama-swap's upstream.ignorePaths: /upstream paths that never start a model (regexes).
+    upstream_ignore_paths: tuple[str, ...] = ()
     include_aliases_in_list: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -19,6 +19,7 @@ from .errors import ApiError, sse_error_event, unavailable
 from .front_door import FrontDoor, header_bytes, without_credentials
 from .listing import model_rows, profiles_payload
 from .manager import Manager
+from .scheduler import Status
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
 from .upstream_path import raw_path, upstream_target
 
@@ -363,8 +364,17 @@ class SwapperApp:
     async def _upstream(self, scope: Scope, receive: Receive, send: Send) -> None:
         model, path = upstream_target(raw_path(scope), scope.get("query_string", b""),
                                       self.manager.config.resolve)
+        self._refuse_ignored_path(model, path)
         body = await read_body(scope, receive, self.max_body)
         await self.serve_model(scope, receive, send, model, body, path)
+
+    def _refuse_ignored_path(self, name: str, path: str) -> None:
+        """llama-swap's ``upstream.ignorePaths``: such a path never starts a model (409)."""
+        config = self.manager.config
+        model = config.resolve(name) or name
+        if (any(re.search(p, path) for p in config.upstream_ignore_paths)
+                and self.manager.scheduler.status.get(model, Status.READY) is not Status.READY):
+            raise ApiError(409, f"model {model} is not loaded; path matches upstream.ignorePaths")
 
     def _all_logs(self) -> str:
         parts = [f"== {name} ==\n" + "\n".join(sink.lines) for name, sink in self.manager.logs.items()]

@@ -66,8 +66,10 @@ _MACRO_NAME = re.compile(r"[a-zA-Z0-9_-]{1,63}")
 _GLOBAL_KEYS = frozenset({
     "models", "macros", "healthCheckTimeout", "startPort", "globalTTL", "unloadTimeout",
     "hooks", "apiKeys", "matrix", "groups", "routing", "memoryBudgetMB", "loadWaitTimeout",
-    "maxQueueWait", "selectors", "profiles", "peers", "includeAliasesInList",
+    "maxQueueWait", "selectors", "profiles", "peers", "includeAliasesInList", "upstream",
 })
+# llama-swap's default upstream.ignorePaths: static files a model's web UI asks for.
+DEFAULT_UPSTREAM_IGNORE_PATHS = (r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",)
 _MODEL_KEYS = frozenset({
     "cmd", "cmdStop", "proxy", "checkEndpoint", "ttl", "unloadTimeout", "aliases", "unlisted",
     "env", "useModelName", "filters", "concurrencyLimit", "name", "description", "metadata",
@@ -571,6 +573,7 @@ class _Loader:
             selectors=selectors,
             profiles=self._profiles(top.get("profiles"), names, selectors),
             priority=self._priority(top, names),
+            upstream_ignore_paths=self._ignore_paths(top.get("upstream")),
             include_aliases_in_list=self._optional(top, "includeAliasesInList", self._boolean,
                                                    False),
             extra={"unsupported": self._unsupported},
@@ -659,6 +662,17 @@ class _Loader:
             profiles[name] = Profile(name, self._string(raw.get("description") or "",
                                                         (*path, "description")), pins)
         return profiles
+
+    def _ignore_paths(self, value: Any) -> tuple[str, ...]:
+        path: YamlPath = ("upstream", "ignorePaths")
+        upstream = self._section(value, ("upstream",), {"ignorePaths"})
+        patterns = self._strings(upstream.get("ignorePaths"), path)
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise self._error((*path, i), f"invalid regular expression: {exc}") from None
+        return patterns or DEFAULT_UPSTREAM_IGNORE_PATHS
 
     def _priority(self, top: Mapping, names: Mapping[str, str]) -> dict[str, int]:
         path: YamlPath = ("routing", "scheduler", "settings")

@@ -334,3 +334,24 @@ def test_include_aliases_in_list() -> None:
     rows = model_rows(parse(text % "true"), frozenset(), lambda m: None)
     assert [(r["id"], r.get("alias_of")) for r in rows] == [
         ("m", None), ("mm", "m"), ("m:low", "m")]
+
+
+def test_upstream_ignore_paths_never_start_a_model(swapper) -> None:
+    """llama-swap's default ignorePaths: a web UI's static files do not cause a swap."""
+    server = swapper(f"models:\n  a:\n    cmd: {fake_cmd()}\n")
+    status, _, body = server.get("/upstream/a/static/app.js")
+    assert status == 409 and b"upstream.ignorePaths" in body
+    assert server.running() == {}
+    assert server.get("/upstream/a/health")[0] == 200  # any other path loads it
+    assert server.get("/upstream/a/static/app.js")[0] == 404  # now forwarded (the fake's 404)
+
+
+def test_upstream_ignore_paths_are_checked_at_load() -> None:
+    assert "upstream.ignorePaths[0]: invalid regular expression" in error_of(f"""
+        models: {{a: {{cmd: "{fake_cmd()}"}}}}
+        upstream: {{ignorePaths: ["(unclosed"]}}
+        """)
+    assert parse(f"""
+        models: {{a: {{cmd: "{fake_cmd()}"}}}}
+        upstream: {{ignorePaths: ["^/ws$"]}}
+        """).upstream_ignore_paths == ("^/ws$",)
