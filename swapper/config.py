@@ -60,6 +60,8 @@ class Filters:
 
     strip_params: tuple[str, ...] = ()
     set_params: Mapping[str, Any] = field(default_factory=dict)
+    # llama-swap's setParamsByID: requested id -> params set on top of ``set_params``.
+    set_params_by_id: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,17 @@ class ModelSpec:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     send_loading_state: bool = False
     """While it loads, streamed chat answers carry progress text in ``reasoning_content``."""
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
+    # Sent upstream with every request (a peer's API key).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def has_process(self) -> bool:
         return bool(self.cmd)
+
+    @property
+    def needs_port_in_cmd(self) -> bool:
+        return any(PORT_MACRO in a for a in self.cmd)
 
     @property
     def needs_port(self) -> bool:
@@ -126,6 +135,34 @@ class Group:
 
 
 @dataclass(frozen=True)
+class Selector:
+    """llama-swap's virtual model id resolved per request to one of ``targets``.
+
+    ``strategy``: ``pin`` (always the first), ``warm`` (the first ready, else the
+    first starting, else the first) or ``spillover`` (fill each target up to
+    ``spillover`` requests in flight, then the next).
+    """
+
+    id: str
+    strategy: str
+    targets: tuple[str, ...]
+    spillover: int = 1
+    name: str = ""
+    description: str = ""
+    unlisted: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A runtime-switchable set of id rewrites; a ``None`` pin makes the id unavailable."""
+
+    name: str
+    description: str = ""
+    pins: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SwapperConfig:
     """Everything the swapper needs to run a set of models."""
 
@@ -140,11 +177,18 @@ class SwapperConfig:
     load_wait_timeout: float = DEFAULT_LOAD_WAIT_TIMEOUT
     max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
     log_dir: str = ""
+    selectors: Mapping[str, Selector] = field(default_factory=dict)
+    profiles: Mapping[str, Profile] = field(default_factory=dict)
+    priority: Mapping[str, int] = field(default_factory=dict)  # fifo queue priority per model
+    # llama-swap's upstream.ignorePaths: /upstream paths that never start a model (regexes).
+    upstream_ignore_paths: tuple[str, ...] = ()
+    include_aliases_in_list: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @cached_property
     def _names(self) -> Mapping[str, str]:
-        index = {alias: spec.id for spec in self.models.values() for alias in spec.aliases}
+        index = {alias: spec.id for spec in self.models.values()
+                 for alias in (*spec.aliases, *spec.filters.set_params_by_id)}
         index.update((model_id, model_id) for model_id in self.models)
         return index
 

@@ -12,14 +12,16 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from .errors import ApiError, unavailable
 from .front_door import FrontDoor, header_bytes, without_credentials
+from .listing import model_rows, profiles_payload
 from .manager import Manager
 from .loading import SCOPE_KEY, LoadingStream, wants_stream
 from .observe import RequestMeter
+from .scheduler import Status
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
 from .status_api import PUBLIC_PATHS, StatusApi
 from .stream_protocols import OPENAI, RAW, StreamProtocol, protocol_for
@@ -286,6 +288,12 @@ class SwapperApp:
             await send_bytes(send, 200, self._all_logs().encode(), "text/plain; charset=utf-8")
         elif method == "GET" and path.startswith("/logs/stream/"):
             await self._log_stream(scope, receive, send, path.removeprefix("/logs/stream/"))
+        elif method == "GET" and path == "/api/profiles":
+            await send_json(send, 200, profiles_payload(self.manager.names))
+        elif method == "PUT" and path == "/api/profiles/active":
+            name = json_object(await read_body(scope, receive, self.max_body)).get("name")
+            self.manager.names.set_profile(name if isinstance(name, str) and name else None)
+            await send_json(send, 200, profiles_payload(self.manager.names))
         elif method == "GET" and path == "/events":
             await send_json(send, 200, [e.as_dict() for e in self.manager.bus.recent])
         elif await self.status_api.route(scope, receive, send):
@@ -294,18 +302,8 @@ class SwapperApp:
             raise ApiError(404, f"no route for {method} {path}")
 
     def model_list(self) -> list[dict[str, Any]]:
-        rows = []
-        running = self.manager.scheduler.running()
-        for spec in self.manager.config.models.values():
-            if spec.unlisted:
-                continue
-            base = {"object": "model", "created": 0, "owned_by": "swapper",
-                    "name": spec.name or spec.id, "description": spec.description,
-                    "meta": dict(spec.metadata),
-                    "status": "running" if spec.id in running else "stopped"}
-            rows.append({"id": spec.id, "aliases": list(spec.aliases), **base})
-            rows += [{"id": alias, "alias_of": spec.id, **base} for alias in spec.aliases]
-        return rows
+        return model_rows(self.manager.config, self.manager.scheduler.running(),
+                          self.manager.port_of)
 
     async def serve_model(self, scope: Scope, receive: Receive, send: Send, model: str,
                           body: bytes, path: str, hook: ResponseHook | None = None,
@@ -343,13 +341,13 @@ class SwapperApp:
             async with self.manager.lease(model, start_loading if early else None) as lease:
                 if loading is not None:
                     await loading.ready()
-                body = self._rewrite_body(lease.spec, body, data)
+                body = self._rewrite_body(lease.spec, body, data, lease.params)
                 query = scope.get("query_string", b"")
                 target = path + ("?" + query.decode("latin-1") if query else "")
                 return await self.upstream.forward(scope["method"], lease.base_url, target,
-                                                   self._forwarded_headers(scope), body,
-                                                   meter.send, hook, extra_headers, intercept,
-                                                   lease.spec.timeouts, protocol)
+                                                   self._forwarded_headers(scope, lease.spec),
+                                                   body, meter.send, hook, extra_headers,
+                                                   intercept, lease.spec.timeouts, protocol)
         except ApiError as error:
             meter.finish(error.status)
             if loading is None:
@@ -373,8 +371,14 @@ class SwapperApp:
                 await loading.ready()
             watch.close()
 
-    def _forwarded_headers(self, scope: Scope) -> Headers:
-        return without_credentials(forward_headers(scope["headers"]), self.manager.config.api_keys)
+    def _forwarded_headers(self, scope: Scope, spec: Any) -> Headers:
+        headers = without_credentials(forward_headers(scope["headers"]),
+                                      self.manager.config.api_keys)
+        if spec.headers:  # a peer's own key replaces whatever the client sent
+            own = {k.lower().encode() for k in spec.headers}
+            headers = [(k, v) for k, v in headers if k.lower() not in own]
+            headers += [(k.encode(), v.encode()) for k, v in spec.headers.items()]
+        return headers
 
     async def send_intercepted(self, scope: Scope, send: Send, answer: Intercepted) -> None:
         """Send an answer :meth:`serve_model` held back (an SSE error event once loading began)."""
@@ -385,10 +389,12 @@ class SwapperApp:
         await target({"type": "http.response.body", "body": answer.body, "more_body": False})
 
     @staticmethod
-    def _rewrite_body(spec: Any, body: bytes, data: dict[str, Any] | None) -> bytes:
-        """Apply ``useModelName`` and filters; re-encode only when something changed."""
+    def _rewrite_body(spec: Any, body: bytes, data: dict[str, Any] | None,
+                      params: Mapping[str, Any]) -> bytes:
+        """Apply ``useModelName``, filters and ``setParamsByID`` ``params``; re-encode only
+        when something changed."""
         filters = spec.filters
-        if not (spec.use_model_name or filters.strip_params or filters.set_params):
+        if not (spec.use_model_name or filters.strip_params or filters.set_params or params):
             return body
         if data is None:
             try:
@@ -402,6 +408,7 @@ class SwapperApp:
             if key != "model":
                 data.pop(key, None)
         data.update({k: v for k, v in filters.set_params.items() if k != "model"})
+        data.update({k: v for k, v in params.items() if k != "model"})
         if spec.use_model_name:
             data["model"] = spec.use_model_name
         return json.dumps(data).encode()
@@ -409,8 +416,17 @@ class SwapperApp:
     async def _upstream(self, scope: Scope, receive: Receive, send: Send) -> None:
         model, path = upstream_target(raw_path(scope), scope.get("query_string", b""),
                                       self.manager.config.resolve)
+        self._refuse_ignored_path(model, path)
         body = await read_body(scope, receive, self.max_body)
         await self.serve_model(scope, receive, send, model, body, path, protocol=RAW)
+
+    def _refuse_ignored_path(self, name: str, path: str) -> None:
+        """llama-swap's ``upstream.ignorePaths``: such a path never starts a model (409)."""
+        config = self.manager.config
+        model = config.resolve(name) or name
+        if (any(re.search(p, path) for p in config.upstream_ignore_paths)
+                and self.manager.scheduler.status.get(model, Status.READY) is not Status.READY):
+            raise ApiError(409, f"model {model} is not loaded; path matches upstream.ignorePaths")
 
     def _all_logs(self) -> str:
         parts = [f"== {name} ==\n" + "\n".join(sink.lines) for name, sink in self.manager.logs.items()]

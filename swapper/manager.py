@@ -16,8 +16,9 @@ import contextlib
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .events import EventBus
 from .logring import LogSink
 from .process import ChildProcess, LoadError, ProcessFactory, UpstreamProcess
 from .reaper import ChildRecords
+from .selectors import NameRouter
 from .solver import Plan, Solution, compile_plan
 from .upstream import UpstreamPool
 
@@ -39,6 +41,7 @@ class Lease:
     model: str
     spec: ModelSpec
     base_url: str
+    params: Mapping[str, Any] = field(default_factory=dict)  # from setParamsByID
 
 
 def free_port() -> int:
@@ -49,7 +52,8 @@ def free_port() -> int:
 
 
 def _limits(config: SwapperConfig) -> dict[str, sch.ModelLimits]:
-    return {m: sch.ModelLimits(s.concurrency_limit, s.has_process) for m, s in config.models.items()}
+    return {m: sch.ModelLimits(s.concurrency_limit, s.has_process, config.priority.get(m, 0))
+            for m, s in config.models.items()}
 
 
 class Manager:
@@ -62,6 +66,7 @@ class Manager:
         self.bus = bus or EventBus()
         self.config = config
         self.plan: Plan = compile_plan(config)
+        self.names = NameRouter(config)
         self.scheduler = sch.Scheduler(_limits(config), self._evictions, config.max_queue_wait)
         self.processes: dict[str, ChildProcess] = {}
         self._new_process = process_factory
@@ -119,8 +124,19 @@ class Manager:
         ``waiting`` is awaited once when the request cannot be served at once (it waits
         for a load, a swap or a drain); a 404/429 or a ready model never calls it.
         """
-        model = self.config.resolve(name) or name
+        routed = self.names.route(name, self.scheduler.status)
+        model = routed.model
         req = next(self._ids)
+        try:
+            async with self._held(req, model, waiting):
+                lease = self._lease_for(model)
+                yield dc_replace(lease, params=routed.params) if routed.params else lease
+        finally:
+            self.names.release(routed)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, req: int, model: str,
+                    waiting: Callable[[], Awaitable[None]] | None) -> AsyncIterator[None]:
         if not self._apply(self.scheduler.request(req, model, self._clock()), req):
             fut = asyncio.get_running_loop().create_future()
             self._futures[req] = fut
@@ -141,7 +157,7 @@ class Manager:
                                       retry_after=5, code="model_loading") from None
                 raise
         try:
-            yield self._lease_for(model)
+            yield
         finally:
             self.last_used[model] = self._clock()
             self._apply(self.scheduler.finished(req))
@@ -278,6 +294,13 @@ class Manager:
             return free_port()
         return self.config.start_port + list(self.config.models).index(model)
 
+    def port_of(self, model: str) -> int | None:
+        """The port ``model``'s process listens on, if it has one now."""
+        process = self.processes.get(model)
+        if process is not None:
+            return process.port
+        return None if self.config.start_port is None else self._port_for(model)
+
     def log_for(self, model: str) -> LogSink:
         if model not in self.logs:
             path = Path(self.config.log_dir) / f"{model}.log" if self.config.log_dir else None
@@ -309,6 +332,9 @@ class Manager:
         changed = {m for m, spec in self.config.models.items() if config.models.get(m) != spec}
         restart = changed & self.scheduler.running() & set(config.models)
         self.config, self.plan = config, plan
+        self.names.config = config
+        if self.names.active_profile not in config.profiles:
+            self.names.active_profile = None
         self.scheduler.max_queue_wait = config.max_queue_wait
         self._apply(self.scheduler.reconfigure(_limits(config), self._evictions, changed))
         for model in sorted(restart):  # it was up: bring it back with its new settings

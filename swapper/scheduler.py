@@ -17,7 +17,8 @@ not being evicted and not held for an overdue request -> serve; colliding with
 a swap in flight, stopping, or needing to evict a model with requests in
 flight -> queue; else start a swap. Swaps whose evictions are disjoint run in
 parallel. Draining the queue serves requests for ready models first, so
-A B C A B C is served A A B B C C.
+A B C A B C is served A A B B C C. A model's ``priority`` (llama-swap's fifo
+priority) places its requests ahead of lower-priority ones in the queue.
 
 Fairness: collation alone would let steady traffic on a resident model starve
 a request that must evict it. Once a queued request has waited
@@ -120,6 +121,7 @@ class ModelLimits:
 
     concurrency_limit: int
     has_process: bool = True
+    priority: int = 0  # llama-swap's fifo priority: higher is queued ahead of lower
 
 
 class Scheduler:
@@ -161,7 +163,7 @@ class Scheduler:
         self._model_of[req] = model
         effects = self._place(req, model, may_swap=not self._queue)
         if effects is None:
-            self._queue.append((req, model))
+            self._enqueue(req, model)
             self._queued_at[req] = now
             return []
         return effects
@@ -320,6 +322,16 @@ class Scheduler:
         self.reserved[model] -= 1
         self._queued_at.pop(req, None)
         self._overdue.discard(req)
+
+    def _enqueue(self, req: RequestId, model: str) -> None:
+        """Queue ``req`` behind every request of its priority or higher (FIFO within one)."""
+        def rank(m: str) -> int:
+            limits = self._models.get(m)
+            return limits.priority if limits is not None else 0
+
+        at = next((i for i, (_, m) in enumerate(self._queue) if rank(m) < rank(model)),
+                  len(self._queue))
+        self._queue.insert(at, (req, model))
 
     def _being_evicted(self, model: str) -> bool:
         return any(model in evict for evict in self.swaps.values())

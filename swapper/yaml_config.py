@@ -3,8 +3,16 @@
 Keys keep llama-swap's meaning. ``${env.X}`` is substituted first (loading
 fails if X is unset), then user macros (global, overridden per model; a macro
 may use macros defined before it) and ``${MODEL_ID}``. ``${PORT}`` stays in
-place for the spawner to fill (only in ``cmd`` and ``proxy``) and ``${PID}``
-stays in ``cmdStop``. Commands are split with :mod:`shlex`, never run by a shell.
+place for the spawner to fill (in ``cmd`` and ``proxy``; in ``metadata`` when
+listed) and ``${PID}`` stays in ``cmdStop``. Commands are split with
+:mod:`shlex`, never run by a shell.
+
+llama-swap's routing keys load too: ``selectors``, ``profiles``, ``peers``
+(:mod:`swapper.peers`), ``filters.setParamsByID``, ``capabilities``,
+``includeAliasesInList`` and fifo ``priority``. Where llama-swap's own example is
+only illustrative, this loader is more tolerant: a preload, selector target,
+profile pin, priority or group member naming an undefined model is reported
+and ignored rather than fatal.
 
 Extensions: ``memoryBudgetMB``, ``loadWaitTimeout``, ``maxQueueWait`` and
 ``sendLoadingState`` (global), ``memoryMB`` and ``sendLoadingState`` (per model), and
@@ -39,9 +47,12 @@ from .config import (
     Group,
     Matrix,
     ModelSpec,
+    Profile,
+    Selector,
     SwapperConfig,
     Timeouts,
 )
+from .peers import Peer, peer_models
 from .solver import compile_plan
 
 MIN_HEALTH_CHECK_TIMEOUT = 15.0
@@ -56,19 +67,25 @@ _MACRO_NAME = re.compile(r"[a-zA-Z0-9_-]{1,63}")
 _GLOBAL_KEYS = frozenset({
     "models", "macros", "healthCheckTimeout", "startPort", "globalTTL", "unloadTimeout",
     "hooks", "apiKeys", "matrix", "groups", "routing", "memoryBudgetMB", "loadWaitTimeout",
-    "maxQueueWait", "sendLoadingState",
+    "maxQueueWait", "sendLoadingState", "selectors", "profiles", "peers", "includeAliasesInList",
+    "upstream",
 })
+# llama-swap's default upstream.ignorePaths: static files a model's web UI asks for.
+DEFAULT_UPSTREAM_IGNORE_PATHS = (r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",)
 _MODEL_KEYS = frozenset({
     "cmd", "cmdStop", "proxy", "checkEndpoint", "ttl", "unloadTimeout", "aliases", "unlisted",
     "env", "useModelName", "filters", "concurrencyLimit", "name", "description", "metadata",
-    "macros", "memoryMB", "sendLoadingState", "timeouts",
+    "macros", "memoryMB", "sendLoadingState", "timeouts", "capabilities",
 })
+_MODALITIES = frozenset({"text", "audio", "image"})
+_STRATEGIES = ("warm", "pin", "spillover")
 _TIMEOUT_KEYS = {"connect": "connect", "responseHeader": "response", "bodyIdle": "idle"}
 # Model fields where a runtime macro may stay unexpanded.
 _RUNTIME_MACROS = {
     "cmd": frozenset({"PORT"}),
     "cmdStop": frozenset({"PID"}),
     "proxy": frozenset({"PORT"}),
+    "metadata": frozenset({"PORT"}),  # filled when listed, with the model's port
 }
 
 YamlPath = tuple[str | int, ...]
@@ -180,6 +197,8 @@ class _Loader:
         self._source = source
         self._lines = lines
         self._unsupported: list[str] = []
+        self._scope: Mapping[str, Any] = {}  # macros of the model being read
+        self._models: Mapping[str, ModelSpec] = {}  # every model, once read
 
     # ------------------------------------------------------------------ reporting
 
@@ -310,11 +329,16 @@ class _Loader:
             if isinstance(fields.get(key), str):
                 fields[key] = _strip_comments(fields[key])
         fields = self._expanded(fields, path, scope)
+        self._scope = scope
         if "cmd" not in fields:
             raise self._error((*path, "cmd"), "required")
         spec = ModelSpec(id=model_id, **self._model_fields(fields, path, defaults))
-        if PORT_MACRO in spec.proxy and not any(PORT_MACRO in arg for arg in spec.cmd):
-            raise self._error((*path, "proxy"), "uses ${PORT} but cmd does not; set the proxy URL")
+        if PORT_MACRO in spec.proxy and not spec.needs_port_in_cmd:
+            if "proxy" in fields:
+                raise self._error((*path, "proxy"), "uses ${PORT} but cmd does not; "
+                                  "set the proxy URL")
+            self._report((*path, "cmd"), "does not use ${PORT} and no proxy is set: "
+                         "requests to this model will fail until proxy names its port")
         return spec
 
     def _model_fields(self, fields: Mapping, path: YamlPath, defaults: Mapping) -> dict:
@@ -338,6 +362,7 @@ class _Loader:
             "memoryMB": ("memory_mb", self._non_negative),
             "sendLoadingState": ("send_loading_state", self._boolean),
             "timeouts": ("timeouts", self._timeouts),
+            "capabilities": ("capabilities", self._capabilities),
         }
         values = {parsers[k][0]: parsers[k][1](v, (*path, k)) for k, v in fields.items()}
         ttl, unload = values.get("ttl", USE_GLOBAL_TTL), values.get("unload_timeout", 0)
@@ -358,6 +383,23 @@ class _Loader:
         return Timeouts(**{field: self._non_negative(raw[key], (*path, key))
                            for key, field in _TIMEOUT_KEYS.items() if raw.get(key) is not None})
 
+    def _capabilities(self, value: Any, path: YamlPath) -> dict[str, Any]:
+        raw = self._section(value, path, {"in", "out", "tools", "reranker", "context"})
+        caps: dict[str, Any] = {}
+        for key in ("in", "out"):
+            if raw.get(key) is not None:
+                caps[key] = list(self._strings(raw[key], (*path, key)))
+                for i, modality in enumerate(caps[key]):
+                    if modality not in _MODALITIES:
+                        raise self._error((*path, key, i), f"unknown modality {modality!r} "
+                                          "(text, audio or image)")
+        for key in ("tools", "reranker"):
+            if raw.get(key) is not None:
+                caps[key] = self._boolean(raw[key], (*path, key))
+        if raw.get("context") is not None:
+            caps["context"] = self._count(raw["context"], (*path, "context"))
+        return caps
+
     def _env(self, value: Any, path: YamlPath) -> dict[str, str]:
         env = {}
         for i, entry in enumerate(self._strings(value, path)):
@@ -369,23 +411,32 @@ class _Loader:
 
     def _filters(self, value: Any, path: YamlPath) -> Filters:
         raw = self._mapping(value, path)
-        self._check_keys(raw, path, frozenset({"stripParams", "strip_params", "setParams"}))
+        self._check_keys(raw, path,
+                         frozenset({"stripParams", "strip_params", "setParams", "setParamsByID"}))
         key = "stripParams" if raw.get("stripParams") else "strip_params"
         strip = self._string(raw.get(key) or "", (*path, key)).split(",")
         set_params = self._mapping(raw.get("setParams"), (*path, "setParams"))
+        by_id = self._mapping(raw.get("setParamsByID"), (*path, "setParamsByID"))
         return Filters(
             strip_params=tuple(sorted({p.strip() for p in strip} - {""} - PROTECTED_PARAMS)),
             set_params={k: v for k, v in set_params.items() if k not in PROTECTED_PARAMS},
+            set_params_by_id={
+                str(_substitute(key, self._scope)): {
+                    k: v for k, v in self._mapping(params, (*path, "setParamsByID", key)).items()
+                    if k not in PROTECTED_PARAMS}
+                for key, params in by_id.items()},
         )
 
     def _names(self, models: Mapping[str, ModelSpec]) -> dict[str, str]:
         """Model id for every model id and alias; aliases are globally unique."""
         names = {model_id: model_id for model_id in models}
         for spec in models.values():
-            for i, alias in enumerate(spec.aliases):
+            by_id = [(("filters", "setParamsByID", key), key)
+                     for key in spec.filters.set_params_by_id if key != spec.id]
+            for where, alias in [(("aliases", i), a) for i, a in enumerate(spec.aliases)] + by_id:
                 if alias in names:
                     owner = "a model id" if names[alias] == alias else f"an alias of {names[alias]}"
-                    raise self._error(("models", spec.id, "aliases", i), f"{alias!r} is {owner}")
+                    raise self._error(("models", spec.id, *where), f"{alias!r} is {owner}")
                 names[alias] = spec.id
         return names
 
@@ -394,7 +445,8 @@ class _Loader:
     def _routing(self, top: Mapping) -> tuple[Matrix | None, tuple[Group, ...], YamlPath]:
         """(matrix, groups, path of their parent) from legacy keys or ``routing``."""
         routing = self._section(top.get("routing"), ("routing",), {"router", "scheduler"})
-        scheduler = self._section(routing.get("scheduler"), ("routing", "scheduler"), {"use"})
+        scheduler = self._section(routing.get("scheduler"), ("routing", "scheduler"),
+                                  {"use", "settings"})
         if scheduler.get("use", "fifo") != "fifo":
             raise self._error(("routing", "scheduler", "use"), "the only scheduler is fifo")
         router = self._section(routing.get("router"), ("routing", "router"), {"use", "settings"})
@@ -453,7 +505,11 @@ class _Loader:
         raw = self._section(value, path, {"swap", "exclusive", "persistent", "members"})
         defaults = {"swap": True, "exclusive": True, "persistent": False}
         flags = {k: self._boolean(raw.get(k, v), (*path, k)) for k, v in defaults.items()}
-        return Group(name, self._strings(raw.get("members"), (*path, "members")), **flags)
+        members = self._strings(raw.get("members"), (*path, "members"))
+        for i, member in enumerate(members):
+            if member not in self._models:
+                self._report((*path, "members", i), f"undefined model {member!r}, ignored")
+        return Group(name, tuple(m for m in members if m in self._models), **flags)
 
     # ------------------------------------------------------------------ globals
 
@@ -464,8 +520,8 @@ class _Loader:
         preload = [name.strip() for name in self._strings(on_startup.get("preload"), path)]
         for i, name in enumerate(preload):
             if name and name not in names:
-                raise self._error((*path, i), f"unknown model {name!r}")
-        return tuple(names[name] for name in preload if name)
+                self._report((*path, i), f"unknown model {name!r}, not preloaded")
+        return tuple(names[name] for name in preload if name in names)
 
     def _api_keys(self, value: Any) -> tuple[str, ...]:
         keys = self._strings(value, ("apiKeys",))
@@ -497,8 +553,12 @@ class _Loader:
             model_id: self._model(model_id, raw, macros, defaults)
             for model_id, raw in self._mapping(data["models"], ("models",)).items()
         }
+        peers = peer_models(self._peers(top.get("peers")), self._names(models))
+        models.update(peers)
+        self._models = models
         names = self._names(models)
         matrix, groups, routing_base = self._routing(top)
+        selectors = self._selectors(top.get("selectors"), names)
         health = self._optional(
             top, "healthCheckTimeout", self._number, DEFAULT_HEALTH_CHECK_TIMEOUT
         )
@@ -515,10 +575,125 @@ class _Loader:
                                              DEFAULT_LOAD_WAIT_TIMEOUT),
             max_queue_wait=self._optional(top, "maxQueueWait", self._non_negative,
                                           DEFAULT_MAX_QUEUE_WAIT),
+            selectors=selectors,
+            profiles=self._profiles(top.get("profiles"), names, selectors),
+            priority=self._priority(top, names),
+            upstream_ignore_paths=self._ignore_paths(top.get("upstream")),
+            include_aliases_in_list=self._optional(top, "includeAliasesInList", self._boolean,
+                                                   False),
             extra={"unsupported": self._unsupported},
         )
         self._compile(config, routing_base)
         return config
+
+    # ------------------------------------------------------------------ llama-swap routing keys
+
+    def _peers(self, value: Any) -> list[Peer]:
+        peers = []
+        for peer_id, raw in self._mapping(value, ("peers",)).items():
+            path: YamlPath = ("peers", peer_id)
+            raw = self._section(raw, path, {"proxy", "apiKey", "models", "timeouts", "filters"})
+            if not raw.get("proxy"):
+                raise self._error((*path, "proxy"), "required")
+            filters = self._filters(raw["filters"], (*path, "filters")) if raw.get(
+                "filters") else Filters()
+            timeouts = self._timeouts(raw["timeouts"], (*path, "timeouts")) if raw.get(
+                "timeouts") else Timeouts()
+            peers.append(Peer(peer_id, self._string(raw["proxy"], (*path, "proxy")),
+                              self._strings(raw.get("models"), (*path, "models")),
+                              self._string(raw.get("apiKey") or "", (*path, "apiKey")),
+                              timeouts, filters))
+        return peers
+
+    def _selectors(self, value: Any, names: Mapping[str, str]) -> dict[str, Selector]:
+        """llama-swap's checks, except that undefined targets are warned and dropped."""
+        selectors: dict[str, Selector] = {}
+        entries = self._mapping(value, ("selectors",))
+        for sel_id, raw in entries.items():
+            path: YamlPath = ("selectors", sel_id)
+            raw = self._section(raw, path, {"strategy", "targets", "settings", "name",
+                                            "description", "unlisted", "metadata"})
+            if sel_id in names:
+                what = "model id" if names[sel_id] == sel_id else "model alias"
+                raise self._error(path, f"name conflicts with {what} {sel_id!r}")
+            strategy = raw.get("strategy")
+            if strategy not in _STRATEGIES:
+                raise self._error((*path, "strategy"), f"expected one of {', '.join(_STRATEGIES)}"
+                                  f", got {strategy!r}")
+            targets = self._strings(raw.get("targets"), (*path, "targets"))
+            if not targets:
+                raise self._error((*path, "targets"), "must contain at least one entry")
+            kept = []
+            for i, target in enumerate(targets):
+                if target in entries:
+                    raise self._error((*path, "targets", i),
+                                      f"references selector {target!r}; selectors do not chain")
+                if target not in names:
+                    self._report((*path, "targets", i), f"undefined model {target!r}, ignored")
+                else:
+                    kept.append(target)
+            settings = self._section(raw.get("settings"), (*path, "settings"), {"spillover"})
+            spillover = self._count(settings.get("spillover", 1), (*path, "settings", "spillover"))
+            if spillover < 1:
+                raise self._error((*path, "settings", "spillover"), "must be >= 1")
+            selectors[sel_id] = Selector(
+                sel_id, strategy, tuple(kept), spillover,
+                self._string(raw.get("name") or "", (*path, "name")),
+                self._string(raw.get("description") or "", (*path, "description")),
+                self._boolean(raw.get("unlisted", False), (*path, "unlisted")),
+                self._mapping(raw.get("metadata"), (*path, "metadata")))
+        return selectors
+
+    def _profiles(self, value: Any, names: Mapping[str, str],
+                  selectors: Mapping[str, Selector]) -> dict[str, Profile]:
+        profiles: dict[str, Profile] = {}
+        for name, raw in self._mapping(value, ("profiles",)).items():
+            path: YamlPath = ("profiles", name)
+            if isinstance(raw, list):
+                self._report(path, "legacy list syntax (llama-swap no longer supports it), "
+                             "ignored; use description and pins")
+                continue
+            raw = self._section(raw, path, {"description", "pins"})
+            pins: dict[str, str | None] = {}
+            for pin, target in self._mapping(raw.get("pins"), (*path, "pins")).items():
+                if target is None or target == "":
+                    pins[pin] = None
+                elif str(target) in names or str(target) in selectors:
+                    pins[pin] = str(target)
+                else:
+                    self._report((*path, "pins", pin), f"undefined model {target!r}, ignored")
+            if not raw.get("pins"):
+                raise self._error((*path, "pins"), "must contain at least one entry")
+            profiles[name] = Profile(name, self._string(raw.get("description") or "",
+                                                        (*path, "description")), pins)
+        return profiles
+
+    def _ignore_paths(self, value: Any) -> tuple[str, ...]:
+        path: YamlPath = ("upstream", "ignorePaths")
+        upstream = self._section(value, ("upstream",), {"ignorePaths"})
+        patterns = self._strings(upstream.get("ignorePaths"), path)
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise self._error((*path, i), f"invalid regular expression: {exc}") from None
+        return patterns or DEFAULT_UPSTREAM_IGNORE_PATHS
+
+    def _priority(self, top: Mapping, names: Mapping[str, str]) -> dict[str, int]:
+        path: YamlPath = ("routing", "scheduler", "settings")
+        routing = top.get("routing") or {}
+        settings = self._section((routing.get("scheduler") or {}).get("settings"), path, {"fifo"})
+        fifo = self._section(settings.get("fifo"), (*path, "fifo"), {"priority"})
+        priority: dict[str, int] = {}
+        for model, rank in self._mapping(fifo.get("priority"), (*path, "fifo", "priority")).items():
+            where = (*path, "fifo", "priority", model)
+            if not isinstance(rank, int) or isinstance(rank, bool):
+                raise self._error(where, f"expected a whole number, got {rank!r}")
+            if model in names:
+                priority[names[model]] = rank
+            else:
+                self._report(where, f"undefined model {model!r}, ignored")
+        return priority
 
     def _port(self, value: Any, path: YamlPath) -> int:
         port = self._count(value, path)

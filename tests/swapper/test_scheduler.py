@@ -358,3 +358,23 @@ def test_shutdown_fails_everything_pending_and_leaves_nothing_ready() -> None:
                             Fail(4, 503, "the swapper is shutting down")]
     assert s.running() == frozenset() and s.queued() == []
     assert s.idle_timeout("a") == []
+
+
+def test_fifo_priority_queue_order() -> None:
+    """llama-swap's TestFIFO_PriorityQueueOrder: higher priority first, FIFO among equals."""
+    models = {m: ModelLimits(10, priority=p) for m, p in
+              {"z": 0, "A": 10, "B": 5, "C": 5, "D": 1}.items()}
+    s = Scheduler(models, lambda target, running: Solution(running - {target}, "alone", 0))
+    assert s.request(1, "z") == [StartSwap("z", frozenset())]
+    for req, model in enumerate(["B", "D", "C", "A"], start=2):
+        assert s.request(req, model) == []  # z is loading: everything else queues
+    assert [m for _, m in s.queued()] == ["A", "B", "C", "D"]
+
+
+def test_fifo_priority_decides_which_swap_starts_when_the_queue_drains() -> None:
+    s = make(low=ModelLimits(10), high=ModelLimits(10, priority=3))
+    ready(s, "a", 1)
+    assert s.request(2, "a") == [Grant(2, "a")]  # a busy: swaps away from it must wait
+    assert s.request(3, "low") == []
+    assert s.request(4, "high") == []
+    assert s.finished(2) == [StartSwap("high", frozenset({"a"}))]

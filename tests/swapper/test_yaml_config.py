@@ -138,13 +138,12 @@ def test_unsupported_keys_are_reported_with_their_path():
         """)
     assert config.extra["unsupported"] == [
         "logLevel: not supported, ignored",
-        "peers: not supported, ignored",
-        "selectors: not supported, ignored",
-        "models.llama.filters.setParamsByID: not supported, ignored",
-        "routing.scheduler.settings: not supported, ignored",
     ]  # sendLoadingState is supported (global true, the model's false wins)
     assert config.models["llama"].cmd == ("srv", "${PORT}")
     assert config.models["llama"].send_loading_state is False
+    assert config.priority == {"llama": 1}
+    assert config.selectors["auto"].targets == ("llama",)
+    assert config.resolve("llama:hot") == "llama"
 
 
 def test_legacy_and_routing_router_together_fail():
@@ -266,9 +265,13 @@ def test_model_fields_and_defaults():
 
 
 def test_proxy_port_needs_cmd_port():
-    assert error_of("models: {m: {cmd: 'srv --port 9'}}") == (
+    assert error_of("models: {m: {cmd: 'srv --port 9', proxy: 'http://h:${PORT}'}}") == (
         "c.yaml:1: models.m.proxy: uses ${PORT} but cmd does not; set the proxy URL"
     )
+    # llama-swap's own example has such a model: the default proxy only warns.
+    assert parse("models: {m: {cmd: 'srv --port 9'}}").extra["unsupported"] == [
+        "models.m.cmd: does not use ${PORT} and no proxy is set: "
+        "requests to this model will fail until proxy names its port"]
 
 
 def test_aliases_are_globally_unique():
@@ -284,16 +287,17 @@ def test_aliases_are_globally_unique():
         """)
 
 
-def test_preload_resolves_aliases_and_rejects_unknown_models():
+def test_preload_resolves_aliases_and_skips_unknown_models_with_a_warning():
     text = """
         models:
           a: {cmd: "srv ${PORT}", aliases: [small]}
         hooks: {on_startup: {preload: [small, " ", %s]}}
         """
     assert parse(text % "a").preload == ("a", "a")
-    assert error_of(text % "nope") == (
-        "c.yaml:4: hooks.on_startup.preload[2]: unknown model 'nope'"
-    )
+    config = parse(text % "nope")
+    assert config.preload == ("a",)
+    assert config.extra["unsupported"] == [
+        "hooks.on_startup.preload[2]: unknown model 'nope', not preloaded"]
 
 
 def test_memory_budget_is_checked_at_load():
