@@ -29,6 +29,7 @@ from .hosted import serve_hosted
 from .routing import (
     ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify, step_up,
 )
+from .routing_memo import RoutingMemo
 
 log = logging.getLogger("llmstack")
 _TOO_LONG_STATUS = frozenset({400})
@@ -83,6 +84,7 @@ class LLMStackApp:
         self.swapper = swapper
         self.loaded = loaded
         self.floors = SessionFloors()
+        self.routing_memo = RoutingMemo()
         self.shutdown_hooks: list[Callable[[], None]] = []
         """Run after the models are stopped (uvicorn re-raises SIGTERM, so no finally runs)."""
 
@@ -166,7 +168,7 @@ class LLMStackApp:
             await self._serve_tier(scope, receive, send, path, tier, body, data)
             return
         session = self._session(scope)
-        decision = self._route_auto(session, data)
+        decision = self._route_auto(session, data, body)
         tier = decision.tier
         while True:
             # llama-server ignores "model" (it answers with its alias), so the client's bytes
@@ -211,11 +213,11 @@ class LLMStackApp:
             return ""
         return next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
 
-    def _route_auto(self, session: str, data: dict[str, Any]) -> Decision:
+    def _route_auto(self, session: str, data: dict[str, Any], body: bytes) -> Decision:
         table = self.loaded.table
         floor = self.floors.floor(session) if session else None
         try:
-            decision = classify(data, table, floor)
+            decision = classify(data, table, floor, self.routing_memo.for_body(body))
         except ContextTooLarge as exc:
             raise ApiError(400, str(exc), "context_length_exceeded") from None
         except NoRoutableTier as exc:
