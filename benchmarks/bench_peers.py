@@ -62,6 +62,8 @@ ROUNDS = 150  # interleaved latency rounds (each target once per round, both kin
 STREAMS_PER_PASS = 192
 PASSES = 4  # per target and concurrency, ABBA
 SWAP_ROUNDS = 15
+BIG_SWAP_ROUNDS = 6
+BIG = {"dim": 1024, "layers": 8, "ff": 2816}  # ~415 MB
 MAX_TOKENS = 16
 FAKE_CHUNKS = 32
 
@@ -165,10 +167,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         direct = start_server([binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
                                *flags], port, tmp / "direct.log")
         h.servers.append(direct)
-        port = free_port()
-        router = start_server([binary, "--models-dir", str(model.parent), "--models-max", "1",
-                               "--host", "127.0.0.1", "--port", str(port), *flags], port,
-                              tmp / "router.log")
+        router = _router_over(tmp, binary, flags, model.parent)
         h.servers.append(router)
         ids = [m["id"] for m in json.loads(router.get("/v1/models")[2])["data"]]
         assert model.stem in ids, ids
@@ -397,11 +396,10 @@ def test_real_idle_rss(benchmark: Any, real: Harness) -> None:
 # --------------------------------------------------------------------------- swaps
 
 
-def _swap_rig_swapper(tmp: Path, binary: str, flags: list[str], model: Path) -> Server:
-    """A swapper holding one of two demo models at a time (only_a / only_b)."""
-    other = model.with_name("tiny-agent.gguf")
+def _swapper_over(tmp: Path, binary: str, flags: list[str], files: dict[str, Path]) -> Server:
+    """A swapper holding one of two models at a time (sets only_a / only_b)."""
     lines = ["healthCheckTimeout: 60", "models:"]
-    for name, path in (("a", model), ("b", other)):
+    for name, path in files.items():
         lines += [f"  {name}:", f'    cmd: "{binary} -m {path} --host 127.0.0.1 --port ${{PORT}} '
                                 f'{" ".join(flags)} --alias {name}"']
     lines += ["matrix:", "  vars: {a: a, b: b}", "  sets:", '    only_a: "a"', '    only_b: "b"']
@@ -413,18 +411,27 @@ def _swap_rig_swapper(tmp: Path, binary: str, flags: list[str], model: Path) -> 
                         tmp / "swapper.log")
 
 
-def test_real_swap(benchmark: Any, real: Harness) -> None:
+def _swap_rig_swapper(tmp: Path, binary: str, flags: list[str], model: Path) -> Server:
+    return _swapper_over(tmp, binary, flags, {"a": model, "b": model.with_name("tiny-agent.gguf")})
+
+
+def _router_over(tmp: Path, binary: str, flags: list[str], directory: Path) -> Server:
+    port = free_port()
+    return start_server([binary, "--models-dir", str(directory), "--models-max", "1",
+                         "--host", "127.0.0.1", "--port", str(port), *flags], port,
+                        tmp / "router.log")
+
+
+def _swaps(benchmark: Any, real: Harness, router: str, swapper: Server, files: dict[str, Path],
+           rounds: int, label: str) -> None:
     """Alternate two models through the router and the swapper, against raw spawns.
 
-    A raw spawn: Popen from this process, ``/health`` polled every 1 ms, then the request.
+    A raw spawn: Popen from this process, ``/health`` polled every 5 ms (as in
+    bench_cold_start; polling faster slows a loading llama-server), then the request.
     """
-    router, swapper = real.targets["router"], real.servers[-1]
     direct_argv = _argv_of(real.targets["direct"].pid)
-    fast = _model_file(direct_argv)
-    binary, flags = direct_argv[0], _shared_flags(direct_argv)
-    rig = Rig(binary, {"a": fast, "b": fast.with_name("tiny-agent.gguf")}, swapper, real.loop,
-              real.session, flags=tuple(flags), health_poll=0.001)
-    ids = {"a": fast.stem, "b": "tiny-agent"}
+    rig = Rig(direct_argv[0], files, swapper, real.loop, real.session,
+              flags=tuple(_shared_flags(direct_argv)))
     times: dict[str, list[float]] = {"raw": [], "router": [], "swapper": []}
 
     async def through(base: str, model: str) -> float:
@@ -435,13 +442,13 @@ def test_real_swap(benchmark: Any, real: Harness) -> None:
         await finish(resp)
         return replied - start
 
-    async def rounds() -> None:
+    async def run() -> None:
         try:
-            for i in range(SWAP_ROUNDS + 2):
+            for i in range(rounds + 2):
                 name = "ab"[i % 2]
                 row = {"raw": await rig.raw_round(name)}
                 await rig.cleanup()
-                row["router"] = await through(router.base, ids[name])
+                row["router"] = await through(router, files[name].stem)
                 row["swapper"] = await through(swapper.base, name)
                 if i >= 2:  # the first two load each model once
                     for key, value in row.items():
@@ -449,12 +456,38 @@ def test_real_swap(benchmark: Any, real: Harness) -> None:
         finally:
             await rig.cleanup()
 
-    benchmark.group = "peers (real): swap"
-    benchmark.pedantic(lambda: real.run(rounds()), rounds=1, iterations=1)
+    benchmark.group = f"peers (real): swap, {label}"
+    benchmark.pedantic(lambda: real.run(run()), rounds=1, iterations=1)
     raw50, raw95 = p50(times["raw"]), percentile(times["raw"], 95)
     for name, values in times.items():
         row = {"p50_ms": ms(p50(values)), "p95_ms": ms(percentile(values, 95)),
                "added_p50_ms": ms(p50(values) - raw50), "added_p95_ms": ms(percentile(values, 95) - raw95)}
         benchmark.extra_info[name] = row
-        record(f"peers (real upstream): swap to first reply, {SWAP_ROUNDS} alternating rounds",
+        record(f"peers (real upstream): swap to first reply, {label}, {rounds} alternating rounds",
                name, **row)
+
+
+def test_real_swap(benchmark: Any, real: Harness) -> None:
+    fast = _model_file(_argv_of(real.targets["direct"].pid))
+    files = {"a": fast, "b": fast.with_name("tiny-agent.gguf")}
+    _swaps(benchmark, real, real.targets["router"].base, real.servers[-1], files, SWAP_ROUNDS,
+           "tiny models (~1 MB)")
+
+
+def test_real_swap_big(benchmark: Any, real: Harness, tmp_path: Path) -> None:
+    """The same with two ~415 MB models (made once into the cache, about 4 s each)."""
+    from llmstack.llama_server import cache_dir
+    from llmstack.tiny_gguf import ensure_tiny_model
+
+    directory = cache_dir() / "bench-big"
+    files = {name: ensure_tiny_model(directory, f"big-{name}", seed=seed, **BIG)
+             for seed, name in enumerate("ab", start=1)}
+    direct_argv = _argv_of(real.targets["direct"].pid)
+    binary, flags = direct_argv[0], _shared_flags(direct_argv)
+    router = _router_over(tmp_path, binary, flags, directory)
+    swapper = _swapper_over(tmp_path, binary, flags, files)
+    try:
+        _swaps(benchmark, real, router.base, swapper, files, BIG_SWAP_ROUNDS, "~415 MB models")
+    finally:
+        stop_server(swapper)
+        stop_server(router)
