@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -123,6 +125,11 @@ def _model_file(argv: list[str]) -> Path:
 
 
 def _llmstack(tmp: Path, env: dict[str, str]) -> Server:
+    """``llmstack serve --demo`` on a cache that already holds the demo models (a second
+    start: making them on the first loads numpy into the serving process)."""
+    cache = {"LLMSTACK_CACHE_DIR": str(tmp / "cache")}
+    subprocess.run([sys.executable, "-c", "from llmstack.demo import demo_files, demo_stack; "
+                    "demo_files(demo_stack())"], env={**os.environ, **cache}, check=True)
     port = free_port()
     return start_server([sys.executable, "-m", "llmstack", "serve", "--demo", "--port", str(port)],
                         port, tmp / f"llmstack-{len(list(tmp.iterdir()))}.log",
