@@ -76,6 +76,8 @@ class Rig:
     samples: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, list[float]] = field(default_factory=dict)
     pending: list[Any] = field(default_factory=list)  # untimed work left by the last round
+    flags: tuple[str, ...] = SERVER_FLAGS  # of a raw spawn
+    health_poll: float = HEALTH_POLL
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -97,7 +99,7 @@ class Rig:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         argv = [self.binary, "-m", str(self.models[name]), "--host", "127.0.0.1", "--port", str(port),
-                *SERVER_FLAGS, "--alias", name]
+                *self.flags, "--alias", name]
         await self.cleanup()
         start = time.perf_counter()
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
@@ -113,7 +115,7 @@ class Rig:
                     pass
                 if popen.poll() is not None:
                     raise AssertionError(f"llama-server exited with {popen.returncode}")
-                await asyncio.sleep(HEALTH_POLL)
+                await asyncio.sleep(self.health_poll)
             healthy = time.perf_counter()
             replied, resp = await first_chunk(self.session, base + CHAT, payload(name))
         except BaseException:

@@ -35,6 +35,7 @@ from .routing import (
     ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify,
     estimate_tokens, step_up,
 )
+from .routing_memo import RoutingMemo
 
 log = logging.getLogger("llmstack")
 # a too-long prompt: llama-server's error type, and the code hosted tiers answer with
@@ -89,6 +90,7 @@ class LLMStackApp:
         self.swapper = swapper
         self.loaded = loaded
         self.floors = SessionFloors()
+        self.routing_memo = RoutingMemo()
         self.shutdown_hooks: list[Callable[[], None]] = []
         """Run after the models are stopped (uvicorn re-raises SIGTERM, so no finally runs)."""
 
@@ -235,7 +237,7 @@ class LLMStackApp:
                 await self._refuse(scope, send, client_error(refused, path, tier), extra)
             return
         session = self._session(scope)
-        decision = self._route_auto(session, data)
+        decision = self._route_auto(session, data, body)
         tier = decision.tier if path in HOSTED_PATHS else self._local_rung(decision.tier, data)
         while True:
             # llama-server ignores "model" (it answers with its alias), so the client's bytes
@@ -336,11 +338,11 @@ class LLMStackApp:
                  and (t := stack.tier(r.name)) is not None and t.backend == "gguf")
         return next((r.name for r in local), chosen)
 
-    def _route_auto(self, session: str, data: dict[str, Any]) -> Decision:
+    def _route_auto(self, session: str, data: dict[str, Any], body: bytes) -> Decision:
         table = self.loaded.table
         floor = self.floors.floor(session) if session else None
         try:
-            decision = classify(data, table, floor)
+            decision = classify(data, table, floor, self.routing_memo.for_body(body))
         except ContextTooLarge as exc:
             raise ApiError(400, str(exc), "context_length_exceeded",
                            {"x-llmstack-tokens": str(exc.estimated_tokens)}) from None

@@ -1,8 +1,8 @@
 """Memory accounting from a GGUF file's metadata.
 
-``read_gguf_info`` is the only function that touches a file; it parses the header with
-``gguf.GGUFReader``, which memory-maps the file and never reads tensor data. The rest is
-pure arithmetic.
+``read_gguf_info`` is the only function that touches a file; it reads the header's
+key/values with :mod:`llmstack.gguf_header` (standard library, memory-mapped, tokenizer
+arrays stepped over, no tensor data). The rest is pure arithmetic.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from gguf import GGUFReader
+from .gguf_header import read_gguf_metadata
 
 MIB = 1024 * 1024
 
@@ -49,22 +49,30 @@ class GGUFInfo:
     file_size_bytes: int
 
 
+class _NotTokenizer:
+    """Every key but the tokenizer's (vocabularies of 100k+ strings, never needed here)."""
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and not key.startswith("tokenizer.")
+
+
 def read_gguf_info(path: str | os.PathLike[str]) -> GGUFInfo:
     """Read a model's architecture and attention shape from its GGUF metadata."""
     path = Path(path)
-    fields = GGUFReader(path).fields
+    fields = read_gguf_metadata(path, _NotTokenizer())
 
     def value(key: str, default: int | None = None) -> int:
-        field = fields.get(key)
-        if field is None:
+        content = fields.get(key)
+        if content is None:
             if default is None:
                 raise ValueError(f"{path}: GGUF metadata has no {key}")
             return default
-        content = field.contents()
         # Per-layer arrays (e.g. head_count_kv on hybrid models): take the largest.
         return int(max(content)) if isinstance(content, list) else int(content)
 
-    arch = str(fields["general.architecture"].contents())
+    if "general.architecture" not in fields:
+        raise ValueError(f"{path}: GGUF metadata has no general.architecture")
+    arch = str(fields["general.architecture"])
     n_head = value(f"{arch}.attention.head_count")
     embedding_length = value(f"{arch}.embedding_length")
     return GGUFInfo(

@@ -48,9 +48,12 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llmstack.config import Stack
+
+if TYPE_CHECKING:
+    from llmstack.routing_memo import BodyMemo
 
 LADDER: tuple[str, ...] = ("fast", "agent", "ultra")
 """Rung roles from low to high."""
@@ -229,8 +232,11 @@ class _Measure(NamedTuple):
     triggered: bool
 
 
-def _measure(body: Mapping[str, Any]) -> _Measure:
-    """Estimate input tokens, count user turns and look for an ultra trigger."""
+def _measure(body: Mapping[str, Any], memo: BodyMemo | None = None) -> _Measure:
+    """Estimate input tokens, count user turns and look for an ultra trigger.
+
+    ``memo`` remembers the parts an agent repeats every turn (:mod:`llmstack.routing_memo`).
+    """
     chars = images = user_turns = 0
     trigger_texts: list[str] = []
     last_user: list[str] = []
@@ -282,11 +288,14 @@ def _measure(body: Mapping[str, Any]) -> _Measure:
     for key in ("tools", "functions"):
         schemas = body.get(key)
         if schemas:
-            chars += len(_encode_json(schemas))
+            chars += memo.json_chars(key, schemas, _json_chars) if memo else _json_chars(schemas)
     trigger_texts += last_user
-    return _Measure(
-        chars // 4 + images * IMAGE_TOKENS, user_turns, any(map(_has_trigger, trigger_texts))
-    )
+    scan = _has_trigger if memo is None else lambda text: memo.has_trigger(text, _has_trigger)
+    return _Measure(chars // 4 + images * IMAGE_TOKENS, user_turns, any(map(scan, trigger_texts)))
+
+
+def _json_chars(value: Any) -> int:
+    return len(_encode_json(value))
 
 
 def estimate_tokens(body: Mapping[str, Any]) -> int:
@@ -360,7 +369,8 @@ def _fit(table: RoutingTable, index: int, est: int, max_tokens: int) -> tuple[in
 
 
 def classify(
-    body: Mapping[str, Any], table: RoutingTable, session_floor: str | None = None
+    body: Mapping[str, Any], table: RoutingTable, session_floor: str | None = None,
+    memo: BodyMemo | None = None,
 ) -> Decision:
     """Pick the tier for an auto-routed chat or completion request body.
 
@@ -368,8 +378,9 @@ def classify(
     SessionFloors). Messages and content parts are read only when they are
     dicts, as json.loads makes them. Raises ContextTooLarge when no rung tier
     can hold the request, and NoRoutableTier when the stack has no rung tiers.
+    ``memo`` (the request's raw bytes bound) saves repeated work across turns.
     """
-    m = _measure(body)
+    m = _measure(body, memo)
     index, reason = _present(table, *_ladder(table, m))
     max_tokens = _requested_output(body)
     index, suffix = _fit(table, index, m.tokens, max_tokens)

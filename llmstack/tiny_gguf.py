@@ -6,6 +6,9 @@ chat fails. Byte, unknown and control tokens are made unsampleable: every embedd
 carries a constant on dim 0 and those tokens' output rows are negative on dim 0 only, so
 generated text is printable ASCII that runs to ``max_tokens`` (``finish_reason
 "length"``) unless ``allow_eos`` lets ``</s>`` and ``<|im_end|>`` be sampled.
+
+numpy and gguf are imported only to write a model: checking that a cached one is current
+reads its header with :mod:`llmstack.gguf_header`, so a serving process never loads them.
 """
 
 from __future__ import annotations
@@ -19,8 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-from gguf import GGUFReader, GGUFWriter, TokenType
+from typing import TYPE_CHECKING
+
+from .gguf_header import read_gguf_metadata
+
+if TYPE_CHECKING:
+    import numpy as np
+    from gguf import GGUFWriter
 
 PARAMS_KEY = "llmstack.tiny.params"
 """Custom metadata key holding the JSON of the parameters a file was made with."""
@@ -32,12 +40,15 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+# GGUF token types (``gguf.TokenType``'s values, fixed by the GGUF format)
+NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6
+
 SPECIAL_TOKENS = (
-    ("<unk>", TokenType.UNKNOWN),
-    ("<s>", TokenType.CONTROL),
-    ("</s>", TokenType.CONTROL),
-    ("<|im_start|>", TokenType.CONTROL),
-    ("<|im_end|>", TokenType.CONTROL),
+    ("<unk>", UNKNOWN),
+    ("<s>", CONTROL),
+    ("</s>", CONTROL),
+    ("<|im_start|>", CONTROL),
+    ("<|im_end|>", CONTROL),
 )
 UNK_ID, BOS_ID, EOS_ID, IM_START_ID, IM_END_ID = range(len(SPECIAL_TOKENS))
 
@@ -66,10 +77,10 @@ def build_vocab() -> tuple[list[str], list[float], list[int]]:
     tokens = [text for text, _ in SPECIAL_TOKENS]
     types = [int(kind) for _, kind in SPECIAL_TOKENS]
     tokens += [f"<0x{b:02X}>" for b in range(256)]
-    types += [int(TokenType.BYTE)] * 256
+    types += [BYTE] * 256
     normal = [_SPACE] + [chr(c) for c in range(0x21, 0x7F)] + [_SPACE + w for w in WORDS]
     tokens += normal
-    types += [int(TokenType.NORMAL)] * len(normal)
+    types += [NORMAL] * len(normal)
     scores = [0.0] * (len(tokens) - len(normal)) + [-float(i) for i in range(len(normal))]
     return tokens, scores, types
 
@@ -78,7 +89,7 @@ def unsampleable_ids(types: list[int], *, allow_eos: bool) -> list[int]:
     """Token ids that generation must never produce (byte, unknown, control)."""
     banned = {
         i for i, kind in enumerate(types)
-        if kind in (TokenType.BYTE, TokenType.UNKNOWN, TokenType.CONTROL)
+        if kind in (BYTE, UNKNOWN, CONTROL)
     }
     if allow_eos:
         banned -= {EOS_ID, IM_END_ID}
@@ -90,6 +101,8 @@ def _random_weights(
     layers: int, dim: int, ff: int, heads: int, kv_heads: int,
 ) -> dict[str, np.ndarray]:
     """Tensors in GGUF order; numpy shapes are the reverse of ggml's ``ne``."""
+    import numpy as np
+
     def normal(std: float, *shape: int) -> np.ndarray:
         return rng.normal(0.0, std, size=shape).astype(np.float32)
 
@@ -135,6 +148,9 @@ def write_tiny_gguf(
         )
     params = dict(seed=seed, layers=layers, dim=dim, ff=ff, heads=heads, kv_heads=kv_heads,
                   context_length=context_length, allow_eos=allow_eos)
+    import numpy as np
+    from gguf import GGUFWriter
+
     tokens, scores, types = build_vocab()
     tensors = _random_weights(
         np.random.default_rng(seed), n_vocab=len(tokens),
@@ -202,8 +218,8 @@ def _quiet_writer() -> Iterator[None]:
 def _recorded_params(path: Path) -> dict[str, object] | None:
     """The parameters stored in a tiny model file, or None if unreadable or foreign."""
     try:
-        field = GGUFReader(path).fields.get(PARAMS_KEY)
-        return None if field is None else json.loads(field.contents())
+        recorded = read_gguf_metadata(path, {PARAMS_KEY}).get(PARAMS_KEY)
+        return None if not isinstance(recorded, str) else json.loads(recorded)
     except (OSError, ValueError):
         return None
 

@@ -1,9 +1,10 @@
 """One upstream child process: spawn, readiness, logs, stop.
 
 The child runs from an argv list (never a shell) in its own process group.
-On Linux it gets a parent-death signal, so it dies with the swapper even when
-the swapper is SIGKILLed; everywhere, a pid record lets the next start reap
-children a crashed swapper left behind (:mod:`swapper.reaper`). Stopping ends
+On Linux a watchdog process kills its group when the swapper dies, even by
+SIGKILL (:mod:`swapper.watchdog`; no ``preexec_fn``, so Python spawns with vfork);
+everywhere, a pid record lets the next start reap children a crashed swapper
+left behind (:mod:`swapper.reaper`). Stopping ends
 every descendant, also one that left the group with ``setsid``: descendants are
 collected (psutil) before the group is signalled, and signalled one by one.
 
@@ -19,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,9 +33,9 @@ import psutil
 from .config import PORT_MACRO, ModelSpec
 from .logring import LogSink
 from .upstream import UpstreamPool
+from .watchdog import WATCHDOG
 
 POLL_INTERVAL = 0.02
-_PR_SET_PDEATHSIG = 1
 
 
 class LoadError(Exception):
@@ -45,20 +44,6 @@ class LoadError(Exception):
     def __init__(self, message: str, status: int = 502) -> None:
         super().__init__(message)
         self.status = status
-
-
-# Resolved in the parent: between fork and exec the child may only make simple calls.
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-
-
-def _child_setup(parent: int) -> Callable[[], None]:
-    """preexec_fn: SIGKILL the child when its parent dies (Linux), even if that already happened."""
-    def setup() -> None:
-        if _PRCTL is not None:
-            _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:
-                os._exit(1)
-    return setup
 
 
 async def wait_for_exit(popen: subprocess.Popen[bytes]) -> None:
@@ -186,10 +171,11 @@ class UpstreamProcess:
         try:
             self._popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=_child_setup(os.getpid()), close_fds=True)
+                stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
         except OSError as exc:
             raise LoadError(f"model '{self.spec.id}' could not start: {exc}") from exc
+        if WATCHDOG is not None:
+            WATCHDOG.watch(self._popen.pid)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._pump_output()), loop.create_task(self._watch_exit())]
         return self._popen.pid
@@ -242,6 +228,8 @@ class UpstreamProcess:
         assert self._popen is not None
         await wait_for_exit(self._popen)
         self._kill_group(signal.SIGKILL)  # reap grandchildren left in the group
+        if WATCHDOG is not None:
+            WATCHDOG.unwatch(self._popen.pid)
         signal_all(self._descendants, signal.SIGKILL)  # and those that left it
         self._exited.set()
         self._activity.set()

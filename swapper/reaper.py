@@ -1,6 +1,6 @@
 """Pid records of the children we started, so a crashed swapper's orphans are reaped.
 
-On Linux the parent-death signal already kills children when the swapper dies;
+On Linux the watchdog (:mod:`swapper.watchdog`) kills children when the swapper dies;
 these records cover macOS and any child that escaped. A record is only acted on
 when the live process still runs the same command line, so a reused pid is left
 alone: we kill only what we started.

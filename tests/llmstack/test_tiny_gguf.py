@@ -144,3 +144,9 @@ def test_tier_memory_mb_rounds_up_and_adds_overhead() -> None:
     assert tier_memory_mb(1024**3, 1024**3, overhead_mb=0) == 2048
     assert tier_memory_mb(1, 0, overhead_mb=10) == 11
     assert tier_memory_mb(0, 0) > 0
+
+
+def test_the_token_type_constants_are_gguf_s() -> None:
+    from llmstack import tiny_gguf
+    assert (tiny_gguf.NORMAL, tiny_gguf.UNKNOWN, tiny_gguf.CONTROL, tiny_gguf.BYTE) == (
+        TokenType.NORMAL, TokenType.UNKNOWN, TokenType.CONTROL, TokenType.BYTE)
