@@ -105,11 +105,13 @@ def test_twenty_concurrent_requests_for_a_cold_model_start_one_process(swapper) 
 
 def test_request_racing_a_ttl_unload_never_hangs(swapper) -> None:
     """llama-swap #946: a request arriving during a TTL stop must start the model again."""
+    # the child ignores SIGTERM, so it stays "stopping" until SIGKILL after unloadTimeout:
+    # 3 s leaves a loaded machine ample time to observe that window
     server = swapper(f"models:\n  m:\n    cmd: {fake_cmd('--ignore-term')}\n    ttl: 1\n"
-                     f"    unloadTimeout: 1\n")
+                     f"    unloadTimeout: 3\n")
     assert server.post(CHAT, {"model": "m", "messages": []})[0] == 200
     wait_until(lambda: events(server, "ttl_expired"), 10, "the TTL to expire")
-    assert server.running()["m"]["state"] == "stopping"  # the child ignores SIGTERM for 1 s
+    assert server.running()["m"]["state"] == "stopping"
     status, _, _ = server.post(CHAT, {"model": "m", "messages": []}, timeout=15)
     assert status == 200
     assert len(events(server, "model_starting")) == 2
