@@ -4,7 +4,6 @@ detached stack is tests/real/test_opencode_project_real.py)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -12,19 +11,9 @@ import pytest
 
 from llmstack.project import Project
 from tests.project.conftest import Cli
-from tests.real.test_opencode_real import opencode_bin  # noqa: F401  (the cached npm install)
+from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401  (the cached npm install)
 
 pytestmark = pytest.mark.real
-
-
-def opencode_env(home: Path, config: Path) -> dict[str, str]:
-    """An isolated, offline opencode reading ``config``."""
-    home.mkdir(exist_ok=True)
-    return {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_DATA_HOME": str(home / ".local/share"), "XDG_CACHE_HOME": str(home / ".cache"),
-            "OPENCODE_CONFIG": str(config), "OPENCODE_DISABLE_MODELS_FETCH": "1",
-            "OPENCODE_DISABLE_AUTOUPDATE": "1",
-            "npm_config_registry": "http://127.0.0.1:9/"}  # its plugin install stays offline
 
 
 def test_opencode_accepts_the_template_config(cli: Cli, project: Project, tmp_path: Path,

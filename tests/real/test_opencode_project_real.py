@@ -13,7 +13,7 @@ import pytest
 
 from llmstack.demo import demo_files, demo_stack, demo_text
 from tests.conftest import free_port, http, pid_alive
-from tests.real.test_opencode_real import opencode_bin  # noqa: F401 (the npm-installed client)
+from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401 (the npm-installed client)
 
 pytestmark = pytest.mark.real
 
@@ -62,12 +62,7 @@ def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin:
     pid = json.loads((project / ".llmstack" / "daemon.json").read_text())["pid"]
     base = f"http://127.0.0.1:{port}"
     try:
-        oc_env = {"PATH": os.environ["PATH"], "HOME": str(home),
-                  "XDG_CONFIG_HOME": str(home / ".config"),
-                  "XDG_DATA_HOME": str(home / ".local/share"),
-                  "XDG_CACHE_HOME": str(home / ".cache"), "OPENCODE_CONFIG": str(config),
-                  "OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_DISABLE_AUTOUPDATE": "1",
-                  "npm_config_registry": "http://127.0.0.1:9/"}  # its plugin install stays offline
+        oc_env = opencode_env(home, config)
         result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
                                 cwd=project, env=oc_env, capture_output=True, text=True,
                                 timeout=180)

@@ -33,6 +33,16 @@ def opencode_bin() -> Path:
     return binary
 
 
+def opencode_env(home: Path, config: Path) -> dict[str, str]:
+    """An isolated, offline opencode reading ``config`` (its own HOME and XDG dirs)."""
+    home.mkdir(exist_ok=True)
+    return {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local/share"), "XDG_CACHE_HOME": str(home / ".cache"),
+            "OPENCODE_CONFIG": str(config), "OPENCODE_DISABLE_MODELS_FETCH": "1",
+            "OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1",
+            "npm_config_registry": "http://127.0.0.1:9/"}  # its plugin install stays offline
+
+
 def test_opencode_run_gets_an_answer_through_the_auto_router(tmp_path: Path, opencode_bin: Path,
                                                              llama_server_bin: str) -> None:
     port = free_port()
@@ -52,11 +62,7 @@ def test_opencode_run_gets_an_answer_through_the_auto_router(tmp_path: Path, ope
                        "fast": {"name": "fast", "limit": {"context": 8192, "output": 32}}}}},
         "model": "llmstack/auto", "small_model": "llmstack/fast",
         "autoupdate": False, "share": "disabled"}))
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-           "XDG_DATA_HOME": str(home / ".local/share"), "XDG_CACHE_HOME": str(home / ".cache"),
-           "OPENCODE_CONFIG": str(config), "OPENCODE_DISABLE_MODELS_FETCH": "1",
-           "OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1",
-           "npm_config_registry": "http://127.0.0.1:9/"}  # its plugin install stays offline
+    env = opencode_env(home, config)
     try:
         result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
                                 cwd=project, env=env, capture_output=True, text=True, timeout=120)

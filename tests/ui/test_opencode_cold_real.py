@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server
-from tests.real.test_opencode_real import opencode_bin  # noqa: F401  (the fixture)
+from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401  (the fixture)
 from tests.ui.conftest import LOAD_MS, slow_config
 
 pytestmark = pytest.mark.real
@@ -33,11 +32,7 @@ def test_opencode_waits_through_a_cold_load_without_retrying(
                        "quick": {"name": "quick", "limit": {"context": 8192, "output": 32}}}}},
         "model": "stack/slow", "small_model": "stack/quick",
         "autoupdate": False, "share": "disabled"}))
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-           "XDG_DATA_HOME": str(home / ".local/share"), "XDG_CACHE_HOME": str(home / ".cache"),
-           "OPENCODE_CONFIG": str(config), "OPENCODE_DISABLE_MODELS_FETCH": "1",
-           "OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1",
-           "npm_config_registry": "http://127.0.0.1:9/"}  # its plugin install stays offline
+    env = opencode_env(home, config)
     result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
                             cwd=project, env=env, capture_output=True, text=True, timeout=120,
                             check=False)
