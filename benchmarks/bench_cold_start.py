@@ -51,12 +51,18 @@ def payload(model: str) -> bytes:
 
 
 async def first_chunk(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float, aiohttp.ClientResponse]:
-    """Send ``body``; return the moment the first body chunk arrived (and the open response)."""
+    """Send ``body``; return the moment the first SSE data event arrived (and the open
+    response). Keep-alive comments sent while a model loads (``: loading``) do not count: the
+    reply starts with the model's first event."""
     resp = await session.post(url, data=body, headers={"content-type": "application/json"})
     if resp.status != 200:
         raise AssertionError(f"{url}: {resp.status} {(await resp.read())[:300]!r}")
-    if not await resp.content.readany():
-        raise AssertionError(f"{url}: empty reply")
+    seen = b""
+    while b"data:" not in seen:
+        chunk = await resp.content.readany()
+        if not chunk:
+            raise AssertionError(f"{url}: the reply ended before its first event: {seen[:300]!r}")
+        seen += chunk
     return time.perf_counter(), resp
 
 
