@@ -19,8 +19,8 @@ from typing import Any
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError
 from swapper.http_app import (
-    DisconnectWatch, Receive, Scope, SwapperApp, header, json_object, read_body, send_bytes,
-    send_json,
+    DisconnectWatch, Receive, Scope, SwapperApp, header, json_object, openai_error_body,
+    read_body, send_bytes, send_json,
 )
 from swapper.manager import Manager
 from swapper.observe import RequestMeter
@@ -76,6 +76,11 @@ async def _until_disconnect(receive: Receive, send: Send,
     return None
 
 
+def _anthropic_body(error: ApiError) -> bytes:
+    """The Messages endpoints: the router's own errors in Anthropic's shape too."""
+    return anthropic_error(error.status, error.message)
+
+
 def _tier_headers(tier: str, tokens: int) -> Headers:
     return [(b"x-llmstack-tokens", str(tokens).encode()), (b"x-llmstack-tier", tier.encode())]
 
@@ -102,7 +107,8 @@ class LLMStackApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            await self.swapper.serve_http(scope, receive, send, self._route)
+            render = _anthropic_body if scope["path"] in ANTHROPIC_PATHS else openai_error_body
+            await self.swapper.serve_http(scope, receive, send, self._route, render)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -122,9 +128,7 @@ class LLMStackApp:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
-        if method == "POST" and path in ANTHROPIC_PATHS:
-            await self._anthropic(scope, receive, send, path)
-        elif method == "POST" and path in ROUTED_PATHS:
+        if method == "POST" and path in ROUTED_PATHS:
             await self._completion(scope, receive, send, path)
         elif method == "GET" and path in ("/v1/models", "/models"):
             rows = self.model_list()
@@ -184,23 +188,6 @@ class LLMStackApp:
         if row is None:
             raise ApiError(404, f"model '{model_id}' not found", "model_not_found")
         return row
-
-    async def _anthropic(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        """A Messages endpoint: the router's own errors in Anthropic's shape too."""
-        started = False
-
-        async def tracking(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
-        try:
-            await self._completion(scope, receive, tracking, path)
-        except ApiError as error:
-            if started:
-                raise
-            await send_bytes(send, error.status, anthropic_error(error.status, error.message),
-                             "application/json", error.headers)
 
     def _named(self, model: Any) -> str:
         if not isinstance(model, str):

@@ -57,12 +57,21 @@ async def send_bytes(send: Send, status: int, body: bytes, content_type: str,
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def send_error(send: Send, error: ApiError) -> None:
-    await send_bytes(send, error.status, error.body(), "application/json", error.headers)
+ErrorBody = Callable[[ApiError], bytes]
+"""How an error is spelled to the client (OpenAI's envelope unless a protocol says otherwise)."""
 
 
-async def guarded(send: Send, handler: Callable[[Send], Awaitable[None]]) -> None:
-    """Run a request handler; errors become OpenAI-style JSON, never a bare 500."""
+def openai_error_body(error: ApiError) -> bytes:
+    return error.body()
+
+
+async def send_error(send: Send, error: ApiError, render: ErrorBody = openai_error_body) -> None:
+    await send_bytes(send, error.status, render(error), "application/json", error.headers)
+
+
+async def guarded(send: Send, handler: Callable[[Send], Awaitable[None]],
+                  render: ErrorBody = openai_error_body) -> None:
+    """Run a request handler; errors become JSON spelled by ``render``, never a bare 500."""
     started = False
 
     async def tracking_send(message: dict[str, Any]) -> None:
@@ -74,14 +83,15 @@ async def guarded(send: Send, handler: Callable[[Send], Awaitable[None]]) -> Non
         await handler(tracking_send)
     except ApiError as error:
         if not started:
-            await send_error(send, error)
+            await send_error(send, error, render)
     except RecursionError:  # a body nested just shallow enough to parse, too deep to walk
         if not started:
-            await send_error(send, ApiError(400, "request body is nested too deeply"))
+            await send_error(send, ApiError(400, "request body is nested too deeply"), render)
     except Exception:
         log.exception("request failed")
         if not started:
-            await send_error(send, ApiError(500, "internal error (see the server log)", "internal_error"))
+            await send_error(send, ApiError(500, "internal error (see the server log)",
+                                            "internal_error"), render)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -227,14 +237,17 @@ class SwapperApp:
         if scope["type"] == "http":
             await self.serve_http(scope, receive, send, self.route)
 
-    async def serve_http(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
-        """One HTTP request: admission, CORS, HEAD as GET, then ``route``; errors as JSON."""
+    async def serve_http(self, scope: Scope, receive: Receive, send: Send, route: Route,
+                         render: ErrorBody = openai_error_body) -> None:
+        """One HTTP request: admission, CORS, HEAD as GET, then ``route``; errors as JSON
+        spelled by ``render``."""
         cors = self.front.cors_headers(scope)
         if cors:
             send = with_headers(send, cors)
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}  # uvicorn still sees HEAD and drops the body
-        await guarded(send, lambda tracked: self._admit(scope, receive, tracked, route, bool(cors)))
+        await guarded(send, lambda tracked: self._admit(scope, receive, tracked, route, bool(cors)),
+                      render)
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, route: Route,
                      cors: bool) -> None:
