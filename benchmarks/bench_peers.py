@@ -185,10 +185,15 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         h.servers.append(_swap_rig_swapper(tmp, binary, flags, model))
         yield h
     finally:
-        loop.run_until_complete(session.close())
-        loop.close()
-        for server in reversed(h.servers):
-            stop_server(server)
+        _close(h)
+
+
+def _close(h: Harness) -> None:
+    """End a harness: its client session and loop, then its servers, last started first."""
+    h.loop.run_until_complete(h.session.close())
+    h.loop.close()
+    for server in reversed(h.servers):
+        stop_server(server)
 
 
 @pytest.fixture(scope="module")
@@ -219,10 +224,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         h.targets.update(paced)
         yield h
     finally:
-        loop.run_until_complete(session.close())
-        loop.close()
-        for server in reversed(h.servers):
-            stop_server(server)
+        _close(h)
 
 
 def _unpaced(h: Harness) -> list[str]:
