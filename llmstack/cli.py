@@ -197,11 +197,10 @@ def _models_ini(explicit: Path | None) -> tuple[Path, bool]:
     """The models.ini path and whether the user named it (then it must exist)."""
     if explicit is not None:
         return explicit, True
-    env = os.environ.get("LLMSTACK_MODELS_INI")
-    if env:
-        return Path(env), True
     from .project import find_project
-    return find_project().models_ini, False
+
+    project = find_project()
+    return project.models_ini, project.models_ini_from_env
 
 
 def _stack(explicit: Path | None) -> Stack:
