@@ -157,15 +157,7 @@ def require_local(project: Project, verb: str) -> None:
 
 def next_stack(stack: Stack) -> Stack:
     """The stack as the next channel serves it: queued files and models in place of current."""
-    tiers = []
-    for t in stack.tiers:
-        if t.backend == "gguf" and t.hf_file_next:
-            t = replace(t, hf_repo=t.hf_repo_next or t.hf_repo, hf_file=t.hf_file_next,
-                        size_gb=t.size_gb_next if t.size_gb_next is not None else t.size_gb,
-                        quant=t.quant_next or t.quant)
-        elif t.backend == "litellm" and t.model_next:
-            t = replace(t, model=t.model_next)
-        tiers.append(t)
+    tiers = [t.queued() or t for t in stack.tiers]
     if tiers == list(stack.tiers):
         raise UserError(f"{stack.path}: no tier queues an upgrade (hf_file_next or model_next), "
                         "so the next channel would serve exactly the current models")

@@ -21,7 +21,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -153,6 +153,18 @@ class Tier:
     def effective_ttl(self) -> int:
         """Explicit ttl, else the role's default idle time in seconds."""
         return self.ttl if self.ttl is not None else DEFAULT_ROLE_TTL.get(self.role, DEFAULT_TTL)
+
+    def queued(self) -> Tier | None:
+        """This tier as the next channel serves it (``hf_file_next`` / ``model_next`` in
+        place of the current ones); None when it queues no upgrade."""
+        if self.backend == "gguf" and self.hf_file_next:
+            size_gb = self.size_gb_next if self.size_gb_next is not None else self.size_gb
+            return replace(self, hf_repo=self.hf_repo_next or self.hf_repo,
+                           hf_file=self.hf_file_next, size_gb=size_gb,
+                           quant=self.quant_next or self.quant)
+        if self.backend == "litellm" and self.model_next:
+            return replace(self, model=self.model_next)
+        return None
 
 
 @dataclass(frozen=True)

@@ -69,8 +69,9 @@ def tier_file(tier: Tier, channel: Channel = "current") -> TierFile | None:
     """The file a GGUF tier serves in ``channel`` (next falls back to current); None if hosted."""
     if tier.backend != "gguf" or not tier.hf_repo or not tier.hf_file:
         return None
-    if channel == "next" and tier.hf_file_next:
-        return TierFile(tier.name, "next", tier.hf_repo_next or tier.hf_repo, tier.hf_file_next)
+    queued = tier.queued() if channel == "next" else None
+    if queued is not None and queued.hf_repo and queued.hf_file:
+        return TierFile(tier.name, "next", queued.hf_repo, queued.hf_file)
     return TierFile(tier.name, "current", tier.hf_repo, tier.hf_file)
 
 
