@@ -18,13 +18,13 @@ from typing import Any
 
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError
-from swapper.http_app import (
-    DisconnectWatch, Receive, Scope, SwapperApp, header, json_object, openai_error_body,
-    read_body, send_bytes, send_json,
-)
+from swapper.http_app import SwapperApp, header, json_object, read_body
 from swapper.manager import Manager
 from swapper.observe import RequestMeter
 from swapper.proxy import Headers, Intercepted, Send
+from swapper.reply import (
+    DisconnectWatch, Receive, Reply, Scope, openai_error_body, send_bytes, send_json,
+)
 
 from .config import ModelsIniError, Stack
 from .hosted import CONTEXT_CODE, HostedTiers
@@ -59,13 +59,13 @@ class Loaded:
 Loader = Callable[[], Loaded]
 
 
-async def _until_disconnect(receive: Receive, send: Send,
+async def _until_disconnect(receive: Receive, reply: Reply,
                             answer: Callable[[Send], Awaitable[None]]) -> ApiError | None:
     """Run ``answer`` (a litellm-served reply), cancelled if the client leaves first, so a
     hosted provider stops generating (and billing); its ApiError is returned, not raised."""
-    watch = DisconnectWatch(receive, send)
+    watch = DisconnectWatch(receive, reply)
     try:
-        await answer(watch.send)
+        await answer(reply.send)
     except ApiError as error:
         return error
     except asyncio.CancelledError:
@@ -286,17 +286,18 @@ class LLMStackApp:
         tier = self.loaded.stack.tier(name)
         assert tier is not None
         hosted = self.loaded.hosted
-        meter = RequestMeter(self.manager.bus, send, name, path, context)
+        meter = RequestMeter(self.manager.bus, name, path, context)
+        reply = Reply.of(scope, send)
         session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
         if path == "/v1/messages":
-            error = await _until_disconnect(receive, meter.send, lambda out: hosted.messages(
+            error = await _until_disconnect(receive, reply, lambda out: hosted.messages(
                 tier, data, out, extra))
         else:
-            error = await _until_disconnect(receive, meter.send, lambda out: hosted.chat(
+            error = await _until_disconnect(receive, reply, lambda out: hosted.chat(
                 tier, data, out, extra, session))
+        meter.finish(reply, error.status if error is not None and not reply.complete else 0)
         if error is None:
             return None
-        meter.finish(error.status)
         if error.status in intercept and error.code == CONTEXT_CODE:
             return Intercepted(error.status, error.body(), [(b"content-type", b"application/json")])
         if tier.fallback is None or (error.status < 500 and error.status != 429):

@@ -7,19 +7,25 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("swapper")
 
 
-@dataclass(frozen=True)
 class Event:
-    """Something that happened: a state change, a swap, a routing decision."""
+    """Something that happened: a state change, a swap, a routing decision (read-only by
+    convention; a plain slotted class because one is made per request)."""
 
-    kind: str
-    fields: dict[str, Any] = field(default_factory=dict)
-    ts: float = field(default_factory=time.time)
+    __slots__ = ("kind", "fields", "ts")
+
+    def __init__(self, kind: str, fields: dict[str, Any] | None = None,
+                 ts: float | None = None) -> None:
+        self.kind = kind
+        self.fields = fields if fields is not None else {}
+        self.ts = time.time() if ts is None else ts
+
+    def __repr__(self) -> str:
+        return f"Event({self.kind!r}, {self.fields!r}, {self.ts!r})"
 
     def as_dict(self) -> dict[str, Any]:
         return {"ts": round(self.ts, 3), "kind": self.kind, **self.fields}
@@ -43,7 +49,7 @@ class EventBus:
     def publish(self, kind: str, **fields: Any) -> None:
         event = Event(kind, fields)
         self.recent.append(event)
-        for fn in tuple(self._subscribers):
+        for fn in self._subscribers[:]:
             try:
                 fn(event)
             except Exception:  # a broken subscriber must not break the publisher

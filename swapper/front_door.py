@@ -34,7 +34,10 @@ Scope = dict[str, Any]
 
 def header_bytes(scope: Scope, name: bytes) -> bytes:
     """The first value of a (lower-case) request header, b"" when absent."""
-    return next((bytes(v) for k, v in scope["headers"] if k == name), b"")
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return b""
 
 
 def is_loopback(host: str) -> bool:

@@ -15,21 +15,23 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from .errors import ApiError, unavailable
+from .errors import ApiError
 from .front_door import FrontDoor, header_bytes, without_credentials
 from .listing import model_rows, profiles_payload
 from .manager import Manager
 from .loading import SCOPE_KEY, LoadingStream, wants_stream
 from .observe import RequestMeter
+from .reply import (
+    DisconnectWatch, ErrorBody, Receive, Reply, Scope, guarded, open_reply, openai_error_body,
+    send_bytes, send_json,
+)
 from .scheduler import Status
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
 from .status_api import PUBLIC_PATHS, StatusApi
-from .stream_protocols import OPENAI, RAW, StreamProtocol, protocol_for
+from .stream_protocols import RAW, StreamProtocol, protocol_for
 from .upstream_path import raw_path, upstream_target
 
 log = logging.getLogger("swapper")
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Scope = dict[str, Any]
 Route = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MODEL_POST_PATHS = frozenset({
@@ -40,58 +42,6 @@ MODEL_POST_PATHS = frozenset({
 })
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 _MULTIPART_MODEL = re.compile(rb'name="model"\r\n\r\n([^\r\n]*)\r\n')
-
-
-async def send_json(send: Send, status: int, payload: Any,
-                    headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(payload).encode()
-    await send_bytes(send, status, body, "application/json", headers)
-
-
-async def send_bytes(send: Send, status: int, body: bytes, content_type: str,
-                     headers: dict[str, str] | None = None) -> None:
-    raw: Headers = [(b"content-type", content_type.encode()),
-                    (b"content-length", str(len(body)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-ErrorBody = Callable[[ApiError], bytes]
-"""How an error is spelled to the client (OpenAI's envelope unless a protocol says otherwise)."""
-
-
-def openai_error_body(error: ApiError) -> bytes:
-    return error.body()
-
-
-async def send_error(send: Send, error: ApiError, render: ErrorBody = openai_error_body) -> None:
-    await send_bytes(send, error.status, render(error), "application/json", error.headers)
-
-
-async def guarded(send: Send, handler: Callable[[Send], Awaitable[None]],
-                  render: ErrorBody = openai_error_body) -> None:
-    """Run a request handler; errors become JSON spelled by ``render``, never a bare 500."""
-    started = False
-
-    async def tracking_send(message: dict[str, Any]) -> None:
-        nonlocal started
-        started = True
-        await send(message)
-
-    try:
-        await handler(tracking_send)
-    except ApiError as error:
-        if not started:
-            await send_error(send, error, render)
-    except RecursionError:  # a body nested just shallow enough to parse, too deep to walk
-        if not started:
-            await send_error(send, ApiError(400, "request body is nested too deeply"), render)
-    except Exception:
-        log.exception("request failed")
-        if not started:
-            await send_error(send, ApiError(500, "internal error (see the server log)",
-                                            "internal_error"), render)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -155,63 +105,6 @@ def header(scope: Scope, name: bytes) -> str:
     return header_bytes(scope, name).decode("latin-1")
 
 
-def with_headers(send: Send, extra: Headers) -> Send:
-    """``send`` adding ``extra`` to the response headers."""
-    async def sending(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), *extra]}
-        await send(message)
-    return sending
-
-
-class DisconnectWatch:
-    """Cancels the serving task when the client goes away before the response is complete.
-
-    Use :meth:`send` for the response so the watch knows when it has ended and
-    never cancels a task whose response is already complete.
-    """
-
-    def __init__(self, receive: Receive, send: Send) -> None:
-        self._task = asyncio.current_task()
-        self._send = send
-        self.started = False
-        self.plain_sse = False  # an uncompressed event stream: an error event can be appended
-        self.complete = False
-        self.disconnected = False
-        self._watch = asyncio.ensure_future(self._run(receive))
-
-    async def send(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.started = True
-            headers = {k.lower(): v for k, v in message.get("headers", ())}
-            self.plain_sse = (headers.get(b"content-type", b"").startswith(b"text/event-stream")
-                              and b"content-encoding" not in headers)
-        elif not message.get("more_body", False) and message["type"] == "http.response.body":
-            self.complete = True
-        await self._send(message)
-
-    async def end_with_error(self, message: str, protocol: StreamProtocol = OPENAI) -> bool:
-        """End an unfinished response visibly: 503 before it started, an error event in the
-        protocol's shape in a plain event stream. False when neither applies (the caller lets
-        the connection drop)."""
-        if not self.started:
-            await send_error(self._send, unavailable(message))
-        elif self.plain_sse and not self.complete:
-            await self.send({"type": "http.response.body", "more_body": False,
-                             "body": protocol.error_event(message, "shutdown")})
-        return not self.started or self.complete
-
-    async def _run(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not self.complete and self._task is not None:
-            self.disconnected = True
-            self._task.cancel()
-
-    def close(self) -> None:
-        self._watch.cancel()
-
-
 class SwapperApp:
     """ASGI app serving the swapper's routes over a :class:`Manager`."""
 
@@ -242,11 +135,10 @@ class SwapperApp:
         """One HTTP request: admission, CORS, HEAD as GET, then ``route``; errors as JSON
         spelled by ``render``."""
         cors = self.front.cors_headers(scope)
-        if cors:
-            send = with_headers(send, cors)
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}  # uvicorn still sees HEAD and drops the body
-        await guarded(send, lambda tracked: self._admit(scope, receive, tracked, route, bool(cors)),
+        reply = open_reply(scope, send, cors)
+        await guarded(reply, lambda out: self._admit(scope, receive, out, route, bool(cors)),
                       render)
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, route: Route,
@@ -333,19 +225,18 @@ class SwapperApp:
         event. A streamed request that must wait (a load, a swap, a drain) is answered at
         once and kept alive meanwhile (:mod:`swapper.loading`); 404/429 stay plain errors.
         """
-        watch = DisconnectWatch(receive, send)
+        reply = Reply.of(scope, send)
+        watch = DisconnectWatch(receive, reply)
         resolved = self.manager.config.resolve(model)
         loading: LoadingStream | None = scope.get(SCOPE_KEY)
-        meter = RequestMeter(self.manager.bus, loading.send if loading else watch.send,
-                             resolved or "-", path, context)
+        meter = RequestMeter(self.manager.bus, resolved or "-", path, context)
 
         async def start_loading() -> None:  # the request must wait: answer it now
             nonlocal loading
-            loading = LoadingStream(watch.send, resolved or model,
+            loading = LoadingStream(reply.send, resolved or model,
                                     bool(spec and spec.send_loading_state),
                                     chat=path == "/v1/chat/completions")
             scope[SCOPE_KEY] = loading
-            meter.downstream = loading.send
             await loading.begin(list(extra_headers))
 
         spec = self.manager.config.models.get(resolved) if resolved else None
@@ -354,27 +245,32 @@ class SwapperApp:
             async with self.manager.lease(model, start_loading if early else None) as lease:
                 if loading is not None:
                     await loading.ready()
+                    reply.first_at = 0.0  # the keep-alives were not the answer's first byte
                 body = self._rewrite_body(lease.spec, body, data, lease.params)
                 query = scope.get("query_string", b"")
                 target = path + ("?" + query.decode("latin-1") if query else "")
-                return await self.upstream.forward(scope["method"], lease.base_url, target,
-                                                   self._forwarded_headers(scope, lease.spec),
-                                                   body, meter.send, hook, extra_headers,
-                                                   intercept, lease.spec.timeouts, protocol)
+                answer = await self.upstream.forward(
+                    scope["method"], lease.base_url, target,
+                    self._forwarded_headers(scope, lease.spec), body,
+                    loading.send if loading is not None else reply.send, hook, extra_headers,
+                    intercept, lease.spec.timeouts, protocol)
+                if answer is None:  # answered (a held-back answer is the caller's to send)
+                    meter.finish(reply, loading.status if loading is not None else 0)
+                return answer
         except ApiError as error:
-            meter.finish(error.status)
+            meter.finish(reply, error.status)
             if loading is None:
                 raise
             await loading.fail(error)
             return None
         except asyncio.CancelledError:
-            meter.finish(499 if watch.disconnected else 503)  # 499: nginx's "client closed"
+            meter.finish(reply, 499 if watch.disconnected else 503)  # 499: nginx's "client closed"
             if loading is not None:
                 await loading.ready()
             # Not the client leaving: the server ends the request (uvicorn cancels what still
             # runs when its graceful-shutdown period is over). Never cut a stream silently.
-            if watch.disconnected or (not watch.complete
-                                      and await watch.end_with_error(
+            if watch.disconnected or (not reply.complete
+                                      and await reply.end_with_error(
                                           "the server is shutting down",
                                           protocol or protocol_for(path))):
                 return None
@@ -451,8 +347,9 @@ class SwapperApp:
             raise ApiError(404, f"model '{name}' not found")
         sink = self.manager.log_for(model)
         queue = sink.follow()
-        watch = DisconnectWatch(receive, send)
-        send = watch.send
+        reply = Reply.of(scope, send)
+        watch = DisconnectWatch(receive, reply)
+        send = reply.send
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
         try:

@@ -51,6 +51,8 @@ class LoadingStream:
         self._t0 = time.monotonic()
         self._ticker: asyncio.Task[None] | None = None
         self._error: bytearray | None = None
+        self.status = 0
+        """The upstream's status (its head is not sent: the client already has one)."""
 
     async def begin(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Send the response head and the first keep-alive now; tick until :meth:`ready`."""
@@ -92,6 +94,7 @@ class LoadingStream:
     async def send(self, message: dict[str, Any]) -> None:
         """The upstream's messages: the head is dropped, an error answer becomes an event."""
         if message["type"] == "http.response.start":
+            self.status = message["status"]
             if message["status"] >= 400:
                 self._error = bytearray()
             return

@@ -12,11 +12,10 @@ tests drive the manager in process with fake children and a fake clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from pathlib import Path
@@ -42,6 +41,45 @@ class Lease:
     spec: ModelSpec
     base_url: str
     params: Mapping[str, Any] = field(default_factory=dict)  # from setParamsByID
+
+
+class _Held:
+    """One request's hold on a model: ``async with manager.lease(name) as lease``.
+
+    A plain class, not ``asynccontextmanager``: it is entered on every request.
+    """
+
+    __slots__ = ("_manager", "_name", "_waiting", "_routed", "_req", "_granted")
+
+    def __init__(self, manager: Manager, name: str,
+                 waiting: Callable[[], Awaitable[None]] | None) -> None:
+        self._manager, self._name, self._waiting = manager, name, waiting
+        self._granted = False
+
+    async def __aenter__(self) -> Lease:
+        manager = self._manager
+        self._routed = routed = manager.names.route(self._name, manager.scheduler.status)
+        self._req = next(manager._ids)
+        try:
+            await manager._acquire(self._req, routed.model, self._waiting)
+            self._granted = True
+            lease = manager._lease_for(routed.model)
+        except BaseException:
+            self.__exit()
+            raise
+        return dc_replace(lease, params=routed.params) if routed.params else lease
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit()
+
+    def __exit(self) -> None:
+        manager, routed = self._manager, self._routed
+        try:
+            if self._granted:
+                self._granted = False
+                manager._release(self._req, routed.model)
+        finally:
+            manager.names.release(routed)
 
 
 def free_port() -> int:
@@ -116,51 +154,42 @@ class Manager:
 
     # -- requests -------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def lease(self, name: str,
-                    waiting: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[Lease]:
-        """Hold a model for the duration of one request.
+    def lease(self, name: str,
+              waiting: Callable[[], Awaitable[None]] | None = None) -> _Held:
+        """Hold a model for the duration of one request (``async with``; yields a Lease).
 
         ``waiting`` is awaited once when the request cannot be served at once (it waits
         for a load, a swap or a drain); a 404/429 or a ready model never calls it.
         """
-        routed = self.names.route(name, self.scheduler.status)
-        model = routed.model
-        req = next(self._ids)
-        try:
-            async with self._held(req, model, waiting):
-                lease = self._lease_for(model)
-                yield dc_replace(lease, params=routed.params) if routed.params else lease
-        finally:
-            self.names.release(routed)
+        return _Held(self, name, waiting)
 
-    @contextlib.asynccontextmanager
-    async def _held(self, req: int, model: str,
-                    waiting: Callable[[], Awaitable[None]] | None) -> AsyncIterator[None]:
-        if not self._apply(self.scheduler.request(req, model, self._clock()), req):
-            fut = asyncio.get_running_loop().create_future()
-            self._futures[req] = fut
-            if waiting is not None:
-                try:
-                    await waiting()
-                except BaseException:
-                    self._futures.pop(req, None)
-                    self._apply(self.scheduler.cancel(req))
-                    raise
+    async def _acquire(self, req: int, model: str,
+                       waiting: Callable[[], Awaitable[None]] | None) -> None:
+        """Wait until request ``req`` may use ``model`` (at once in the common case)."""
+        if self._apply(self.scheduler.request(req, model, self._clock()), req):
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._futures[req] = fut
+        if waiting is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(fut), self.config.load_wait_timeout)
-            except (asyncio.CancelledError, asyncio.TimeoutError) as exc:
+                await waiting()
+            except BaseException:
                 self._futures.pop(req, None)
                 self._apply(self.scheduler.cancel(req))
-                if isinstance(exc, asyncio.TimeoutError):
-                    raise unavailable(f"model '{model}' is still loading; retry shortly",
-                                      retry_after=5, code="model_loading") from None
                 raise
         try:
-            yield
-        finally:
-            self.last_used[model] = self._clock()
-            self._apply(self.scheduler.finished(req))
+            await asyncio.wait_for(asyncio.shield(fut), self.config.load_wait_timeout)
+        except (asyncio.CancelledError, asyncio.TimeoutError) as exc:
+            self._futures.pop(req, None)
+            self._apply(self.scheduler.cancel(req))
+            if isinstance(exc, asyncio.TimeoutError):
+                raise unavailable(f"model '{model}' is still loading; retry shortly",
+                                  retry_after=5, code="model_loading") from None
+            raise
+
+    def _release(self, req: int, model: str) -> None:
+        self.last_used[model] = self._clock()
+        self._apply(self.scheduler.finished(req))
 
     def _lease_for(self, model: str) -> Lease:
         process = self.processes.get(model)

@@ -1,8 +1,8 @@
 """What the stack is doing and why, read from the event bus: the facts /ui, /api, top show.
 
 :class:`RequestMeter` measures one proxied request (status, time to first byte,
-total time, generated tokens from the answer's ``usage``/``timings``) and
-publishes one ``request_done`` event. :class:`Observer` subscribes to the bus
+total time, generated tokens from the answer's ``usage``/``timings``) from its
+reply and publishes one ``request_done`` event. :class:`Observer` subscribes to the bus
 and keeps the recent history (decisions, swaps, failures); :meth:`Observer.snapshot`
 joins it with the scheduler's live state (the one record of what runs).
 """
@@ -12,15 +12,15 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .events import Event, EventBus
 
 if TYPE_CHECKING:
     from .manager import Manager
+    from .reply import Reply
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 DECISIONS = 50
 SWAPS = 20
 LOG_TAIL = 20
@@ -28,71 +28,56 @@ STATE_KINDS = frozenset({
     "swap_started", "model_starting", "model_ready", "load_failed", "model_stopping",
     "model_stopped", "model_exited", "reconfigured",
 })
-_COMPLETION_TOKENS = re.compile(rb'"(?:completion_tokens|predicted_n)"\s*:\s*(\d+)')
-_TOKENS_PER_SECOND = re.compile(rb'"predicted_per_second"\s*:\s*([0-9.eE+-]+)')
+_NUMBER = re.compile(rb'\s*:\s*([0-9.eE+-]+)')
+
+
+def _number_at(tail: bytes, at: int) -> bytes | None:
+    match = _NUMBER.match(tail, at) if at >= 0 else None
+    return match.group(1) if match is not None else None
 
 
 def generated(tail: bytes) -> tuple[int | None, float | None]:
-    """Generated tokens and llama-server's tokens/s from the end of an answer (last match wins)."""
-    tokens = _COMPLETION_TOKENS.findall(tail)
-    rates = _TOKENS_PER_SECOND.findall(tail)
+    """Generated tokens and llama-server's tokens/s from the end of an answer (the last
+    ``completion_tokens`` or ``predicted_n``, and the last ``predicted_per_second``)."""
+    usage, timings = tail.rfind(b'"completion_tokens"'), tail.rfind(b'"predicted_n"')
+    tokens = _number_at(tail, usage + 19 if usage > timings else timings + 13 if timings >= 0
+                        else -1)
+    rate = tail.rfind(b'"predicted_per_second"')
+    rate_text = _number_at(tail, rate + 22 if rate >= 0 else -1)
     try:
-        rate = float(rates[-1]) if rates else None
+        return (int(tokens) if tokens else None), (float(rate_text) if rate_text else None)
     except ValueError:
-        rate = None
-    return (int(tokens[-1]) if tokens else None), rate
+        return None, None
 
 
 class RequestMeter:
-    """Wraps one request's ``send``; publishes ``request_done`` when the answer ends.
+    """Publishes one ``request_done`` record for one proxied request, read from its
+    :class:`~swapper.reply.Reply` (no ``send`` wrapper of its own: the hot path pays nothing)."""
 
-    Per chunk it only keeps a reference to the last two chunks, so the hot path
-    pays one attribute swap; the tail is searched once, at the end.
-    """
+    __slots__ = ("_bus", "_done", "_t0", "context", "model", "path")
 
-    __slots__ = ("_bus", "_done", "_first", "_last", "_prev", "_t0", "context", "downstream",
-                 "model", "path", "status")
-
-    def __init__(self, bus: EventBus, send: Send, model: str, path: str,
+    def __init__(self, bus: EventBus, model: str, path: str,
                  context: Mapping[str, Any] | None = None) -> None:
         self._bus = bus
-        self.downstream = send
         self.model = model
         self.path = path
         self.context = context
         self._t0 = time.perf_counter()
-        self.status = 0
-        self._first = 0.0
-        self._prev = self._last = b""
         self._done = False
 
-    async def send(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            body = message.get("body", b"")
-            if body:
-                if not self._first:
-                    self._first = time.perf_counter()
-                self._prev, self._last = self._last, body
-            if not message.get("more_body", False):
-                await self.downstream(message)
-                self.finish()
-                return
-        elif message["type"] == "http.response.start":
-            self.status = message["status"]
-        await self.downstream(message)
-
-    def finish(self, status: int | None = None) -> None:
-        """Publish the record once (``status`` for an error answered before any byte)."""
+    def finish(self, reply: Reply, status: int = 0) -> None:
+        """Publish the record once: ``status`` (else the reply's), time to the reply's first
+        body byte, total time, and the tokens found at the end of the answer."""
         if self._done:
             return
         self._done = True
         now = time.perf_counter()
-        tokens, rate = generated(self._prev[-2048:] + self._last[-4096:])
-        first = self._first or now
+        tokens, rate = generated(reply.prev[-2048:] + reply.last[-4096:])
+        first = reply.first_at or now
         if rate is None and tokens and now - first > 0.001:
             rate = tokens / (now - first)
         self._bus.publish("request_done", model=self.model, path=self.path,
-                          status=status or self.status or 500,
+                          status=status or reply.status or 500,
                           ttft_ms=round((first - self._t0) * 1000, 1),
                           ms=round((now - self._t0) * 1000, 1), tokens=tokens,
                           tps=round(rate, 1) if rate is not None else None,
@@ -103,7 +88,7 @@ class Observer:
     """Recent history from the bus: routing decisions, swaps, why models failed or stopped."""
 
     def __init__(self, bus: EventBus) -> None:
-        self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS)
+        self._decisions: deque[Event] = deque(maxlen=DECISIONS)  # as dicts when read
         self.swaps: deque[dict[str, Any]] = deque(maxlen=SWAPS)
         self.since: dict[str, float] = {}
         self.failed: dict[str, str] = {}
@@ -115,7 +100,7 @@ class Observer:
     def on_event(self, event: Event) -> None:
         kind, fields = event.kind, event.fields
         if kind == "request_done":
-            self.decisions.append(event.as_dict())
+            self._decisions.append(event)
             return
         model = fields.get("model")
         if kind not in STATE_KINDS or not isinstance(model, str):
@@ -139,6 +124,11 @@ class Observer:
             self.failed[model] = f"exited with code {fields.get('code')}"
         elif kind == "model_stopping":
             self.stop_reason[model] = str(fields.get("reason", ""))
+
+    @property
+    def decisions(self) -> list[dict[str, Any]]:
+        """The last :data:`DECISIONS` finished requests, oldest first."""
+        return [event.as_dict() for event in self._decisions]
 
     def snapshot(self, manager: Manager) -> dict[str, Any]:
         """Every model's state (scheduler), load and queue, memory against the budget, history."""
@@ -175,4 +165,4 @@ class Observer:
         return {"ts": round(now, 3), "models": models,
                 "memory": {"budget_mb": manager.config.memory_budget_mb,
                            "resident_mb": round(resident, 1)},
-                "decisions": list(self.decisions), "swaps": list(self.swaps)}
+                "decisions": self.decisions, "swaps": list(self.swaps)}

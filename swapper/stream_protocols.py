@@ -26,6 +26,8 @@ class StreamProtocol:
 
     name: str
     end: _Marker | None
+    hints: tuple[bytes, ...] = ()
+    """Literals one of which every end marker contains: a cheap test before the pattern."""
     window: int = 64
     """Bytes of the previous chunk kept so a marker split across chunks is still seen."""
 
@@ -49,10 +51,11 @@ def _type_marker(*types: str) -> _Marker:
     return re.compile(rb'"type"\s*:\s*"(?:' + names.encode() + rb')"')
 
 
-OPENAI = StreamProtocol("openai", re.compile(rb"^data: ?\[DONE\]", re.MULTILINE))
-ANTHROPIC = StreamProtocol("anthropic", _type_marker("message_stop"))
-RESPONSES = StreamProtocol(
-    "responses", _type_marker("response.completed", "response.failed", "response.incomplete"))
+OPENAI = StreamProtocol("openai", re.compile(rb"^data: ?\[DONE\]", re.MULTILINE), (b"[DONE]",))
+ANTHROPIC = StreamProtocol("anthropic", _type_marker("message_stop"), (b"message_stop",))
+_RESPONSE_ENDS = ("response.completed", "response.failed", "response.incomplete")
+RESPONSES = StreamProtocol("responses", _type_marker(*_RESPONSE_ENDS),
+                           tuple(t.encode() for t in _RESPONSE_ENDS))
 RAW = StreamProtocol("raw", None)
 
 _BY_PATH = {"/v1/messages": ANTHROPIC, "/v1/responses": RESPONSES}
@@ -72,9 +75,12 @@ class EndWatch:
         self._carry = b""
 
     def feed(self, chunk: bytes) -> None:
-        end = self.protocol.end
-        if self.seen or end is None:
+        if self.seen:
             return
+        protocol = self.protocol
         scan = self._carry + chunk
-        self.seen = end.search(scan) is not None
-        self._carry = scan[-self.protocol.window:]
+        for hint in protocol.hints:
+            if hint in scan:
+                self.seen = protocol.end is not None and protocol.end.search(scan) is not None
+                break
+        self._carry = scan[-protocol.window:]

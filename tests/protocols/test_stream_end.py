@@ -112,7 +112,7 @@ def test_protocol_follows_the_endpoint() -> None:
 
 
 def test_a_stream_ended_by_shutdown_gets_the_error_event_of_its_protocol() -> None:
-    from swapper.http_app import DisconnectWatch
+    from swapper.reply import Reply
 
     sent: list[dict[str, Any]] = []
 
@@ -124,11 +124,10 @@ def test_a_stream_ended_by_shutdown_gets_the_error_event_of_its_protocol() -> No
         return {}
 
     async def run() -> None:
-        watch = DisconnectWatch(receive, send)
-        await watch.send({"type": "http.response.start", "status": 200,
+        reply = Reply(send)
+        await reply.send({"type": "http.response.start", "status": 200,
                           "headers": [(b"content-type", b"text/event-stream")]})
-        assert await watch.end_with_error("the server is shutting down", ANTHROPIC)
-        watch.close()
+        assert await reply.end_with_error("the server is shutting down", ANTHROPIC)
 
     asyncio.run(run())
     assert sent[-1]["body"].startswith(b"event: error\ndata: {\"type\": \"error\"")

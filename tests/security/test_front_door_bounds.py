@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from swapper.http_app import DEFAULT_MAX_BODY, guarded
+from swapper.http_app import DEFAULT_MAX_BODY
+from swapper.reply import Reply, guarded
 from swapper.http_protocol import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
 from swapper.server import KEEP_ALIVE_TIMEOUT
 from tests.conftest import Server, stop_server
@@ -156,7 +157,7 @@ async def test_a_recursion_error_while_handling_is_a_400_not_a_500() -> None:
     async def too_deep(_: object) -> None:
         raise RecursionError
 
-    await guarded(send, too_deep)
+    await guarded(Reply(send), too_deep)
     assert sent[0]["status"] == 400 and b"nested too deeply" in sent[1]["body"]
 
 

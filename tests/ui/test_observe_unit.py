@@ -14,6 +14,7 @@ from llmstack.stack_config import build_swapper_config
 from swapper.events import EventBus
 from swapper.metrics import reason_label
 from swapper.observe import Observer, RequestMeter, generated
+from swapper.reply import Reply
 from swapper.yaml_config import parse_yaml_config
 
 LLAMA_LAST_CHUNK = (b'data: {"choices":[{"finish_reason":"stop","index":0,"delta":{}}],'
@@ -49,12 +50,14 @@ def test_the_meter_publishes_one_record_with_status_timing_and_tokens() -> None:
         sent.append(message)
 
     async def answer() -> None:
-        meter = RequestMeter(bus, send, "fast", "/v1/chat/completions", {"reason": "r"})
-        await meter.send({"type": "http.response.start", "status": 200, "headers": []})
-        await meter.send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
-        await meter.send({"type": "http.response.body", "body": LLAMA_LAST_CHUNK,
+        meter = RequestMeter(bus, "fast", "/v1/chat/completions", {"reason": "r"})
+        reply = Reply(send)
+        await reply.send({"type": "http.response.start", "status": 200, "headers": []})
+        await reply.send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+        await reply.send({"type": "http.response.body", "body": LLAMA_LAST_CHUNK,
                           "more_body": False})
-        meter.finish(499)  # already finished: no second record
+        meter.finish(reply)
+        meter.finish(reply, 499)  # already finished: no second record
 
     asyncio.run(answer())
     assert len(sent) == 3

@@ -1,0 +1,169 @@
+"""One HTTP request's response, sent through one wrapper that records what has gone out.
+
+Every layer that needs to know about the response reads the :class:`Reply`
+instead of wrapping ``send`` again: the error guard (has it started?), the
+disconnect watch (is it complete? may an error event be appended?) and the
+request meter (status, time of the first body byte, the last chunks). So a
+body message passes one Python layer on its way to the server, whatever is
+watching it (issue 8/10's proxy-CPU budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, cast
+
+from .errors import ApiError, unavailable
+from .stream_protocols import OPENAI, StreamProtocol
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Scope = dict[str, Any]
+Headers = list[tuple[bytes, bytes]]
+SCOPE_KEY = "swapper.reply"
+log = logging.getLogger("swapper")
+
+
+class Reply:
+    """The server's ``send`` for one request, plus what has been sent through it.
+
+    ``extra_headers`` are added to the response head (CORS). ``first_at`` is the
+    ``perf_counter`` time of the first non-empty body chunk (0 until then);
+    ``prev`` and ``last`` are the last two non-empty chunks.
+    """
+
+    __slots__ = ("_send", "_extra", "started", "status", "head", "complete", "first_at",
+                 "prev", "last")
+
+    def __init__(self, send: Send, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        self._send = send
+        self._extra = list(extra_headers)
+        self.started = False
+        self.status = 0
+        self.head: Iterable[tuple[bytes, bytes]] = ()
+        self.complete = False
+        self.first_at = 0.0
+        self.prev = self.last = b""
+
+    @staticmethod
+    def of(scope: Scope, send: Send) -> Reply:
+        """The reply ``send`` belongs to (the one :func:`open_reply` put in ``scope``), or a
+        new one wrapping ``send``."""
+        found = scope.get(SCOPE_KEY)
+        if isinstance(found, Reply) and getattr(send, "__self__", None) is found:
+            return cast(Reply, found)
+        return Reply(send)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            if body:
+                if not self.first_at:
+                    self.first_at = time.perf_counter()
+                self.prev, self.last = self.last, body
+            if not message.get("more_body", False):
+                self.complete = True
+        elif message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+            self.head = message.get("headers", ())
+            if self._extra:
+                message = {**message, "headers": [*self.head, *self._extra]}
+        await self._send(message)
+
+    @property
+    def plain_sse(self) -> bool:
+        """An uncompressed event stream was started: an error event can be appended."""
+        headers = {k.lower(): v for k, v in self.head}
+        return (headers.get(b"content-type", b"").startswith(b"text/event-stream")
+                and b"content-encoding" not in headers)
+
+    async def end_with_error(self, message: str, protocol: StreamProtocol = OPENAI) -> bool:
+        """End an unfinished response visibly: 503 before it started, an error event in the
+        protocol's shape in a plain event stream. False when neither applies (the caller lets
+        the connection drop)."""
+        if not self.started:
+            await send_error(self.send, unavailable(message))
+        elif self.plain_sse and not self.complete:
+            await self.send({"type": "http.response.body", "more_body": False,
+                             "body": protocol.error_event(message, "shutdown")})
+        return not self.started or self.complete
+
+
+def open_reply(scope: Scope, send: Send, extra_headers: Iterable[tuple[bytes, bytes]] = ()
+               ) -> Reply:
+    """The reply of a new HTTP request, kept in its scope so deeper layers find it."""
+    reply = Reply(send, extra_headers)
+    scope[SCOPE_KEY] = reply
+    return reply
+
+
+class DisconnectWatch:
+    """Cancels the serving task when the client goes away before ``reply`` is complete."""
+
+    def __init__(self, receive: Receive, reply: Reply) -> None:
+        self._task = asyncio.current_task()
+        self.reply = reply
+        self.disconnected = False
+        self._watch = asyncio.ensure_future(self._run(receive))
+
+    async def _run(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self.reply.complete and self._task is not None:
+            self.disconnected = True
+            self._task.cancel()
+
+    def close(self) -> None:
+        self._watch.cancel()
+
+
+async def send_json(send: Send, status: int, payload: Any,
+                    headers: dict[str, str] | None = None) -> None:
+    body = json.dumps(payload).encode()
+    await send_bytes(send, status, body, "application/json", headers)
+
+
+async def send_bytes(send: Send, status: int, body: bytes, content_type: str,
+                     headers: dict[str, str] | None = None) -> None:
+    raw: Headers = [(b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+ErrorBody = Callable[[ApiError], bytes]
+"""How an error is spelled to the client (OpenAI's envelope unless a protocol says otherwise)."""
+
+
+def openai_error_body(error: ApiError) -> bytes:
+    return error.body()
+
+
+async def send_error(send: Send, error: ApiError, render: ErrorBody = openai_error_body) -> None:
+    await send_bytes(send, error.status, render(error), "application/json", error.headers)
+
+
+async def guarded(reply: Reply, handler: Callable[[Send], Awaitable[None]],
+                  render: ErrorBody = openai_error_body) -> None:
+    """Run a request handler on ``reply``; an error becomes JSON spelled by ``render`` (when
+    nothing was sent yet), never a bare 500."""
+    try:
+        await handler(reply.send)
+    except ApiError as error:
+        if not reply.started:
+            await send_error(reply.send, error, render)
+    except RecursionError:  # a body nested just shallow enough to parse, too deep to walk
+        if not reply.started:
+            await send_error(reply.send, ApiError(400, "request body is nested too deeply"),
+                             render)
+    except Exception:
+        log.exception("request failed")
+        if not reply.started:
+            await send_error(reply.send, ApiError(500, "internal error (see the server log)",
+                                                  "internal_error"), render)
