@@ -64,12 +64,20 @@ class ResponseHook(Protocol):
 
 
 def _end_to_end(raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]) -> Headers:
-    """``raw`` minus the ``drop`` names and every header its ``Connection`` headers name."""
-    raw = list(raw)
-    named = [v for k, v in raw if k.lower() == b"connection"]
+    """``raw`` minus the ``drop`` names (``connection`` among them) and every header its
+    ``Connection`` headers name."""
+    kept: Headers = []
+    named: list[bytes] = []
+    for key, value in raw:
+        name = key.lower()
+        if name not in drop:
+            kept.append((key, value))
+        elif name == b"connection":
+            named.append(value)
     if named:
-        drop = drop | {token.strip().lower() for v in named for token in v.split(b",")}
-    return [(k, v) for k, v in raw if k.lower() not in drop]
+        tokens = {token.strip().lower() for value in named for token in value.split(b",")}
+        kept = [(k, v) for k, v in kept if k.lower() not in tokens]
+    return kept
 
 
 def forward_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -227,8 +235,10 @@ class _FirstEventRewriter:
 def _sse_headers(resp: UpstreamResponse, extra: Iterable[tuple[bytes, bytes]]) -> Headers:
     """The upstream's headers plus ``extra``, with exactly one ``X-Accel-Buffering``."""
     headers = _response_headers(resp, False) + list(extra)
-    if not any(k.lower() == _NO_BUFFERING[0] for k, _ in headers):
-        headers.append(_NO_BUFFERING)
+    for key, _ in headers:
+        if key.lower() == _NO_BUFFERING[0]:
+            return headers
+    headers.append(_NO_BUFFERING)
     return headers
 
 
