@@ -80,7 +80,19 @@ class EndWatch:
         protocol = self.protocol
         scan = self._carry + chunk
         for hint in protocol.hints:
-            if hint in scan:
-                self.seen = protocol.end is not None and protocol.end.search(scan) is not None
+            if hint in scan and self._marked(scan, hint):
+                self.seen = True
                 break
         self._carry = scan[-protocol.window:]
+
+    def _marked(self, scan: bytes, hint: bytes) -> bool:
+        """The end marker around an occurrence of ``hint``: the pattern is tried on that line
+        only, from its start (a multi-line ``^`` scan of a whole chunk costs microseconds)."""
+        end = self.protocol.end
+        at = scan.find(hint)
+        while at >= 0 and end is not None:
+            line = scan.rfind(b"\n", 0, at) + 1
+            if end.search(scan, line, at + len(hint) + self.protocol.window):
+                return True
+            at = scan.find(hint, at + 1)
+        return False
