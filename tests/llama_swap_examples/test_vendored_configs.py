@@ -3,7 +3,8 @@
 Every file loads with llama-swap's semantics. Runnable ones then answer through
 a real ``python -m swapper`` on the real llama-server: the test rewrites only
 what cannot exist here (the llama-server binary path and the GGUF paths, to the
-real binary and a tiny model), plus the two things this machine requires, each
+real binary and a tiny model; a docker or placeholder command, to the
+llama-server it stands for), plus the two things this machine requires, each
 named in ``rewrite``. Files left load-only say why in ``LOAD_ONLY``.
 """
 
@@ -15,32 +16,54 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from swapper.yaml_config import load_yaml_config, parse_yaml_config
 
 VENDORED = Path(__file__).parent / "vendored"
 EXAMPLES = sorted(p.relative_to(VENDORED).as_posix() for p in VENDORED.rglob("*.yaml"))
 ENV = {"API_KEY_1": "sk-one", "API_KEY_2": "sk-two", "OPENROUTER_API_KEY": "sk-or"}
-LOAD_ONLY = {  # why these are not run here (llama-swap could not run them as written either)
-    "config.example.yaml": "illustrative: proxy port 8999 vs --port ${PORT}, a custom "
-                           "checkEndpoint, docker and remote peers",
+LOAD_ONLY = {  # why these are not run here (llama-swap could not run them here either)
     "docs/configuration/block3.yaml": "llama-server rejects its '--PORT' (upper case)",
-    "docs/configuration/block4.yaml": "a docker/vLLM command",
     "docs/examples/speculative-decoding/block1.yaml": "CUDA devices (--device CUDA0)",
     "docs/examples/speculative-decoding/block2.yaml": "no proxy for its fixed port 9602",
 }
 RUN = {  # file -> model ids (and aliases) asked in turn; each one swaps the last out
+    # Not gpt-oss-120b: its proxy is port 8999 while its command listens on ${PORT}, so
+    # llama-swap too waits out healthCheckTimeout on it; the peers' models are remote.
+    "config.example.yaml": ["docker-llama", "unlisted-model"],
     "docs/configuration/block1.yaml": ["model1"],
     "docs/configuration/block2.yaml": ["model1", "model2", "model3"],
+    "docs/configuration/block4.yaml": ["Q3-30B-CODER-VLLM"],
     # Not qwen-coder-32B (alias coder): llama-server has since removed its --ctx-size-draft.
     "docs/examples/aider-qwq-coder/llama-swap.yaml": ["QwQ"],
 }
+ABSENT = ("docker", "some-upstream-server")
+"""Commands whose binary is absent here; the test runs llama-server in their place."""
+KEYED = {"config.example.yaml": "sk-hunter2"}  # files with apiKeys: the key the test sends
+
+
+def _native_commands(text: str) -> str:
+    """Each model command that starts an absent binary (a container, a placeholder) becomes
+    the llama-server it stands for, listening on ``${PORT}``; a ``cmdStop`` of an absent
+    binary is dropped (the process group is stopped instead, as with no ``cmdStop``)."""
+    data = yaml.safe_load(text)
+    changed = False
+    for spec in (data.get("models") or {}).values():
+        if str(spec.get("cmd", "")).split()[:1] and str(spec["cmd"]).split()[0] in ABSENT:
+            spec["cmd"] = "llama-server --port ${PORT} --model absent.gguf"
+            changed = True
+        if str(spec.get("cmdStop", "")).split()[:1] and str(spec["cmdStop"]).split()[0] in ABSENT:
+            del spec["cmdStop"]
+            changed = True
+    return yaml.safe_dump(data, sort_keys=False) if changed else text
 
 
 def rewrite(text: str, llama_server: str, model: Path) -> str:
     """The vendored text with only what cannot exist here replaced."""
-    text = re.sub(r"\S*llama-server\S*", llama_server, text)  # binaries absent here
-    text = re.sub(r"\S+\.gguf", str(model), text)  # model files absent here
+    text = _native_commands(text)
+    text = re.sub(r"[^\s'\"]*llama-server[^\s'\"]*", llama_server, text)  # binaries absent here
+    text = re.sub(r"[^\s'\"]+\.gguf", str(model), text)  # model files absent here
     # The current llama-server takes a value after --flash-attn; the examples predate that.
     text = re.sub(r"--flash-attn(?=\s+--|\s*$)", "--flash-attn auto", text, flags=re.M)
     # Two shared cores: every llama-server here runs single-threaded.
@@ -123,13 +146,25 @@ def test_config_example_serves_its_listing_and_profiles(swapper) -> None:
 @pytest.mark.real
 @pytest.mark.parametrize("name", sorted(RUN))
 def test_vendored_config_models_answer(name: str, swapper, llama_server_bin: str,
-                                       tiny_q8_model: Path) -> None:
-    server = swapper(rewrite((VENDORED / name).read_text(), llama_server_bin, tiny_q8_model))
+                                       tiny_q8_model: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    text = (VENDORED / name).read_text()
+    server = swapper(rewrite(text, llama_server_bin, tiny_q8_model), env=ENV)
+    config = parse_yaml_config(text)
+    headers = {"content-type": "application/json"}
+    if name in KEYED:
+        headers["authorization"] = f"Bearer {KEYED[name]}"
     for model in RUN[name]:
-        status, _, body = server.post("/v1/chat/completions", {
-            "model": model, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]},
-            timeout=120)
-        assert status == 200, body
-        assert json.loads(body)["choices"][0]["message"]["role"] == "assistant"
-        assert set(server.running()) == {parse_yaml_config(
-            (VENDORED / name).read_text()).resolve(model)}
+        payload = {"model": model, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+        req = urllib.request.Request(server.base + "/v1/chat/completions",
+                                     json.dumps(payload).encode(), headers)
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            assert resp.status == 200
+            answer = json.loads(resp.read())
+        assert answer["choices"][0]["message"]["role"] == "assistant"
+        running = urllib.request.Request(server.base + "/running", headers=headers)
+        with urllib.request.urlopen(running, timeout=10) as resp:
+            models = {row["model"] for row in json.loads(resp.read())["running"]}
+        assert models == {config.resolve(model)}
