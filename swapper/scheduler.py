@@ -295,6 +295,8 @@ class Scheduler:
         return self._retire_idle() + self._drain()
 
     def _retire_idle(self) -> list[Effect]:
+        if not self._stale:
+            return []
         effects: list[Effect] = []
         for model in sorted(self._stale):
             if self.status.get(model) is Status.READY and not self.in_flight[model]:
@@ -334,7 +336,7 @@ class Scheduler:
         self._queue.insert(at, (req, model))
 
     def _being_evicted(self, model: str) -> bool:
-        return any(model in evict for evict in self.swaps.values())
+        return bool(self.swaps) and any(model in evict for evict in self.swaps.values())
 
     def _mark_overdue(self, now: float) -> None:
         """Queued requests that have waited ``max_queue_wait`` become overdue (FIFO: oldest first)."""
@@ -382,6 +384,8 @@ class Scheduler:
 
     def _drain(self) -> list[Effect]:
         """Place queued requests: ready models first (collation), then swaps in FIFO order."""
+        if not self._queue:
+            return []
         effects: list[Effect] = []
         for may_swap in (False, True):
             still: list[tuple[RequestId, str]] = []
