@@ -162,12 +162,16 @@ async def _start(send: Send, status: int, headers: Headers) -> None:
 async def _stream_plain(resp: UpstreamResponse, send: Send,
                         extra: Iterable[tuple[bytes, bytes]]) -> None:
     await _start(send, resp.status, _response_headers(resp, True) + list(extra))
+    last = b""
     try:
         async for chunk in resp.chunks():
+            if resp.complete:  # the last piece goes out with the end: one write, not two
+                last = chunk
+                break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except UpstreamError as exc:
         raise _abort(exc) from exc
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 async def _send_rewritten_json(resp: UpstreamResponse, send: Send, hook: ResponseHook,
@@ -248,14 +252,17 @@ async def _stream_sse(resp: UpstreamResponse, send: Send, hook: ResponseHook | N
     rewriter = _FirstEventRewriter(hook) if hook is not None else None
     compressed = resp.header(b"content-encoding") not in ("", "identity")  # the end unreadable
     ended = EndWatch(protocol)
+    last = b""
     try:
         async for chunk in resp.chunks():
             ended.feed(chunk)
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)
-                if not chunk:
-                    continue
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if resp.complete:  # the last piece goes out with the end: one write, not two
+                last = chunk
+                break
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         ended_cleanly = ended.seen or resp.status >= 400 or compressed
         problem = "" if ended_cleanly else (
             f"upstream ended the {protocol.name} stream before its final event")
@@ -266,7 +273,7 @@ async def _stream_sse(resp: UpstreamResponse, send: Send, hook: ResponseHook | N
         lost_nothing = ended.seen and protocol.end is not None
         problem = "" if lost_nothing else f"upstream failed mid-stream: {exc}"
         code = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
-    final = rewriter.pending if rewriter is not None and not rewriter.done else b""
+    final = last + (rewriter.pending if rewriter is not None and not rewriter.done else b"")
     if problem:  # never end a broken stream cleanly: opencode would re-send forever
         final += protocol.error_event(problem, code)
     await send({"type": "http.response.body", "body": final, "more_body": False})

@@ -279,6 +279,11 @@ class UpstreamResponse:
                 return value.decode("latin-1")
         return ""
 
+    @property
+    def complete(self) -> bool:
+        """The whole answer has arrived and every byte of it was handed out by :meth:`chunks`."""
+        return self._conn.complete and not self._conn.body
+
     async def chunks(self) -> AsyncIterator[bytes]:
         while (chunk := await self._conn.next_chunk()) is not None:
             yield chunk

@@ -29,12 +29,14 @@ class FakeResponse:
                  step: int = 7) -> None:
         self.status, self.body, self.cut, self.step = 200, body, cut, step
         self.headers = [(b"content-type", b"text/event-stream"), *headers]
+        self.complete = False  # the whole answer is in and handed out
 
     def header(self, name: bytes) -> str:
         return next((v.decode() for k, v in self.headers if k == name), "")
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for i in range(0, len(self.body), self.step):
+            self.complete = i + self.step >= len(self.body) and not self.cut
             yield self.body[i:i + self.step]
         if self.cut:
             raise UpstreamError("connection reset")
@@ -145,3 +147,17 @@ def test_the_tier_name_lands_on_message_start_and_the_first_response_event() -> 
         data = json.loads(first.split(b"\ndata: ", 1)[1])
         assert data[path[0]][path[1]] == "fast"
         assert out.split(b"\n\n")[1:] == stream.split(b"\n\n")[1:]
+
+
+def test_the_last_piece_of_a_complete_stream_goes_out_with_its_end() -> None:
+    """One message (one write) for the last piece and the end, not a piece then an empty end."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    stream = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+    asyncio.run(_stream_sse(FakeResponse(stream, step=len(stream) - 5), send, None, [],
+                            OPENAI))  # type: ignore[arg-type]
+    assert [m.get("more_body") for m in sent[1:]] == [True, False]
+    assert sent[-1]["body"] == stream[-5:]
