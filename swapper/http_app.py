@@ -22,7 +22,7 @@ from .manager import Manager
 from .loading import SCOPE_KEY, LoadingStream, wants_stream
 from .observe import RequestMeter
 from .reply import (
-    DisconnectWatch, ErrorBody, Receive, Reply, Scope, guarded, open_reply, openai_error_body,
+    ClientGone, DisconnectWatch, ErrorBody, Receive, Reply, Scope, guarded, open_reply, openai_error_body,
     send_bytes, send_json,
 )
 from .scheduler import Status
@@ -51,7 +51,8 @@ def _too_large(limit: int) -> ApiError:
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int = DEFAULT_MAX_BODY) -> bytes:
-    """The whole request body; 413 past ``limit``, from Content-Length before reading any."""
+    """The whole request body; 413 past ``limit``, from Content-Length before reading any;
+    :class:`ClientGone` if the client leaves first."""
     declared = header_bytes(scope, b"content-length")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -60,7 +61,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int = DEFAULT_MAX_BOD
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

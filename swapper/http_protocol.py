@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol with the two bounds it lacks: header size and header time.
+"""uvicorn's httptools protocol with the bounds it lacks: header size, header time, body time.
 
 uvicorn bounds neither on httptools (``h11_max_incomplete_event_size`` is
 h11-only): a client may send megabytes of headers, or one byte a minute, and
@@ -9,7 +9,12 @@ protocol class that
   exceeds ``max_header_bytes``, counted as the bytes arrive, so an unfinished
   head is refused without being buffered past the limit plus one read;
 * closes a connection whose head is not complete ``header_timeout`` seconds
-  after it was opened or after its first byte arrived (408 if any byte came).
+  after it was opened or after its first byte arrived (408 if any byte came);
+* answers 408 and closes once a request body that spans reads has sent no
+  byte for ``body_timeout`` seconds while the server was reading (a paused
+  read, the app not keeping up, is not the client's stall). A body that
+  arrives with its head costs nothing: the timer starts only when the body
+  is still incomplete at the end of a read.
 
 Idle keep-alive connections keep uvicorn's own ``timeout_keep_alive``.
 """
@@ -24,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -40,6 +46,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     max_header_bytes = DEFAULT_MAX_HEADER_BYTES
     header_timeout = DEFAULT_HEADER_TIMEOUT
+    body_timeout = DEFAULT_BODY_TIMEOUT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,6 +54,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._in_body = False
+        self._body_seen = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -54,6 +64,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -65,6 +76,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._in_head and self._head_bytes > self.max_header_bytes and not self._refused:
             self._refuse(431, f"request headers larger than {self.max_header_bytes} bytes")
+        elif self._in_body:  # the body goes on in a later read: it must keep coming
+            self._body_seen = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_at(self._body_seen + self.body_timeout,
+                                                     self._body_check)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -74,6 +90,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, f"request headers larger than {self.max_header_bytes} bytes")
             return
         super().on_headers_complete()
+        self._in_body = True  # until on_message_complete
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -82,6 +99,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._refused:
             return
+        self._in_body = False
+        self._cancel_body_timer()
         super().on_message_complete()
         self._in_head, self._head_bytes = True, 0
 
@@ -93,6 +112,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        if not self._in_body or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow is not None and self.flow.read_paused:  # we stopped reading, not the client
+            self._body_seen = now
+        due = self._body_seen + self.body_timeout
+        if now < due:
+            self._body_timer = self.loop.call_at(due, self._body_check)
+            return
+        message = f"request body stalled: no byte for {self.body_timeout:g} s"
+        if self.cycle is not None and self.cycle.response_started:
+            self._refused = True
+            self.transport.close()
+        else:
+            self._refuse(408, message)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -114,7 +156,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 def bounded_protocol(
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> type[BoundedHttpToolsProtocol]:
     """A :class:`BoundedHttpToolsProtocol` subclass with these limits (uvicorn's ``http=``)."""
     return type("BoundedHttpTools", (BoundedHttpToolsProtocol,),
-                {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout})
+                {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout,
+                 "body_timeout": body_timeout})

@@ -149,12 +149,18 @@ async def send_error(send: Send, error: ApiError, render: ErrorBody = openai_err
     await send_bytes(send, error.status, render(error), "application/json", error.headers)
 
 
+class ClientGone(Exception):
+    """The client disconnected before its request was read: nothing is left to answer."""
+
+
 async def guarded(reply: Reply, handler: Callable[[Send], Awaitable[None]],
                   render: ErrorBody = openai_error_body) -> None:
     """Run a request handler on ``reply``; an error becomes JSON spelled by ``render`` (when
-    nothing was sent yet), never a bare 500."""
+    nothing was sent yet), never a bare 500; a client gone mid-request ends it quietly."""
     try:
         await handler(reply.send)
+    except ClientGone:
+        pass
     except ApiError as error:
         if not reply.started:
             await send_error(reply.send, error, render)
