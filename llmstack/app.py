@@ -209,6 +209,7 @@ class LLMStackApp:
 
     async def _completion(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         body = await read_body(scope, receive, self.swapper.max_body)
+        refusal = RequestMeter(self.manager.bus, "auto", path)  # times an answer held back
         data = json_object(body)
         model = data.get("model")
         job = ROUTED_PATHS[path]
@@ -221,26 +222,33 @@ class LLMStackApp:
             refused = await self._serve_tier(scope, receive, send, path, tier, body, data, extra,
                                              ERROR_STATUSES, context)
             if refused is not None:
-                await self._refuse(scope, send, client_error(refused, path, tier), extra)
+                refusal.model, refusal.context = tier, context
+                await self._refuse(scope, send, client_error(refused, path, tier), extra, refusal)
             return
         session = self._session(scope)
-        decision = self._route_auto(session, data, body)
+        try:
+            decision = self._route_auto(session, data, body)
+        except ApiError as error:  # the router's own refusal (e.g. too long for every tier)
+            refusal.context = {"asked": "auto", "reason": error.code or "refused"}
+            refusal.finish(Reply.of(scope, send), error.status)
+            raise
         tier = decision.tier if path in HOSTED_PATHS else self._local_rung(decision.tier, data)
         while True:
             # llama-server ignores "model" (it answers with its alias), so the client's bytes
             # go upstream unchanged; hosted tiers read the rewritten dict.
             data["model"] = tier
             extra = _tier_headers(tier, decision.estimated_tokens)
+            context = {"asked": "auto", "reason": decision.reason,
+                       "estimate": decision.estimated_tokens}
             refused = await self._serve_tier(scope, receive, send, path, tier, body, data,
-                                             extra, intercept=ERROR_STATUSES, context={
-                                                 "asked": "auto", "reason": decision.reason,
-                                                 "estimate": decision.estimated_tokens})
+                                             extra, intercept=ERROR_STATUSES, context=context)
             if refused is None:
                 return
             overflow = refused.status == 400 and any(m in refused.body for m in _CONTEXT_OVERFLOW)
             bigger = step_up(self.loaded.table, tier) if overflow else None
             if bigger is None:
-                await self._refuse(scope, send, client_error(refused, path, tier), extra)
+                refusal.model, refusal.context = tier, context
+                await self._refuse(scope, send, client_error(refused, path, tier), extra, refusal)
                 return
             self.manager.bus.publish("context_step_up", from_tier=tier, to_tier=bigger,
                                      tokens=decision.estimated_tokens)
@@ -249,10 +257,12 @@ class LLMStackApp:
             tier = bigger
 
     async def _refuse(self, scope: Scope, send: Send, answer: Intercepted,
-                      extra: Headers) -> None:
-        """Send a held-back answer with the tier headers (an SSE error once loading began)."""
+                      extra: Headers, meter: RequestMeter) -> None:
+        """Send a held-back answer with the tier headers (an SSE error once loading began),
+        metered like any answered request (timed from the request's start)."""
         await self.swapper.send_intercepted(
             scope, send, Intercepted(answer.status, answer.body, answer.headers + extra))
+        meter.finish(Reply.of(scope, send), answer.status)
 
     async def _serve_tier(self, scope: Scope, receive: Receive, send: Send, path: str, name: str,
                           body: bytes, data: dict[str, Any],
@@ -295,11 +305,13 @@ class LLMStackApp:
         else:
             error = await _until_disconnect(receive, reply, lambda out: hosted.chat(
                 tier, data, out, extra, session))
-        meter.finish(reply, error.status if error is not None and not reply.complete else 0)
         if error is None:
+            meter.finish(reply)
             return None
-        if error.status in intercept and error.code == CONTEXT_CODE:
-            return Intercepted(error.status, error.body(), [(b"content-type", b"application/json")])
+        if error.status in intercept and error.code == CONTEXT_CODE:  # held back, not answered:
+            return Intercepted(error.status, error.body(),  # the caller meters what it sends
+                               [(b"content-type", b"application/json")])
+        meter.finish(reply, 0 if reply.complete else error.status)
         if tier.fallback is None or (error.status < 500 and error.status != 429):
             raise error
         self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,

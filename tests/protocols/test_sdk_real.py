@@ -16,8 +16,10 @@ import pytest  # noqa: E402
 from llmstack.demo import demo_files, demo_stack
 from llmstack.gguf_info import read_gguf_info
 from tests.conftest import Server
+from tests.ui.conftest import scrape
 
 pytestmark = pytest.mark.real
+CHAT_PATH = "/v1/chat/completions"
 TOO_LONG = "word " * 60000  # ~75k tokens: beyond every demo window (the largest is 65536)
 
 
@@ -30,6 +32,14 @@ def claude(server: Server) -> anthropic.Anthropic:
 
 
 HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+def refusals(server: Server, endpoint: str, model: str | None = None) -> float:
+    """``swapper_requests_total`` with status 400 on ``endpoint`` (for ``model``, or all)."""
+    return sum(value for (name, labels), value in scrape(server).items()
+               if name == "swapper_requests_total" and ("endpoint", endpoint) in labels
+               and ("status", "400") in labels
+               and (model is None or ("model", model) in labels))
 
 
 @pytest.mark.parametrize("model, tier", [("auto", "fast"), ("plan", "plan"), ("smart", "agent")])
@@ -102,6 +112,8 @@ def test_rerank_on_the_demo_rerank_tier_by_name_and_by_auto(demo: Server) -> Non
 
 def test_a_prompt_beyond_every_window_is_a_context_window_error_to_every_client(demo: Server) -> None:
     messages = [{"role": "user", "content": TOO_LONG}]
+    chat_before = refusals(demo, "/v1/chat/completions", "auto")
+    messages_before = refusals(demo, "/v1/messages", "auto")
     with pytest.raises(openai.BadRequestError) as oai_error:
         oai(demo).chat.completions.create(model="auto", messages=messages)  # type: ignore[arg-type]
     assert oai_error.value.code == "context_length_exceeded"
@@ -117,6 +129,9 @@ def test_a_prompt_beyond_every_window_is_a_context_window_error_to_every_client(
     assert claude_error.value.body == {"type": "error", "error": {
         "type": "invalid_request_error", "message": claude_error.value.body["error"]["message"]}}
     assert "prompt is too long" in claude_error.value.body["error"]["message"]
+    # the router's own refusals are counted like any answer: two per endpoint, as "auto"
+    assert refusals(demo, "/v1/chat/completions", "auto") - chat_before == 2
+    assert refusals(demo, "/v1/messages", "auto") - messages_before == 2
 
 
 def test_an_image_on_a_text_tier_is_a_client_error_not_a_retryable_500(demo: Server) -> None:
@@ -124,6 +139,7 @@ def test_an_image_on_a_text_tier_is_a_client_error_not_a_retryable_500(demo: Ser
              "YPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
     image = [{"role": "user", "content": [{"type": "text", "text": "what is this"},
                                           {"type": "image_url", "image_url": {"url": pixel}}]}]
+    chat_before, messages_before = refusals(demo, CHAT_PATH), refusals(demo, "/v1/messages")
     for model in ("auto", "plan"):
         with pytest.raises(openai.BadRequestError) as error:
             oai(demo).chat.completions.create(model=model, messages=image, max_tokens=4)  # type: ignore[arg-type]
@@ -132,6 +148,9 @@ def test_an_image_on_a_text_tier_is_a_client_error_not_a_retryable_500(demo: Ser
         claude(demo).messages.create(model="auto", max_tokens=4, messages=[{"role": "user", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                          "data": pixel.split(",", 1)[1]}}]}])
+    # held-back upstream answers, refused to the client: metered too (they were not before)
+    assert refusals(demo, CHAT_PATH) - chat_before == 2
+    assert refusals(demo, "/v1/messages") - messages_before == 1
 
 
 def test_anthropic_endpoints_answer_errors_in_anthropics_shape(demo: Server) -> None:
