@@ -53,7 +53,7 @@ from conftest import (
     write_fake_llama_server,
 )
 
-from tests.conftest import FAKE_UPSTREAM, Server, free_port, start_server, stop_server, wait_until
+from tests.conftest import FAKE_UPSTREAM, Server, free_port, start_llmstack, start_server, stop_server, wait_until
 
 CHAT = "/v1/chat/completions"
 # llama-server closes its socket after every stream; a client that reused it would meet a
@@ -130,11 +130,10 @@ def _llmstack(tmp: Path, env: dict[str, str]) -> Server:
     cache = {"LLMSTACK_CACHE_DIR": str(tmp / "cache")}
     subprocess.run([sys.executable, "-c", "from llmstack.demo import demo_files, demo_stack; "
                     "demo_files(demo_stack())"], env={**os.environ, **cache}, check=True)
-    port = free_port()
-    return start_server([sys.executable, "-m", "llmstack", "serve", "--demo", "--port", str(port)],
-                        port, tmp / f"llmstack-{len(list(tmp.iterdir()))}.log",
-                        env={"LLMSTACK_CACHE_DIR": str(tmp / "cache"),
-                             "LLMSTACK_MODELS_INI": str(tmp / "no-models.ini"), **env})
+    return start_llmstack(tmp / f"llmstack-{len(list(tmp.iterdir()))}.log", "--demo",
+                          env={"LLMSTACK_CACHE_DIR": str(tmp / "cache"),
+                               "LLMSTACK_MODELS_INI": str(tmp / "no-models.ini"), **env},
+                          ready_path="/health", timeout=30)
 
 
 def _fast_pid(stack: Server) -> int:

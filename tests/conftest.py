@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -100,6 +101,29 @@ def start_server(argv: list[str], port: int, log: Path, env: dict[str, str] | No
 
     wait_until(up, timeout, f"{argv[:3]} to answer {ready_path}")
     return server
+
+
+def start_llmstack(log: Path, *args: str, env: dict[str, str] | None = None,
+                   port: int | None = None, ready_path: str = "/v1/models",
+                   timeout: float = 60, cwd: Path = ROOT,
+                   drop_env: tuple[str, ...] = ()) -> Server:
+    """``llmstack serve --port PORT *args`` (a free port unless given), answering
+    ``ready_path``."""
+    port = port or free_port()
+    return start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port), *args],
+                        port, log, env, ready_path, timeout, cwd, drop_env)
+
+
+def hub_with_demo_models(hub: Path) -> Path:
+    """A Hugging Face cache holding the demo's tiny models (what `llmstack download` leaves)."""
+    from llmstack.demo import demo_files, demo_stack
+
+    snapshot = hub / "models--llmstack-demo--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for path in demo_files(demo_stack()).values():
+        assert path is not None
+        shutil.copy(path, snapshot / path.name)
+    return hub
 
 
 def stop_server(server: Server) -> None:

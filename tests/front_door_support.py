@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llmstack.tiny_gguf import write_tiny_gguf
 
-from tests.conftest import FAKE_UPSTREAM, Server, fake_cmd, free_port, start_server
+from tests.conftest import FAKE_UPSTREAM, Server, fake_cmd, free_port, start_llmstack, start_server
 
 FAST_INI = """\
 [DEFAULT]
@@ -62,10 +62,8 @@ def fake_stack_env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def start_fake_stack(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Server:
     """``llmstack serve`` on the one-tier models.ini, the fake upstream standing in."""
     ini, base_env = fake_stack_env(tmp_path)
-    port = free_port()
-    return start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port),
-                         "--models-ini", str(ini), *args], port, tmp_path / "serve.log",
-                        {**base_env, **(env or {})}, ready_path="/health")
+    return start_llmstack(tmp_path / "serve.log", "--models-ini", str(ini), *args,
+                          env={**base_env, **(env or {})}, ready_path="/health")
 
 
 def port_of(server: Server) -> int:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from ..conftest import free_port, start_server, stop_server
+from ..conftest import start_llmstack, stop_server
 from .conftest import REPO, Project
 from .fake_hub import FakeHub
 
@@ -33,11 +32,8 @@ def test_missing_file_names_the_download_command_which_makes_it_servable(
         project: Project, hub: FakeHub, ggufs: list[bytes], llama_server_bin: str) -> None:
     hub.add(REPO, "tiny.gguf", ggufs[0])
     project.write_ini(INI)
-    port = free_port()
-    server = start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port),
-                           "--models-ini", str(project.ini)], port, project.root / "serve.log",
-                          {**project.env, "LLMSTACK_LLAMA_SERVER": llama_server_bin},
-                          ready_path="/v1/models", timeout=60)
+    server = start_llmstack(project.root / "serve.log", "--models-ini", str(project.ini),
+                            env={**project.env, "LLMSTACK_LLAMA_SERVER": llama_server_bin})
     chat = {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
     try:
         status, _, body = server.post("/v1/chat/completions", chat)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, free_port, http, start_server, stop_server
+from tests.conftest import Server, free_port, http, start_llmstack, start_server, stop_server
 
 PROVIDER_FAKE = Path(__file__).with_name("provider_fake.py")
 OFFLINE = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
@@ -66,11 +66,8 @@ def serve_ini(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
     def run(ini: str, env: dict[str, str] | None = None, *args: str) -> Server:
         path = tmp_path / f"models{len(started)}.ini"
         path.write_text(ini)
-        port = free_port()
-        server = start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port),
-                               "--models-ini", str(path), *args], port,
-                              tmp_path / f"serve{len(started)}.log", {**OFFLINE, **(env or {})},
-                              ready_path="/v1/models", timeout=60)
+        server = start_llmstack(tmp_path / f"serve{len(started)}.log", "--models-ini",
+                                str(path), *args, env={**OFFLINE, **(env or {})})
         started.append(server)
         return server
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, free_port, pid_alive, start_server, stop_server, wait_until
+from tests.conftest import Server, pid_alive, start_llmstack, stop_server, wait_until
 from tests.hosted.conftest import needs_litellm, post, sse_events
 
 pytestmark = pytest.mark.real
@@ -36,11 +35,8 @@ def machines(tmp_path: Path, llama_server_bin: str) -> Iterator[list[Server]]:
     started: list[Server] = []
     try:
         for index in range(3):
-            port = free_port()
-            server = start_server([sys.executable, "-m", "llmstack", "serve", "--demo",
-                                   "--port", str(port)], port, tmp_path / f"machine{index}.log",
-                                  {"LLMSTACK_LLAMA_SERVER": llama_server_bin},
-                                  ready_path="/v1/models", timeout=60)
+            server = start_llmstack(tmp_path / f"machine{index}.log", "--demo",
+                                    env={"LLMSTACK_LLAMA_SERVER": llama_server_bin})
             started.append(server)
         for server in started:
             wait_until(lambda: server.running().get("fast", {}).get("state") == "ready", 60,

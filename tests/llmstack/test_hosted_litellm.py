@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAKE_UPSTREAM, free_port, start_server, stop_server
+from tests.conftest import FAKE_UPSTREAM, free_port, start_llmstack, start_server, stop_server
 from tests.hosted.conftest import needs_litellm
 
 INI = """\
@@ -42,8 +41,8 @@ def hosted(tmp_path: Path):
     ini.write_text(INI)
     env = {"OPENAI_API_BASE": f"{provider.base}/v1", "OPENAI_API_KEY": "sk-test",
            "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    server = start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port),
-                           "--models-ini", str(ini)], port, tmp_path / "serve.log", env)
+    server = start_llmstack(tmp_path / "serve.log", "--models-ini", str(ini), env=env,
+                            port=port, ready_path="/health")
     yield server
     stop_server(server)
     stop_server(provider)

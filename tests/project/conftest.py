@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmstack.project import Project
-from tests.conftest import Server, start_server
+from tests.conftest import Server, start_llmstack
 
 _LEAKY_ENV = ("LLMSTACK_REMOTE_URL", "LLMSTACK_USE_NEXT", "LLMSTACK_MODELS_INI", "LLMSTACK_WORK_DIR",
               "LLMSTACK_CHANNEL", "OPENCODE_CONFIG_DIR", "OPENCODE_SHARE", "OPENCODE_USERNAME",
@@ -58,17 +57,5 @@ def tree(root: Path) -> dict[str, bytes]:
 def serve_in(cwd: Path, port: int, log: Path, env: dict[str, str], *args: str,
              ready_path: str = "/v1/models", timeout: float = 60) -> Server:
     """``llmstack serve --port P [args]`` run in ``cwd`` (so it finds that project's .llmstack)."""
-    argv = [sys.executable, "-m", "llmstack", "serve", "--port", str(port), *args]
-    return start_server(argv, port, log, env, ready_path, timeout, cwd=cwd, drop_env=_LEAKY_ENV)
-
-
-def hub_with_demo_models(hub: Path) -> Path:
-    """A Hugging Face cache holding the demo's tiny models (what `llmstack download` leaves)."""
-    from llmstack.demo import demo_files, demo_stack
-
-    snapshot = hub / "models--llmstack-demo--tiny" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    for path in demo_files(demo_stack()).values():
-        assert path is not None
-        shutil.copy(path, snapshot / path.name)
-    return hub
+    return start_llmstack(log, *args, env=env, port=port, ready_path=ready_path,
+                          timeout=timeout, cwd=cwd, drop_env=_LEAKY_ENV)

@@ -8,7 +8,8 @@ import pytest
 
 from llmstack.project import Project
 from tests.conftest import free_port, stop_server, wait_until
-from tests.project.conftest import Cli, hub_with_demo_models, serve_in
+from tests.conftest import hub_with_demo_models
+from tests.project.conftest import Cli, serve_in
 
 pytestmark = pytest.mark.real
 

@@ -6,13 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llmstack.llama_server import cache_dir
-from tests.conftest import free_port, start_server, stop_server
+from tests.conftest import start_llmstack, stop_server
 
 pytestmark = pytest.mark.real
 OPENCODE_VERSION = "1.18.33"
@@ -43,26 +42,32 @@ def opencode_env(home: Path, config: Path) -> dict[str, str]:
             "npm_config_registry": "http://127.0.0.1:9/"}  # its plugin install stays offline
 
 
-def test_opencode_run_gets_an_answer_through_the_auto_router(tmp_path: Path, opencode_bin: Path,
-                                                             llama_server_bin: str) -> None:
-    port = free_port()
-    server = start_server([sys.executable, "-m", "llmstack", "serve", "--demo", "--port", str(port)],
-                          port, tmp_path / "serve.log", {"LLMSTACK_LLAMA_SERVER": llama_server_bin},
-                          ready_path="/v1/models", timeout=60)
-    project, home = tmp_path / "project", tmp_path / "home"
+def opencode_project(tmp_path: Path, base: str, provider: str,
+                     models: dict[str, tuple[int, int]], model: str,
+                     small_model: str) -> tuple[Path, dict[str, str]]:
+    """A project whose opencode.json names ``provider`` at ``base`` with ``models`` (id ->
+    context, output limit), and the isolated environment of an opencode reading it."""
+    project = tmp_path / "project"
     project.mkdir()
-    home.mkdir()
     config = project / "opencode.json"
     config.write_text(json.dumps({
         "$schema": "https://opencode.ai/config.json",
-        "provider": {"llmstack": {
-            "npm": "@ai-sdk/openai-compatible", "name": "llmstack",
-            "options": {"baseURL": f"{server.base}/v1", "apiKey": "sk-no-key-required"},
-            "models": {"auto": {"name": "auto", "limit": {"context": 65536, "output": 64}},
-                       "fast": {"name": "fast", "limit": {"context": 8192, "output": 32}}}}},
-        "model": "llmstack/auto", "small_model": "llmstack/fast",
+        "provider": {provider: {
+            "npm": "@ai-sdk/openai-compatible", "name": provider,
+            "options": {"baseURL": f"{base}/v1", "apiKey": "sk-no-key-required"},
+            "models": {name: {"name": name, "limit": {"context": context, "output": output}}
+                       for name, (context, output) in models.items()}}},
+        "model": f"{provider}/{model}", "small_model": f"{provider}/{small_model}",
         "autoupdate": False, "share": "disabled"}))
-    env = opencode_env(home, config)
+    return project, opencode_env(tmp_path / "home", config)
+
+
+def test_opencode_run_gets_an_answer_through_the_auto_router(tmp_path: Path, opencode_bin: Path,
+                                                             llama_server_bin: str) -> None:
+    server = start_llmstack(tmp_path / "serve.log", "--demo",
+                            env={"LLMSTACK_LLAMA_SERVER": llama_server_bin})
+    project, env = opencode_project(tmp_path, server.base, "llmstack",
+                                    {"auto": (65536, 64), "fast": (8192, 32)}, "auto", "fast")
     try:
         result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
                                 cwd=project, env=env, capture_output=True, text=True, timeout=120)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
-from llmstack.demo import demo_files, demo_stack, demo_text
-from tests.conftest import free_port, start_server, stop_server, wait_until
+from llmstack.demo import demo_text
+from tests.conftest import hub_with_demo_models, start_llmstack, stop_server, wait_until
 
 pytestmark = pytest.mark.real
 CHAT = "/v1/chat/completions"
@@ -29,11 +27,8 @@ def serve(tmp_path: Path, llama_server_bin: str):
     started = []
 
     def run(*args: str, env: dict[str, str] | None = None):
-        port = free_port()
-        server = start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port), *args],
-                              port, tmp_path / f"serve{len(started)}.log",
-                              {"LLMSTACK_LLAMA_SERVER": llama_server_bin, **(env or {})},
-                              ready_path="/v1/models", timeout=60)
+        server = start_llmstack(tmp_path / f"serve{len(started)}.log", *args,
+                                env={"LLMSTACK_LLAMA_SERVER": llama_server_bin, **(env or {})})
         started.append(server)
         return server
 
@@ -77,17 +72,8 @@ def test_context_too_large_is_a_client_error(serve) -> None:
     assert body["error"]["code"] == "context_length_exceeded"
 
 
-def _hub_with_demo_models(hub: Path) -> None:
-    """A Hugging Face cache holding the demo's tiny models (what `llmstack download` leaves)."""
-    snapshot = hub / "models--llmstack-demo--tiny" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    for path in demo_files(demo_stack()).values():
-        assert path is not None
-        shutil.copy(path, snapshot / path.name)
-
-
 def test_sighup_restarts_only_the_changed_tier(serve, tmp_path: Path) -> None:
-    _hub_with_demo_models(tmp_path / "hub")
+    hub_with_demo_models(tmp_path / "hub")
     ini = tmp_path / "models.ini"
     ini.write_text(demo_text())
     server = serve("--models-ini", str(ini), env={"HF_HUB_CACHE": str(tmp_path / "hub")})

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, http, start_server, stop_server, wait_until
+from tests.conftest import free_port, http, start_llmstack, start_server, stop_server, wait_until
 
 pytestmark = pytest.mark.real
 LOAD_DELAY_S = 1.5  # the wrapper sleeps before exec'ing llama-server: a load slow enough to see
@@ -124,9 +124,8 @@ def test_the_page_lists_hosted_and_multi_machine_tiers_with_backend_health(
                    f"[ultra]\nrole = ultra\nbackend = litellm\nmodel = openai/big\n"
                    f"api_base = {backend.base}/v1\n")
     port = free_port()
-    server = start_server([sys.executable, "-m", "llmstack", "serve", "--port", str(port),
-                           "--models-ini", str(ini)], port, tmp_path / "serve.log", OFFLINE,
-                          ready_path="/v1/models", timeout=60)
+    server = start_llmstack(tmp_path / "serve.log", "--models-ini", str(ini), env=OFFLINE,
+                            port=port)
     try:
         browser.get(server.base + "/ui")
 

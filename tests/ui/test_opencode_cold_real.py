@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server
-from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401  (the fixture)
+from tests.real.test_opencode_real import opencode_bin, opencode_project  # noqa: F401  (the fixture)
 from tests.ui.conftest import LOAD_MS, slow_config
 
 pytestmark = pytest.mark.real
@@ -19,20 +19,8 @@ pytestmark = pytest.mark.real
 def test_opencode_waits_through_a_cold_load_without_retrying(
         tmp_path: Path, swapper: Callable[..., Server], opencode_bin: Path) -> None:  # noqa: F811
     server = swapper(slow_config(send_loading_state=True))
-    project, home = tmp_path / "project", tmp_path / "home"
-    project.mkdir()
-    home.mkdir()
-    config = project / "opencode.json"
-    config.write_text(json.dumps({
-        "$schema": "https://opencode.ai/config.json",
-        "provider": {"stack": {
-            "npm": "@ai-sdk/openai-compatible", "name": "stack",
-            "options": {"baseURL": f"{server.base}/v1", "apiKey": "sk-no-key-required"},
-            "models": {"slow": {"name": "slow", "limit": {"context": 8192, "output": 32}},
-                       "quick": {"name": "quick", "limit": {"context": 8192, "output": 32}}}}},
-        "model": "stack/slow", "small_model": "stack/quick",
-        "autoupdate": False, "share": "disabled"}))
-    env = opencode_env(home, config)
+    project, env = opencode_project(tmp_path, server.base, "stack",
+                                    {"slow": (8192, 32), "quick": (8192, 32)}, "slow", "quick")
     result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
                             cwd=project, env=env, capture_output=True, text=True, timeout=120,
                             check=False)

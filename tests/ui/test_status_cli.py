@@ -8,17 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import FAKE_UPSTREAM, free_port, start_server, stop_server
+from tests.conftest import FAKE_UPSTREAM, start_llmstack, stop_server
 
 
 def test_status_shows_queue_memory_recent_decisions_and_swaps(tmp_path: Path) -> None:
     fake = tmp_path / "fake-llama-server"
     fake.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_UPSTREAM}" "$@"\n')
     fake.chmod(0o755)
-    port = free_port()
-    server = start_server([sys.executable, "-m", "llmstack", "serve", "--demo", "--port",
-                           str(port)], port, tmp_path / "serve.log",
-                          {"LLMSTACK_LLAMA_SERVER": str(fake)}, ready_path="/v1/models")
+    server = start_llmstack(tmp_path / "serve.log", "--demo",
+                            env={"LLMSTACK_LLAMA_SERVER": str(fake)})
     project = tmp_path / "project"
     (project / ".llmstack").mkdir(parents=True)
     (project / ".llmstack" / "default-channel").write_text(f"external {server.base}\n")
