@@ -186,13 +186,10 @@ def swapper_config(binary: str, models: dict[str, Path]) -> str:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    from llmstack.llama_server import find_llama_server, missing_server_message
+def rig(tmp_path_factory: pytest.TempPathFactory, llama_server_bin: str) -> Iterator[Rig]:
     from llmstack.tiny_gguf import write_tiny_gguf
 
-    binary = find_llama_server()
-    if binary is None:
-        pytest.skip(missing_server_message())
+    binary = llama_server_bin
     tmp = tmp_path_factory.mktemp("cold")
     models = {name: write_tiny_gguf(tmp / f"tiny-{name}.gguf", seed=seed)
               for seed, name in enumerate(("a", "b"), start=1)}

@@ -153,12 +153,8 @@ def _warm(h: Harness) -> None:
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    from llmstack.llama_server import find_llama_server, missing_server_message
-
-    binary = find_llama_server()
-    if binary is None:
-        pytest.skip(missing_server_message())
+def real(tmp_path_factory: pytest.TempPathFactory, llama_server_bin: str) -> Iterator[Harness]:
+    binary = llama_server_bin
     tmp = tmp_path_factory.mktemp("peers-real")
     loop = new_loop()
     session = loop.run_until_complete(_session())

@@ -71,13 +71,10 @@ async def _rounds(binary: str, model: Path) -> tuple[list[float], list[float]]:
     return lags, totals
 
 
-def test_readiness_notice_lag(benchmark: Any, tmp_path: Path) -> None:
-    from llmstack.llama_server import find_llama_server, missing_server_message
+def test_readiness_notice_lag(benchmark: Any, tmp_path: Path, llama_server_bin: str) -> None:
     from llmstack.tiny_gguf import write_tiny_gguf
 
-    binary = find_llama_server()
-    if binary is None:
-        pytest.skip(missing_server_message())
+    binary = llama_server_bin
     model = write_tiny_gguf(tmp_path / "tiny.gguf")
     result: list[tuple[list[float], list[float]]] = []
     benchmark.group = "readiness"
