@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +210,7 @@ class LLMStackApp:
 
     async def _completion(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         body = await read_body(scope, receive, self.swapper.max_body)
-        refusal = RequestMeter(self.manager.bus, "auto", path)  # times an answer held back
+        started = time.perf_counter()  # a refusal's record is timed from here
         data = json_object(body)
         model = data.get("model")
         job = ROUTED_PATHS[path]
@@ -222,15 +223,15 @@ class LLMStackApp:
             refused = await self._serve_tier(scope, receive, send, path, tier, body, data, extra,
                                              ERROR_STATUSES, context)
             if refused is not None:
-                refusal.model, refusal.context = tier, context
-                await self._refuse(scope, send, client_error(refused, path, tier), extra, refusal)
+                await self._refuse(scope, send, client_error(refused, path, tier), extra,
+                                   RequestMeter(self.manager.bus, tier, path, context, started))
             return
         session = self._session(scope)
         try:
             decision = self._route_auto(session, data, body)
         except ApiError as error:  # the router's own refusal (e.g. too long for every tier)
-            refusal.context = {"asked": "auto", "reason": error.code or "refused"}
-            refusal.finish(Reply.of(scope, send), error.status)
+            RequestMeter(self.manager.bus, "auto", path, {"asked": "auto", "reason": error.code
+                         or "refused"}, started).finish(Reply.of(scope, send), error.status)
             raise
         tier = decision.tier if path in HOSTED_PATHS else self._local_rung(decision.tier, data)
         while True:
@@ -247,8 +248,8 @@ class LLMStackApp:
             overflow = refused.status == 400 and any(m in refused.body for m in _CONTEXT_OVERFLOW)
             bigger = step_up(self.loaded.table, tier) if overflow else None
             if bigger is None:
-                refusal.model, refusal.context = tier, context
-                await self._refuse(scope, send, client_error(refused, path, tier), extra, refusal)
+                await self._refuse(scope, send, client_error(refused, path, tier), extra,
+                                   RequestMeter(self.manager.bus, tier, path, context, started))
                 return
             self.manager.bus.publish("context_step_up", from_tier=tier, to_tier=bigger,
                                      tokens=decision.estimated_tokens)

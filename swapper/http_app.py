@@ -246,7 +246,7 @@ class SwapperApp:
             async with self.manager.lease(model, start_loading if early else None) as lease:
                 if loading is not None:
                     await loading.ready()
-                    reply.first_at = 0.0  # the keep-alives were not the answer's first byte
+                    reply.restart_clock()
                 body = self._rewrite_body(lease.spec, body, data, lease.params)
                 query = scope.get("query_string", b"")
                 target = path + ("?" + query.decode("latin-1") if query else "")

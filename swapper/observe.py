@@ -31,21 +31,24 @@ STATE_KINDS = frozenset({
 _NUMBER = re.compile(rb'\s*:\s*([0-9.eE+-]+)')
 
 
-def _number_at(tail: bytes, at: int) -> bytes | None:
-    match = _NUMBER.match(tail, at) if at >= 0 else None
+_TOKEN_KEYS = (b'"completion_tokens"', b'"predicted_n"')  # OpenAI usage, llama-server timings
+_RATE_KEY = b'"predicted_per_second"'
+
+
+def _number_after(tail: bytes, key: bytes, at: int) -> bytes | None:
+    """The number after ``key`` found at ``at`` (None when ``at`` < 0 or no number follows)."""
+    match = _NUMBER.match(tail, at + len(key)) if at >= 0 else None
     return match.group(1) if match is not None else None
 
 
 def generated(tail: bytes) -> tuple[int | None, float | None]:
     """Generated tokens and llama-server's tokens/s from the end of an answer (the last
     ``completion_tokens`` or ``predicted_n``, and the last ``predicted_per_second``)."""
-    usage, timings = tail.rfind(b'"completion_tokens"'), tail.rfind(b'"predicted_n"')
-    tokens = _number_at(tail, usage + 19 if usage > timings else timings + 13 if timings >= 0
-                        else -1)
-    rate = tail.rfind(b'"predicted_per_second"')
-    rate_text = _number_at(tail, rate + 22 if rate >= 0 else -1)
+    at, key = max((tail.rfind(key), key) for key in _TOKEN_KEYS)
+    tokens = _number_after(tail, key, at)
+    rate = _number_after(tail, _RATE_KEY, tail.rfind(_RATE_KEY))
     try:
-        return (int(tokens) if tokens else None), (float(rate_text) if rate_text else None)
+        return (int(tokens) if tokens else None), (float(rate) if rate else None)
     except ValueError:
         return None, None
 
@@ -57,12 +60,13 @@ class RequestMeter:
     __slots__ = ("_bus", "_done", "_t0", "context", "model", "path")
 
     def __init__(self, bus: EventBus, model: str, path: str,
-                 context: Mapping[str, Any] | None = None) -> None:
+                 context: Mapping[str, Any] | None = None, started: float | None = None) -> None:
+        """``started``: the request's ``perf_counter`` start (default: now)."""
         self._bus = bus
         self.model = model
         self.path = path
         self.context = context
-        self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter() if started is None else started
         self._done = False
 
     def finish(self, reply: Reply, status: int = 0) -> None:

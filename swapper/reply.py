@@ -75,6 +75,11 @@ class Reply:
                 message = {**message, "headers": [*self.head, *self._extra]}
         await self._send(message)
 
+    def restart_clock(self) -> None:
+        """The body sent so far was not the answer (loading keep-alives): its first byte is
+        the next one."""
+        self.first_at = 0.0
+
     @property
     def plain_sse(self) -> bool:
         """An uncompressed event stream was started: an error event can be appended."""
