@@ -36,13 +36,12 @@ class Reply:
     ``prev`` and ``last`` are the last two non-empty chunks.
     """
 
-    __slots__ = ("_send", "_extra", "started", "status", "head", "complete", "first_at",
+    __slots__ = ("_send", "_extra", "status", "head", "complete", "first_at",
                  "prev", "last")
 
     def __init__(self, send: Send, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         self._send = send
         self._extra = list(extra_headers)
-        self.started = False
         self.status = 0
         self.head: Iterable[tuple[bytes, bytes]] = ()
         self.complete = False
@@ -68,12 +67,16 @@ class Reply:
             if not message.get("more_body", False):
                 self.complete = True
         elif message["type"] == "http.response.start":
-            self.started = True
             self.status = message["status"]
             self.head = message.get("headers", ())
             if self._extra:
                 message = {**message, "headers": [*self.head, *self._extra]}
         await self._send(message)
+
+    @property
+    def started(self) -> bool:
+        """The response head has been sent (it carries the status)."""
+        return self.status != 0
 
     def restart_clock(self) -> None:
         """The body sent so far was not the answer (loading keep-alives): its first byte is
