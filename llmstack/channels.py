@@ -26,7 +26,6 @@ from .project import Project, UserError
 if TYPE_CHECKING:  # `llmstack status` reads markers without paying for the models.ini parser
     from .config import Stack
 
-CHANNELS = ("current", "next", "external")
 LOCAL_CHANNELS = ("current", "next")
 REMOTE_URL_ENV = "LLMSTACK_REMOTE_URL"
 USE_NEXT_ENV = "LLMSTACK_USE_NEXT"

@@ -26,7 +26,6 @@ from .config import Stack, Tier
 from .llama_server import cache_dir
 
 Channel = Literal["current", "next"]
-CHANNELS: tuple[Channel, ...] = ("current", "next")
 REVISION = "main"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
