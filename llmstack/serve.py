@@ -32,12 +32,12 @@ API_KEYS_ENV = "LLMSTACK_API_KEYS"
 CORS_ORIGINS_ENV = "LLMSTACK_CORS_ORIGINS"
 
 
-def _loader(read: Callable[[], Stack], files: Callable[[Stack], Mapping[str, Path | None]],
-            server: str, log_dir: Path, litellm_config: Path | None = None) -> Callable[[], Loaded]:
+def _builder(files: Callable[[Stack], Mapping[str, Path | None]], server: str, log_dir: Path,
+             litellm_config: Path | None = None) -> Callable[[Stack], Loaded]:
+    """Turns one parsed models.ini (a Stack) into a generation of configuration."""
     keys = tuple(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())
 
-    def load() -> Loaded:
-        stack = read()
+    def load(stack: Stack) -> Loaded:
         config = replace(build_swapper_config(stack, server, files(stack), str(log_dir)), api_keys=keys)
         hosted = any(t.backend == "litellm" for t in stack.tiers)
         user = read_user_params(litellm_config) if hosted else {}
@@ -75,8 +75,10 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     for note in resolved.notes:
         print(f"[!] {note}", file=sys.stderr)
     channel = resolved.channel
+    read: Callable[[], Stack] = lambda: for_channel(demo_stack() if use_demo else load_stack(path),
+                                                    channel)
     try:
-        stack = for_channel(demo_stack() if use_demo else load_stack(path), channel)
+        stack = read()
     except ModelsIniError as exc:
         one = len(exc.errors) == 1
         print(f"[!] {exc}" if one else f"[!] {path} has errors:\n{exc}", file=sys.stderr)
@@ -88,13 +90,11 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     host = host or stack.host
     port = port or stack.router_port
     runtime = cache_dir() / "run" / f"port-{port}"
-    read: Callable[[], Stack] = lambda: for_channel(demo_stack() if use_demo else load_stack(path),
-                                                    channel)
-    loader = _loader(read, demo_files if use_demo else local_files, server or "llama-server",
+    build = _builder(demo_files if use_demo else local_files, server or "llama-server",
                      log_dir or runtime / "logs", litellm_config_path(None if use_demo else project.state))
     configure_logging(log_level, log_dir / "llmstack.log" if log_dir else None)
     try:
-        loaded = loader()
+        loaded = build(stack)  # the stack read above: models.ini is parsed once at start-up
     except (ModelsIniError, ConfigError) as exc:
         print(f"[!] {exc}", file=sys.stderr)
         return 2
@@ -108,7 +108,7 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     bus.subscribe(log_events)
     manager = Manager(loaded.swapper, bus, runtime_dir=runtime)
     front = FrontDoor(host, parse_origins(os.environ.get(CORS_ORIGINS_ENV, "")))
-    app = LLMStackApp(loader, None if use_demo else path.resolve(),
+    app = LLMStackApp(lambda: build(read()), None if use_demo else path.resolve(),
                       SwapperApp(manager, front=front), loaded)
     if use_demo:
         print(BANNER.format(host=host, port=port), file=sys.stderr)
