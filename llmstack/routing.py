@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llmstack.config import Stack
+from llmstack.lru import Lru
 
 if TYPE_CHECKING:
     from llmstack.routing_memo import BodyMemo
@@ -157,29 +157,19 @@ class RoutingTable:
         return rung.name if rung else FALLBACK_NAMES[LADDER[index]]
 
 
-class SessionFloors:
+class SessionFloors(Lru[str, str]):
     """Bounded LRU of session id -> the tier last chosen for it."""
 
     def __init__(self, max_entries: int = 1024) -> None:
-        self.max_entries = max_entries
-        self._floors: OrderedDict[str, str] = OrderedDict()
+        super().__init__(max_entries)
 
     def floor(self, session_id: str) -> str | None:
         """The session's tier, or None for an unknown session."""
-        tier = self._floors.get(session_id)
-        if tier is not None:
-            self._floors.move_to_end(session_id)
-        return tier
+        return self.get(session_id)
 
     def record(self, session_id: str, tier: str) -> None:
         """Remember the tier chosen for the session, evicting the oldest session if full."""
-        self._floors[session_id] = tier
-        self._floors.move_to_end(session_id)
-        if len(self._floors) > self.max_entries:
-            self._floors.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._floors)
+        self.put(session_id, tier)
 
 
 # --------------------------------------------------------------------------- measuring

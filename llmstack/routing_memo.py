@@ -18,36 +18,13 @@ Keys hold whole texts, so the bound is in entries (memory: entries x text size).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-K = TypeVar("K")
-V = TypeVar("V")
+from .lru import Lru
 
 MIN_TEXT = 2048
 """Shorter texts are scanned directly: hashing them costs about as much."""
-
-
-class _Lru(Generic[K, V]):
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        if len(self._items) > self.max_entries:
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def _names(schemas: Any) -> tuple[Any, ...]:
@@ -68,8 +45,8 @@ class RoutingMemo:
     """Bounded memos shared by every request of one app; :meth:`for_body` binds one request."""
 
     def __init__(self, max_entries: int = 64) -> None:
-        self.schemas: _Lru[bytes, tuple[tuple[Any, ...], int]] = _Lru(max_entries)
-        self.triggers: _Lru[str, bool] = _Lru(max_entries)
+        self.schemas: Lru[bytes, tuple[tuple[Any, ...], int]] = Lru(max_entries)
+        self.triggers: Lru[str, bool] = Lru(max_entries)
 
     def for_body(self, raw: bytes) -> BodyMemo:
         return BodyMemo(self, raw)
