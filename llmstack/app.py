@@ -60,11 +60,11 @@ class Loaded:
 Loader = Callable[[], Loaded]
 
 
-async def _until_disconnect(receive: Receive, reply: Reply,
+async def _until_disconnect(scope: Scope, receive: Receive, reply: Reply,
                             answer: Callable[[Send], Awaitable[None]]) -> ApiError | None:
     """Run ``answer`` (a litellm-served reply), cancelled if the client leaves first, so a
     hosted provider stops generating (and billing); its ApiError is returned, not raised."""
-    watch = DisconnectWatch(receive, reply)
+    watch = DisconnectWatch(scope, receive, reply)
     try:
         await answer(reply.send)
     except ApiError as error:
@@ -301,10 +301,10 @@ class LLMStackApp:
         reply = Reply.of(scope, send)
         session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
         if path == "/v1/messages":
-            error = await _until_disconnect(receive, reply, lambda out: hosted.messages(
+            error = await _until_disconnect(scope, receive, reply, lambda out: hosted.messages(
                 tier, data, out, extra))
         else:
-            error = await _until_disconnect(receive, reply, lambda out: hosted.chat(
+            error = await _until_disconnect(scope, receive, reply, lambda out: hosted.chat(
                 tier, data, out, extra, session))
         if error is None:
             meter.finish(reply)

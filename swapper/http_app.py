@@ -227,7 +227,7 @@ class SwapperApp:
         once and kept alive meanwhile (:mod:`swapper.loading`); 404/429 stay plain errors.
         """
         reply = Reply.of(scope, send)
-        watch = DisconnectWatch(receive, reply)
+        watch = DisconnectWatch(scope, receive, reply)
         resolved = self.manager.config.resolve(model)
         loading: LoadingStream | None = scope.get(SCOPE_KEY)
         meter = RequestMeter(self.manager.bus, resolved or "-", path, context)
@@ -349,7 +349,7 @@ class SwapperApp:
         sink = self.manager.log_for(model)
         queue = sink.follow()
         reply = Reply.of(scope, send)
-        watch = DisconnectWatch(receive, reply)
+        watch = DisconnectWatch(scope, receive, reply)
         send = reply.send
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain; charset=utf-8")]})

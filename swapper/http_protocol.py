@@ -16,21 +16,32 @@ protocol class that
   arrives with its head costs nothing: the timer starts only when the body
   is still incomplete at the end of a read.
 
-Idle keep-alive connections keep uvicorn's own ``timeout_keep_alive``.
+Idle keep-alive connections keep uvicorn's own ``timeout_keep_alive``. A lost
+connection calls the request's :class:`swapper.reply.DisconnectWatch` back
+directly (``DISCONNECT_KEY`` in the scope), so no task per request waits on
+``receive`` for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .reply import DISCONNECT_KEY
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def _extension(scope: Any) -> dict[str, Any]:
+    """An ASGI scope as the plain dict it is, for keys of our own."""
+    return cast(dict[str, Any], scope)
 
 
 def _refusal(status: int, message: str) -> bytes:
@@ -65,7 +76,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         self._cancel_body_timer()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:
+            notify: Callable[[], None] | None = _extension(cycle.scope).get(DISCONNECT_KEY)
+            if notify is not None:
+                notify()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -90,6 +106,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, f"request headers larger than {self.max_header_bytes} bytes")
             return
         super().on_headers_complete()
+        _extension(self.scope)[DISCONNECT_KEY] = None  # the request's watch is called back, not a task
         self._in_body = True  # until on_message_complete
 
     def on_body(self, body: bytes) -> None:

@@ -110,24 +110,48 @@ def open_reply(scope: Scope, send: Send, extra_headers: Iterable[tuple[bytes, by
     return reply
 
 
-class DisconnectWatch:
-    """Cancels the serving task when the client goes away before ``reply`` is complete."""
+DISCONNECT_KEY = "swapper.on_disconnect"
+"""Scope key of a server that calls back when the connection is lost
+(:mod:`swapper.http_protocol` puts it there as ``None``; a watch puts its callback in)."""
 
-    def __init__(self, receive: Receive, reply: Reply) -> None:
+
+class DisconnectWatch:
+    """Cancels the serving task when the client goes away before ``reply`` is complete.
+
+    Under a server that calls back on a lost connection (``DISCONNECT_KEY`` in the
+    scope) this costs a dict write; under any other it is a task reading ``receive``.
+    """
+
+    def __init__(self, scope: Scope, receive: Receive, reply: Reply) -> None:
         self._task = asyncio.current_task()
         self.reply = reply
         self.disconnected = False
-        self._watch = asyncio.ensure_future(self._run(receive))
+        self._scope = scope
+        self._watch: asyncio.Future[None] | None = None
+        self._outer: Callable[[], None] | None = None
+        if DISCONNECT_KEY in scope:
+            self._outer = scope[DISCONNECT_KEY]
+            scope[DISCONNECT_KEY] = self._lost
+        else:
+            self._watch = asyncio.ensure_future(self._run(receive))
 
     async def _run(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        if not self.reply.complete and self._task is not None:
+        self._lost()
+
+    def _lost(self) -> None:
+        if self._outer is not None:
+            self._outer()
+        if not self.reply.complete and self._task is not None and not self.disconnected:
             self.disconnected = True
             self._task.cancel()
 
     def close(self) -> None:
-        self._watch.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
+        elif self._scope.get(DISCONNECT_KEY) == self._lost:
+            self._scope[DISCONNECT_KEY] = self._outer
 
 
 async def send_json(send: Send, status: int, payload: Any,
