@@ -117,16 +117,27 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- timeouts: one timer, pushed back lazily (no per-chunk timer work) ---------
+    # -- timeouts: one timer per request, pushed back lazily (no per-chunk timer work) --
     # The response timeout counts from the request sent to the end of the headers; the
-    # idle timeout from the last body byte (data_received moves ``last_data`` on).
+    # idle timeout from the last body byte (data_received moves ``last_data`` on). The
+    # timer is set once, at the earlier of the two limits, and moved on when it fires
+    # early, so a request that ends in time costs one timer and one cancel.
 
-    def _arm(self, seconds: float, what: str) -> None:
+    def _start_clock(self) -> None:
+        """The request went out: its response limit runs from now."""
         self._disarm()
-        if seconds > 0:
-            self._limit, self._what = seconds, what
+        response, idle = self.timeouts.response, self.timeouts.idle
+        self._limit, self._what = response, "upstream sent no response headers"
+        self.last_data = now = self.loop.time()
+        first = min(t for t in (response, idle, float("inf")) if t > 0)
+        if first != float("inf"):
+            self._timer = self.loop.call_at(now + first, self._check_timer)
+
+    def _head_done(self) -> None:
+        """The headers arrived: from now on the idle limit applies."""
+        self._limit, self._what = self.timeouts.idle, "upstream sent no body bytes"
+        if self._timer is not None:
             self.last_data = self.loop.time()
-            self._timer = self.loop.call_at(self.last_data + seconds, self._check_timer)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -135,13 +146,17 @@ class _Connection(asyncio.Protocol):
 
     def _check_timer(self) -> None:
         now = self.loop.time()
+        self._timer = None
+        if self._limit <= 0:  # no limit in this phase; the idle one may follow the head
+            if self.in_head and self.timeouts.idle > 0:
+                self._timer = self.loop.call_at(now + self.timeouts.idle, self._check_timer)
+            return
         if self.paused:  # we stopped reading (slow client): the upstream is not idle
             self.last_data = now
         due = self.last_data + self._limit
         if now < due:
             self._timer = self.loop.call_at(due, self._check_timer)
             return
-        self._timer = None
         self._fail(UpstreamTimeout(f"{self._what} within {self._limit:g} s"))
         self.abort()
 
@@ -205,7 +220,7 @@ class _Connection(asyncio.Protocol):
         names = {name.lower(): value.lower() for name, value in self.headers}
         self.close_delimited = (b"content-length" not in names
                                 and b"chunked" not in names.get(b"transfer-encoding", b""))
-        self._arm(self.timeouts.idle, "upstream sent no body bytes")
+        self._head_done()
         if not self.headers_done.done():
             self.headers_done.set_result(None)
         if self.head:
@@ -258,6 +273,35 @@ class _Connection(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
         return chunk
+
+
+class _Expiry:
+    """Cancels the current task after ``seconds`` unless cancelled first: a deadline for
+    one await without the task ``asyncio.wait_for`` wraps a coroutine in (issue 8's
+    proxy-CPU budget: that task cost about a sixth of a streamed request's CPU here)."""
+
+    __slots__ = ("_task", "_handle", "_fired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self._task = asyncio.current_task()
+        self._fired = False
+        self._handle = loop.call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._fired = True
+            self._task.cancel()
+
+    def expired(self) -> bool:
+        """Call on CancelledError: True when the deadline alone cancelled the task (its
+        cancellation is then withdrawn), False when the cancellation must go on."""
+        if not self._fired or self._task is None:
+            return False
+        uncancel = getattr(self._task, "uncancel", None)  # Python 3.11+
+        return uncancel is None or uncancel() == 0
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 class UpstreamResponse:
@@ -330,13 +374,19 @@ class UpstreamPool:
 
     async def _connect(self, key: tuple[str, int], timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
+        expiry = _Expiry(loop, timeout) if timeout > 0 else None
         try:
-            connecting = loop.create_connection(_Connection, *key)
-            _, conn = await (asyncio.wait_for(connecting, timeout) if timeout > 0 else connecting)
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout(f"cannot connect to {_host_header(*key)} within {timeout:g} s") from exc
+            _, conn = await loop.create_connection(_Connection, *key)
+        except asyncio.CancelledError:
+            if expiry is None or not expiry.expired():
+                raise
+            raise UpstreamTimeout(f"cannot connect to {_host_header(*key)} within {timeout:g} s"
+                                  ) from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {_host_header(*key)}: {exc}") from exc
+        finally:
+            if expiry is not None:
+                expiry.cancel()
         return conn
 
     async def request(self, method: str, host: str, port: int, target: str, headers: Headers,
@@ -360,7 +410,7 @@ class UpstreamPool:
             conn.transport.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
                 conn.transport.write(body)
-            conn._arm(timeouts.response, "upstream sent no response headers")
+            conn._start_clock()
             try:
                 await conn.headers_done
             except UpstreamError as exc:

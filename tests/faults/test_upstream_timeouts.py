@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,58 @@ async def test_zero_means_no_timeout() -> None:
     async with HostileUpstream() as up:
         with pytest.raises(asyncio.TimeoutError):  # ours, not the client's
             await asyncio.wait_for(_request(up.port, "hang", Timeouts(0, 0, 0)), 0.3)
+
+
+async def test_the_response_timeout_outlasts_a_shorter_idle_one() -> None:
+    """One timer serves both limits: set at the shorter, it is moved on, never fired early."""
+    async with HostileUpstream() as up:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout, match="no response headers within 0.6 s"):
+            await _request(up.port, "hang", Timeouts(response=0.6, idle=0.2))
+        assert 0.6 <= time.monotonic() - started < 1.6
+
+
+async def test_an_idle_limit_alone_waits_for_the_headers_then_applies() -> None:
+    async with HostileUpstream() as up:
+        with pytest.raises(asyncio.TimeoutError):  # no response limit: ours fires first
+            await asyncio.wait_for(_request(up.port, "hang", Timeouts(response=0, idle=0.2)), 0.7)
+        resp = await _request(up.port, "stall-sse", Timeouts(response=0, idle=0.4))
+        chunks = resp.chunks()
+        assert b"first" in await chunks.__anext__()
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout, match="no body bytes within 0.4 s"):
+            await chunks.__anext__()
+        assert 0.4 <= time.monotonic() - started < 1.4
+        resp.close()
+
+
+@pytest.fixture
+def unreachable_port() -> Iterator[int]:
+    """A listener whose accept queue is full: a further connect hangs (SYNs are dropped)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))
+    yield port
+    queued.close()
+    listener.close()
+
+
+async def test_a_connect_that_hangs_fails_within_the_connect_timeout(unreachable_port: int
+                                                                     ) -> None:
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout, match="cannot connect to 127.0.0.1:.* within 0.3 s"):
+        await _request(unreachable_port, "hang", Timeouts(connect=0.3))
+    assert 0.3 <= time.monotonic() - started < 1.3
+    assert not asyncio.current_task().cancelling()  # the deadline's cancel was withdrawn
+
+
+async def test_a_cancel_during_a_connect_stays_a_cancel(unreachable_port: int) -> None:
+    request = asyncio.ensure_future(_request(unreachable_port, "hang", Timeouts(connect=5)))
+    asyncio.get_running_loop().call_later(0.2, request.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await request
 
 
 async def test_a_slow_reader_is_not_an_idle_upstream() -> None:
