@@ -20,7 +20,7 @@ import pytest
 from conftest import record, us
 
 from llmstack.config import bundled_template_text, parse_stack
-from llmstack.routing import RoutingTable, _encode_json, classify
+from llmstack.routing import RoutingTable, _encode_json, classify, estimate_tokens
 from llmstack.routing_memo import RoutingMemo
 
 GOAL_US = 100.0
@@ -216,6 +216,21 @@ def test_classify_after_the_first_turn(benchmark: Any, request_body: dict[str, A
             "goal_le_20us": "met" if median * 1e6 <= MEMO_GOAL_US else "MISSED"}
     benchmark.extra_info.update(info)
     record("classify on a 31 KB opencode-shaped request", "classify after the first turn", **info)
+
+
+def test_named_estimate_after_the_first_turn(benchmark: Any, request_body: dict[str, Any]
+                                             ) -> None:
+    """A request for a tier by name: only the ``x-llmstack-tokens`` estimate, memo bound."""
+    raw = json.dumps(request_body, ensure_ascii=False, separators=(",", ":")).encode()
+    memo = RoutingMemo()
+    first = estimate_tokens(request_body, memo.for_body(raw))
+    benchmark.group = "classify (31 KB opencode request)"
+    tokens = benchmark(lambda: estimate_tokens(request_body, memo.for_body(raw)))
+    assert tokens == first == estimate_tokens(request_body)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["median_us"] = us(median)
+    record("classify on a 31 KB opencode-shaped request", "named tier: estimate after the first turn",
+           median_us=us(median))
 
 
 CONTEXT = {

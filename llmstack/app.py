@@ -217,7 +217,7 @@ class LLMStackApp:
         if model not in (None, "", "auto") or job != CHAT:
             tier = self._named(model) if model not in (None, "", "auto") else (
                 self._serving_tier(job, path))
-            extra = _tier_headers(tier, estimate_tokens(data))
+            extra = _tier_headers(tier, estimate_tokens(data, self.routing_memo.for_body(body)))
             context = ({"asked": model, "reason": "asked by name"}
                        if model not in (None, "", "auto") else {"asked": "auto", "reason": f"role {job}"})
             refused = await self._serve_tier(scope, receive, send, path, tier, body, data, extra,

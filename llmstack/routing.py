@@ -222,8 +222,10 @@ class _Measure(NamedTuple):
     triggered: bool
 
 
-def _measure(body: Mapping[str, Any], memo: BodyMemo | None = None) -> _Measure:
-    """Estimate input tokens, count user turns and look for an ultra trigger.
+def _measure(body: Mapping[str, Any], memo: BodyMemo | None = None,
+             triggers: bool = True) -> _Measure:
+    """Estimate input tokens, count user turns and (with ``triggers``) look for an ultra
+    trigger.
 
     ``memo`` remembers the parts an agent repeats every turn (:mod:`llmstack.routing_memo`).
     """
@@ -279,18 +281,22 @@ def _measure(body: Mapping[str, Any], memo: BodyMemo | None = None) -> _Measure:
         schemas = body.get(key)
         if schemas:
             chars += memo.json_chars(key, schemas, _json_chars) if memo else _json_chars(schemas)
+    tokens = chars // 4 + images * IMAGE_TOKENS
+    if not triggers:
+        return _Measure(tokens, user_turns, False)
     trigger_texts += last_user
     scan = _has_trigger if memo is None else lambda text: memo.has_trigger(text, _has_trigger)
-    return _Measure(chars // 4 + images * IMAGE_TOKENS, user_turns, any(map(scan, trigger_texts)))
+    return _Measure(tokens, user_turns, any(map(scan, trigger_texts)))
 
 
 def _json_chars(value: Any) -> int:
     return len(_encode_json(value))
 
 
-def estimate_tokens(body: Mapping[str, Any]) -> int:
-    """The input-token estimate :func:`classify` routes by (chars // 4 plus images)."""
-    return _measure(body).tokens
+def estimate_tokens(body: Mapping[str, Any], memo: BodyMemo | None = None) -> int:
+    """The input-token estimate :func:`classify` routes by (chars // 4 plus images); no
+    trigger scan (a named request is not routed)."""
+    return _measure(body, memo, triggers=False).tokens
 
 
 def _has_trigger(text: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmstack.routing import Rung, RoutingTable, classify
+from llmstack.routing import Rung, RoutingTable, classify, estimate_tokens
 from llmstack.routing_memo import MIN_TEXT, RoutingMemo
 
 TABLE = RoutingTable(fast=Rung("fast"), agent=Rung("agent"), ultra=Rung("ultra"),
@@ -76,3 +76,13 @@ def test_the_memos_are_bounded() -> None:
     for i in range(10):
         both(memo, body(1, [tool(f"t{i}", "z" * 100)], SYSTEM + str(i)))
     assert len(memo.schemas) == 3 and len(memo.triggers) == 3
+
+
+def test_a_named_requests_estimate_uses_the_memo_and_scans_no_trigger() -> None:
+    memo = RoutingMemo()
+    tools = [tool("bash", "run a command " * 300)]
+    data = body(3, tools, system="Use [ultra] care. " + SYSTEM)
+    raw = json.dumps(data).encode()
+    assert estimate_tokens(json.loads(raw), memo.for_body(raw)) == estimate_tokens(data)
+    assert len(memo.schemas) == 1 and len(memo.triggers) == 0  # tools kept, no trigger scan
+    assert estimate_tokens(json.loads(raw), memo.for_body(raw)) == estimate_tokens(data)
