@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -37,11 +37,6 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
-
-
-def _extension(scope: Any) -> dict[str, Any]:
-    """An ASGI scope as the plain dict it is, for keys of our own."""
-    return cast(dict[str, Any], scope)
 
 
 def _refusal(status: int, message: str) -> bytes:
@@ -79,7 +74,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and cycle.disconnected:
-            notify: Callable[[], None] | None = _extension(cycle.scope).get(DISCONNECT_KEY)
+            notify: Callable[[], None] | None = cycle.scope.get(DISCONNECT_KEY)  # type: ignore[assignment]
             if notify is not None:
                 notify()
 
@@ -106,7 +101,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, f"request headers larger than {self.max_header_bytes} bytes")
             return
         super().on_headers_complete()
-        _extension(self.scope)[DISCONNECT_KEY] = None  # the request's watch is called back, not a task
+        # the request's watch is called back, not a task
+        self.scope[DISCONNECT_KEY] = None  # type: ignore[literal-required]
         self._in_body = True  # until on_message_complete
 
     def on_body(self, body: bytes) -> None:

@@ -76,7 +76,8 @@ def _end_to_end(raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]) -> H
             named.append(value)
     if named:
         tokens = {token.strip().lower() for value in named for token in value.split(b",")}
-        kept = [(k, v) for k, v in kept if k.lower() not in tokens]
+        if not tokens <= drop:  # "keep-alive", "close": already dropped, no second pass
+            kept = [(k, v) for k, v in kept if k.lower() not in tokens]
     return kept
 
 
