@@ -165,7 +165,7 @@ async def _stream_plain(resp: UpstreamResponse, send: Send,
     await _start(send, resp.status, _response_headers(resp, True) + list(extra))
     last = b""
     try:
-        async for chunk in resp.chunks():
+        while (chunk := await resp.next_chunk()) is not None:
             if resp.complete:  # the last piece goes out with the end: one write, not two
                 last = chunk
                 break
@@ -255,7 +255,7 @@ async def _stream_sse(resp: UpstreamResponse, send: Send, hook: ResponseHook | N
     ended = EndWatch(protocol)
     last = b""
     try:
-        async for chunk in resp.chunks():
+        while (chunk := await resp.next_chunk()) is not None:
             ended.feed(chunk)
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)

@@ -23,7 +23,7 @@ import asyncio
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -325,15 +325,25 @@ class UpstreamResponse:
 
     @property
     def complete(self) -> bool:
-        """The whole answer has arrived and every byte of it was handed out by :meth:`chunks`."""
+        """The whole answer has arrived and every byte of it was handed out."""
         return self._conn.complete and not self._conn.body
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while (chunk := await self._conn.next_chunk()) is not None:
-            yield chunk
+    def next_chunk(self) -> Awaitable[bytes | None]:
+        """All body bytes received so far (waiting for some), or None at the end; raises
+        UpstreamError if the answer broke off.
+
+        An awaitable, not an async generator: a generator left before its end (the proxy
+        sends the last piece with the end of the answer) is finalised through
+        ``call_soon_threadsafe`` and a task of its own, costing an eventfd write and read
+        and a loop iteration per request.
+        """
+        return self._conn.next_chunk()
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
+        parts = []
+        while (chunk := await self._conn.next_chunk()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
 
     def close(self, reuse: bool = True) -> None:
         """Return the connection to the pool if it can carry another request, else drop it."""

@@ -43,11 +43,10 @@ async def test_no_response_headers_within_the_response_timeout(behaviour: str) -
 async def test_a_stalled_body_fails_within_the_idle_timeout() -> None:
     async with HostileUpstream() as up:
         resp = await _request(up.port, "stall-sse", Timeouts(idle=0.5))
-        chunks = resp.chunks()
-        assert b"first" in await chunks.__anext__()
+        assert b"first" in await resp.next_chunk()
         started = time.monotonic()
         with pytest.raises(UpstreamTimeout, match="no body bytes within 0.5 s"):
-            await chunks.__anext__()
+            await resp.next_chunk()
         assert time.monotonic() - started < 1.5
         resp.close()
 
@@ -72,11 +71,10 @@ async def test_an_idle_limit_alone_waits_for_the_headers_then_applies() -> None:
         with pytest.raises(asyncio.TimeoutError):  # no response limit: ours fires first
             await asyncio.wait_for(_request(up.port, "hang", Timeouts(response=0, idle=0.2)), 0.7)
         resp = await _request(up.port, "stall-sse", Timeouts(response=0, idle=0.4))
-        chunks = resp.chunks()
-        assert b"first" in await chunks.__anext__()
+        assert b"first" in await resp.next_chunk()
         started = time.monotonic()
         with pytest.raises(UpstreamTimeout, match="no body bytes within 0.4 s"):
-            await chunks.__anext__()
+            await resp.next_chunk()
         assert 0.4 <= time.monotonic() - started < 1.4
         resp.close()
 
@@ -114,10 +112,9 @@ async def test_a_slow_reader_is_not_an_idle_upstream() -> None:
     """Reading paused by our own backpressure never counts as the upstream going quiet."""
     async with HostileUpstream() as up:
         resp = await _request(up.port, "big-sse", Timeouts(idle=0.3))
-        chunks = resp.chunks()
-        total = len(await chunks.__anext__())
+        total = len(await resp.next_chunk())
         await asyncio.sleep(0.6)  # the scenario: a client slower than the idle timeout
-        async for chunk in chunks:
+        while (chunk := await resp.next_chunk()) is not None:
             total += len(chunk)
         assert total >= 8 << 20
         resp.close()
