@@ -116,6 +116,8 @@ class FrontDoor:
 
     def cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         """The CORS response headers for this request's Origin ([] if it is not allowed)."""
+        if not self.cors_origins:
+            return []
         origin = header_bytes(scope, b"origin")
         if not origin or not ("*" in self.cors_origins
                               or origin.decode("latin-1") in self.cors_origins):

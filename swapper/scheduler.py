@@ -364,7 +364,7 @@ class Scheduler:
             return []
         state = self.status[model]
         if (state is Status.READY and not self._being_evicted(model) and model not in self._stale
-                and model not in self.held()):
+                and (not self._overdue or model not in self.held())):
             return [self._grant(req, model)]
         if state is not Status.STOPPED or not may_swap or self._being_evicted(model):
             return None

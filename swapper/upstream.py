@@ -128,9 +128,9 @@ class _Connection(asyncio.Protocol):
         self._disarm()
         response, idle = self.timeouts.response, self.timeouts.idle
         self._limit, self._what = response, "upstream sent no response headers"
-        self.last_data = now = self.loop.time()
-        first = min(t for t in (response, idle, float("inf")) if t > 0)
-        if first != float("inf"):
+        first = response if idle <= 0 or 0 < response < idle else idle
+        if first > 0:
+            self.last_data = now = self.loop.time()
             self._timer = self.loop.call_at(now + first, self._check_timer)
 
     def _head_done(self) -> None:
