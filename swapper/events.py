@@ -38,18 +38,23 @@ class EventBus:
     """Publish/subscribe with a bounded history of recent events."""
 
     def __init__(self, history: int = 1000) -> None:
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: tuple[Subscriber, ...] = ()  # replaced, never changed in place
         self.recent: deque[Event] = deque(maxlen=history)
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         """Add a subscriber; returns a function that removes it."""
-        self._subscribers.append(fn)
-        return lambda: self._subscribers.remove(fn)
+        self._subscribers += (fn,)
+
+        def unsubscribe() -> None:
+            subscribers = list(self._subscribers)
+            subscribers.remove(fn)
+            self._subscribers = tuple(subscribers)
+        return unsubscribe
 
     def publish(self, kind: str, **fields: Any) -> None:
         event = Event(kind, fields)
         self.recent.append(event)
-        for fn in self._subscribers[:]:
+        for fn in self._subscribers:
             try:
                 fn(event)
             except Exception:  # a broken subscriber must not break the publisher
@@ -63,10 +68,10 @@ PER_REQUEST_KINDS = frozenset({"routed", "named", "request_done"})
 
 def log_events(event: Event) -> None:
     """Subscriber writing each event as one structured (JSON) log line."""
-    if event.kind.endswith(("failed", "exited")):
-        level = logging.WARNING
-    elif event.kind in PER_REQUEST_KINDS:
+    if event.kind in PER_REQUEST_KINDS:
         level = logging.DEBUG
+    elif event.kind.endswith(("failed", "exited")):
+        level = logging.WARNING
     else:
         level = logging.INFO
     if log.isEnabledFor(level):

@@ -59,6 +59,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_since = 0.0  # when the head in progress started counting (0: none)
         self._refused = False
         self._in_body = False
         self._body_seen = 0.0
@@ -66,7 +67,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._start_head_clock()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -83,7 +84,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
-            self._arm_head_timer()
+            if not self._head_since:
+                self._start_head_clock()
         super().data_received(data)
         if self._in_head and self._head_bytes > self.max_header_bytes and not self._refused:
             self._refuse(431, f"request headers larger than {self.max_header_bytes} bytes")
@@ -94,8 +96,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                                                      self._body_check)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._cancel_head_timer()
+        self._in_head, self._head_since = False, 0.0  # its timer is left to find that out
         size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
         if size > self.max_header_bytes:
             self._refuse(431, f"request headers larger than {self.max_header_bytes} bytes")
@@ -117,9 +118,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head, self._head_bytes = True, 0
 
-    def _arm_head_timer(self) -> None:
+    def _start_head_clock(self) -> None:
+        """A head starts counting now. The connection's one head timer is not moved for
+        each request (keep-alive requests cost no timer): when it fires it checks the
+        head then in progress, if any, and is set again only for that head."""
+        self._head_since = self.loop.time()
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+            self._head_timer = self.loop.call_at(self._head_since + self.header_timeout,
+                                                 self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -151,7 +157,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if not self._in_head or self.transport.is_closing():
+        if not self._in_head or not self._head_since or self.transport.is_closing():
+            return
+        due = self._head_since + self.header_timeout
+        if self.loop.time() < due:  # set for an earlier head: this one has time left
+            self._head_timer = self.loop.call_at(due, self._head_timed_out)
             return
         if self._head_bytes:
             self._refuse(408, f"request headers not received within {self.header_timeout:g} s")

@@ -44,7 +44,10 @@ def _number_after(tail: bytes, key: bytes, at: int) -> bytes | None:
 def generated(tail: bytes) -> tuple[int | None, float | None]:
     """Generated tokens and llama-server's tokens/s from the end of an answer (the last
     ``completion_tokens`` or ``predicted_n``, and the last ``predicted_per_second``)."""
-    at, key = max((tail.rfind(key), key) for key in _TOKEN_KEYS)
+    usage, timings = _TOKEN_KEYS
+    at, key = tail.rfind(usage), usage
+    if (later := tail.rfind(timings)) > at:
+        at, key = later, timings
     tokens = _number_after(tail, key, at)
     rate = _number_after(tail, _RATE_KEY, tail.rfind(_RATE_KEY))
     try:

@@ -93,6 +93,7 @@ class _Connection(asyncio.Protocol):
         self.timeouts = timeouts
         self.status = 0
         self.headers: Headers = []
+        self.content_type = b""  # the raw first Content-Type value
         self.got_bytes = False
         self.head_bytes = 0  # raw bytes while the head is incomplete
         self.head_size = 0  # parsed header bytes (interim answers included)
@@ -217,9 +218,17 @@ class _Connection(asyncio.Protocol):
                                      f"upstream response head larger than {MAX_HEAD} bytes"))
             raise _ExtraBytes  # stop parsing; data_received drops the connection
         self.status = status
-        names = {name.lower(): value.lower() for name, value in self.headers}
-        self.close_delimited = (b"content-length" not in names
-                                and b"chunked" not in names.get(b"transfer-encoding", b""))
+        length, coding, kind = False, b"", b""  # the last Transfer-Encoding, the first type
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = True
+            elif lowered == b"transfer-encoding":
+                coding = value
+            elif lowered == b"content-type" and not kind:
+                kind = value
+        self.close_delimited = not length and b"chunked" not in coding.lower()
+        self.content_type = kind
         self._head_done()
         if not self.headers_done.done():
             self.headers_done.set_result(None)
@@ -311,10 +320,8 @@ class UpstreamResponse:
         self._pool, self._key, self._conn = pool, key, conn
         self.status = conn.status
         self.headers = conn.headers
-
-    @property
-    def content_type(self) -> str:
-        return self.header(b"content-type").split(";", 1)[0].strip().lower()
+        self.content_type = conn.content_type.decode("latin-1").split(";", 1)[0].strip().lower()
+        """The media type, lower case, without parameters ("" when absent)."""
 
     def header(self, name: bytes) -> str:
         """The first value of header ``name`` (lower case), or ""."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,16 +29,20 @@ class FakeResponse:
         self.status, self.body, self.cut, self.step = 200, body, cut, step
         self.headers = [(b"content-type", b"text/event-stream"), *headers]
         self.complete = False  # the whole answer is in and handed out
+        self._at = 0
 
     def header(self, name: bytes) -> str:
         return next((v.decode() for k, v in self.headers if k == name), "")
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        for i in range(0, len(self.body), self.step):
-            self.complete = i + self.step >= len(self.body) and not self.cut
-            yield self.body[i:i + self.step]
-        if self.cut:
-            raise UpstreamError("connection reset")
+    async def next_chunk(self) -> bytes | None:
+        i = self._at
+        if i >= len(self.body):
+            if self.cut:
+                raise UpstreamError("connection reset")
+            return None
+        self._at += self.step
+        self.complete = i + self.step >= len(self.body) and not self.cut
+        return self.body[i:i + self.step]
 
 
 def relay(resp: FakeResponse, protocol: StreamProtocol) -> tuple[list[tuple[bytes, bytes]], bytes]:
