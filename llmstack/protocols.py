@@ -10,6 +10,7 @@ with that role). The tier's name goes where each protocol carries a model
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from swapper.errors import error_json
@@ -71,6 +72,11 @@ def client_error(answer: Intercepted, path: str, tier: str) -> Intercepted:
     return Intercepted(status, body, headers)
 
 
+_DELTA = re.compile(rb'"delta"\s*:\s*\{')
+_NEXT_ITEM = re.compile(rb'\}\s*,\s*\{')
+_CHOICES = re.compile(rb'"choices"\s*:\s*\[')
+
+
 class TierName:
     """Response hook: the tier's name where each protocol names the model.
 
@@ -81,6 +87,25 @@ class TierName:
 
     def __init__(self, tier: str) -> None:
         self.tier = tier
+        self._name = b'"name":' + json.dumps(tier, ensure_ascii=False).encode()
+
+    def event_bytes(self, data: bytes) -> bytes | None:
+        """A chat chunk named by inserting ``"name"`` into its one ``delta`` object, when the
+        bytes show that object is the first choice's and holds no name (else None: decoded).
+
+        JSON strings cannot hold an unescaped quote, so ``"delta":{`` only ever starts that
+        key's object; no ``}``, ``,``, ``{`` between ``"choices":[`` and it means no earlier
+        choice ended there.
+        """
+        found = _DELTA.search(data)
+        if found is None or _DELTA.search(data, found.end()) is not None or b'"name"' in data:
+            return None
+        choices = _CHOICES.search(data, 0, found.start())
+        if choices is None or _NEXT_ITEM.search(data, choices.end(), found.start()):
+            return None
+        cut = found.end()
+        close = data[cut:].lstrip()[:1] == b"}"
+        return data[:cut] + self._name + (b"" if close else b",") + data[cut:]
 
     def event(self, data: dict[str, Any]) -> bool:
         choices = data.get("choices")

@@ -56,6 +56,10 @@ class Intercepted:
 class ResponseHook(Protocol):
     """Rewrites the first streamed event and non-streamed JSON bodies (e.g. a tier name)."""
 
+    def event_bytes(self, data: bytes) -> bytes | None:
+        """An SSE ``data:`` value rewritten without decoding it (one pass over the bytes), or
+        None when that cannot be done safely: :meth:`event` then gets it decoded."""
+
     def event(self, data: dict[str, Any]) -> bool:
         """Modify a decoded SSE ``data:`` object in place; True once it was the one to change."""
 
@@ -227,6 +231,10 @@ class _FirstEventRewriter:
         head, line = event[:start], event[start:]
         if not line.startswith(b"data: ") or line == _DONE or b"\n" in line:
             return event
+        rewritten = self.hook.event_bytes(line[6:])
+        if rewritten is not None:
+            self.done = True
+            return head + b"data: " + rewritten
         try:
             data = json.loads(line[6:])
         except ValueError:

@@ -9,6 +9,9 @@ from swapper.proxy import _FirstEventRewriter
 
 
 class Name:
+    def event_bytes(self, data: bytes) -> bytes | None:
+        return None  # always decoded: the generic path
+
     def event(self, data: dict[str, Any]) -> bool:
         if data.get("choices"):
             data["choices"][0]["delta"]["name"] = "t"
