@@ -231,12 +231,13 @@ class _FirstEventRewriter:
         head, line = event[:start], event[start:]
         if not line.startswith(b"data: ") or line == _DONE or b"\n" in line:
             return event
-        rewritten = self.hook.event_bytes(line[6:])
+        value = line[6:]
+        rewritten = self.hook.event_bytes(value)
         if rewritten is not None:
             self.done = True
             return head + b"data: " + rewritten
         try:
-            data = json.loads(line[6:])
+            data = json.loads(value)
         except ValueError:
             return event
         if isinstance(data, dict) and self.hook.event(data):

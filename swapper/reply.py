@@ -120,6 +120,7 @@ class DisconnectWatch:
 
     Under a server that calls back on a lost connection (``DISCONNECT_KEY`` in the
     scope) this costs a dict write; under any other it is a task reading ``receive``.
+    One watch at a time per request (each closes before the next opens).
     """
 
     def __init__(self, scope: Scope, receive: Receive, reply: Reply) -> None:
@@ -128,9 +129,7 @@ class DisconnectWatch:
         self.disconnected = False
         self._scope = scope
         self._watch: asyncio.Future[None] | None = None
-        self._outer: Callable[[], None] | None = None
         if DISCONNECT_KEY in scope:
-            self._outer = scope[DISCONNECT_KEY]
             scope[DISCONNECT_KEY] = self._lost
         else:
             self._watch = asyncio.ensure_future(self._run(receive))
@@ -141,8 +140,6 @@ class DisconnectWatch:
         self._lost()
 
     def _lost(self) -> None:
-        if self._outer is not None:
-            self._outer()
         if not self.reply.complete and self._task is not None and not self.disconnected:
             self.disconnected = True
             self._task.cancel()
@@ -151,7 +148,7 @@ class DisconnectWatch:
         if self._watch is not None:
             self._watch.cancel()
         elif self._scope.get(DISCONNECT_KEY) == self._lost:
-            self._scope[DISCONNECT_KEY] = self._outer
+            self._scope[DISCONNECT_KEY] = None
 
 
 async def send_json(send: Send, status: int, payload: Any,

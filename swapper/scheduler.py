@@ -51,6 +51,9 @@ class Status(str, Enum):
     STOPPING = "stopping"
 
 
+_NOTHING: frozenset[str] = frozenset()  # held() when nothing is overdue
+
+
 @dataclass(frozen=True)
 class Grant:
     """Serve ``req`` now; the model is ready."""
@@ -350,7 +353,7 @@ class Scheduler:
     def held(self) -> frozenset[str]:
         """Models that overdue queued requests must evict: new requests for them queue."""
         if not self._overdue:
-            return frozenset()
+            return _NOTHING
         running = self.running()
         return frozenset().union(*(self._evictions(self._model_of[req], running).evict
                                    for req in self._overdue))
@@ -364,7 +367,7 @@ class Scheduler:
             return []
         state = self.status[model]
         if (state is Status.READY and not self._being_evicted(model) and model not in self._stale
-                and (not self._overdue or model not in self.held())):
+                and model not in self.held()):
             return [self._grant(req, model)]
         if state is not Status.STOPPED or not may_swap or self._being_evicted(model):
             return None

@@ -129,7 +129,7 @@ class _Connection(asyncio.Protocol):
         self._disarm()
         response, idle = self.timeouts.response, self.timeouts.idle
         self._limit, self._what = response, "upstream sent no response headers"
-        first = response if idle <= 0 or 0 < response < idle else idle
+        first = response if idle <= 0 or 0 < response < idle else idle  # earlier positive one
         if first > 0:
             self.last_data = now = self.loop.time()
             self._timer = self.loop.call_at(now + first, self._check_timer)
