@@ -72,6 +72,21 @@ async def finish(resp: aiohttp.ClientResponse) -> None:
     resp.release()
 
 
+async def _terminate(popen: subprocess.Popen[bytes]) -> float:
+    """SIGTERM a raw server and wait for its exit (SIGKILL after 10 s); returns how long that
+    took. The wait blocks in a thread: ``Popen.wait(timeout)`` polls with sleeps that double up
+    to 50 ms, which made every exit read as 32-64 ms."""
+    start = time.perf_counter()
+    popen.send_signal(signal.SIGTERM)
+    exited = asyncio.ensure_future(asyncio.to_thread(popen.wait))
+    try:
+        await asyncio.wait_for(asyncio.shield(exited), 10)
+    except TimeoutError:
+        popen.kill()
+        await exited
+    return time.perf_counter() - start
+
+
 @dataclass
 class Rig:
     binary: str
@@ -84,6 +99,11 @@ class Rig:
     pending: list[Any] = field(default_factory=list)  # untimed work left by the last round
     flags: tuple[str, ...] = SERVER_FLAGS  # of a raw spawn
     health_poll: float = HEALTH_POLL
+    # keep a raw server after its reply; the next raw round stops it (timed apart, in
+    # ``last_stop``) right before its spawn, as a swap stops its predecessor
+    hold_raw: bool = False
+    held: subprocess.Popen[bytes] | None = None
+    last_stop: float = 0.0
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -96,6 +116,15 @@ class Rig:
     def cleanup_now(self) -> None:
         self.run(self.cleanup())
 
+    async def release(self) -> None:
+        """``cleanup``, and stop a held raw server."""
+        await self.cleanup()
+        await self._stop_held()
+
+    async def _stop_held(self) -> float:
+        popen, self.held = self.held, None
+        return 0.0 if popen is None else await _terminate(popen)
+
     def note(self, key: str, value: float) -> None:
         self.extra.setdefault(key, []).append(value)
 
@@ -107,6 +136,7 @@ class Rig:
         argv = [self.binary, "-m", str(self.models[name]), "--host", "127.0.0.1", "--port", str(port),
                 *self.flags, "--alias", name]
         await self.cleanup()
+        self.last_stop = await self._stop_held()
         start = time.perf_counter()
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
                                  stderr=subprocess.DEVNULL, start_new_session=True)
@@ -130,15 +160,15 @@ class Rig:
             raise
         self.note("raw_spawn_to_health_ms", ms(healthy - start))
         self.note("raw_health_to_first_chunk_ms", ms(replied - healthy))
-        self.pending.append(self._stop_raw(popen, resp))
+        self.pending.append(self._end_raw(popen, resp))
         return replied - start
 
-    async def _stop_raw(self, popen: subprocess.Popen[bytes], resp: aiohttp.ClientResponse) -> None:
+    async def _end_raw(self, popen: subprocess.Popen[bytes], resp: aiohttp.ClientResponse) -> None:
         await finish(resp)
-        stop_start = time.perf_counter()
-        popen.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(popen.wait, 10)
-        self.note("raw_sigterm_to_exit_ms", ms(time.perf_counter() - stop_start))
+        if self.hold_raw:
+            self.held = popen
+        else:
+            self.note("raw_sigterm_to_exit_ms", ms(await _terminate(popen)))
 
     # -- through the swapper -----------------------------------------------------------
 

@@ -64,7 +64,7 @@ ROUNDS = 150  # interleaved latency rounds (each target once per round, both kin
 STREAMS_PER_PASS = 192
 PASSES = 4  # per target and concurrency, ABBA
 SWAP_ROUNDS = 15
-BIG_SWAP_ROUNDS = 6
+BIG_SWAP_ROUNDS = 12
 BIG = {"dim": 1024, "layers": 8, "ff": 2816}  # ~415 MB
 MAX_TOKENS = 16
 FAKE_CHUNKS = 32
@@ -432,11 +432,16 @@ def _swaps(benchmark: Any, real: Harness, router: str, swapper: Server, files: d
 
     A raw spawn: Popen from this process, ``/health`` polled every 5 ms (as in
     bench_cold_start; polling faster slows a loading llama-server), then the request.
+    Like each proxy's child, a raw server stays up until the next raw round, which stops it
+    right before its spawn: every load then starts with the same servers resident and its
+    predecessor's memory just freed (on this VM, memory freed a second earlier costs several
+    times more to fault in again: RESULTS 6.12). ``raw+stop`` adds that stop, which a swap
+    also makes.
     """
     direct_argv = _argv_of(real.targets["direct"].pid)
     rig = Rig(direct_argv[0], files, swapper, real.loop, real.session,
-              flags=tuple(_shared_flags(direct_argv)))
-    times: dict[str, list[float]] = {"raw": [], "router": [], "swapper": []}
+              flags=tuple(_shared_flags(direct_argv)), hold_raw=True)
+    times: dict[str, list[float]] = {"raw": [], "raw+stop": [], "router": [], "swapper": []}
 
     async def through(base: str, model: str) -> float:
         body = json.dumps({"model": model, "max_tokens": 4, "stream": True,
@@ -451,6 +456,7 @@ def _swaps(benchmark: Any, real: Harness, router: str, swapper: Server, files: d
             for i in range(rounds + 2):
                 name = "ab"[i % 2]
                 row = {"raw": await rig.raw_round(name)}
+                row["raw+stop"] = rig.last_stop + row["raw"]
                 await rig.cleanup()
                 row["router"] = await through(router, files[name].stem)
                 row["swapper"] = await through(swapper.base, name)
@@ -458,14 +464,17 @@ def _swaps(benchmark: Any, real: Harness, router: str, swapper: Server, files: d
                     for key, value in row.items():
                         times[key].append(value)
         finally:
-            await rig.cleanup()
+            await rig.release()
 
     benchmark.group = f"peers (real): swap, {label}"
     benchmark.pedantic(lambda: real.run(run()), rounds=1, iterations=1)
     raw50, raw95 = p50(times["raw"]), percentile(times["raw"], 95)
+    stop50, stop95 = p50(times["raw+stop"]), percentile(times["raw+stop"], 95)
     for name, values in times.items():
         row = {"p50_ms": ms(p50(values)), "p95_ms": ms(percentile(values, 95)),
-               "added_p50_ms": ms(p50(values) - raw50), "added_p95_ms": ms(percentile(values, 95) - raw95)}
+               "added_p50_ms": ms(p50(values) - raw50), "added_p95_ms": ms(percentile(values, 95) - raw95),
+               "added_p50_over_raw+stop_ms": ms(p50(values) - stop50),
+               "added_p95_over_raw+stop_ms": ms(percentile(values, 95) - stop95)}
         benchmark.extra_info[name] = row
         record(f"peers (real upstream): swap to first reply, {label}, {rounds} alternating rounds",
                name, **row)
