@@ -298,8 +298,6 @@ class Manager:
         await process.stop()
         if self.processes.get(model) is process:
             del self.processes[model]
-        if self._records is not None and process.pid is not None:
-            self._records.forget(process.pid)
         self.bus.publish("model_stopped", model=model, reason=reason)
 
     async def _start_process(self, model: str) -> None:
@@ -339,8 +337,11 @@ class Manager:
     def _exited(self, process: ChildProcess) -> None:
         """A child exited; unexpected only when the scheduler has it READY.
 
-        Exits while starting or stopping are reported by the load or the stop.
+        Exits while starting or stopping are reported by the load or the stop. Any exit
+        ends the child's record: its process group is gone, nothing is left to reap.
         """
+        if self._records is not None and process.pid is not None:
+            self._records.forget(process.pid)
         model = process.spec.id
         if (self.processes.get(model) is not process
                 or self.scheduler.status.get(model) is not sch.Status.READY):

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,10 +89,11 @@ class World:
     def spawned(self) -> list[str]:
         return [c.spec.id for c in self.children if c.pid is not None]
 
-    def manager(self, config: SwapperConfig) -> Manager:
+    def manager(self, config: SwapperConfig, runtime_dir: Path | None = None) -> Manager:
         def factory(*args: Any) -> FakeChild:
             return FakeChild(self, *args)
-        return Manager(config, EventBus(), process_factory=factory, clock=lambda: self.now)
+        return Manager(config, EventBus(), process_factory=factory, clock=lambda: self.now,
+                       runtime_dir=runtime_dir)
 
 
 def spec(model: str, **kw: Any) -> ModelSpec:
@@ -260,6 +262,26 @@ async def test_unexpected_exit_is_reported_once_and_the_next_request_restarts(wo
         await until(lambda: client.lease is not None, "the request to be served")
         client.release()
         await client.task
+
+
+async def test_a_child_that_exits_by_itself_leaves_no_record_to_reap(world: World,
+                                                                     tmp_path: Path) -> None:
+    """Records are for children still running; one left stays until the next start reaps it."""
+    records = tmp_path / "children"
+    async with running(world.manager(config(spec("a"), spec("b")), tmp_path)) as manager:
+        await bring_up(world, manager, "a")
+        assert [p.name for p in records.iterdir()] == [f"{world.child('a').pid}.json"]
+        world.child("a").exit(1)  # a crash while ready
+        assert list(records.iterdir()) == []
+        client = Client(manager, "b")
+        await until(lambda: "b" in world.spawned(), "b to spawn")
+        world.child("b").exit(1)  # a crash while loading
+        await client.task
+        assert client.error is not None and list(records.iterdir()) == []
+        await bring_up(world, manager, "a")
+        world.instant_stops = True
+        await manager.unload("a")  # a stop
+        assert list(records.iterdir()) == []
 
 
 async def test_a_waiting_model_is_served_after_the_limit_plus_one_drain(world: World) -> None:
