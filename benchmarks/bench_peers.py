@@ -33,7 +33,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ BIG_SWAP_ROUNDS = 12
 BIG = {"dim": 1024, "layers": 8, "ff": 2816}  # ~415 MB
 MAX_TOKENS = 16
 FAKE_CHUNKS = 32
+PACED_STREAMS = ((32, 8), (128, 4))  # (tokens per stream, streams per client), 16 clients
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -78,9 +79,10 @@ class Target:
     base: str
     model: str
     pid: int  # the serving process: its CPU and RSS are the target's
+    max_tokens: int = MAX_TOKENS  # the paced fakes stream this many tokens
 
     def payload(self, stream: bool) -> bytes:
-        body: dict[str, Any] = {"model": self.model, "max_tokens": MAX_TOKENS,
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens,
                                 "messages": [{"role": "user", "content": "Say hello"}]}
         if stream:
             body["stream"] = True
@@ -199,7 +201,9 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     h = Harness("fake", loop, session, {}, FAKE_CHUNKS)
     try:
         for suffix, pace in (("", "0"), ("-paced", "5")):
-            flags = ("--chunks", str(FAKE_CHUNKS), "--chunk-ms", pace)
+            flags: tuple[str, ...] = ("--chunks", str(FAKE_CHUNKS), "--chunk-ms", pace)
+            if pace != "0":
+                flags += ("--chunks-from-max-tokens",)
             port = free_port()
             direct = start_server([sys.executable, str(FAKE_UPSTREAM), "--port", str(port), *flags],
                                   port, tmp / f"direct{suffix}.log")
@@ -357,26 +361,32 @@ def test_fake_throughput(benchmark: Any, fake: Harness, clients: int) -> None:
 
 
 def test_fake_cpu_per_paced_token(benchmark: Any, fake: Harness) -> None:
-    """16 streams at a time, 8 each, tokens 5 ms apart: what each token costs the serving process."""
+    """16 streams at a time, tokens 5 ms apart, at two stream lengths: what a token costs the
+    serving process is the slope between them; the intercept is the stream's own cost
+    (connections, head, routing), which the old figure (CPU / 32 tokens) spread over its tokens."""
     names = [n for n in fake.targets if n.endswith("-paced")]
-    cpu: Counter[str] = Counter()
-    streams: Counter[str] = Counter()
+    per_stream: dict[tuple[str, int], float] = {}
 
     def run_all() -> None:
         for name in names:
-            t = fake.targets[name]
-            before = cpu_seconds(t.pid)
-            _, outcome = fake.run(_load(fake, t, 16, 8))
-            cpu[name] += cpu_seconds(t.pid) - before
-            streams[name] += outcome["ok"]
-            assert outcome["ok"] == 128, outcome
+            for tokens, per_client in PACED_STREAMS:
+                t = replace(fake.targets[name], max_tokens=tokens)
+                before = cpu_seconds(t.pid)
+                _, outcome = fake.run(_load(fake, t, 16, per_client))
+                assert outcome["ok"] == 16 * per_client, outcome
+                per_stream[name, tokens] = (cpu_seconds(t.pid) - before) / outcome["ok"]
 
     benchmark.group = "peers (fake): CPU per paced token"
     benchmark.pedantic(run_all, rounds=1, iterations=1)
+    (short, _), (long, _) = PACED_STREAMS
     for name in names:
-        row = {"cpu_us_per_token": round(cpu[name] / streams[name] / FAKE_CHUNKS * 1e6, 1)}
+        token = (per_stream[name, long] - per_stream[name, short]) / (long - short)
+        row = {"cpu_us_per_token": round(token * 1e6, 1),
+               "cpu_us_per_stream_besides_tokens": round((per_stream[name, short] - short * token) * 1e6, 1),
+               f"cpu_us_per_token_of_{short}_token_streams": round(per_stream[name, short] / short * 1e6, 1)}
         benchmark.extra_info[name] = row
-        record("peers (fake upstream): CPU per token, 32 tokens 5 ms apart, 16 streams x 8", name, **row)
+        record(f"peers (fake upstream): CPU per token, 5 ms apart, 16 streams of {short} and of {long} "
+               "tokens (slope)", name, **row)
 
 
 # --------------------------------------------------------------------------- idle RSS

@@ -7,7 +7,10 @@ closes the connection after every stream. It logs "client disconnected" when a
 stream's client goes away, so tests can see a disconnect reach the upstream.
 
     python tests/fake_upstream.py --port 8081 [--chunks 16] [--chunk-ms 0]
-        [--load-ms 0] [--exit-at-start] [--ignore-term]
+        [--load-ms 0] [--exit-at-start] [--ignore-term] [--chunks-from-max-tokens]
+
+``--chunks-from-max-tokens``: a streamed answer has as many content chunks as the
+request's integer ``max_tokens`` (else ``--chunks``).
 
 Unknown flags are ignored, so it can stand in for llama-server itself
 (``LLMSTACK_LLAMA_SERVER`` pointing at a script that runs it).
@@ -52,18 +55,20 @@ def build_app(args: argparse.Namespace) -> web.Application:
                 "received": {k: v for k, v in body.items() if k != "messages"},
                 "received_keys": [request.headers.get(h, "") for h in ("authorization",
                                                                         "x-api-key")]})
+        asked = body.get("max_tokens")
+        count = asked if args.chunks_from_max_tokens and isinstance(asked, int) else args.chunks
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Connection": "close"})
         await resp.prepare(request)
         try:
             await resp.write(chunk(model, {"role": "assistant", "content": None}))
-            for _ in range(args.chunks):
+            for _ in range(count):
                 if args.chunk_ms:
                     await asyncio.sleep(args.chunk_ms / 1000)
                 await resp.write(chunk(model, {"content": "tok "}))
             await resp.write(chunk(model, {}, "length"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
-                         "usage": {"prompt_tokens": 8, "completion_tokens": args.chunks}}
+                         "usage": {"prompt_tokens": 8, "completion_tokens": count}}
                 await resp.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
@@ -86,6 +91,7 @@ def main() -> None:
     parser.add_argument("--load-ms", type=float, default=0.0)
     parser.add_argument("--exit-at-start", action="store_true")
     parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--chunks-from-max-tokens", action="store_true")
     args, _ = parser.parse_known_args()  # accepts (and ignores) llama-server's other flags
     if args.exit_at_start:
         print("error: failed to load model 'fake.gguf': no such file", flush=True)
