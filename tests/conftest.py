@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client as http_client
 import json
 import os
 import shutil
@@ -68,10 +69,21 @@ class Server:
     log: Path
 
     def get(self, path: str) -> tuple[int, dict, bytes]:
-        return http("GET", self.base + path)
+        return self._http("GET", path, None, 30)
 
     def post(self, path: str, payload: object | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
-        return http("POST", self.base + path, payload, timeout)
+        return self._http("POST", path, payload, timeout)
+
+    def _http(self, method: str, path: str, payload: object | None,
+              timeout: float) -> tuple[int, dict, bytes]:
+        """``http`` to this server; an answer that is not HTTP fails with the server's log
+        attached (connection errors stay OSErrors: tests expect some)."""
+        try:
+            return http(method, self.base + path, payload, timeout)
+        except http_client.HTTPException as exc:
+            alive = "running" if self.popen.poll() is None else f"exited {self.popen.returncode}"
+            raise AssertionError(f"{method} {path}: {exc!r} (server {alive}); its log ends:\n"
+                                 f"{self.output()[-4000:]}") from exc
 
     def running(self) -> dict[str, dict]:
         return {row["model"]: row for row in json.loads(self.get("/running")[2])["running"]}
