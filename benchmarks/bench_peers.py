@@ -19,8 +19,10 @@ streamed chunk; targets interleaved request by request), streams/s at 8 and 32
 concurrent clients as % of direct (ABBA passes, median pass), the serving
 process's CPU per request and per streamed token, its idle RSS (children
 excluded); and a swap (two models alternating, one resident at a time) through
-the router and through the swapper over a raw spawn to first reply. Nothing
-asserts a timing; every stream must end with ``[DONE]``.
+the router and through the swapper over a raw spawn to first reply, and over a raw
+spawn plus the stop of its predecessor (what a swap does by hand). CPU is read from
+the kernel's per-process CPU clock; a paced token's CPU is the slope between two
+stream lengths. Nothing asserts a timing; every stream must end with ``[DONE]``.
 """
 
 from __future__ import annotations
