@@ -9,7 +9,10 @@ every descendant, also one that left the group with ``setsid``: descendants are
 collected (psutil) before the group is signalled, and signalled one by one.
 
 Output is read in blocks, never by line, so a line of any length is truncated
-in the log (:meth:`LogSink.feed`) and the child never meets a closed pipe.
+in the log (:meth:`LogSink.feed`) and the child never meets a closed pipe. Once
+the child serves, its output is read at most every :data:`LOG_BATCH` seconds
+(unless a read fills a whole block): llama-server logs each of its nine lines per
+request apart, and reading each as it came cost a wake-up, a read and a write.
 
 Readiness is noticed within milliseconds: every line the child logs (such as
 llama-server's "listening" line) triggers a poll of the check endpoint, and
@@ -36,6 +39,9 @@ from .upstream import UpstreamPool
 from .watchdog import WATCHDOG
 
 POLL_INTERVAL = 0.02
+LOG_BATCH = 0.05  # seconds between reads of a serving child's output
+_READ_BLOCK = 1 << 16
+_PIPE_BYTES = 1 << 20  # room for the child's output between two reads (Linux; best effort)
 
 
 class LoadError(Exception):
@@ -44,6 +50,11 @@ class LoadError(Exception):
     def __init__(self, message: str, status: int = 502) -> None:
         super().__init__(message)
         self.status = status
+
+
+def _settle(waiting: asyncio.Future[None]) -> None:
+    if not waiting.done():
+        waiting.set_result(None)
 
 
 async def wait_for_exit(popen: subprocess.Popen[bytes]) -> None:
@@ -155,6 +166,7 @@ class UpstreamProcess:
         self._exited = asyncio.Event()
         self._activity = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._batch_wait: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -214,15 +226,38 @@ class UpstreamProcess:
         assert self._popen is not None and self._popen.stdout is not None
         reader = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
+        with contextlib.suppress(AttributeError, OSError):  # F_SETPIPE_SZ: Linux only
+            import fcntl
+            fcntl.fcntl(self._popen.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), self._popen.stdout)
         try:
-            while block := await reader.read(1 << 16):
+            while block := await reader.read(_READ_BLOCK):
                 if self.log.feed(block):
                     self._activity.set()
+                if self.ready_at and len(block) < _READ_BLOCK and not self._exited.is_set():
+                    await self._batch_pause(transport)
             self.log.flush()
         finally:
             transport.close()
+
+    async def _batch_pause(self, transport: asyncio.ReadTransport) -> None:
+        """Leave the child's output in the pipe for :data:`LOG_BATCH` seconds (its exit ends
+        the pause), so the lines it writes meanwhile cost one read."""
+        loop = asyncio.get_running_loop()
+        transport.pause_reading()
+        self._batch_wait = waiting = loop.create_future()
+        timer = loop.call_later(LOG_BATCH, _settle, waiting)
+        try:
+            await waiting
+        finally:
+            timer.cancel()
+            self._batch_wait = None
+            transport.resume_reading()
+
+    def _end_batch_pause(self) -> None:
+        if self._batch_wait is not None:
+            _settle(self._batch_wait)
 
     async def _watch_exit(self) -> None:
         assert self._popen is not None
@@ -233,6 +268,7 @@ class UpstreamProcess:
         signal_all(self._descendants, signal.SIGKILL)  # and those that left it
         self._exited.set()
         self._activity.set()
+        self._end_batch_pause()  # read what the child wrote last
         self.log.write(f"[swapper] {self.spec.id} exited with code {self._popen.returncode}")
         self._on_exit(self)
 
@@ -265,6 +301,9 @@ class UpstreamProcess:
             self._kill_group(signal.SIGKILL)
             await self._exited.wait()
         await self._end_descendants()
+        pump = self._tasks[0] if self._tasks else None
+        if pump is not None:  # the child's last lines: the pipe ends with its last writer
+            await asyncio.wait({pump}, timeout=0.5)
         for task in self._tasks:
             task.cancel()
 

@@ -1,0 +1,58 @@
+"""A child's output: read as it comes while the model loads, in batches once it serves."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+
+from swapper import process
+from swapper.config import ModelSpec
+from swapper.logring import LogSink
+from swapper.process import UpstreamProcess
+
+pytestmark = pytest.mark.timeout(10)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Yield to the loop until ``condition`` holds (no sleeping; fails after 1000 turns)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_a_serving_childs_lines_cost_one_read_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(process, "LOG_BATCH", 3600.0)  # a pause ends only when the test says
+    log = LogSink("m")
+    reads: list[bytes] = []
+    feed = log.feed
+    monkeypatch.setattr(log, "feed", lambda block: reads.append(block) or feed(block))
+    child = UpstreamProcess(ModelSpec(id="m", cmd=("srv",)), None, log, 5.0, lambda _: None)
+    out, into = os.pipe()
+    child._popen = SimpleNamespace(stdout=os.fdopen(out, "rb", buffering=0), pid=0)  # type: ignore[assignment]
+    pump = asyncio.ensure_future(child._pump_output())
+    try:
+        for n, line in enumerate([b"loading\n", b"listening\n"], start=1):  # loading: as they come
+            os.write(into, line)
+            await until(lambda: len(log.lines) == n, f"line {n} read")
+        child.ready_at = 1.0  # serving from now on
+        os.write(into, b"request 1\n")
+        await until(lambda: child._batch_wait is not None, "the first batch pause")
+        for i in range(9):  # a request's lines, written apart as llama-server does
+            os.write(into, b"slot print_timing: %d\n" % i)
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert len(log.lines) == 3 and len(reads) == 3  # paused: the lines wait in the pipe
+        child._end_batch_pause()  # as the child's exit does
+        await until(lambda: len(log.lines) == 12, "the nine lines read")
+        assert len(reads) == 4 and reads[-1].count(b"\n") == 9
+    finally:
+        os.close(into)
+        child._exited.set()
+        child._end_batch_pause()
+        await asyncio.wait_for(pump, 5)
