@@ -9,10 +9,12 @@ every descendant, also one that left the group with ``setsid``: descendants are
 collected (psutil) before the group is signalled, and signalled one by one.
 
 Output is read in blocks, never by line, so a line of any length is truncated
-in the log (:meth:`LogSink.feed`) and the child never meets a closed pipe. Once
-the child serves, its output is read at most every :data:`LOG_BATCH` seconds
-(unless a read fills a whole block): llama-server logs each of its nine lines per
-request apart, and reading each as it came cost a wake-up, a read and a write.
+in the log (:meth:`LogSink.feed`) and the child never meets a closed pipe. From
+:data:`LOG_SETTLED` seconds after the child became ready, its output is read at
+most every :data:`LOG_BATCH` seconds (unless a read fills a whole block):
+llama-server logs each of its nine lines per request apart, and reading each as it
+came cost a wake-up, a read and a write. What it prints while loading and just
+after is read at once.
 
 Readiness is noticed within milliseconds: every line the child logs (such as
 llama-server's "listening" line) triggers a poll of the check endpoint, and
@@ -40,6 +42,7 @@ from .watchdog import WATCHDOG
 
 POLL_INTERVAL = 0.02
 LOG_BATCH = 0.05  # seconds between reads of a serving child's output
+LOG_SETTLED = 1.0  # seconds after readiness from which its output is read in batches
 _READ_BLOCK = 1 << 16
 _PIPE_BYTES = 1 << 20  # room for the child's output between two reads (Linux; best effort)
 
@@ -235,7 +238,8 @@ class UpstreamProcess:
             while block := await reader.read(_READ_BLOCK):
                 if self.log.feed(block):
                     self._activity.set()
-                if self.ready_at and len(block) < _READ_BLOCK and not self._exited.is_set():
+                if (self.ready_at and len(block) < _READ_BLOCK and not self._exited.is_set()
+                        and time.monotonic() - self.ready_at > LOG_SETTLED):
                     await self._batch_pause(transport)
             self.log.flush()
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -37,20 +38,24 @@ async def test_a_serving_childs_lines_cost_one_read_per_batch(monkeypatch: pytes
     child._popen = SimpleNamespace(stdout=os.fdopen(out, "rb", buffering=0), pid=0)  # type: ignore[assignment]
     pump = asyncio.ensure_future(child._pump_output())
     try:
-        for n, line in enumerate([b"loading\n", b"listening\n"], start=1):  # loading: as they come
+        for n, line in enumerate([b"loading\n", b"model loaded\n"], start=1):  # as they come
             os.write(into, line)
             await until(lambda: len(log.lines) == n, f"line {n} read")
-        child.ready_at = 1.0  # serving from now on
+        child.ready_at = time.monotonic()  # ready: what it prints just after is read at once
+        os.write(into, b"listening\n")
+        await until(lambda: len(log.lines) == 3, "a line just after readiness")
+        assert child._batch_wait is None
+        child.ready_at -= process.LOG_SETTLED  # serving for a while now
         os.write(into, b"request 1\n")
         await until(lambda: child._batch_wait is not None, "the first batch pause")
         for i in range(9):  # a request's lines, written apart as llama-server does
             os.write(into, b"slot print_timing: %d\n" % i)
         for _ in range(100):
             await asyncio.sleep(0)
-        assert len(log.lines) == 3 and len(reads) == 3  # paused: the lines wait in the pipe
+        assert len(log.lines) == 4 and len(reads) == 4  # paused: the lines wait in the pipe
         child._end_batch_pause()  # as the child's exit does
-        await until(lambda: len(log.lines) == 12, "the nine lines read")
-        assert len(reads) == 4 and reads[-1].count(b"\n") == 9
+        await until(lambda: len(log.lines) == 13, "the nine lines read")
+        assert len(reads) == 5 and reads[-1].count(b"\n") == 9
     finally:
         os.close(into)
         child._exited.set()
