@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client as http_client
 import json
 import os
@@ -36,6 +37,16 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Yield to the event loop until ``condition`` holds (no sleeping; fails after 1000
+    turns): for progress that needs only the loop to run, never the clock."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
 
 
 def http(method: str, url: str, payload: object | None = None,

@@ -26,6 +26,7 @@ from swapper.manager import Lease, Manager
 from swapper.process import LoadError
 from swapper.scheduler import Status
 from swapper.upstream import UpstreamPool
+from tests.conftest import until
 
 pytestmark = pytest.mark.timeout(10)  # a lost wake-up shows as a hang: fail it fast
 _pids = itertools.count(1000)
@@ -102,15 +103,6 @@ def spec(model: str, **kw: Any) -> ModelSpec:
 
 def config(*specs: ModelSpec, **kw: Any) -> SwapperConfig:
     return SwapperConfig(models={s.id: s for s in specs}, start_port=7000, **kw)
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Yield to the loop until ``condition`` holds (no sleeping; fails after 1000 turns)."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never happened: {what}")
 
 
 class Client:

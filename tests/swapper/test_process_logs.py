@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -14,17 +13,9 @@ from swapper import process
 from swapper.config import ModelSpec
 from swapper.logring import LogSink
 from swapper.process import UpstreamProcess
+from tests.conftest import until
 
 pytestmark = pytest.mark.timeout(10)
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Yield to the loop until ``condition`` holds (no sleeping; fails after 1000 turns)."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def test_a_serving_childs_lines_cost_one_read_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,7 +31,7 @@ async def test_a_serving_childs_lines_cost_one_read_per_batch(monkeypatch: pytes
     try:
         for n, line in enumerate([b"loading\n", b"model loaded\n"], start=1):  # as they come
             os.write(into, line)
-            await until(lambda: len(log.lines) == n, f"line {n} read")
+            await until(lambda n=n: len(log.lines) == n, f"line {n} read")  # type: ignore[misc]
         child.ready_at = time.monotonic()  # ready: what it prints just after is read at once
         os.write(into, b"listening\n")
         await until(lambda: len(log.lines) == 3, "a line just after readiness")
