@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -45,6 +46,7 @@ LOG_BATCH = 0.05  # seconds between reads of a serving child's output
 LOG_SETTLED = 1.0  # seconds after readiness from which its output is read in batches
 _READ_BLOCK = 1 << 16
 _PIPE_BYTES = 1 << 20  # room for the child's output between two reads (Linux; best effort)
+_SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)
 
 
 class LoadError(Exception):
@@ -53,11 +55,6 @@ class LoadError(Exception):
     def __init__(self, message: str, status: int = 502) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _settle(waiting: asyncio.Future[None]) -> None:
-    if not waiting.done():
-        waiting.set_result(None)
 
 
 async def wait_for_exit(popen: subprocess.Popen[bytes]) -> None:
@@ -169,7 +166,6 @@ class UpstreamProcess:
         self._exited = asyncio.Event()
         self._activity = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._batch_wait: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -229,9 +225,9 @@ class UpstreamProcess:
         assert self._popen is not None and self._popen.stdout is not None
         reader = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(AttributeError, OSError):  # F_SETPIPE_SZ: Linux only
-            import fcntl
-            fcntl.fcntl(self._popen.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        if _SETPIPE_SZ is not None:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._popen.stdout.fileno(), _SETPIPE_SZ, _PIPE_BYTES)
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), self._popen.stdout)
         try:
@@ -248,20 +244,12 @@ class UpstreamProcess:
     async def _batch_pause(self, transport: asyncio.ReadTransport) -> None:
         """Leave the child's output in the pipe for :data:`LOG_BATCH` seconds (its exit ends
         the pause), so the lines it writes meanwhile cost one read."""
-        loop = asyncio.get_running_loop()
         transport.pause_reading()
-        self._batch_wait = waiting = loop.create_future()
-        timer = loop.call_later(LOG_BATCH, _settle, waiting)
         try:
-            await waiting
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._exited.wait(), LOG_BATCH)
         finally:
-            timer.cancel()
-            self._batch_wait = None
             transport.resume_reading()
-
-    def _end_batch_pause(self) -> None:
-        if self._batch_wait is not None:
-            _settle(self._batch_wait)
 
     async def _watch_exit(self) -> None:
         assert self._popen is not None
@@ -272,7 +260,6 @@ class UpstreamProcess:
         signal_all(self._descendants, signal.SIGKILL)  # and those that left it
         self._exited.set()
         self._activity.set()
-        self._end_batch_pause()  # read what the child wrote last
         self.log.write(f"[swapper] {self.spec.id} exited with code {self._popen.returncode}")
         self._on_exit(self)
 

@@ -35,20 +35,18 @@ async def test_a_serving_childs_lines_cost_one_read_per_batch(monkeypatch: pytes
         child.ready_at = time.monotonic()  # ready: what it prints just after is read at once
         os.write(into, b"listening\n")
         await until(lambda: len(log.lines) == 3, "a line just after readiness")
-        assert child._batch_wait is None
         child.ready_at -= process.LOG_SETTLED  # serving for a while now
-        os.write(into, b"request 1\n")
-        await until(lambda: child._batch_wait is not None, "the first batch pause")
+        os.write(into, b"request 1\n")  # read, then the pause begins in the same step
+        await until(lambda: len(log.lines) == 4, "the line before the first batch pause")
         for i in range(9):  # a request's lines, written apart as llama-server does
             os.write(into, b"slot print_timing: %d\n" % i)
         for _ in range(100):
             await asyncio.sleep(0)
         assert len(log.lines) == 4 and len(reads) == 4  # paused: the lines wait in the pipe
-        child._end_batch_pause()  # as the child's exit does
+        child._exited.set()  # the child's exit ends the pause
         await until(lambda: len(log.lines) == 13, "the nine lines read")
         assert len(reads) == 5 and reads[-1].count(b"\n") == 9
     finally:
         os.close(into)
         child._exited.set()
-        child._end_batch_pause()
         await asyncio.wait_for(pump, 5)
