@@ -31,7 +31,7 @@ async def test_a_serving_childs_lines_cost_one_read_per_batch(monkeypatch: pytes
     try:
         for n, line in enumerate([b"loading\n", b"model loaded\n"], start=1):  # as they come
             os.write(into, line)
-            await until(lambda n=n: len(log.lines) == n, f"line {n} read")  # type: ignore[misc]
+            await until(lambda n=n: len(log.lines) == n, f"line {n} read")
         child.ready_at = time.monotonic()  # ready: what it prints just after is read at once
         os.write(into, b"listening\n")
         await until(lambda: len(log.lines) == 3, "a line just after readiness")
