@@ -29,6 +29,8 @@ from typing import Any, Literal, NamedTuple
 
 from swapper.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
 
+from .hub_names import check_repo_file, check_repo_id
+
 Backend = Literal["gguf", "litellm"]
 BACKENDS: tuple[str, ...] = ("gguf", "litellm")
 ROLES: tuple[str, ...] = ("fast", "agent", "ultra", "plan", "plan-uncensored", "embed", "rerank")
@@ -331,6 +333,15 @@ def _check_name(name: str, what: str) -> None:
         raise ValueError(f"{what} {name!r} is reserved for the router")
 
 
+def _hub_value(check: Callable[[str], str]) -> Converter:
+    """A value checked by the hub's naming rules (it becomes part of a cache path)."""
+
+    def convert(raw: str) -> str | None:
+        return check(raw) if raw else None
+
+    return convert
+
+
 def _aliases(raw: str) -> tuple[str, ...]:
     if not raw:
         raise ValueError("empty aliases; list names separated by commas, or remove the line")
@@ -452,10 +463,10 @@ _TIER_KEYS: dict[str, Converter] = {
     "sampler": _sampler,
     "aliases": _aliases,
     "ttl": _whole("seconds", 1800),
-    "hf_repo": _text,
-    "hf_file": _text,
-    "hf_repo_next": _text,
-    "hf_file_next": _text,
+    "hf_repo": _hub_value(check_repo_id),
+    "hf_file": _hub_value(check_repo_file),
+    "hf_repo_next": _hub_value(check_repo_id),
+    "hf_file_next": _hub_value(check_repo_file),
     "size_gb": _gigabytes,
     "size_gb_next": _gigabytes,
     "quant": _text,

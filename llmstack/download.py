@@ -7,6 +7,12 @@ size and, for LFS files, the sha256 announced by the hub (``X-Linked-Size`` /
 ``X-Linked-Etag``) are checked; a file that fails is removed from the cache, so nothing
 half-right is left where ``serve`` would load it. ``HF_TOKEN`` is read from the
 environment only (huggingface_hub falls back to a ``hf auth login`` token) and never printed.
+
+huggingface_hub builds cache paths from the hub's answers (``blobs/<etag>``,
+``.locks/<repo>/<etag>.lock``, ``snapshots/<commit>/...``, ``.no_exist/<commit>/...``)
+without checking the etag or, for ``.no_exist``, the commit. So every answer to its
+metadata (HEAD) requests passes :func:`_check_hub_answer` first, installed in its HTTP
+client: an etag or commit that is not a hub name fails the file before anything is written.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ from .config import Stack
 from .hf_cache import (
     Channel,
     TierFile,
+    blob_path,
     find_cached,
     human_size,
+    in_storage,
     record_hub_size,
-    repo_dir,
     sha256_of,
     tier_files,
 )
+from .hub_names import UnsafeName, check_commit, check_etag_header
 
 MAX_PARALLEL = 2
 Outcome = Literal["downloaded", "present", "failed"]
@@ -56,15 +64,56 @@ def scrub(text: str) -> str:
 
 
 def _discard(pointer: Path) -> None:
-    """Remove a snapshot entry and the blob it points to."""
+    """Remove a snapshot entry and the blob it points to (checked by ``in_storage`` first)."""
     blob = pointer.resolve()
     pointer.unlink(missing_ok=True)
     blob.unlink(missing_ok=True)
 
 
+def _check_hub_answer(response: Any) -> None:
+    """An httpx response hook: a metadata (HEAD) answer's ``X-Repo-Commit`` must be a commit
+    hash and, when it names one, its ``X-Linked-Etag`` (else ``ETag``) a blob id; else
+    UnsafeName, which huggingface_hub passes on before it uses either."""
+    if response.request.method != "HEAD":
+        return  # huggingface_hub takes names from its HEAD answers only
+    commit = response.headers.get("X-Repo-Commit")
+    if commit is None:
+        return  # not a hub file answer: huggingface_hub refuses it without a commit
+    check_commit(commit, "the hub's commit")
+    etag = response.headers.get("X-Linked-Etag") or response.headers.get("ETag")
+    if etag is not None:
+        check_etag_header(etag)
+
+
+_guard_lock = threading.Lock()
+_guarded = False
+
+
+def _guard_hub_answers() -> None:
+    """Have huggingface_hub's HTTP client (each one it makes) run :func:`_check_hub_answer`."""
+    global _guarded
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    with _guard_lock:
+        if _guarded:
+            return
+        make = _http.default_client_factory
+
+        def guarded_client() -> Any:
+            client = make()
+            hooks = client.event_hooks
+            client.event_hooks = {**hooks, "response": [*hooks["response"], _check_hub_answer]}
+            return client
+
+        set_client_factory(guarded_client)
+        _guarded = True
+
+
 def _fetch(file: TierFile, run: _Run) -> Result:
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
+    _guard_hub_answers()
     if constants.HF_HUB_OFFLINE:
         cached = find_cached(file)
         if cached is None:
@@ -75,7 +124,7 @@ def _fetch(file: TierFile, run: _Run) -> Result:
                                 token=token)
     if not meta.etag or meta.size is None:
         return Result(file, "failed", "the hub sent no etag or size for this file")
-    blob = repo_dir(file.repo) / "blobs" / meta.etag
+    blob = blob_path(file.repo, meta.etag)
     present = blob.is_file() and blob.stat().st_size == meta.size
     if blob.exists() and not present:
         blob.unlink()  # a copy of the wrong size: fetch it again
@@ -88,7 +137,7 @@ def _fetch(file: TierFile, run: _Run) -> Result:
                                        tqdm_class=_progress_bar(f"{file.tier}: {file.filename}")))
     finally:
         run.writing.discard(blob)
-    size = pointer.stat().st_size
+    size = in_storage(file.repo, pointer).stat().st_size
     if size != meta.size:
         _discard(pointer)
         raise VerifyError(f"size mismatch: got {size} bytes, the hub says {meta.size}; removed")
@@ -143,6 +192,8 @@ def describe(exc: BaseException) -> str:
     hint = "" if _token() else " (if it is gated or private, export HF_TOKEN)"
     if isinstance(exc, VerifyError):
         return str(exc)
+    if isinstance(exc, UnsafeName):
+        return f"refused: {exc}"
     if isinstance(exc, errors.GatedRepoError):
         return "gated repository: accept its terms on the hub" + (hint or ", then retry")
     if isinstance(exc, errors.RepositoryNotFoundError):

@@ -23,6 +23,15 @@ from pathlib import Path
 from typing import Literal
 
 from .config import Stack, Tier
+from .hub_names import (
+    UnsafeName,
+    check_blob_id,
+    check_commit,
+    check_repo_file,
+    check_repo_id,
+    inside,
+    resolves_inside,
+)
 from .llama_server import cache_dir
 
 Channel = Literal["current", "next"]
@@ -84,33 +93,61 @@ def hub_cache_dir() -> Path:
 
 
 def repo_dir(repo: str) -> Path:
-    return hub_cache_dir() / ("models--" + repo.replace("/", "--"))
+    """``<hub cache>/models--<org>--<name>``; ``repo`` must be a hub repo id (UnsafeName)."""
+    return hub_cache_dir() / ("models--" + check_repo_id(repo).replace("/", "--"))
+
+
+def blob_path(repo: str, etag: str) -> Path:
+    """``<repo dir>/blobs/<etag>``; ``etag`` must be a blob id (UnsafeName)."""
+    return repo_dir(repo) / "blobs" / check_blob_id(etag, "the hub's etag")
+
+
+def in_storage(repo: str, path: Path) -> Path:
+    """``path`` if it is a file of ``repo``'s: named inside its storage folder, and resolving
+    (every link followed) inside it or huggingface_hub's shared blob store; else UnsafeName."""
+    storage = repo_dir(repo)
+    if not inside(path, storage) or not resolves_inside(path, storage, hub_cache_dir() / "blobs"):
+        raise UnsafeName(f"{path} resolves outside {storage}: refused")
+    return path
+
+
+def missing_path(repo: str, filename: str) -> Path:
+    """What llama-server is given for a file not downloaded: where the ref's snapshot would
+    hold it. It fails to load there, and never reads a file outside the cache."""
+    return repo_dir(repo) / "snapshots" / REVISION / check_repo_file(filename)
 
 
 def _ref_commit(storage: Path, revision: str) -> str | None:
+    """The commit ``refs/<revision>`` names (None unless a commit hash is there)."""
     if re.fullmatch(r"[0-9a-f]{40}", revision):
         return revision
     try:
-        return (storage / "refs" / revision).read_text().strip() or None
-    except OSError:
+        return check_commit((storage / "refs" / check_repo_file(revision)).read_text().strip())
+    except (OSError, UnicodeDecodeError, UnsafeName):
         return None
 
 
 def find_cached(file: TierFile) -> CachedFile | None:
-    """The file in the ref's snapshot, else in any other snapshot (newest first), else None."""
+    """The file in the ref's snapshot, else in any other snapshot (newest first), else None.
+    A snapshot entry that resolves outside the repo's storage is never returned."""
     storage = repo_dir(file.repo)
+    name = check_repo_file(file.filename)
     ref = _ref_commit(storage, file.revision)
-    candidates = [storage / "snapshots" / ref / file.filename] if ref else []
-    others = (storage / "snapshots").glob(f"*/{file.filename}")
-    candidates += sorted((p for p in others if p not in candidates),
+    snapshots = storage / "snapshots"
+    candidates = [snapshots / ref / name] if ref else []
+    try:
+        others = [d / name for d in snapshots.iterdir() if d / name not in candidates]
+    except OSError:
+        others = []
+    candidates += sorted((p for p in others if p.is_file()),
                          key=lambda p: p.lstat().st_mtime, reverse=True)
     for path in candidates:
         try:
+            in_storage(file.repo, path)
             size = path.stat().st_size  # follows the link: a dangling one is not a file
-        except OSError:
+        except (OSError, UnsafeName):
             continue
-        etag = path.resolve().name
-        return CachedFile(path, path.parent.name, ref, etag, size)
+        return CachedFile(path, path.parent.name, ref, path.resolve().name, size)
     return None
 
 
@@ -136,7 +173,8 @@ def local_files(stack: Stack, channel: Channel = "current") -> dict[str, Path | 
 
 
 def _record_path(etag: str) -> Path:
-    return cache_dir() / "hub-metadata" / f"{etag}.json"
+    """``<llmstack cache>/hub-metadata/<etag>.json``; ``etag`` must be a blob id (UnsafeName)."""
+    return cache_dir() / "hub-metadata" / f"{check_blob_id(etag)}.json"
 
 
 def record_hub_size(etag: str, size: int) -> None:
@@ -157,7 +195,7 @@ def recorded_hub_size(etag: str) -> int | None:
     """The size recorded by :func:`record_hub_size`, None when never recorded or unreadable."""
     try:
         size = json.loads(_record_path(etag).read_text()).get("size")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # UnsafeName is a ValueError
         return None
     return size if isinstance(size, int) else None
 

@@ -19,6 +19,7 @@ from swapper.config import DEFAULT_MAX_QUEUE_WAIT, Matrix, ModelSpec, SwapperCon
 
 from .config import SERVING_ROLES, Stack, Tier
 from .gguf_info import read_gguf_info, kv_cache_bytes, tier_memory_mb
+from .hf_cache import missing_path
 
 log = logging.getLogger("llmstack")
 DEFAULT_MEMORY_BUDGET_MB = 57344  # a 64 GB Mac's GPU wired limit (iogpu.wired_limit_mb)
@@ -130,7 +131,8 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
         model_file = files.get(tier.name)
         if model_file is None:
             common["metadata"] = {**common["metadata"], "missing_file": (tier.hf_repo, tier.hf_file)}
-        argv = llama_server_argv(stack, tier, server, model_file or Path(str(tier.hf_file)))
+        argv = llama_server_argv(stack, tier, server, model_file
+                                 or missing_path(str(tier.hf_repo), str(tier.hf_file)))
         models[tier.name] = ModelSpec(cmd=argv, ttl=float(tier.effective_ttl),
                                       concurrency_limit=TIER_CONCURRENCY_LIMIT,
                                       timeouts=tier_timeouts(stack, tier),

@@ -99,16 +99,21 @@ class Project:
                       if (p.is_file() or p.is_symlink()) and ".locks" not in p.parts)
 
 
-@pytest.fixture
-def project(tmp_path: Path, hub: FakeHub) -> Project:
+def make_project(base: Path, hub: FakeHub) -> Project:
+    """A project in ``base/proj`` with its caches in ``base``, downloading from ``hub``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("HF_", "HUGGING_FACE_", "LLMSTACK_")) and "proxy" not in k.lower()}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
-               LLMSTACK_CACHE_DIR=str(tmp_path / "llmstack-cache"), NO_PROXY="127.0.0.1",
-               XDG_CACHE_HOME=str(tmp_path / "xdg"))
-    root = tmp_path / "proj"
-    root.mkdir()
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(base / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
+               LLMSTACK_CACHE_DIR=str(base / "llmstack-cache"), NO_PROXY="127.0.0.1",
+               XDG_CACHE_HOME=str(base / "xdg"))
+    root = base / "proj"
+    root.mkdir(parents=True)
     return Project(root, env)
+
+
+@pytest.fixture
+def project(tmp_path: Path, hub: FakeHub) -> Project:
+    return make_project(tmp_path, hub)
 
 
 def tier_ini(*tiers: tuple[str, str], extra: str = "") -> str:

@@ -2,8 +2,10 @@
 
 ``HEAD|GET /{org}/{name}/resolve/{revision}/{file}`` answer with the hub's metadata headers
 (``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag`` = sha256, ``X-Linked-Size``) and serve
-``Range: bytes=N-`` as 206. Faults per file: announce a wrong size or sha256, or cut
-the first body midway. It records every request and the most GETs ever in flight; with
+``Range: bytes=N-`` as 206; a missing file of a known repo is a 404 that names the
+commit, as the hub's is. Faults per file: announce a wrong size or sha256, send any
+``ETag`` (after some honest HEADs), or cut the first body midway; ``commit`` may be any
+string. It records every request and the most GETs ever in flight; with
 ``hold_gets`` each GET waits (at most that long) for a third one to arrive before
 sending its body, so a downloader that runs more than two at once is caught.
 """
@@ -33,6 +35,17 @@ class HubFile:
     """Lie about the sha256 (etag) when set."""
     cut_once: bool = False
     """Close the connection halfway through the first GET's body."""
+    etag_header: str | None = None
+    """Send this ``ETag`` and ``X-Linked-Etag``, verbatim, when set..."""
+    honest_heads: int = 0
+    """...but only after this many HEADs were answered with the real ones."""
+    heads: int = 0
+
+    def etag(self, method: str) -> str:
+        """The ETag header for this request (counting HEADs)."""
+        honest = self.etag_header is None or self.heads < self.honest_heads
+        self.heads += method == "HEAD"
+        return f'"{self.sha256}"' if honest else str(self.etag_header)
 
     @property
     def sha256(self) -> str:
@@ -101,9 +114,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             self._resolve(body=True)
 
-        def _error(self, status: int, code: str, message: str) -> None:
+        def _error(self, status: int, code: str, message: str, commit: bool = False) -> None:
             payload = json.dumps({"error": message}).encode()
             self.send_response(status)
+            if commit:
+                self.send_header("X-Repo-Commit", hub.commit)
             self.send_header("X-Error-Code", code)
             self.send_header("X-Error-Message", message)
             self.send_header("Content-Type", "application/json")
@@ -119,7 +134,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             match = _RESOLVE.fullmatch(self.path.split("?")[0])
             hub_file = hub.files.get((match["repo"], match["file"])) if match else None
             if hub_file is None:
-                return self._error(404, "EntryNotFound", "Entry not found")
+                known = match is not None and any(repo == match["repo"] for repo, _ in hub.files)
+                return self._error(404, "EntryNotFound", "Entry not found", commit=known)
             data = hub_file.data
             start = 0
             ranged = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
@@ -130,8 +146,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             else:
                 self.send_response(200)
             self.send_header("X-Repo-Commit", hub.commit)
-            self.send_header("ETag", f'"{hub_file.sha256}"')
-            self.send_header("X-Linked-Etag", f'"{hub_file.sha256}"')
+            etag = hub_file.etag(self.command)
+            self.send_header("ETag", etag)
+            self.send_header("X-Linked-Etag", etag)
             self.send_header("X-Linked-Size", str(hub_file.announced_size or len(data)))
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(len(data) - start))

@@ -181,7 +181,7 @@ def test_scanner_agrees_with_configparser() -> None:
     text = bundled_template_text() + ini("""
         [extra]
         Model = a/b ; comment
-        hf_repo = x;y
+        quant = x;y
         sampler = temp=0.1,
             top_p=0.9
 
@@ -196,9 +196,9 @@ def test_scanner_agrees_with_configparser() -> None:
     stack = parse_stack(text)
     extra = stack.tier("extra")
     assert extra is not None
-    assert (extra.model, extra.hf_repo, extra.description) == (
+    assert (extra.model, extra.quant, extra.description) == (
         parser["extra"]["model"],
-        parser["extra"]["hf_repo"],
+        parser["extra"]["quant"],
         parser["extra"]["description"],
     )
     assert extra.sampler == (("temp", 0.1), ("top_p", 0.9), ("top_k", 3.0))
@@ -214,14 +214,15 @@ def test_inline_comments_need_whitespace_and_full_line_comments() -> None:
         # a hash comment
         ; a semicolon comment
         [a]
-        hf_repo = org/repo;not-a-comment
+        hf_repo = org/repo
+        quant = Q4;not-a-comment
         hf_file = m.gguf   ; the file
         ctx_size = 4096 ; tokens
         ;ctx_size = 8
     """)
     )
     tier = stack.tiers[0]
-    assert (tier.hf_repo, tier.hf_file, tier.ctx_size) == ("org/repo;not-a-comment", "m.gguf", 4096)
+    assert (tier.quant, tier.hf_file, tier.ctx_size) == ("Q4;not-a-comment", "m.gguf", 4096)
 
 
 @pytest.mark.parametrize(
