@@ -57,6 +57,11 @@ DEFAULT_ROLE_ALIASES: dict[str, tuple[str, ...]] = {
 
 RESERVED_NAMES = frozenset({"auto"})
 """Model ids the router answers itself; no tier may use them."""
+STACK_LOG_NAME = "llmstack"
+"""The stack's own log is ``<log dir>/llmstack.log``, beside each tier's ``<tier>.log``."""
+TIER_NAME_MAX = 64
+_TIER_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{TIER_NAME_MAX - 1}}}")
+"""A tier name is also a file name (``<tier>.log``): letters, digits, ``-``, ``_``, ``.``."""
 
 DEFAULT_SECTION = "DEFAULT"
 ROUTING_SECTION = "ROUTING"
@@ -331,6 +336,17 @@ def _check_name(name: str, what: str) -> None:
         raise ValueError(f"{what} {name!r} contains whitespace")
     if name in RESERVED_NAMES:
         raise ValueError(f"{what} {name!r} is reserved for the router")
+
+
+def _check_tier_name(name: str) -> None:
+    """A tier name is also a file name (``<tier>.log``)."""
+    _check_name(name, "tier name")
+    if not _TIER_NAME.fullmatch(name):
+        raise ValueError(f"tier name {name!r} is not a name: use letters, digits, '-', '_' and "
+                         f"'.' (not first), at most {TIER_NAME_MAX} characters")
+    if name.lower() == STACK_LOG_NAME:
+        raise ValueError(f"tier name {name!r} is reserved: the stack's own log is "
+                         f"{STACK_LOG_NAME}.log")
 
 
 def _hub_value(check: Callable[[str], str]) -> Converter:
@@ -644,7 +660,7 @@ def _tier(section: _Section, values: dict[str, Any], check: _Checker) -> Tier | 
         check.error(section, "backend", "backend = gguf needs hf_repo and hf_file")
         return None
     try:
-        _check_name(section.name, "tier name")
+        _check_tier_name(section.name)
     except ValueError as exc:
         check.error(section, "", str(exc))
     values["description"] = values.get("description") or section.name

@@ -27,7 +27,10 @@ from typing import IO
 
 import psutil
 
+from swapper.logring import log_file
+
 from .channels import CURRENT, Channel, pinned, require_local
+from .config import STACK_LOG_NAME
 from .pidrecord import (
     PidRecord, describe, read_record, record_for, record_path, remove_record, url_for, verify,
     write_record,
@@ -38,7 +41,7 @@ READY_TIMEOUT = 180.0
 STOP_GRACE = 5.0
 POLL = 0.05
 STDERR_LOG = "serve.stderr"
-STACK_LOG = "llmstack.log"
+STACK_LOG = f"{STACK_LOG_NAME}.log"
 TAIL_LINES = 30
 
 
@@ -358,10 +361,10 @@ def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
         if found is None:
             raise UserError("the stack is not running: llmstack logs -f TIER follows a running "
                            f"stack (its last log: llmstack logs {tier})")
-        tier_log = directory / f"{tier}.log"
+        tier_log = log_file(directory, tier)
         return _stream_tier(found[0].url, tier, out, tier_log if tier_log.exists() else None,
                             lines)
-    path = directory / (f"{tier}.log" if tier else STACK_LOG)
+    path = log_file(directory, tier) if tier else directory / STACK_LOG
     if not path.exists():
         known = sorted(p.stem for p in directory.glob("*.log") if p.name != STACK_LOG)
         what = f"tier '{tier}'" if tier else "the stack"

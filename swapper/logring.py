@@ -2,13 +2,15 @@
 
 Raw output is fed in blocks (:meth:`LogSink.feed`); a line longer than
 ``MAX_LINE_BYTES`` keeps its first ``MAX_LINE_BYTES`` and a note of how much was
-cut, so a child can print lines of any length at a bounded cost.
+cut, so a child can print lines of any length at a bounded cost. A model's log file is
+named by :func:`log_file`, which never leaves its directory whatever the model id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 from collections import deque
 from pathlib import Path
@@ -16,6 +18,29 @@ from typing import IO
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024
+MAX_NAME_CHARS = 200
+"""A log file's name before ``.log`` (and ``.1`` when rotated): file systems allow 255 bytes."""
+_KEPT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def file_name(name: str) -> str:
+    """``name`` as one file name, different for different names: letters, digits, ``_``,
+    ``.`` and ``-`` kept, any other character's UTF-8 bytes as ``%XX`` (``org/model`` is
+    ``org%2Fmodel``), a leading ``.`` as ``%2E``; a name longer than MAX_NAME_CHARS is cut
+    and ends in ``~`` and 16 hex digits of its sha256."""
+    text = "".join(c if c in _KEPT else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+                   for c in name)
+    if text.startswith("."):
+        text = "%2E" + text[1:]
+    if len(text) > MAX_NAME_CHARS:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        text = f"{text[:MAX_NAME_CHARS - 17]}~{digest}"
+    return text or "%"
+
+
+def log_file(directory: Path, model: str) -> Path:
+    """Where ``model``'s log lives: ``<directory>/<file_name(model)>.log``."""
+    return directory / f"{file_name(model)}.log"
 
 
 class LogSink:

@@ -25,7 +25,7 @@ from . import scheduler as sch
 from .config import ModelSpec, SwapperConfig
 from .errors import ApiError, unavailable
 from .events import EventBus
-from .logring import LogSink
+from .logring import LogSink, log_file
 from .process import ChildProcess, LoadError, ProcessFactory, UpstreamProcess
 from .reaper import ChildRecords
 from .selectors import NameRouter
@@ -330,7 +330,7 @@ class Manager:
 
     def log_for(self, model: str) -> LogSink:
         if model not in self.logs:
-            path = Path(self.config.log_dir) / f"{model}.log" if self.config.log_dir else None
+            path = log_file(Path(self.config.log_dir), model) if self.config.log_dir else None
             self.logs[model] = LogSink(model, path)
         return self.logs[model]
 
