@@ -84,12 +84,14 @@ def tier_file(tier: Tier, channel: Channel = "current") -> TierFile | None:
 
 
 def hub_cache_dir() -> Path:
-    """``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``${XDG_CACHE_HOME:-~/.cache}/huggingface/hub``."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    """``$HF_HUB_CACHE``, else (legacy) ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``${XDG_CACHE_HOME:-~/.cache}/huggingface/hub``: where huggingface_hub writes."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expandvars(explicit)).expanduser()
     home = os.environ.get("HF_HOME") or str(
         Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
-    return Path(home).expanduser() / "hub"
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
 def repo_dir(repo: str) -> Path:

@@ -219,3 +219,20 @@ def test_the_cache_never_hands_out_a_file_outside_the_repo(monkeypatch: pytest.M
         model = Path(argv[argv.index("-m") + 1])
         assert model.is_absolute() and model.is_relative_to(storage), argv
         assert not model.exists()
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_CACHE": "{tmp}/$NAME/hc"}, {"HUGGINGFACE_HUB_CACHE": "~/legacy"},
+                                 {"HF_HOME": "{tmp}/home"}, {"XDG_CACHE_HOME": "{tmp}/xdg"}, {}])
+def test_the_cache_root_is_where_huggingface_hub_writes(env: dict[str, str], tmp_path: Path) -> None:
+    """What ``in_storage`` measures against must be huggingface_hub's own root."""
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("HF_", "HUGGINGFACE_")) and k != "XDG_CACHE_HOME"}
+    probe = ("import os; from huggingface_hub import constants; from llmstack.hf_cache import "
+             "hub_cache_dir; print(os.path.abspath(constants.HF_HUB_CACHE)); print(hub_cache_dir())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**clean, "NAME": "n", **{k: v.format(tmp=tmp_path) for k, v in env.items()}})
+    theirs, ours = out.stdout.splitlines()
+    assert theirs == ours
