@@ -423,6 +423,18 @@ _OWNED_FLAGS: dict[str, str] = {
 }
 """llama-server flags the stack sets itself, and the models.ini key (or owner) that sets them."""
 
+_UNSAFE_FLAGS: dict[str, str] = {
+    **dict.fromkeys(("--log-file", "--slot-save-path"), "write files outside the stack's places"),
+    **dict.fromkeys(("--path", "--media-path", "--models-dir", "--models-preset",
+                     "--ui-config-file", "--webui-config-file", "--ssl-key-file",
+                     "--ssl-cert-file"), "serve or read files outside the model"),
+    **dict.fromkeys(("--tools", "--tools-runtime", "--mcp-servers-config", "--mcp-servers-json"),
+                    "run tools (shell commands, file edits) for whoever calls the tier"),
+    **dict.fromkeys(("--api-prefix",), "move the routes the stack calls"),
+}
+"""llama-server flags a models.ini (meant to be shared) may never pass, and what they would let
+the server do."""
+
 
 def _llama_server_args(raw: str) -> tuple[str, ...]:
     """Extra llama-server arguments, split like a shell would (but never run by one)."""
@@ -434,6 +446,8 @@ def _llama_server_args(raw: str) -> tuple[str, ...]:
         flag = arg.partition("=")[0]
         if flag in _OWNED_FLAGS:
             raise ValueError(f"{flag} is set by llmstack (use {_OWNED_FLAGS[flag]})")
+        if flag in _UNSAFE_FLAGS:
+            raise ValueError(f"{flag} is refused: it would let llama-server {_UNSAFE_FLAGS[flag]}")
     if args and not args[0].startswith("-"):
         raise ValueError(f"{args[0]!r}: expected llama-server flags such as --pooling mean")
     return tuple(args)
