@@ -27,9 +27,12 @@ from typing import IO
 
 import psutil
 
+from swapper.identity import describe
+from swapper.small_files import UnreadableFile, open_lock
+
 from .channels import CURRENT, Channel, pinned, require_local
 from .pidrecord import (
-    PidRecord, describe, read_record, record_for, record_path, remove_record, url_for, verify,
+    PidRecord, StaleRecord, live_record, record_for, record_path, remove_record, url_for,
     write_record,
 )
 from .project import Project, UserError
@@ -78,24 +81,22 @@ def resolve_target(root: Path, host: str | None, port: int | None, demo: bool) -
         try:
             stack = load_stack(ini)
         except ModelsIniError as exc:
-            raise UserError(f"{ini} has errors:\n{exc}", 2) from None
+            one = len(exc.errors) == 1
+            raise UserError(str(exc) if one else f"{ini} has errors:\n{exc}", 2) from None
     return Target(host or stack.host, port or stack.router_port,
                   None if demo or not ini.exists() else ini.resolve())
 
 
 def running(root: Path, report: IO[str] | None = None) -> tuple[PidRecord, psutil.Process] | None:
-    """The verified running stack of ``root``; a stale record is reported and removed."""
-    record = read_record(root)
-    if record is None:
-        return None
-    proc, why = verify(record)
-    if proc is None:
+    """The verified running stack of ``root``; a stale record is reported (one line) and
+    removed. A pid record that is not a regular file is a :class:`UserError`."""
+    try:
+        return live_record(root)
+    except StaleRecord as stale:
         if report is not None:
-            print(f"[!] stale pid record {record_path(root)}: {why}; removed",
-                  file=report)
-        remove_record(root, record.pid)
+            print(f"[!] stale pid record {record_path(root)}: {stale}; removed", file=report)
+        remove_record(root, stale.pid)
         return None
-    return record, proc
 
 
 def port_holder(host: str, port: int) -> str | None:
@@ -126,9 +127,15 @@ def _start_lock(root: Path) -> Iterator[None]:
     """One ``start``/``stop`` at a time per project."""
     path = Project(root).state / "daemon.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        fd = open_lock(path)
+    except UnreadableFile as exc:
+        raise UserError(f"{exc}; remove it") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def _preflight(root: Path, target: Target, out: IO[str]) -> PidRecord | None:
@@ -352,7 +359,7 @@ def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
     """Print the stack's log (or one tier's), then follow it with ``follow``."""
     root = project_dir.resolve()
     found = running(root)
-    record = found[0] if found else read_record(root)
+    record = found[0] if found else None
     directory = Path(record.log_dir) if record and record.log_dir else log_dir(root)
     if tier is not None and follow:
         if found is None:

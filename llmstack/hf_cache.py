@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from swapper.small_files import read_json
+
 from .config import Stack, Tier
 from .llama_server import cache_dir
 
@@ -156,7 +158,7 @@ def record_hub_size(etag: str, size: int) -> None:
 def recorded_hub_size(etag: str) -> int | None:
     """The size recorded by :func:`record_hub_size`, None when never recorded or unreadable."""
     try:
-        size = json.loads(_record_path(etag).read_text()).get("size")
+        size = read_json(_record_path(etag)).get("size")
     except (OSError, ValueError, AttributeError):
         return None
     return size if isinstance(size, int) else None
