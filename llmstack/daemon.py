@@ -4,7 +4,9 @@
 ``.llmstack/logs/`` (``llmstack.log`` and ``<tier>.log``, rotated at 5 MB by the
 serve process itself; ``serve.stderr`` holds only what the process prints outside
 logging: the banner and a crash's traceback, and is truncated at each start), writes
-the pid record (:mod:`llmstack.pidrecord`) and returns once ``/health`` answers.
+the pid record (:mod:`llmstack.pidrecord`) and returns once ``/health`` answers and
+``/running`` names the process it started as the server (not another one that took
+the port first).
 ``stop`` signals only the process its record names, after checking pid, create time
 and command line, so a reused pid is never signalled.
 """
@@ -23,12 +25,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import psutil
 
 from swapper.identity import describe
-from swapper.small_files import UnreadableFile, open_lock
+from swapper.small_files import RECORD_LIMIT, UnreadableFile, open_lock, read_small
 
 from .channels import CURRENT, Channel, pinned, require_local
 from .pidrecord import (
@@ -36,6 +38,9 @@ from .pidrecord import (
     write_record,
 )
 from .project import Project, UserError
+
+if TYPE_CHECKING:
+    import httpx
 
 READY_TIMEOUT = 180.0
 STOP_GRACE = 5.0
@@ -175,7 +180,8 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
     A no-op when this project's stack already runs. The pid is in the pid record
     (:func:`llmstack.pidrecord.read_record`). Raises :class:`UserError` when the
     project is a client of an external stack, the port is held by another program,
-    or the stack exits or does not answer within ``timeout`` (with its log tail).
+    the stack exits or does not answer within ``timeout`` (with its log tail), or
+    another server answers on its port.
     """
     root = project_dir.resolve()
     channel = _local_channel(root, "start")
@@ -200,7 +206,7 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
         if record is not None:
             write_record(root, record)
         try:
-            _wait_ready(child, target.url, timeout, out, logs)
+            _wait_ready(child, target, timeout, out, logs)
         except BaseException:  # failed, or Ctrl-C while waiting: leave nothing behind
             _terminate(child.pid)
             child.poll()
@@ -211,21 +217,26 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
     return 0
 
 
-def _wait_ready(child: subprocess.Popen[bytes], url: str, timeout: float, out: IO[str],
+def _wait_ready(child: subprocess.Popen[bytes], target: Target, timeout: float, out: IO[str],
                 logs: Path) -> None:
-    """Poll ``/health`` until it answers 200, showing progress; raise with the log tail."""
+    """Poll ``/health`` until it answers 200 and ``/running`` names ``child`` as the
+    server, showing progress; raise with the log tail, or naming the server that
+    answers instead (another one, which took the port first)."""
     import httpx
 
+    from .status import auth_headers
+
+    url = target.url
     started = time.monotonic()
     tty = out.isatty()
     print(f"[*] starting llmstack (pid {child.pid}) on {url} ...", file=out,
           end="" if tty else "\n", flush=True)
     shown = 0
-    with httpx.Client(timeout=1.0, trust_env=False) as client:
+    with httpx.Client(timeout=1.0, trust_env=False, headers=auth_headers()) as client:
         while True:
             if child.poll() is not None:
                 raise UserError(f"llmstack serve exited with status {child.returncode} before "
-                               f"answering:\n{log_tail(logs)}")
+                               f"answering{_exit_reason(logs)}")
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(url + "/health").status_code == 200:
                     break
@@ -238,8 +249,34 @@ def _wait_ready(child: subprocess.Popen[bytes], url: str, timeout: float, out: I
                 print(f"\r[*] starting llmstack (pid {child.pid}) on {url} ... {shown} s",
                       file=out, end="", flush=True)
             time.sleep(POLL)
+        if _server_pid(client, url) != child.pid:
+            holder = port_holder(target.host, target.port) or "a program this user cannot see"
+            raise UserError(f"{url} is answered by another server, not the llmstack serve "
+                           f"started here (pid {child.pid}): {holder}")
     if tty:
         print(file=out)
+
+
+def _server_pid(client: httpx.Client, url: str) -> int | None:
+    """The pid the server at ``url`` reports as its own (``GET /running``), if it does."""
+    import httpx
+
+    try:
+        doc = client.get(url + "/running").json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    pid = doc.get("pid") if isinstance(doc, dict) else None
+    return pid if type(pid) is int else None
+
+
+def _exit_reason(logs: Path) -> str:
+    """Why serve exited: its one-line refusal when that is all it printed (another
+    stack holds the port, ...), else the tail of its logs."""
+    with contextlib.suppress(OSError):
+        printed = read_small(logs / STDERR_LOG, RECORD_LIMIT).decode(errors="replace").strip()
+        if printed.startswith("[!] ") and "\n" not in printed:
+            return ": " + printed.removeprefix("[!] ")
+    return ":\n" + log_tail(logs)
 
 
 def log_tail(logs: Path, lines: int = TAIL_LINES) -> str:

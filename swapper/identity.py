@@ -7,9 +7,28 @@ process it names lives: we signal only what we started.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import psutil
 
 CREATE_TIME_SLACK = 0.05  # seconds; psutil derives it from boot time + ticks
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A process as recorded: pid and create time."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, pid: int) -> Identity:
+        """The live process ``pid`` (psutil.Error when it is gone)."""
+        return cls(pid, psutil.Process(pid).create_time())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "create_time": self.create_time}
 
 
 def verify(pid: int, create_time: float,
