@@ -27,7 +27,7 @@ from swapper.reply import (
     DisconnectWatch, Receive, Reply, Scope, openai_error_body, send_bytes, send_json,
 )
 
-from .config import ModelsIniError, Stack
+from .config import ModelsIniError, Stack, read_models_ini
 from .hosted import CONTEXT_CODE, HostedTiers
 from .protocols import (
     ANTHROPIC_PATHS, CHAT, ERROR_STATUSES, ROUTED_PATHS, TierName, anthropic_error, client_error,
@@ -146,10 +146,16 @@ class LLMStackApp:
             await self.swapper.route(scope, receive, send)
 
     async def _models_ini(self, send: Send) -> None:
-        if self.models_ini is None or not self.models_ini.exists():
+        try:
+            text = read_models_ini(self.models_ini) if self.models_ini is not None else None
+        except FileNotFoundError:
+            text = None
+        except ModelsIniError as exc:
+            raise ApiError(500, f"models.ini cannot be read: {exc}") from None
+        if text is None:
             raise ApiError(404, "no models.ini: llmstack is serving the built-in demo stack "
                                 "(set LLMSTACK_MODELS_INI or pass --models-ini)")
-        await send_bytes(send, 200, self.models_ini.read_bytes(), "text/plain; charset=utf-8")
+        await send_bytes(send, 200, text.encode(), "text/plain; charset=utf-8")
 
     async def _add_backend_health(self, rows: list[dict[str, Any]]) -> None:
         """Multi-machine tiers' rows list each backend's health."""

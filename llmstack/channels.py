@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from swapper.small_files import RECORD_LIMIT, UnreadableFile, read_small
+
 from .files import write_atomic
 from .project import Project, UserError
 
@@ -68,17 +70,22 @@ def normalise_url(url: str) -> str:
 
 
 def read_marker(path: Path) -> Channel | None:
-    """The channel in a marker file, None when it is missing; a bad marker is a UserError."""
+    """The channel in a marker file, None when it is missing; a bad marker (or one that
+    is not a regular file of at most :data:`~swapper.small_files.RECORD_LIMIT` bytes)
+    is a UserError."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = read_small(path, RECORD_LIMIT).decode("utf-8", "replace").strip()
     except FileNotFoundError:
         return None
+    except UnreadableFile as exc:
+        raise UserError(f"{exc} (run `llmstack install --current|--next|--external URL` to "
+                        "rewrite it)") from None
     name, _, url = text.partition(" ")
     if name in LOCAL_CHANNELS and not url:
         return Channel(name)
     if name == "external" and url.strip():
         return Channel(name, normalise_url(url))
-    raise UserError(f"{path}:1: expected 'current', 'next' or 'external <url>', found {text!r} "
+    raise UserError(f"{path}:1: expected 'current', 'next' or 'external <url>', found {text[:80]!r} "
                     "(run `llmstack install --current|--next|--external URL` to rewrite it)")
 
 

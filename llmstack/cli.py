@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="<command>")
     serve = verbs.add_parser("serve", help="run the stack in the foreground (Ctrl-C stops all it started)",
                              description="Serve models.ini's tiers on one port; with no models.ini, "
-                                         "the built-in demo stack.")
+                                         "the built-in demo stack. One stack per port: a second "
+                                         "one is refused, naming the one that holds it.")
     serve.add_argument("--host", help="bind address (default: [DEFAULT] host, else 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: [DEFAULT] router_port, else 10101)")
     serve.add_argument("--models-ini", type=Path,

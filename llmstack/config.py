@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from swapper.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
+from swapper.small_files import CONFIG_LIMIT, read_small
 
 from .hub_names import check_repo_file, check_repo_id
 
@@ -764,10 +765,17 @@ def parse_stack(text: str, source: str = "models.ini") -> Stack:
 
 
 def load_stack(path: str | os.PathLike[str]) -> Stack:
-    """Read and parse a models.ini file; FileNotFoundError if it is missing.
+    """Read and parse a models.ini file; FileNotFoundError if it is missing."""
+    return parse_stack(read_models_ini(path), str(path))
 
-    A file that cannot be read as UTF-8 text (a directory, binary data, another
-    encoding, no permission) is a one-line :class:`ModelsIniError`.
+
+def read_models_ini(path: str | os.PathLike[str]) -> str:
+    """The text of a models.ini file; FileNotFoundError if it is missing.
+
+    A file that is not a regular UTF-8 text file of at most
+    :data:`~swapper.small_files.CONFIG_LIMIT` bytes (a FIFO, a device, a directory,
+    binary data, another encoding, no permission, too large) is a one-line
+    :class:`ModelsIniError`.
     """
     source = str(path)
 
@@ -775,11 +783,11 @@ def load_stack(path: str | os.PathLike[str]) -> Stack:
         return ModelsIniError([IniError(source, line, "", "", message)])
 
     try:
-        raw = Path(path).read_bytes()
+        raw = read_small(Path(path), CONFIG_LIMIT)
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise unreadable(0, f"cannot read: {exc.strerror}") from None
+        raise unreadable(0, str(exc).removeprefix(f"{source}: ")) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -788,7 +796,7 @@ def load_stack(path: str | os.PathLike[str]) -> Stack:
     if "\0" in text:
         raise unreadable(text.count("\n", 0, text.index("\0")) + 1,
                          "binary data (a NUL byte); models.ini must be a text file")
-    return parse_stack(text, source)
+    return text
 
 
 def bundled_template_text() -> str:

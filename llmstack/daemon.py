@@ -4,7 +4,9 @@
 ``.llmstack/logs/`` (``llmstack.log`` and ``<tier>.log``, rotated at 5 MB by the
 serve process itself; ``serve.stderr`` holds only what the process prints outside
 logging: the banner and a crash's traceback, and is truncated at each start), writes
-the pid record (:mod:`llmstack.pidrecord`) and returns once ``/health`` answers.
+the pid record (:mod:`llmstack.pidrecord`) and returns once ``/health`` answers and
+``/running`` names the process it started as the server (not another one that took
+the port first).
 ``stop`` signals only the process its record names, after checking pid, create time
 and command line, so a reused pid is never signalled.
 """
@@ -23,19 +25,24 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import psutil
 
 from swapper.logring import log_file
+from swapper.identity import describe
+from swapper.small_files import RECORD_LIMIT, UnreadableFile, open_lock, read_small
 
 from .channels import CURRENT, Channel, pinned, require_local
 from .config import STACK_LOG_NAME
 from .pidrecord import (
-    PidRecord, describe, read_record, record_for, record_path, remove_record, url_for, verify,
+    PidRecord, StaleRecord, live_record, record_for, record_path, remove_record, url_for,
     write_record,
 )
 from .project import Project, UserError
+
+if TYPE_CHECKING:
+    import httpx
 
 READY_TIMEOUT = 180.0
 STOP_GRACE = 5.0
@@ -81,24 +88,22 @@ def resolve_target(root: Path, host: str | None, port: int | None, demo: bool) -
         try:
             stack = load_stack(ini)
         except ModelsIniError as exc:
-            raise UserError(f"{ini} has errors:\n{exc}", 2) from None
+            one = len(exc.errors) == 1
+            raise UserError(str(exc) if one else f"{ini} has errors:\n{exc}", 2) from None
     return Target(host or stack.host, port or stack.router_port,
                   None if demo or not ini.exists() else ini.resolve())
 
 
 def running(root: Path, report: IO[str] | None = None) -> tuple[PidRecord, psutil.Process] | None:
-    """The verified running stack of ``root``; a stale record is reported and removed."""
-    record = read_record(root)
-    if record is None:
-        return None
-    proc, why = verify(record)
-    if proc is None:
+    """The verified running stack of ``root``; a stale record is reported (one line) and
+    removed. A pid record that is not a regular file is a :class:`UserError`."""
+    try:
+        return live_record(root)
+    except StaleRecord as stale:
         if report is not None:
-            print(f"[!] stale pid record {record_path(root)}: {why}; removed",
-                  file=report)
-        remove_record(root, record.pid)
+            print(f"[!] stale pid record {record_path(root)}: {stale}; removed", file=report)
+        remove_record(root, stale.pid)
         return None
-    return record, proc
 
 
 def port_holder(host: str, port: int) -> str | None:
@@ -129,9 +134,15 @@ def _start_lock(root: Path) -> Iterator[None]:
     """One ``start``/``stop`` at a time per project."""
     path = Project(root).state / "daemon.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        fd = open_lock(path)
+    except UnreadableFile as exc:
+        raise UserError(f"{exc}; remove it") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def _preflight(root: Path, target: Target, out: IO[str]) -> PidRecord | None:
@@ -171,7 +182,8 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
     A no-op when this project's stack already runs. The pid is in the pid record
     (:func:`llmstack.pidrecord.read_record`). Raises :class:`UserError` when the
     project is a client of an external stack, the port is held by another program,
-    or the stack exits or does not answer within ``timeout`` (with its log tail).
+    the stack exits or does not answer within ``timeout`` (with its log tail), or
+    another server answers on its port.
     """
     root = project_dir.resolve()
     channel = _local_channel(root, "start")
@@ -196,7 +208,7 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
         if record is not None:
             write_record(root, record)
         try:
-            _wait_ready(child, target.url, timeout, out, logs)
+            _wait_ready(child, target, timeout, out, logs)
         except BaseException:  # failed, or Ctrl-C while waiting: leave nothing behind
             _terminate(child.pid)
             child.poll()
@@ -207,21 +219,26 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
     return 0
 
 
-def _wait_ready(child: subprocess.Popen[bytes], url: str, timeout: float, out: IO[str],
+def _wait_ready(child: subprocess.Popen[bytes], target: Target, timeout: float, out: IO[str],
                 logs: Path) -> None:
-    """Poll ``/health`` until it answers 200, showing progress; raise with the log tail."""
+    """Poll ``/health`` until it answers 200 and ``/running`` names ``child`` as the
+    server, showing progress; raise with the log tail, or naming the server that
+    answers instead (another one, which took the port first)."""
     import httpx
 
+    from .status import auth_headers
+
+    url = target.url
     started = time.monotonic()
     tty = out.isatty()
     print(f"[*] starting llmstack (pid {child.pid}) on {url} ...", file=out,
           end="" if tty else "\n", flush=True)
     shown = 0
-    with httpx.Client(timeout=1.0, trust_env=False) as client:
+    with httpx.Client(timeout=1.0, trust_env=False, headers=auth_headers()) as client:
         while True:
             if child.poll() is not None:
                 raise UserError(f"llmstack serve exited with status {child.returncode} before "
-                               f"answering:\n{log_tail(logs)}")
+                               f"answering{_exit_reason(logs)}")
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(url + "/health").status_code == 200:
                     break
@@ -234,8 +251,34 @@ def _wait_ready(child: subprocess.Popen[bytes], url: str, timeout: float, out: I
                 print(f"\r[*] starting llmstack (pid {child.pid}) on {url} ... {shown} s",
                       file=out, end="", flush=True)
             time.sleep(POLL)
+        if _server_pid(client, url) != child.pid:
+            holder = port_holder(target.host, target.port) or "a program this user cannot see"
+            raise UserError(f"{url} is answered by another server, not the llmstack serve "
+                           f"started here (pid {child.pid}): {holder}")
     if tty:
         print(file=out)
+
+
+def _server_pid(client: httpx.Client, url: str) -> int | None:
+    """The pid the server at ``url`` reports as its own (``GET /running``), if it does."""
+    import httpx
+
+    try:
+        doc = client.get(url + "/running").json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    pid = doc.get("pid") if isinstance(doc, dict) else None
+    return pid if type(pid) is int else None
+
+
+def _exit_reason(logs: Path) -> str:
+    """Why serve exited: its one-line refusal when that is all it printed (another
+    stack holds the port, ...), else the tail of its logs."""
+    with contextlib.suppress(OSError):
+        printed = read_small(logs / STDERR_LOG, RECORD_LIMIT).decode(errors="replace").strip()
+        if printed.startswith("[!] ") and "\n" not in printed:
+            return ": " + printed.removeprefix("[!] ")
+    return ":\n" + log_tail(logs)
 
 
 def log_tail(logs: Path, lines: int = TAIL_LINES) -> str:
@@ -355,7 +398,7 @@ def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
     """Print the stack's log (or one tier's), then follow it with ``follow``."""
     root = project_dir.resolve()
     found = running(root)
-    record = found[0] if found else read_record(root)
+    record = found[0] if found else None
     directory = Path(record.log_dir) if record and record.log_dir else log_dir(root)
     if tier is not None and follow:
         if found is None:

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from swapper.small_files import read_json
+
 RECORD_NAME = "generated.json"
 
 
@@ -84,7 +86,7 @@ class GeneratedFiles:
 
     def _record(self) -> dict[str, str]:
         try:
-            data = json.loads(self.record_path.read_text(encoding="utf-8"))
+            data = read_json(self.record_path)
         except (OSError, ValueError):
             return {}
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from swapper.small_files import read_json
+
 from .config import Stack, Tier
 from .hub_names import (
     UnsafeName,
@@ -196,7 +198,7 @@ def record_hub_size(etag: str, size: int) -> None:
 def recorded_hub_size(etag: str) -> int | None:
     """The size recorded by :func:`record_hub_size`, None when never recorded or unreadable."""
     try:
-        size = json.loads(_record_path(etag).read_text()).get("size")
+        size = read_json(_record_path(etag)).get("size")
     except (OSError, ValueError, AttributeError):  # UnsafeName is a ValueError
         return None
     return size if isinstance(size, int) else None

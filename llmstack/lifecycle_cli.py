@@ -34,8 +34,9 @@ def register(verbs: Any) -> None:
         "start", help="start the project's stack (--detach: in the background)",
         description="Serve this project's .llmstack/models.ini (the demo stack when there is "
                     "none). With --detach it runs in the background, logs to .llmstack/logs/ "
-                    "and this returns once it answers; a no-op when it already runs. A port "
-                    "held by another program is refused, naming the program.")
+                    "and this returns once it answers (and is the server it started); a no-op "
+                    "when it already runs. A port held by another program, or another "
+                    "project's stack, is refused, naming it.")
     _start_options(start)
     verbs.add_parser(
         "stop", help="stop what this project started",

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from swapper.small_files import CONFIG_LIMIT, read_small
+
 from .config import IniError, ModelsIniError, Stack, Tier
 
 LITELLM_CONFIG_ENV = "LLMSTACK_LITELLM_CONFIG"
@@ -38,18 +40,21 @@ def read_user_params(path: Path | None) -> dict[str, dict[str, Any]]:
     A file that is not valid YAML, or whose model_list is malformed, is a located
     :class:`ModelsIniError` (``file:line``), never silently an empty document.
     """
-    if path is None or not path.is_file():
+    if path is None or not path.exists():
         return {}
     import yaml
 
     source = str(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.safe_load(read_small(path, CONFIG_LIMIT).decode("utf-8"))
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         problem = f"not valid YAML: {exc.problem}"
         raise ModelsIniError([IniError(source, line, "", "", problem)]) from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except OSError as exc:  # not a regular file, too large, unreadable
+        why = str(exc).removeprefix(f"{source}: ")
+        raise ModelsIniError([IniError(source, 0, "", "", why)]) from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ModelsIniError([IniError(source, 0, "", "", f"cannot read: {exc}")]) from None
     entries = (document or {}).get("model_list") or [] if isinstance(document, dict) else None
     if not isinstance(entries, list):

@@ -2,23 +2,32 @@
 
 It holds the serve process's pid, its create time and command line (so a pid the
 kernel has since given to another process is recognised as stale, never
-signalled), the URL it serves and where it logs. Written atomically.
+signalled), the URL it serves and where it logs. Written atomically; read as a
+regular file of at most :data:`~swapper.small_files.RECORD_LIMIT` bytes. A regular
+file that is not a record (not JSON, a field of the wrong type, a pid that is no
+process id, too large) is stale like one whose process is gone: reported, and
+replaced by the next ``start``. Anything else there (a FIFO, a device, a
+directory) is a one-line :class:`~llmstack.project.UserError`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import MISSING, asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from swapper.identity import verify as verify_identity
+from swapper.small_files import NotRegularFile, UnreadableFile, read_json
+
 from .files import write_atomic
-from .project import Project
+from .project import Project, UserError
 
 RECORD_NAME = "daemon.json"
-_CREATE_TIME_SLACK = 0.05  # seconds; psutil derives it from boot time + ticks
 
 
 @dataclass(frozen=True)
@@ -48,26 +57,102 @@ def record_path(root: Path) -> Path:
     return Project(root).state / RECORD_NAME
 
 
-def read_record(root: Path) -> PidRecord | None:
-    """The record, or None when there is none (an unreadable one counts as none)."""
-    try:
-        data = json.loads(record_path(root).read_text())
-        return PidRecord(**data)
-    except (OSError, ValueError, TypeError):
+class StaleRecord(Exception):
+    """The record names no running stack of ours; ``str()`` says why, in one line."""
+
+    def __init__(self, why: str, pid: int | None = None) -> None:
+        super().__init__(why)
+        self.pid = pid
+
+
+_KINDS: dict[str, type] = {"pid": int, "create_time": float, "cmdline": list, "host": str,
+                           "port": int, "log_dir": str, "demo": bool, "channel": str,
+                           "started_at": float}
+
+
+def _invalid(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid ``name`` field, or None when it is."""
+    kind = _KINDS.get(name)
+    if kind is None:
+        return f"unknown field {name[:40]!r}"
+    if kind is float:
+        ok = type(value) in (int, float) and math.isfinite(value) and value >= 0
+    elif kind is int:
+        ok = type(value) is int and (0 < value < 2**31 if name == "pid" else 0 < value < 65536)
+    elif kind is list:
+        ok = isinstance(value, list) and all(isinstance(a, str) for a in value)
+    else:
+        ok = type(value) is kind
+    if ok:
         return None
+    shown = ("a list" if isinstance(value, list) else "an object" if isinstance(value, dict)
+             else json.dumps(value)[:40])
+    return f"{name} is {shown}, not a valid {name}"
+
+
+def parse_record(data: Any) -> PidRecord:
+    """A record from its JSON document; :class:`StaleRecord` when it is not one."""
+    if not isinstance(data, dict):
+        raise StaleRecord(f"not a record (a JSON {type(data).__name__})")
+    pid = data.get("pid") if _invalid("pid", data.get("pid")) is None else None
+    for name, value in data.items():
+        why = _invalid(str(name), value)
+        if why is not None:
+            raise StaleRecord(why, pid)
+    missing = [f.name for f in dataclass_fields(PidRecord) if f.name not in data and f.default is MISSING]
+    if missing:
+        raise StaleRecord(f"no {missing[0]}", pid)
+    return PidRecord(**data)
+
+
+def read_record(root: Path) -> PidRecord | None:
+    """The record, or None when there is none.
+
+    :class:`StaleRecord` when the file is not a valid record; a one-line
+    :class:`UserError` when it is not a regular file.
+    """
+    path = record_path(root)
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        return None
+    except NotRegularFile as exc:
+        raise UserError(f"{exc}; the pid record must be a regular file (remove it)") from None
+    except UnreadableFile as exc:
+        raise StaleRecord(str(exc).removeprefix(f"{path}: ")) from None
+    except ValueError as exc:
+        raise StaleRecord(f"not JSON ({exc})"[:120]) from None
+    return parse_record(data)
+
+
+def live_record(root: Path) -> tuple[PidRecord, psutil.Process] | None:
+    """The running stack the record names, None when there is no record;
+    :class:`StaleRecord` when the record is not valid or its process is gone."""
+    record = read_record(root)
+    if record is None:
+        return None
+    proc, why = verify(record)
+    if proc is None:
+        raise StaleRecord(why, record.pid)
+    return record, proc
 
 
 def write_record(root: Path, record: PidRecord) -> None:
     write_atomic(record_path(root), json.dumps(asdict(record), indent=1) + "\n")
 
 
-def remove_record(root: Path, pid: int | None = None) -> None:
-    """Delete the record (only if it still names ``pid``, when given)."""
-    if pid is not None:
+def remove_record(root: Path, pid: int | None) -> None:
+    """Delete the record if it still names ``pid`` (None: if it is still not valid)."""
+    try:
         current = read_record(root)
-        if current is not None and current.pid != pid:
+    except StaleRecord as stale:
+        current_pid = stale.pid
+    else:
+        if current is None:
             return
-    record_path(root).unlink(missing_ok=True)
+        current_pid = current.pid
+    if current_pid == pid:
+        record_path(root).unlink(missing_ok=True)
 
 
 def record_for(pid: int, argv: list[str] | None = None, **fields: Any) -> PidRecord:
@@ -84,25 +169,4 @@ def record_for(pid: int, argv: list[str] | None = None, **fields: Any) -> PidRec
 
 def verify(record: PidRecord) -> tuple[psutil.Process | None, str]:
     """The live process the record names, or None and why the record is stale."""
-    try:
-        proc = psutil.Process(record.pid)
-        create_time, cmdline, status = proc.create_time(), proc.cmdline(), proc.status()
-    except psutil.NoSuchProcess:
-        return None, f"pid {record.pid} no longer exists"
-    except psutil.AccessDenied:
-        return None, f"pid {record.pid} now belongs to another user"
-    if status == psutil.STATUS_ZOMBIE:
-        return None, f"pid {record.pid} has exited"
-    if abs(create_time - record.create_time) > _CREATE_TIME_SLACK or cmdline != record.cmdline:
-        return None, f"pid {record.pid} now belongs to another process ({describe(proc)})"
-    return proc, ""
-
-
-def describe(proc: psutil.Process) -> str:
-    """``name (pid N): command line`` for messages, tolerant of a vanishing process."""
-    try:
-        with proc.oneshot():
-            line = " ".join(proc.cmdline()) or proc.name()
-            return f"{proc.name()} (pid {proc.pid}): {line[:160]}"
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return f"pid {proc.pid}"
+    return verify_identity(record.pid, record.create_time, record.cmdline)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -14,7 +15,8 @@ from swapper.events import EventBus, log_events
 from swapper.front_door import FrontDoor, exposure_check, parse_origins
 from swapper.http_app import SwapperApp
 from swapper.manager import Manager
-from swapper.server import configure_logging, run
+from swapper.reaper import RuntimeDirBusy
+from swapper.server import ListenError, configure_logging, listen, run
 
 from .app import LLMStackApp, Loaded
 from .channels import Channel, for_channel, read_marker, resolve_serve, write_marker
@@ -23,7 +25,7 @@ from .demo import BANNER, demo_files, demo_stack
 from .hosted import HostedTiers, litellm_installed
 from .litellm_config import litellm_config_path, read_user_params
 from .llama_server import cache_dir, find_llama_server, missing_server_message
-from .project import Project, find_project
+from .project import Project, UserError, find_project
 from .routing import RoutingTable
 from .hf_cache import local_files
 from .stack_config import build_swapper_config
@@ -106,7 +108,11 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
             return 2
     bus = EventBus()
     bus.subscribe(log_events)
-    manager = Manager(loaded.swapper, bus, runtime_dir=runtime)
+    try:
+        manager, sock = _claim(loaded, bus, runtime, host, port)
+    except UserError as exc:
+        print(f"[!] {exc}", file=sys.stderr)
+        return 1
     front = FrontDoor(host, parse_origins(os.environ.get(CORS_ORIGINS_ENV, "")))
     app = LLMStackApp(lambda: build(read()), None if use_demo else path.resolve(),
                       SwapperApp(manager, front=front), loaded)
@@ -117,10 +123,30 @@ def serve(host: str | None, port: int | None, models_ini: tuple[Path, bool], dem
     clear = record_active_channel(project, channel)
     app.shutdown_hooks.append(clear)
     try:
-        run(app, host, port, log_level, own_logging=log_dir is not None)
+        run(app, sock, log_level, own_logging=log_dir is not None)
     finally:
         clear()
     return 0
+
+
+def _claim(loaded: Loaded, bus: EventBus, runtime: Path, host: str,
+           port: int) -> tuple[Manager, socket.socket]:
+    """The port's runtime directory (its children's records) and the listening socket,
+    both taken before anything starts: a second stack on the port, or a port held by
+    another program, is one :class:`UserError` naming the holder, and touches nothing."""
+    try:
+        manager = Manager(loaded.swapper, bus, runtime_dir=runtime)
+    except RuntimeDirBusy as exc:
+        raise UserError(f"another llmstack serves port {port}: {exc} (llmstack stop in its "
+                        "project, or --port N)") from None
+    except OSError as exc:
+        raise UserError(f"cannot use the runtime directory {runtime}: {exc}") from None
+    try:
+        return manager, listen(host, port)
+    except ListenError as exc:
+        from .daemon import port_holder
+        manager.release()
+        raise UserError(f"{exc} (held by {port_holder(host, port) or 'nobody visible'})") from None
 
 
 def record_active_channel(project: Project, channel: Channel) -> Callable[[], None]:

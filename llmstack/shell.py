@@ -13,12 +13,13 @@ change inside the project re-activates it at the next prompt.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 from pathlib import Path
 
-from .pidrecord import read_record, url_for, verify
+from .pidrecord import StaleRecord, live_record, url_for
 from .project import Project, UserError, find_project
 from .status import live_channel
 
@@ -49,9 +50,10 @@ def project_env(root: Path) -> dict[str, str | None]:
 
 def _local_url(root: Path, ini: Path) -> str:
     """The running stack's URL, else the one models.ini's [DEFAULT] names."""
-    record = read_record(root)
-    if record is not None and verify(record)[0] is not None:
-        return record.url
+    with contextlib.suppress(StaleRecord, UserError):  # start/status report the record
+        found = live_record(root)
+        if found is not None:
+            return found[0].url
     host, port = "127.0.0.1", 10101
     if ini.exists():
         from .config import ModelsIniError, load_stack

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from .channels import CURRENT, Channel, pinned, read_marker
-from .pidrecord import read_record, record_path, verify
+from .pidrecord import StaleRecord, live_record, record_path
 from .project import Project
 from .stackview import decision_line, memory_line, state_text
 
@@ -79,13 +79,14 @@ def collect(root: Path) -> dict[str, Any]:
     if channel.external:
         doc["url"] = channel.url
     else:
-        record = read_record(root)
-        if record is None:
+        try:
+            found = live_record(root)
+        except StaleRecord as stale:
+            doc["stale_record"] = f"{record_path(root)}: {stale}"
             return doc
-        proc, why = verify(record)
-        if proc is None:
-            doc["stale_record"] = f"{record_path(root)}: {why}"
+        if found is None:
             return doc
+        record = found[0]
         doc.update(url=record.url, pid=record.pid, uptime_s=round(time.time() - record.started_at),
                    logs=record.log_dir or None, rss_mb=_rss_mb(record.pid))
     client = StackClient(doc["url"])

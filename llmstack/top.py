@@ -27,17 +27,20 @@ ALT_SCREEN, MAIN_SCREEN = "\x1b[?1049h", "\x1b[?1049l"  # like top: the terminal
 
 def stack_url(root: Path) -> str:
     """The URL of the project's running stack (its pid record, or the external channel)."""
-    from .pidrecord import read_record, verify
+    from .pidrecord import StaleRecord, live_record
     from .project import Project
 
     channel = live_channel(Project(root))
     if channel.external and channel.url:
         return channel.url
-    record = read_record(root)
-    if record is None or verify(record)[0] is None:
+    try:
+        found = live_record(root)
+    except StaleRecord:
+        found = None
+    if found is None:
         raise UserError("no stack runs for this project (llmstack start --detach), "
                         "or name one with --url")
-    return record.url
+    return found[0].url
 
 
 def screen(doc: dict[str, Any], url: str, width: int, height: int) -> list[str]:

@@ -14,7 +14,8 @@ from .events import EventBus, log_events
 from .front_door import ALLOW_NETWORK_FLAG, FrontDoor, exposure_check, parse_origins
 from .http_app import SwapperApp
 from .manager import Manager
-from .server import configure_logging, parse_listen, run
+from .reaper import RuntimeDirBusy
+from .server import configure_logging, listen, parse_listen, run
 from .yaml_config import load_yaml_config
 
 
@@ -32,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port (default 127.0.0.1:8080)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--runtime-dir", type=Path, default=None,
-                        help="where child pid records live (default: one directory per config "
-                             "under ${XDG_CACHE_HOME:-~/.cache}/swapper)")
+                        help="where child pid records live, held by one server at a time "
+                             "(default: one directory per config under "
+                             "${XDG_CACHE_HOME:-~/.cache}/swapper)")
     parser.add_argument(ALLOW_NETWORK_FLAG, action="store_true",
                         help="allow a non-loopback --listen with no apiKeys (anyone on the "
                              "network can then use and stop the models)")
@@ -58,9 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     bus = EventBus()
     bus.subscribe(log_events)
     runtime = args.runtime_dir or default_runtime_dir(args.config)
+    try:
+        manager = Manager(config, bus, runtime_dir=runtime)
+        sock = listen(host, port)
+    except RuntimeDirBusy as exc:
+        print(f"error: another swapper serves this config: {exc} (stop it, or pass "
+              "--runtime-dir)", file=sys.stderr)
+        return 1
+    except OSError as exc:  # ListenError, or a runtime directory we cannot use
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     front = FrontDoor(host, parse_origins(args.cors_origins))
-    app = SwapperApp(Manager(config, bus, runtime_dir=runtime), front=front)
-    run(app, host, port, args.log_level)
+    run(SwapperApp(manager, front=front), sock, args.log_level)
     return 0
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -182,7 +183,7 @@ class SwapperApp:
         elif method == "GET" and path in ("/v1/models", "/models"):
             await send_json(send, 200, {"object": "list", "data": self.model_list()})
         elif method == "GET" and path == "/running":
-            await send_json(send, 200, {"running": self.manager.running()})
+            await send_json(send, 200, {"running": self.manager.running(), "pid": os.getpid()})
         elif method == "GET" and path == "/health":
             await send_bytes(send, 200, b"OK", "text/plain")
         elif method == "POST" and (path in ("/unload", "/api/models/unload")):

@@ -95,7 +95,12 @@ def _limits(config: SwapperConfig) -> dict[str, sch.ModelLimits]:
 
 
 class Manager:
-    """Runs the models of one :class:`SwapperConfig`."""
+    """Runs the models of one :class:`SwapperConfig`.
+
+    With a ``runtime_dir`` it claims that directory for this process at once (its
+    children's records live there): :class:`~swapper.reaper.RuntimeDirBusy` when
+    another server holds it.
+    """
 
     def __init__(self, config: SwapperConfig, bus: EventBus | None = None,
                  runtime_dir: Path | None = None,
@@ -117,7 +122,7 @@ class Manager:
         self._futures: dict[int, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stops: dict[str, asyncio.Task[None]] = {}
-        self._records = ChildRecords(runtime_dir / "children") if runtime_dir else None
+        self._records = ChildRecords.claim(runtime_dir) if runtime_dir else None
         self.http = UpstreamPool()  # shared with the proxy, so a stop can drop idle connections
         self._ttl_task: asyncio.Task[None] | None = None
 
@@ -149,8 +154,14 @@ class Manager:
         for task in list(self._tasks):
             task.cancel()
         self.http.close()
+        self.release()
         for sink in self.logs.values():
             sink.close()
+
+    def release(self) -> None:
+        """Give up the runtime directory (after shutdown, or when the server never starts)."""
+        if self._records is not None:
+            self._records.release()
 
     # -- requests -------------------------------------------------------------
 
@@ -308,9 +319,9 @@ class Manager:
         self.processes[model] = process
         self.bus.publish("model_starting", model=model, port=port)
         try:
-            pid = process.spawn()
+            child = process.spawn()
             if self._records is not None:
-                self._records.remember(pid, process.argv)
+                self._records.remember(child, process.argv)
             await process.wait_ready(self.http)
         except LoadError:
             self.processes.pop(model, None)

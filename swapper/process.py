@@ -37,6 +37,7 @@ from typing import Protocol
 import psutil
 
 from .config import PORT_MACRO, ModelSpec
+from .identity import Identity
 from .logring import LogSink
 from .upstream import UpstreamPool
 from .watchdog import WATCHDOG
@@ -137,7 +138,7 @@ class ChildProcess(Protocol):
     @property
     def returncode(self) -> int | None: ...
 
-    def spawn(self) -> int: ...
+    def spawn(self) -> Identity: ...
 
     async def wait_ready(self, http: UpstreamPool) -> None: ...
 
@@ -175,8 +176,9 @@ class UpstreamProcess:
     def returncode(self) -> int | None:
         return self._popen.returncode if self._popen else None
 
-    def spawn(self) -> int:
-        """Start the child (argv, own process group, dies with its parent); returns its pid."""
+    def spawn(self) -> Identity:
+        """Start the child (argv, own process group, dies with its parent); returns its
+        pid and create time (what its record names)."""
         env = child_env(self.spec.env)
         self.log.write(f"[swapper] starting {self.spec.id}: {' '.join(self.argv)}")
         try:
@@ -189,7 +191,10 @@ class UpstreamProcess:
             WATCHDOG.watch(self._popen.pid)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._pump_output()), loop.create_task(self._watch_exit())]
-        return self._popen.pid
+        try:  # not waited for yet: at worst a zombie, whose create time still reads
+            return Identity.of(self._popen.pid)
+        except psutil.Error:
+            return Identity(self._popen.pid, 0.0)  # matches no process: never signalled
 
     async def wait_ready(self, http: UpstreamPool) -> None:
         """Wait until the check endpoint answers 200; stop the child and raise if it cannot."""

@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import logging
 import logging.handlers
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,17 +41,42 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 KEEP_ALIVE_TIMEOUT = 5
 """Seconds an idle keep-alive connection stays open."""
+BACKLOG = 2048
 
 
-def run(app: Any, host: str, port: int, log_level: str = "info", own_logging: bool = False) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; lifespan events start and stop the models.
+class ListenError(OSError):
+    """The address cannot be listened on; ``str()`` is one line."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` (ListenError when that fails, e.g. in use).
+
+    Bound and listening before the server starts anything (its models, its reaper),
+    so a port held by another program fails first and leaves nothing behind.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return sock
+
+
+def run(app: Any, sock: socket.socket, log_level: str = "info", own_logging: bool = False) -> None:
+    """Serve ``app`` on ``sock`` (from :func:`listen`) until SIGINT/SIGTERM; lifespan
+    events start and stop the models.
 
     ``own_logging``: uvicorn's loggers go to the root handlers set by
     :func:`configure_logging` instead of uvicorn's own stderr handlers.
     """
     has_uvloop = importlib.util.find_spec("uvloop") is not None
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False,
-                            loop="uvloop" if has_uvloop else "asyncio", http=bounded_protocol(),
+                            backlog=BACKLOG, loop="uvloop" if has_uvloop else "asyncio", http=bounded_protocol(),
                             log_level=log_level, timeout_graceful_shutdown=5,
                             log_config=None if own_logging else uvicorn.config.LOGGING_CONFIG,
                             timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
@@ -61,6 +87,6 @@ def run(app: Any, host: str, port: int, log_level: str = "info", own_logging: bo
     server = uvicorn.Server(config)
     if has_uvloop:
         import uvloop
-        uvloop.run(server.serve())
+        uvloop.run(server.serve([sock]))
     else:
-        asyncio.run(server.serve())
+        asyncio.run(server.serve([sock]))

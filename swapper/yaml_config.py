@@ -53,6 +53,7 @@ from .config import (
     Timeouts,
 )
 from .peers import Peer, peer_models
+from .small_files import CONFIG_LIMIT, read_small
 from .solver import compile_plan
 
 MIN_HEALTH_CHECK_TIMEOUT = 15.0
@@ -92,8 +93,9 @@ YamlPath = tuple[str | int, ...]
 
 
 def load_yaml_config(path: str | os.PathLike[str]) -> SwapperConfig:
-    """Read and validate a llama-swap ``config.yaml``."""
-    return parse_yaml_config(Path(path).read_text(encoding="utf-8"), str(path))
+    """Read and validate a llama-swap ``config.yaml`` (a regular file of at most
+    :data:`~swapper.small_files.CONFIG_LIMIT` bytes; else an OSError, one line)."""
+    return parse_yaml_config(read_small(Path(path), CONFIG_LIMIT).decode("utf-8"), str(path))
 
 
 def parse_yaml_config(text: str, source_name: str = "<config>") -> SwapperConfig:

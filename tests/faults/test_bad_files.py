@@ -23,7 +23,7 @@ def serve(ini: Path) -> subprocess.CompletedProcess[str]:
     (b"[DEFAULT]\nhost = 127.0.0.1\n\x7fELF\x02\x01\x01\x00\x00\x00\n", ":3: binary data"),
     (b"[DEFAULT]\n; caf\xe9 in latin-1\nhost = 127.0.0.1\n", ":2: not UTF-8"),
     (b"\xff\xd8\xff\xe0\x00\x10JFIF", ":1: not UTF-8"),
-    (None, ": cannot read: Is a directory"),
+    (None, ": not a regular file (a directory)"),
 ])
 def test_an_unreadable_models_ini_is_one_line_and_exit_2(tmp_path: Path, content: bytes | None,
                                                           expected: str) -> None:

@@ -106,7 +106,8 @@ def test_pipelined_requests_still_get_their_answers_in_order(server: Server) -> 
             stream += chunk
     replies = [b"HTTP/1.1 " + r for r in stream.split(b"HTTP/1.1 ")[1:]]
     assert [status_of(r) for r in replies] == [200, 200, 200]
-    assert replies[1].endswith(b'{"running": []}') and replies[2].endswith(b"OK")
+    running = f'{{"running": [], "pid": {server.popen.pid}}}'.encode()
+    assert replies[1].endswith(running) and replies[2].endswith(b"OK")
 
 
 def test_an_idle_keep_alive_connection_is_closed(server: Server) -> None:

@@ -21,6 +21,7 @@ import pytest
 from swapper.config import Matrix, ModelSpec, SwapperConfig
 from swapper.errors import ApiError
 from swapper.events import EventBus
+from swapper.identity import Identity
 from swapper.logring import LogSink
 from swapper.manager import Lease, Manager
 from swapper.process import LoadError
@@ -49,9 +50,9 @@ class FakeChild:
         self.exited = asyncio.Event()
         world.children.append(self)
 
-    def spawn(self) -> int:
+    def spawn(self) -> Identity:
         self.pid = next(_pids)
-        return self.pid
+        return Identity(self.pid, 0.0)
 
     async def wait_ready(self, http: UpstreamPool) -> None:
         exited = asyncio.ensure_future(self.exited.wait())
