@@ -355,13 +355,13 @@ class HostedTiers:
         await _relay(result, _MessagesChunks(tier.name), self.limits[tier.name].idle, send)
 
     def _base(self, tier: Tier, endpoint: str) -> dict[str, Any]:
-        """Model, credentials and litellm's per-attempt time limits (the user's
-        litellm_config.yaml may set its own); a multi-machine tier's Router is addressed by
-        the tier name (its deployments carry the user's parameters)."""
+        """Model, credentials and litellm's per-attempt time limits (models.ini's, over any
+        in litellm_config.yaml); a multi-machine tier's Router is addressed by the tier name
+        (its deployments carry the user's parameters)."""
         routed = tier.name in self.backends
         limits = litellm_timeouts(self.limits[tier.name],
                                   connect=not (routed and endpoint == "messages"))
-        return {"model": tier.name, **limits} if routed else {**limits, **self.params[tier.name]}
+        return {"model": tier.name, **limits} if routed else {**self.params[tier.name], **limits}
 
     def _answered_by(self, tier: Tier, result: Any) -> Headers:
         backends = self.backends.get(tier.name)
