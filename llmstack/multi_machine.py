@@ -5,8 +5,9 @@ answering the tier's name (``model = openai/<name>`` unless models.ini sets
 another). One Router per tier, made on its first request, spreads requests by
 the least-busy strategy (fewest requests in flight, ties broken at random),
 retries a request a backend refused or failed on another backend (each tried once;
-not a timed-out one: its time is spent), cools a failing backend down at its first
-failure, and pins a session id (opencode's ``x-session-id``) to one backend so its
+never after a timeout: a response timeout spent the request's time, and litellm's
+retry policy cannot tell a connect timeout from it), cools a failing backend down at
+its first failure, and pins a session id (opencode's ``x-session-id``) to one backend so its
 KV cache is reused. When no backend answers, the request is a 503 naming them, with
 ``Retry-After``. The Router's state is per process. The backends' API key:
 ``api_key`` in the user's litellm_config.yaml entry for the tier, else

@@ -77,10 +77,19 @@ def refusing() -> str:
 
 
 @pytest.fixture(scope="module")
-def peers(silent: Callable[[], str]) -> dict[str, list[str]]:
-    return {"hang": [silent(), silent()], "mixed": [refusing(), silent()],
-            "refuse": [refusing(), refusing()], "refuse1": [refusing()],
-            "crowd": [silent(), silent()], "hosted": [silent()]}
+def peers(silent: Callable[[], str]) -> Iterator[dict[str, list[str]]]:
+    """Peers by scenario; ``unreachable``: a listener whose accept queue one connection
+    fills, so the kernel drops further SYNs (as a firewall does) and connects hang."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    queued = socket.create_connection(full.getsockname())
+    yield {"hang": [silent(), silent()], "mixed": [refusing(), silent()],
+           "refuse": [refusing(), refusing()], "refuse1": [refusing()],
+           "crowd": [silent(), silent()], "hosted": [silent()],
+           "unreachable": [f"http://127.0.0.1:{full.getsockname()[1]}"]}
+    queued.close()
+    full.close()
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +106,10 @@ response_timeout = {RESPONSE_TIMEOUT}
 idle_timeout = {IDLE_TIMEOUT}
 
 {tiers}
+[unreachable]
+backends = {peers["unreachable"][0]}
+response_timeout = 60
+
 [gpt-hang]
 model = openai/fake-gpt
 api_base = {peers["hosted"][0]}/v1
@@ -197,6 +210,13 @@ def test_a_hosted_api_base_that_hangs_times_out(stack: Server, provider: Provide
     took, status, headers, body = results[-1]
     assert status == 200 and took < WITHIN, (status, took, body)
     assert json.loads(body)["choices"][0]["message"]["name"] == "gpt"  # the fallback answered
+
+
+def test_a_backend_that_never_accepts_fails_within_the_connect_timeout(stack: Server) -> None:
+    """Its tier allows 60 s for an answer; the connection is given 5 s."""
+    took, status, _, body = ask(stack, "unreachable")
+    assert status == 504 and took < 5 + 2, (status, took, body)
+    assert "timed out" in timeout_error(CHAT, body)["message"]
 
 
 def test_thirty_hanging_requests_at_once_all_end(stack: Server) -> None:
