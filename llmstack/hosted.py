@@ -8,6 +8,9 @@ from models.ini. Per request: the tier's sampler fills in what the caller left
 unset, ``max_output_tokens`` caps the reply, streams carry the usage chunk, and
 a provider failure is an OpenAI-style error with the provider's status and type;
 a stream that breaks off ends with an in-band error event, never a clean stop.
+Time limits (``remote_limits``): no answer (or stream start) within
+``response_timeout`` is a 504 ``timeout_error``; a stream chunk that takes longer
+than ``idle_timeout`` ends the stream with the protocol's error event.
 """
 
 from __future__ import annotations
@@ -23,24 +26,29 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from swapper.errors import ApiError, sse_error_event
+from swapper.config import Timeouts
+from swapper.errors import ApiError
 from swapper.proxy import Headers, Send
+from swapper.stream_protocols import ANTHROPIC, OPENAI, StreamProtocol
 
 from .config import Stack, Tier
 from .litellm_config import UserParams, stack_params
 from .multi_machine import Backends
+from .remote_limits import GRACE, litellm_timeouts, remote_timeouts
 
 SAMPLER_PARAMS = {"temp": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                   "rep_pen": "repetition_penalty"}
 ANTHROPIC_SAMPLERS = ("temperature", "top_p", "top_k")
 """The samplers the Anthropic Messages API has."""
 CONTEXT_CODE = "context_length_exceeded"
+TIMEOUT_CODE = "upstream_timeout"
+"""A local tier's code for the same failure."""
 Call = Callable[..., Awaitable[Any]]
 _CLASS_TYPES = {"ContextWindowExceededError": "invalid_request_error",
                 "BadRequestError": "invalid_request_error",
                 "AuthenticationError": "authentication_error",
                 "PermissionDeniedError": "permission_error", "NotFoundError": "not_found_error",
-                "RateLimitError": "rate_limit_error", "Timeout": "timeout_error"}
+                "RateLimitError": "rate_limit_error"}
 
 
 _CONTEXT_OVERFLOW = re.compile(
@@ -90,15 +98,23 @@ class ProviderError(ApiError):
 
 
 def provider_error(exc: Exception, tier: str) -> ProviderError:
-    """litellm's exception as the provider's status and type; context overflows recognisable."""
+    """litellm's exception as the provider's status and type; context overflows recognisable;
+    litellm's timeout (a 408 of its own: no answer in time) a 504 as a local tier's."""
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) and 400 <= status <= 599 else 502
+    if _timed_out(exc):  # its first line: what timed out after how long (then debug details)
+        return ProviderError(504, f"tier '{tier}': {str(exc).splitlines()[0]}", TIMEOUT_CODE)
     name = next((c.__name__ for c in type(exc).__mro__ if c.__name__ in _CLASS_TYPES), "")
     # litellm recognises most overflows itself; not every provider path (Anthropic streams)
     context = name == "ContextWindowExceededError" or (status == 400 and bool(
         _CONTEXT_OVERFLOW.search(str(exc))))
     return ProviderError(status, f"tier '{tier}': {exc}", CONTEXT_CODE if context else "",
                          provider_type=_provider_type(exc) or _CLASS_TYPES.get(name, ""))
+
+
+def _timed_out(exc: Exception) -> bool:
+    """litellm's ``Timeout``: no answer (or no next chunk) within its limit."""
+    return any(c.__name__ == "Timeout" for c in type(exc).__mro__)
 
 
 def _provider_type(exc: Exception) -> str:
@@ -164,48 +180,92 @@ async def _close(chunks: AsyncIterator[Any]) -> None:
         await asyncio.shield(close())
 
 
-async def _chat_stream(chunks: AsyncIterator[Any], tier: str, send: Send) -> None:
-    """OpenAI SSE chunks named after the tier; ``[DONE]`` only after a finish_reason."""
-    named = finished = False
+_END = object()
+
+
+async def _next(chunks: AsyncIterator[Any], idle: float) -> Any:
+    """The stream's next chunk, ``_END`` after the last; asyncio.TimeoutError when it takes
+    longer than ``idle`` seconds (0: no limit)."""
     try:
-        async for chunk in chunks:
-            event = chunk.model_dump(exclude_none=True)
-            choices = event.get("choices") or []
-            if not named and choices:
-                choices[0].setdefault("delta", {})["name"] = tier
-                named = True
-            finished = finished or any(c.get("finish_reason") for c in choices)
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": b"data: " + json.dumps(event).encode() + b"\n\n"})
-        tail = b"data: [DONE]\n\n" if finished else sse_error_event(
-            f"tier '{tier}': the provider's stream ended before a finish_reason", "stream_cut")
+        return await asyncio.wait_for(chunks.__anext__(), idle or None)
+    except StopAsyncIteration:
+        return _END
+
+
+class _Chunks:
+    """How one protocol's stream is sent on: each chunk's bytes, and whether it is complete."""
+
+    protocol: StreamProtocol
+    final = ""
+    """The event that completes the stream (named in the error when it never comes)."""
+    done = b""
+    """What follows the last chunk of a complete stream."""
+
+    def __init__(self, tier: str) -> None:
+        self.tier = tier
+        self.complete = False
+
+    def encode(self, chunk: Any) -> bytes:
+        raise NotImplementedError
+
+
+class _ChatChunks(_Chunks):
+    """OpenAI SSE chunks, the first named after the tier; ``[DONE]`` only after a finish_reason."""
+
+    protocol = OPENAI
+    final = "a finish_reason"
+    done = b"data: [DONE]\n\n"
+
+    def __init__(self, tier: str) -> None:
+        super().__init__(tier)
+        self.named = False
+
+    def encode(self, chunk: Any) -> bytes:
+        event = chunk.model_dump(exclude_none=True)
+        choices = event.get("choices") or []
+        if not self.named and choices:
+            choices[0].setdefault("delta", {})["name"] = self.tier
+            self.named = True
+        self.complete = self.complete or any(c.get("finish_reason") for c in choices)
+        return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+class _MessagesChunks(_Chunks):
+    """Anthropic SSE as litellm yields it, complete by ``message_stop`` (or litellm's own
+    error event)."""
+
+    protocol = ANTHROPIC
+    final = "message_stop"
+
+    def encode(self, chunk: Any) -> bytes:
+        raw = chunk if isinstance(chunk, bytes) else str(chunk).encode()
+        self.complete = self.complete or raw.startswith((b"event: message_stop", b"event: error"))
+        return raw
+
+
+async def _relay(chunks: AsyncIterator[Any], out: _Chunks, idle: float, send: Send) -> None:
+    """Send a provider stream on. One that fails, stalls longer than ``idle`` seconds
+    between chunks or ends before its final event ends with the protocol's error event,
+    never cleanly; the provider stream is closed either way."""
+    try:
+        while (chunk := await _next(chunks, idle)) is not _END:
+            await send({"type": "http.response.body", "body": out.encode(chunk),
+                        "more_body": True})
+        tail = out.done if out.complete else out.protocol.error_event(
+            f"tier '{out.tier}': the provider's stream ended before {out.final}", "stream_cut")
     except Exception as exc:  # never end a failed stream cleanly
-        tail = sse_error_event(f"tier '{tier}' failed mid-stream: {exc}", "stream_cut")
+        tail = out.protocol.error_event(*_stream_failure(exc, out.tier, idle))
     finally:
         await _close(chunks)
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-def _anthropic_error_event(message: str) -> bytes:
-    payload = {"type": "error", "error": {"type": "api_error", "message": message}}
-    return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
-
-
-async def _messages_stream(chunks: AsyncIterator[Any], tier: str, send: Send) -> None:
-    """Anthropic SSE as litellm yields it; no ``message_stop`` means a closing error event."""
-    ended = False  # by message_stop, or by litellm's own error event
-    try:
-        async for chunk in chunks:
-            raw = chunk if isinstance(chunk, bytes) else str(chunk).encode()
-            ended = ended or raw.startswith((b"event: message_stop", b"event: error"))
-            await send({"type": "http.response.body", "body": raw, "more_body": True})
-        tail = b"" if ended else _anthropic_error_event(
-            f"tier '{tier}': the provider's stream ended before message_stop")
-    except Exception as exc:
-        tail = _anthropic_error_event(f"tier '{tier}' failed mid-stream: {exc}")
-    finally:
-        await _close(chunks)
-    await send({"type": "http.response.body", "body": tail, "more_body": False})
+def _stream_failure(exc: Exception, tier: str, idle: float) -> tuple[str, str]:
+    """The message and code of the error event ending a stream that failed."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"tier '{tier}': no stream chunk within idle_timeout ({idle:g} s)", TIMEOUT_CODE
+    return f"tier '{tier}' failed mid-stream: {exc}", TIMEOUT_CODE if _timed_out(exc) else (
+        "stream_cut")
 
 
 @dataclass
@@ -216,12 +276,15 @@ class HostedTiers:
     """Per tier: model, api_base and the user's litellm_params (credentials), merged."""
     backends: dict[str, Backends] = field(default_factory=dict)
     """Multi-machine tiers: their Router, made on first use."""
+    limits: dict[str, Timeouts] = field(default_factory=dict)
+    """Per tier: its connect, response and idle timeouts."""
 
     @classmethod
     def build(cls, stack: Stack, user: UserParams | None = None) -> HostedTiers:
         params = stack_params(stack, user or {})
-        return cls(params, {t.name: Backends(t, params[t.name])
-                            for t in stack.tiers if t.backend == "litellm" and t.backends})
+        served = [t for t in stack.tiers if t.backend == "litellm"]
+        return cls(params, {t.name: Backends(t, params[t.name]) for t in served if t.backends},
+                   {t.name: remote_timeouts(stack, t) for t in served})
 
     def carry_over(self, old: HostedTiers) -> None:
         """Keep the old Backends (Router counts, cooldowns, session pins) of unchanged tiers."""
@@ -242,17 +305,32 @@ class HostedTiers:
             return call
         return await _messages_adapter()
 
+    async def _answer(self, tier: Tier, call: Call, params: dict[str, Any]) -> Any:
+        """litellm's answer (a stream: once it started) within ``response_timeout`` (plus
+        GRACE: litellm, given the same limit per attempt, fires first when it can).
+
+        A timeout is a 504; a multi-machine tier none of whose backends answers, a 503
+        naming them; any other failure, the provider's own status.
+        """
+        response = self.limits[tier.name].response
+        try:
+            return await asyncio.wait_for(call(**params), response + GRACE if response else None)
+        except asyncio.TimeoutError:
+            raise ProviderError(504, f"tier '{tier.name}': no answer within response_timeout "
+                                     f"({response:g} s)", TIMEOUT_CODE) from None
+        except Exception as exc:  # litellm raises its own hierarchy; keep the provider's view
+            backends = self.backends.get(tier.name)
+            down = backends.unanswered(exc) if backends is not None else None
+            raise (down or provider_error(exc, tier.name)) from exc
+
     async def chat(self, tier: Tier, data: dict[str, Any], send: Send, extra: Headers,
                    session: str = "") -> None:
         """Answer one chat completion, streamed or not, named after the tier."""
         call = await self._call(tier, "chat")
-        params = chat_params(tier, self._base(tier), data)
+        params = chat_params(tier, self._base(tier, "chat"), data)
         if session and tier.name in self.backends:
             params["metadata"] = {**(params.get("metadata") or {}), "session_id": session}
-        try:
-            result = await call(**params)
-        except Exception as exc:  # litellm raises its own hierarchy; keep the provider's view
-            raise provider_error(exc, tier.name) from exc
+        result = await self._answer(tier, call, params)
         extra = [*extra, *self._answered_by(tier, result)]
         if not data.get("stream"):
             body = result.model_dump()
@@ -261,28 +339,30 @@ class HostedTiers:
             await _send_json(send, body, extra)
             return
         await _start(send, b"text/event-stream", [(b"x-accel-buffering", b"no"), *extra])
-        await _chat_stream(result, tier.name, send)
+        await _relay(result, _ChatChunks(tier.name), self.limits[tier.name].idle, send)
 
     async def messages(self, tier: Tier, data: dict[str, Any], send: Send, extra: Headers) -> None:
         """Answer one Anthropic Messages request (``POST /v1/messages``) from this tier."""
         call = await self._call(tier, "messages")
-        try:
-            result = await call(**messages_params(tier, self._base(tier), data))
-        except Exception as exc:
-            raise provider_error(exc, tier.name) from exc
+        params = messages_params(tier, self._base(tier, "messages"), data)
+        result = await self._answer(tier, call, params)
         extra = [*extra, *self._answered_by(tier, result)]
         if not data.get("stream"):
             body = result if isinstance(result, dict) else result.model_dump()
             await _send_json(send, dict(body), extra)
             return
         await _start(send, b"text/event-stream", [(b"x-accel-buffering", b"no"), *extra])
-        await _messages_stream(result, tier.name, send)
+        await _relay(result, _MessagesChunks(tier.name), self.limits[tier.name].idle, send)
 
-    def _base(self, tier: Tier) -> dict[str, Any]:
-        """Model and credentials; a multi-machine tier's Router is addressed by the tier name."""
-        return {"model": tier.name} if tier.name in self.backends else dict(self.params[tier.name])
+    def _base(self, tier: Tier, endpoint: str) -> dict[str, Any]:
+        """Model, credentials and litellm's per-attempt time limits (models.ini's, over any
+        in litellm_config.yaml); a multi-machine tier's Router is addressed by the tier name
+        (its deployments carry the user's parameters)."""
+        routed = tier.name in self.backends
+        limits = litellm_timeouts(self.limits[tier.name],
+                                  connect=not (routed and endpoint == "messages"))
+        return {"model": tier.name, **limits} if routed else {**self.params[tier.name], **limits}
 
     def _answered_by(self, tier: Tier, result: Any) -> Headers:
         backends = self.backends.get(tier.name)
         return backends.answered_by(result) if backends is not None else []
-

@@ -3,7 +3,8 @@
 The file is the user's (comments, unknown keys, their own entries all stay): llmstack
 only reads its ``model_list`` entries whose ``model_name`` is a tier name and takes
 their ``litellm_params`` (credentials such as ``api_key: os.environ/OPENAI_API_KEY``,
-headers, api_version, ...). models.ini wins for ``model`` and ``api_base``; every
+headers, api_version, ...). models.ini wins for ``model`` and ``api_base``, and its
+timeouts for litellm's ``timeout`` and ``stream_timeout`` (``remote_limits``); every
 other parameter comes from the file.
 ``os.environ/NAME`` values are read from the environment as litellm's proxy does.
 """

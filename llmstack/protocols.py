@@ -29,7 +29,8 @@ ERROR_STATUSES = frozenset({400, 401, 403, 404, 413, 422, 429, 500, 501, 502, 50
 
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                     403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+                    429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error",
+                    529: "overloaded_error"}
 _UNSUPPORTED_INPUT = b"input is not supported"  # llama-server's 500 for an image/audio part
 
 

@@ -10,6 +10,8 @@ from llmstack.config import ModelsIniError, parse_stack
 from llmstack.hosted import chat_params, messages_params, provider_error
 from llmstack.litellm_config import read_user_params, tier_params
 from llmstack.multi_machine import Backends
+from llmstack.remote_limits import litellm_timeouts, remote_timeouts
+from swapper.config import Timeouts
 
 
 def problems(text: str) -> list[str]:
@@ -126,6 +128,46 @@ def test_provider_errors_map_status_type_and_context_overflow() -> None:
                                                       "context_length_exceeded")
     error = provider_error(ConnectionError("refused"), "t")
     assert (error.status, error.type) == (502, "server_error")
+
+
+def test_a_timeout_is_a_504_and_backends_that_refuse_a_503_naming_them() -> None:
+    class Timeout(Exception):
+        status_code = 408  # litellm's
+
+    error = provider_error(Timeout("litellm.Timeout: Request timed out.\n\nDeployment Info: x"),
+                           "t")
+    assert (error.status, error.type, error.code) == (504, "timeout_error", "upstream_timeout")
+    assert error.message == "tier 't': litellm.Timeout: Request timed out."
+
+    tier = parse_stack("[a]\nbackends = http://x:1, http://y:1\n").tiers[0]
+    backends = Backends(tier, {"model": "openai/a"})
+    refused = RuntimeError("InternalServerError: Connection error.")
+    refused.__context__ = RuntimeError("APIConnectionError")
+    refused.__context__.__cause__ = ConnectionRefusedError(111, "Connect call failed")
+
+    class AllCoolingDown(Exception):
+        all_deployments_in_cooldown = True
+
+    for exc in (refused, AllCoolingDown("No deployments available")):
+        down = backends.unanswered(exc)
+        assert down is not None and (down.status, down.code) == (503, "backends_unavailable")
+        assert down.headers == {"retry-after": "30"}
+        assert "http://x:1, http://y:1" in down.message
+    assert backends.unanswered(RuntimeError("a backend's own 500")) is None
+
+
+def test_remote_tiers_get_the_stack_timeouts_and_a_connect_timeout() -> None:
+    stack = parse_stack("[DEFAULT]\nresponse_timeout = 60\n[a]\nmodel = openai/x\n"
+                        "idle_timeout = 10\n[b]\nmodel = openai/y\nresponse_timeout = 0\n")
+    limits = remote_timeouts(stack, stack.tiers[0])
+    assert limits == Timeouts(connect=5, response=60, idle=10)
+    given = litellm_timeouts(limits)
+    assert (given["timeout"].read, given["timeout"].connect) == (60, 5)
+    assert (given["stream_timeout"].read, given["stream_timeout"].connect) == (60, 5)
+    assert litellm_timeouts(limits, connect=False) == {"timeout": 60, "stream_timeout": 60}
+    unlimited = litellm_timeouts(remote_timeouts(stack, stack.tiers[1]))  # 0: no limit
+    assert unlimited["timeout"].read is None and unlimited["stream_timeout"].read is None
+    assert unlimited["timeout"].connect == 5
 
 
 def test_reload_keeps_the_router_of_an_unchanged_multi_machine_tier() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -17,7 +18,7 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def fakes(tmp_path_factory: pytest.TempPathFactory):
     directory = tmp_path_factory.mktemp("backends")
-    started = [start_provider(directory) for _ in range(2)]
+    started = [start_provider(directory) for _ in range(3)]
     yield started
     for fake in started:
         stop_server(fake.server)
@@ -35,6 +36,9 @@ backends = {fakes[0].base}, {fakes[1].base}
 [gone]
 backends = {dead}
 fallback = team
+
+[trio]
+backends = {", ".join(fake.base for fake in fakes)}
 """, {"LLMSTACK_BACKENDS_API_KEY": "team-key"})
 
 
@@ -78,3 +82,20 @@ def test_anthropic_messages_reach_a_multi_machine_tier(front, fakes) -> None:
     [sent] = [e for fake, n in zip(fakes, before) for e in fake.log()[n:]]
     assert sent["path"] == "/v1/chat/completions"  # the backends are asked in OpenAI form
     assert sent["body"]["model"] == "team" and sent["authorization"] == "Bearer team-key"
+
+
+def test_idle_backends_share_new_requests(front, fakes) -> None:
+    """least-busy breaks ties at random. One client asking 150 times in turn finds the 3
+    backends idle each time: when ties went to the first that was 150 / 0 / 0; at random,
+    57 / 54 / 39, 61 / 44 / 45, 50 / 43 / 57 (three runs). 300 requests from 6 clients at
+    once keep each backend busy, so least-busy itself spreads them, as before: 105 / 102 /
+    93, 98 / 101 / 101, 98 / 106 / 96 (before: 106 / 100 / 94)."""
+    def client(count: int) -> list[str]:
+        return [ask(front, "trio")[1]["x-llmstack-backend"] for _ in range(count)]
+
+    alone = Counter(client(150))
+    assert sorted(alone) == sorted(fake.base for fake in fakes), alone
+    assert min(alone.values()) >= 25, alone  # a third is 50 (25: 4 standard deviations off)
+    with ThreadPoolExecutor(6) as pool:
+        crowd = Counter(url for answers in pool.map(client, [50] * 6) for url in answers)
+    assert min(crowd.values()) >= 70, crowd  # a third is 100
