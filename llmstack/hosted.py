@@ -40,6 +40,23 @@ SAMPLER_PARAMS = {"temp": "temperature", "top_p": "top_p", "top_k": "top_k", "mi
                   "rep_pen": "repetition_penalty"}
 ANTHROPIC_SAMPLERS = ("temperature", "top_p", "top_k")
 """The samplers the Anthropic Messages API has."""
+CHAT_FIELDS = frozenset({
+    "messages", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs",
+    "top_logprobs", "max_tokens", "max_completion_tokens", "n", "stop", "stream",
+    "stream_options", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed",
+    "response_format", "tools", "tool_choice", "parallel_tool_calls", "functions",
+    "function_call", "user", "reasoning_effort", "modalities", "audio", "prediction",
+    "verbosity", "web_search_options",
+})
+"""The Chat Completions request fields passed on to litellm. Anything else in a caller's body
+is dropped: litellm reads its own keyword arguments from the same place (``api_base``,
+``api_key``, ``headers``, ``custom_llm_provider``, ``metadata``...), and a caller must never
+choose where a tier's request (and its credentials) go."""
+MESSAGES_FIELDS = frozenset({
+    "messages", "system", "max_tokens", "stop_sequences", "stream", "temperature", "top_p",
+    "top_k", "tools", "tool_choice", "thinking",
+})
+"""The Anthropic Messages request fields passed on; the rest is dropped (see CHAT_FIELDS)."""
 CONTEXT_CODE = "context_length_exceeded"
 TIMEOUT_CODE = "upstream_timeout"
 """A local tier's code for the same failure."""
@@ -140,8 +157,9 @@ def _cap_output(params: dict[str, Any], limit: int) -> None:
 
 
 def chat_params(tier: Tier, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """litellm kwargs: the caller's body, the tier's model and credentials, samplers left unset."""
-    params = {k: v for k, v in data.items() if k != "model"}
+    """litellm kwargs: the caller's CHAT_FIELDS, the tier's model and credentials, samplers
+    left unset."""
+    params = {k: v for k, v in data.items() if k in CHAT_FIELDS}
     for name, value in tier.sampler:
         params.setdefault(SAMPLER_PARAMS[name], value)
     _cap_output(params, tier.max_output_tokens)
@@ -151,8 +169,9 @@ def chat_params(tier: Tier, base: dict[str, Any], data: dict[str, Any]) -> dict[
 
 
 def messages_params(tier: Tier, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """Anthropic Messages kwargs: like chat_params, with the samplers that API has."""
-    params = {k: v for k, v in data.items() if k != "model"}
+    """Anthropic Messages kwargs: like chat_params (MESSAGES_FIELDS), with the samplers that
+    API has."""
+    params = {k: v for k, v in data.items() if k in MESSAGES_FIELDS}
     for name, value in tier.sampler:
         if SAMPLER_PARAMS[name] in ANTHROPIC_SAMPLERS:
             params.setdefault(SAMPLER_PARAMS[name], int(value) if name == "top_k" else value)
@@ -329,7 +348,7 @@ class HostedTiers:
         call = await self._call(tier, "chat")
         params = chat_params(tier, self._base(tier, "chat"), data)
         if session and tier.name in self.backends:
-            params["metadata"] = {**(params.get("metadata") or {}), "session_id": session}
+            params["metadata"] = {"session_id": session}
         result = await self._answer(tier, call, params)
         extra = [*extra, *self._answered_by(tier, result)]
         if not data.get("stream"):

@@ -50,7 +50,8 @@ def build_app() -> web.Application:
     async def openai(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         state["log"].append({"path": request.path, "body": body,
-                             "authorization": request.headers.get("authorization", "")})
+                             "authorization": request.headers.get("authorization", ""),
+                             "x-evil": request.headers.get("x-evil", "")})
         if state["mode"]["mode"] == "error":
             return error(False)
         model = body.get("model", "fake")
@@ -86,7 +87,8 @@ def build_app() -> web.Application:
     async def anthropic(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         state["log"].append({"path": request.path, "body": body,
-                             "x-api-key": request.headers.get("x-api-key", "")})
+                             "x-api-key": request.headers.get("x-api-key", ""),
+                             "x-evil": request.headers.get("x-evil", "")})
         if state["mode"]["mode"] == "error":
             return error(True)
         model = body.get("model", "claude-fake")
