@@ -21,6 +21,7 @@ from .listing import model_rows, profiles_payload
 from .manager import Manager
 from .loading import SCOPE_KEY, LoadingStream, wants_stream
 from .observe import RequestMeter
+from .reply import SCOPE_KEY as REPLY_KEY
 from .reply import (
     ClientGone, DisconnectWatch, ErrorBody, Receive, Reply, Scope, guarded, open_reply, openai_error_body,
     send_bytes, send_json,
@@ -139,8 +140,12 @@ class SwapperApp:
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}  # uvicorn still sees HEAD and drops the body
         reply = open_reply(scope, send, cors)
-        await guarded(reply, lambda out: self._admit(scope, receive, out, route, bool(cors)),
-                      render)
+        try:
+            await guarded(reply, lambda out: self._admit(scope, receive, out, route, bool(cors)),
+                          render)
+        finally:  # uvicorn keeps the scope in reference cycles until a full collection:
+            scope.pop(REPLY_KEY, None)  # not the answer's last chunks with it
+            scope.pop(SCOPE_KEY, None)
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, route: Route,
                      cors: bool) -> None:

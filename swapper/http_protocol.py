@@ -19,19 +19,22 @@ protocol class that
 Idle keep-alive connections keep uvicorn's own ``timeout_keep_alive``. A lost
 connection calls the request's :class:`swapper.reply.DisconnectWatch` back
 directly (``DISCONNECT_KEY`` in the scope), so no task per request waits on
-``receive`` for it.
+``receive`` for it. ``SEND_BUFFER_KEY`` in the scope caps the connection's kernel
+send buffer (for long-lived streams).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .reply import DISCONNECT_KEY
+from .reply import DISCONNECT_KEY, SEND_BUFFER_KEY
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 10.0
@@ -104,7 +107,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         # the request's watch is called back, not a task
         self.scope[DISCONNECT_KEY] = None  # type: ignore[literal-required]
+        self.scope[SEND_BUFFER_KEY] = self._limit_send_buffer  # type: ignore[literal-required]
         self._in_body = True  # until on_message_complete
+
+    def _limit_send_buffer(self, size: int) -> None:
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # the kernel doubles it (bookkeeping)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size // 2)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

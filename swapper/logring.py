@@ -11,8 +11,14 @@ import asyncio
 import contextlib
 import os
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from .events import Listeners
+
+LineListener = Callable[[str, list[str]], None]
+"""Called with a sink's name and the lines it just completed."""
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024
@@ -24,8 +30,11 @@ class LogSink:
     The lines completed by one block go to the file in one write (llama-server prints about
     nine lines per request: a write and a seek for each cost about 18 system calls)."""
 
-    def __init__(self, name: str, path: Path | None = None, ring: int = 500) -> None:
+    def __init__(self, name: str, path: Path | None = None, ring: int = 500,
+                 listeners: Listeners[LineListener] | None = None) -> None:
+        """``listeners`` (shared by every sink of a manager) get each block's new lines."""
         self.name = name
+        self._listeners = listeners if listeners is not None else Listeners[LineListener]()
         self.lines: deque[str] = deque(maxlen=ring)
         self.path = path
         self._file: IO[bytes] | None = None
@@ -72,6 +81,8 @@ class LogSink:
 
     def _publish(self, lines: list[str]) -> None:
         self.lines.extend(lines)
+        for listener in self._listeners.all:
+            listener(self.name, lines)
         for queue in self._followers:
             for line in lines:
                 with contextlib.suppress(asyncio.QueueFull):

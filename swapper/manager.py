@@ -24,8 +24,8 @@ from typing import Any
 from . import scheduler as sch
 from .config import ModelSpec, SwapperConfig
 from .errors import ApiError, unavailable
-from .events import EventBus
-from .logring import LogSink
+from .events import EventBus, Listeners
+from .logring import LineListener, LogSink
 from .process import ChildProcess, LoadError, ProcessFactory, UpstreamProcess
 from .reaper import ChildRecords
 from .selectors import NameRouter
@@ -112,6 +112,8 @@ class Manager:
         self._swaps: dict[str, asyncio.Task[None]] = {}  # the phase of each swap in flight
         self._swap_started: dict[str, float] = {}
         self.logs: dict[str, LogSink] = {}
+        self.log_listeners = Listeners[LineListener]()
+        """Called with every child's new log lines (whichever sink, now or later)."""
         self.last_used: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._futures: dict[int, asyncio.Future[None]] = {}
@@ -331,7 +333,7 @@ class Manager:
     def log_for(self, model: str) -> LogSink:
         if model not in self.logs:
             path = Path(self.config.log_dir) / f"{model}.log" if self.config.log_dir else None
-            self.logs[model] = LogSink(model, path)
+            self.logs[model] = LogSink(model, path, listeners=self.log_listeners)
         return self.logs[model]
 
     def _exited(self, process: ChildProcess) -> None:

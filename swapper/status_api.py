@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from .events import Event
+from .events import RING_BYTES, RING_EVENTS, Behind, Event, FrameRing
 from .observe import Observer
+from .reply import SEND_BUFFER_KEY, DisconnectWatch, Reply
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -35,7 +37,12 @@ UI_FILES = {"/ui": ("index.html", "text/html; charset=utf-8"),
 PUBLIC_PATHS = frozenset({"/health", *UI_FILES})
 LOAD_PREFIX = "/api/models/load/"
 KEEPALIVE = 15.0
-LOG_POLL = 0.25
+WRITE_BYTES = 16 * 1024
+SEND_BUFFER = 128 * 1024
+"""The kernel's send buffer of an event stream's connection (bytes)."""
+TRIM_DELAY = 1.0
+DROPPED = (f"fell behind: more than {RING_EVENTS} events or {RING_BYTES // 1024} KiB unread; "
+           "reconnect for a fresh snapshot")
 
 
 def _ui_file(name: str) -> bytes:
@@ -48,6 +55,7 @@ class StatusApi:
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
         self.observer = Observer(manager.bus)
+        self.feed = LiveFeed(manager)
         from .metrics import Metrics  # prometheus_client: only a process that serves loads it
         self.metrics: Metrics = Metrics(manager, manager.bus)
 
@@ -62,7 +70,7 @@ class StatusApi:
         elif method == "GET" and path == "/api/state":
             await _send(send, 200, json.dumps(self.snapshot()).encode(), "application/json")
         elif method == "GET" and path == "/api/events":
-            await self._events(receive, send)
+            await self._events(scope, receive, send)
         elif method == "POST" and path.startswith(LOAD_PREFIX):
             model = self.manager.load(path.removeprefix(LOAD_PREFIX))
             await _send(send, 202, json.dumps({"loading": model}).encode(), "application/json")
@@ -73,68 +81,126 @@ class StatusApi:
             return False
         return True
 
-    async def _events(self, receive: Receive, send: Send) -> None:
-        """SSE: a ``snapshot`` first, then every bus event and every new log line, live."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10000)
+    async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """SSE: a ``snapshot`` first, then every bus event and every new log line, live.
 
-        def on_event(event: Event) -> None:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(event.as_dict())
+        A reader more than the ring (:data:`~swapper.events.RING_EVENTS` frames or
+        :data:`~swapper.events.RING_BYTES` bytes) behind gets a ``dropped`` event and the
+        stream ends (the page reconnects for a fresh snapshot). Bytes go out in pieces of
+        about :data:`WRITE_BYTES`, each once the socket took the last."""
+        reply = Reply.of(scope, send)
+        watch = DisconnectWatch(scope, receive, reply)
+        limit_send_buffer = scope.get(SEND_BUFFER_KEY)
+        if limit_send_buffer is not None:
+            limit_send_buffer(SEND_BUFFER)
+        with self.feed.reader() as cursor:
+            try:
+                await reply.send({"type": "http.response.start", "status": 200, "headers": [
+                    (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no")]})
+                # the state as of ``cursor`` (no await in between), not kept once sent
+                await _body(reply.send, _frame({"kind": "snapshot", **self.snapshot()}))
+                await self._follow(reply.send, cursor)
+            except asyncio.CancelledError:
+                if not watch.disconnected:
+                    raise
+            except OSError:
+                pass  # the client went away mid-write
+            finally:
+                watch.close()
+                with contextlib.suppress(Exception):
+                    await reply.send({"type": "http.response.body", "body": b"",
+                                      "more_body": False})
 
-        unsubscribe = self.manager.bus.subscribe(on_event)
-        follows: dict[str, asyncio.Queue[str]] = {}
-        disconnected = asyncio.ensure_future(_until_disconnect(receive))
+    async def _follow(self, send: Send, cursor: int) -> None:
+        """Send the ring's frames from ``cursor`` on, until the reader falls behind."""
+        ring = self.feed.ring
+        while True:
+            try:
+                batch, cursor = ring.read(cursor, WRITE_BYTES)
+            except Behind:
+                await _body(send, _frame({"kind": "dropped", "ts": round(time.time(), 3),
+                                          "reason": DROPPED}))
+                return
+            if batch:
+                await _body(send, batch)
+                if cursor < ring.end:  # a backlog: one piece per turn of the loop, each reader
+                    await asyncio.sleep(0)
+            else:  # the wake-up is shared: a cancelled reader must not cancel it
+                await asyncio.shield(ring.more())
+
+
+class LiveFeed:
+    """Bus events and children's log lines as SSE frames in one :class:`FrameRing`, each
+    encoded once for every ``/api/events`` reader, and only while there is one; a
+    keep-alive comment when nothing else came for :data:`KEEPALIVE` seconds."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.ring = FrameRing()
+        self.readers = 0
+        self._trim: asyncio.TimerHandle | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        self._quiet_end = -1
+        manager.bus.subscribe(self._event)
+        manager.log_listeners.add(self._lines)
+
+    def _event(self, event: Event) -> None:
+        if self.readers:
+            self.ring.push(_frame(event.as_dict()))
+
+    def _lines(self, model: str, lines: list[str]) -> None:
+        if self.readers:
+            for line in lines:
+                self.ring.push(_frame({"kind": "log", "model": model, "line": line}))
+
+    def _keepalive(self) -> None:
+        """Every KEEPALIVE/2 s while there are readers: a comment if nothing came since."""
+        if self.ring.end == self._quiet_end:
+            self.ring.push(b": keepalive\n\n")
+        self._quiet_end = self.ring.end
+        self._tick = asyncio.get_running_loop().call_later(KEEPALIVE / 2, self._keepalive)
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[int]:
+        """One reader for the ``with`` block: its cursor (the ring's end) is yielded; the
+        frames are forgotten when the last reader leaves."""
+        loop = asyncio.get_running_loop()
+        self.readers += 1
+        if self._tick is None:
+            self._tick = loop.call_later(KEEPALIVE / 2, self._keepalive)
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no")]})
-            await _event(send, {"kind": "snapshot", **self.snapshot()})
-            quiet_since = time.monotonic()
-            while not disconnected.done():
-                for model, sink in list(self.manager.logs.items()):
-                    if model not in follows:
-                        follows[model] = sink.follow()
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, disconnected}, timeout=LOG_POLL,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                items = [getter.result()] if getter.done() else []
-                getter.cancel()
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                for model, lines in follows.items():
-                    while not lines.empty():
-                        items.append({"kind": "log", "model": model, "line": lines.get_nowait()})
-                if items:
-                    await send({"type": "http.response.body", "more_body": True,
-                                "body": b"".join(_frame(i) for i in items)})
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since > KEEPALIVE:
-                    await send({"type": "http.response.body", "body": b": keepalive\n\n",
-                                "more_body": True})
-                    quiet_since = time.monotonic()
-        except OSError:
-            pass  # the client went away mid-write
+            yield self.ring.end
         finally:
-            unsubscribe()
-            disconnected.cancel()
-            for model, lines in follows.items():
-                if model in self.manager.logs:
-                    self.manager.logs[model].unfollow(lines)
-            with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.readers -= 1
+            if not self.readers:
+                self.ring.clear()
+                self._tick.cancel()
+                self._tick = None
+            if self._trim is None:  # once for a burst of readers leaving
+                self._trim = loop.call_later(TRIM_DELAY, self._trim_heap)
+
+    def _trim_heap(self) -> None:
+        """Give the heap pages readers' buffers left free back to the system (glibc keeps
+        them otherwise: 200 readers gone would leave their 20 MB of socket buffers)."""
+        self._trim = None
+        trim = _malloc_trim()
+        if trim is not None:
+            trim(0)
 
 
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, None on other C libraries."""
+    import ctypes  # only once a reader left
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 def _frame(item: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(item, default=str).encode() + b"\n\n"
 
 
-async def _event(send: Send, item: dict[str, Any]) -> None:
-    await send({"type": "http.response.body", "body": _frame(item), "more_body": True})
+async def _body(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: str,
