@@ -95,6 +95,9 @@ class LLMStackApp:
         self.models_ini = models_ini
         self.swapper = swapper
         self.loaded = loaded
+        # hosted tiers and "auto" are metric labels too (not in the swapper's config)
+        swapper.status_api.metrics.per_request.known = (
+            lambda name: name == "auto" or self.loaded.stack.tier(name) is not None)
         self.floors = SessionFloors()
         self.routing_memo = RoutingMemo()
         self.shutdown_hooks: list[Callable[[], None]] = []

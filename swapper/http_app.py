@@ -116,7 +116,7 @@ class SwapperApp:
         self.upstream = upstream or UpstreamClient(manager.http)
         self.max_body = max_body
         self.front = front or FrontDoor()
-        self.status_api = StatusApi(manager)
+        self.status_api = StatusApi(manager, MODEL_POST_PATHS)
 
     async def startup(self) -> None:
         await self.manager.start()

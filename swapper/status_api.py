@@ -52,12 +52,13 @@ def _ui_file(name: str) -> bytes:
 class StatusApi:
     """Routes over one manager; :meth:`route` returns False for paths it does not own."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, endpoints: frozenset[str] = frozenset()) -> None:
+        """``endpoints``: the paths the metrics label as themselves (else ``other``)."""
         self.manager = manager
         self.observer = Observer(manager.bus)
         self.feed = LiveFeed(manager)
         from .metrics import Metrics  # prometheus_client: only a process that serves loads it
-        self.metrics: Metrics = Metrics(manager, manager.bus)
+        self.metrics: Metrics = Metrics(manager, manager.bus, endpoints)
 
     def snapshot(self) -> dict[str, Any]:
         return self.observer.snapshot(self.manager)
