@@ -85,9 +85,16 @@ def _end_to_end(raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]) -> H
     return kept
 
 
+_IDENTITY = (b"accept-encoding", b"identity")
+
+
 def forward_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Client request headers minus hop-by-hop ones (and compression: we pass bytes through)."""
-    return _end_to_end(raw, HOP_BY_HOP)
+    """Client request headers minus hop-by-hop ones, asking for an uncompressed answer: bytes
+    pass through, and a response whose head went out early (a loading keep-alive) could not
+    declare an encoding any more."""
+    headers = _end_to_end(raw, HOP_BY_HOP)
+    headers.append(_IDENTITY)
+    return headers
 
 
 def _response_headers(resp: UpstreamResponse, keep_length: bool) -> Headers:
