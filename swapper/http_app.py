@@ -15,7 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from .errors import ApiError
+from .errors import ApiError, request_model, shown
 from .front_door import FrontDoor, header_bytes, without_credentials
 from .listing import model_rows, profiles_payload
 from .manager import Manager
@@ -92,14 +92,11 @@ def model_from_body(body: bytes, content_type: str) -> tuple[str, dict[str, Any]
         if match is None:
             raise ApiError(400, "multipart request without a 'model' field")
         try:
-            return match.group(1).decode(), None
+            return request_model(match.group(1).decode()), None
         except UnicodeDecodeError:
             raise ApiError(400, "multipart 'model' field is not UTF-8") from None
     data = json_object(body)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, "request has no 'model'")
-    return model, data
+    return request_model(data.get("model")), data
 
 
 def header(scope: Scope, name: bytes) -> str:
@@ -202,8 +199,11 @@ class SwapperApp:
         elif method == "GET" and path == "/api/profiles":
             await send_json(send, 200, profiles_payload(self.manager.names))
         elif method == "PUT" and path == "/api/profiles/active":
-            name = json_object(await read_body(scope, receive, self.max_body)).get("name")
-            self.manager.names.set_profile(name if isinstance(name, str) and name else None)
+            data = json_object(await read_body(scope, receive, self.max_body))
+            name = data.get("name", 0)
+            if not (name is None or isinstance(name, str)):
+                raise ApiError(400, "'name' must be a profile's name or null")
+            self.manager.names.set_profile(name or None)
             await send_json(send, 200, profiles_payload(self.manager.names))
         elif method == "GET" and path == "/events":
             await send_json(send, 200, [e.as_dict() for e in self.manager.bus.recent])
@@ -350,7 +350,7 @@ class SwapperApp:
     async def _log_stream(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         model = self.manager.config.resolve(name)
         if model is None:
-            raise ApiError(404, f"model '{name}' not found")
+            raise ApiError(404, f"model '{shown(name)}' not found")
         sink = self.manager.log_for(model)
         queue = sink.follow()
         reply = Reply.of(scope, send)

@@ -10,6 +10,8 @@ protocol class that
   head is refused without being buffered past the limit plus one read;
 * closes a connection whose head is not complete ``header_timeout`` seconds
   after it was opened or after its first byte arrived (408 if any byte came);
+* answers a request it cannot parse (an unknown method, a broken request
+  line) with a JSON 400, like every other error, and closes;
 * answers 408 and closes once a request body that spans reads has sent no
   byte for ``body_timeout`` seconds while the server was reading (a paused
   read, the app not keeping up, is not the client's stall). A body that
@@ -39,7 +41,8 @@ from .reply import DISCONNECT_KEY, SEND_BUFFER_KEY
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout",
+            431: b"Request Header Fields Too Large"}
 
 
 def _refusal(status: int, message: str) -> bytes:
@@ -178,6 +181,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._refused = True
             self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request httptools cannot parse (an unknown method, a broken request line): JSON
+        like every other error, not uvicorn's plain text."""
+        self._refuse(400, msg)
 
     def _refuse(self, status: int, message: str) -> None:
         self._refused = True

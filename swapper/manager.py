@@ -23,7 +23,7 @@ from typing import Any
 
 from . import scheduler as sch
 from .config import ModelSpec, SwapperConfig
-from .errors import ApiError, unavailable
+from .errors import ApiError, shown, unavailable
 from .events import EventBus, Listeners
 from .logring import LineListener, LogSink
 from .process import ChildProcess, LoadError, ProcessFactory, UpstreamProcess
@@ -399,7 +399,7 @@ class Manager:
         """Start loading ``name`` in the background, as a request would; returns its id."""
         model = self.config.resolve(name)
         if model is None:
-            raise ApiError(404, f"model '{name}' not found")
+            raise ApiError(404, f"model '{shown(name)}' not found")
         self._spawn(self._preload(model))
         return model
 
@@ -412,7 +412,7 @@ class Manager:
         if model is not None:
             resolved = self.config.resolve(model)
             if resolved is None:
-                raise ApiError(404, f"model '{model}' not found")
+                raise ApiError(404, f"model '{shown(model)}' not found")
             model = resolved
         targets = {m for m, state in self.scheduler.status.items()
                    if state is not sch.Status.STOPPED and model in (None, m)}

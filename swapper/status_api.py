@@ -35,6 +35,16 @@ UI_FILES = {"/ui": ("index.html", "text/html; charset=utf-8"),
             "/ui/": ("index.html", "text/html; charset=utf-8"),
             "/ui/app.js": ("app.js", "text/javascript; charset=utf-8")}
 PUBLIC_PATHS = frozenset({"/health", *UI_FILES})
+PAGE_HEADERS = (
+    (b"cache-control", b"no-cache"),
+    # its own script and fetches only (inline styles: the page's one <style> and bar widths)
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; connect-src 'self'; "
+     b"style-src 'self' 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+     b"frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+"""Headers of the page's files: no framing (clickjacking the load/unload buttons), no sniffing."""
 LOAD_PREFIX = "/api/models/load/"
 KEEPALIVE = 15.0
 WRITE_BYTES = 16 * 1024
@@ -67,7 +77,7 @@ class StatusApi:
         method, path = scope["method"], scope["path"]
         if method == "GET" and path in UI_FILES:
             name, content_type = UI_FILES[path]
-            await _send(send, 200, _ui_file(name), content_type, no_cache=True)
+            await _send(send, 200, _ui_file(name), content_type, PAGE_HEADERS)
         elif method == "GET" and path == "/api/state":
             await _send(send, 200, json.dumps(self.snapshot()).encode(), "application/json")
         elif method == "GET" and path == "/api/events":
@@ -205,11 +215,9 @@ async def _body(send: Send, data: bytes) -> None:
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: str,
-                no_cache: bool = False) -> None:
+                extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     headers = [(b"content-type", content_type.encode()),
-               (b"content-length", str(len(body)).encode())]
-    if no_cache:
-        headers.append((b"cache-control", b"no-cache"))
+               (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
