@@ -113,7 +113,8 @@ class _PerRequest(Collector):
         model, path = f.get("model"), f.get("path")
         if not (isinstance(model, str) and (model == "-" or self.known(model))):
             model = OTHER
-        key = (model, path if path in self.endpoints else OTHER, status_label(f.get("status")))
+        endpoint = path if isinstance(path, str) and path in self.endpoints else OTHER
+        key = (model, endpoint, status_label(f.get("status")))
         self.requests[key] = self.requests.get(key, 0) + 1
         latency = self.latency.get(model)
         if latency is None:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import psutil
 
 from swapper.events import RING_BYTES, RING_EVENTS
-from tests.conftest import Server, fake_cmd, wait_until
+from tests.conftest import Server, fake_cmd, in_threads, wait_until
 
 Swapper = Callable[..., Server]
 CHAT = "/v1/chat/completions"
@@ -49,11 +49,7 @@ def traffic(port: int, requests: int, threads: int = 3) -> int:
             assert resp.status == 200
         conn.close()
 
-    workers = [threading.Thread(target=one_thread) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    in_threads(one_thread, threads)
     return requests // threads * threads
 
 

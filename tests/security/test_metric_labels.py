@@ -4,14 +4,13 @@ bring, the series do not grow with them (a real `python -m swapper`)."""
 from __future__ import annotations
 
 import http.client
-import threading
 import uuid
 from collections.abc import Callable
 
 import pytest
 
 from swapper.metrics import status_label
-from tests.conftest import Server, fake_cmd
+from tests.conftest import Server, fake_cmd, in_threads
 
 Swapper = Callable[..., Server]
 
@@ -32,11 +31,7 @@ def hammer(port: int, targets: Callable[[], str], requests: int, threads: int = 
             conn.getresponse().read()
         conn.close()
 
-    workers = [threading.Thread(target=one_thread) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    in_threads(one_thread, threads)
 
 
 def test_random_upstream_paths_add_at_most_ten_series(swapper: Swapper) -> None:
@@ -57,3 +52,16 @@ def test_random_upstream_paths_add_at_most_ten_series(swapper: Swapper) -> None:
 ])
 def test_status_labels(status: object, label: str) -> None:
     assert status_label(status) == label
+
+
+def test_hostile_event_fields_become_closed_labels() -> None:
+    from swapper.metrics import _PerRequest
+
+    counts = _PerRequest(lambda model: model == "fast", frozenset({"/v1/chat/completions"}))
+    for model, path, status in ((None, ["x"], "200"), (["fast"], {"a": 1}, 10**9),
+                                ("x" * 10**6, "/v1/chat/completions" + "x", 200),
+                                ("fast", "/v1/chat/completions", 503)):
+        counts.request_done({"model": model, "path": path, "status": status})
+    assert set(counts.requests) == {("other", "other", "other"), ("other", "other", "200"),
+                                    ("fast", "/v1/chat/completions", "503")}
+    assert set(counts.latency) == {"other", "fast"}

@@ -52,3 +52,17 @@ async def test_every_waiting_reader_wakes_at_the_next_push() -> None:
     await until(waiters[0].cancelled, "the reader's wait cancelled")
     ring.push(b"x")
     await asyncio.wait_for(asyncio.gather(*waiters[1:]), 1)
+
+
+async def test_a_quiet_feed_sends_keepalive_comments(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from swapper import status_api
+    from swapper.events import EventBus, Listeners
+
+    monkeypatch.setattr(status_api, "KEEPALIVE", 0.1)
+    feed = status_api.LiveFeed(SimpleNamespace(bus=EventBus(), log_listeners=Listeners()))
+    with feed.reader() as cursor:
+        await asyncio.wait_for(asyncio.shield(feed.ring.more()), 5)
+        assert feed.ring.read(cursor, 100) == (b": keepalive\n\n", cursor + 1)
+    assert feed._tick is None  # the last reader left: no timer
