@@ -10,10 +10,11 @@ and DNS rebinding points a foreign name at 127.0.0.1. So, with no key:
 * a request carrying an ``Origin`` other than the server's own (``Host``) is
   refused with 403, unless that origin is listed in the CORS origins.
 
-With keys, every route but ``/health`` (and the page, ``/ui``) needs one
-(``Authorization: Bearer <key>`` or ``x-api-key: <key>``; ``Authorization: <key>``
-without the scheme is refused, as OpenAI and llama-swap clients always send it). CORS headers are sent only to the configured origins; an
-``OPTIONS`` preflight is 204 for them and 405 otherwise.
+With keys, every route but ``/health`` (and the page, ``/ui``) needs one:
+``Authorization: Bearer <key>`` (OpenAI and llama-swap clients) or ``x-api-key:
+<key>`` (Anthropic's); a bare ``Authorization: <key>`` is no key. CORS headers are
+sent only to the configured origins; an ``OPTIONS`` preflight is 204 for them and
+405 otherwise.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import Timeouts
-from .errors import ApiError
+from .errors import ApiError, shown
 from .stream_protocols import RAW, EndWatch, StreamProtocol, protocol_for
 from .upstream import BadTarget, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout, origin
 
@@ -187,7 +187,7 @@ async def _foreign_error(resp: UpstreamResponse) -> ApiError:
     text = _SPACE.sub(" ", _TAG.sub(" ", raw[:EXCERPT_READ].decode("utf-8", "replace"))).strip()
     excerpt = text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else "")
     return ApiError(resp.status, f"upstream answered {resp.status} with "
-                                 f"{resp.content_type or 'no content type'}: {excerpt}",
+                                 f"{shown(resp.content_type) or 'no content type'}: {excerpt}",
                     "upstream_error")
 
 
