@@ -7,11 +7,12 @@ cursor, so their cost does not grow with their number or their slowness.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("swapper")
@@ -102,6 +103,8 @@ class FrameRing:
         self._bytes = 0
         self.start = 0
         """The sequence number of the oldest frame kept."""
+        self.readers = 0
+        """Readers now (:meth:`reader`); with none, a producer need not push."""
         self._more: asyncio.Future[None] | None = None
 
     @property
@@ -145,11 +148,19 @@ class FrameRing:
             self._more = asyncio.get_running_loop().create_future()
         return self._more
 
-    def clear(self) -> None:
-        """Forget every frame (the last reader left); sequence numbers carry on."""
-        self.start = self.end
-        self._frames.clear()
-        self._head = self._bytes = 0
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[int]:
+        """One reader for the ``with`` block: its cursor (the end now) is yielded; the
+        frames are forgotten when the last reader leaves (sequence numbers carry on)."""
+        self.readers += 1
+        try:
+            yield self.end
+        finally:
+            self.readers -= 1
+            if not self.readers:
+                self.start = self.end
+                self._frames.clear()
+                self._head = self._bytes = 0
 
 
 # One per request: at INFO they would be an access log on the hot path (10 % of the CPU

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from .errors import ApiError, request_model, shown
+from .events import RING_BYTES, RING_EVENTS
 from .front_door import FrontDoor, header_bytes, without_credentials
 from .listing import model_rows, profiles_payload
 from .manager import Manager
@@ -28,7 +29,7 @@ from .reply import (
 )
 from .scheduler import Status
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
-from .status_api import PUBLIC_PATHS, StatusApi
+from .status_api import PUBLIC_PATHS, StatusApi, stream_ring
 from .stream_protocols import RAW, StreamProtocol, protocol_for
 from .upstream_path import raw_path, upstream_target
 
@@ -42,6 +43,8 @@ MODEL_POST_PATHS = frozenset({
     "/v1/images/generations", "/v1/images/edits",
 })
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+LOG_BEHIND = (f"[swapper] this follower fell behind (more than {RING_EVENTS} lines or "
+              f"{RING_BYTES // 1024} KiB unread): lines were lost; reconnect\n").encode()
 _MULTIPART_MODEL = re.compile(rb'name="model"\r\n\r\n([^\r\n]*)\r\n')
 
 
@@ -348,29 +351,17 @@ class SwapperApp:
         return "\n".join(parts) + "\n"
 
     async def _log_stream(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        """A model's log (its buffered lines unless ``?no-history``), then each new line; a
+        follower that falls behind gets a last line saying so (:func:`stream_ring`)."""
         model = self.manager.config.resolve(name)
         if model is None:
             raise ApiError(404, f"model '{shown(name)}' not found")
         sink = self.manager.log_for(model)
-        queue = sink.follow()
-        reply = Reply.of(scope, send)
-        watch = DisconnectWatch(scope, receive, reply)
-        send = reply.send
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
-        try:
-            history = b"" if b"no-history" in scope.get("query_string", b"") else (
-                "\n".join(sink.lines) + "\n").encode()
-            await send({"type": "http.response.body", "body": history, "more_body": True})
-            while True:
-                line = await queue.get()
-                await send({"type": "http.response.body", "body": (line + "\n").encode(),
-                            "more_body": True})
-        except asyncio.CancelledError:
-            if not watch.disconnected:
-                raise
-        finally:
-            sink.unfollow(queue)
-            watch.close()
-            with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        def history() -> bytes:
+            if b"no-history" in scope.get("query_string", b""):
+                return b""
+            return ("\n".join(sink.lines) + "\n").encode("utf-8", "replace")
+
+        await stream_ring(scope, receive, send, sink.live, sink.live.reader,
+                          b"text/plain; charset=utf-8", history, lambda: LOG_BEHIND)

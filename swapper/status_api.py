@@ -93,52 +93,70 @@ class StatusApi:
         return True
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """SSE: a ``snapshot`` first, then every bus event and every new log line, live.
+        """SSE: a ``snapshot`` first, then every bus event and every new log line, live; a
+        reader that falls behind gets a ``dropped`` event (:func:`stream_ring`)."""
+        def snapshot() -> bytes:
+            return _frame({"kind": "snapshot", **self.snapshot()})
 
-        A reader more than the ring (:data:`~swapper.events.RING_EVENTS` frames or
-        :data:`~swapper.events.RING_BYTES` bytes) behind gets a ``dropped`` event and the
-        stream ends (the page reconnects for a fresh snapshot). Bytes go out in pieces of
-        about :data:`WRITE_BYTES`, each once the socket took the last."""
-        reply = Reply.of(scope, send)
-        watch = DisconnectWatch(scope, receive, reply)
-        limit_send_buffer = scope.get(SEND_BUFFER_KEY)
-        if limit_send_buffer is not None:
-            limit_send_buffer(SEND_BUFFER)
-        with self.feed.reader() as cursor:
-            try:
-                await reply.send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
-                    (b"x-accel-buffering", b"no")]})
-                # the state as of ``cursor`` (no await in between), not kept once sent
-                await _body(reply.send, _frame({"kind": "snapshot", **self.snapshot()}))
-                await self._follow(reply.send, cursor)
-            except asyncio.CancelledError:
-                if not watch.disconnected:
-                    raise
-            except OSError:
-                pass  # the client went away mid-write
-            finally:
-                watch.close()
-                with contextlib.suppress(Exception):
-                    await reply.send({"type": "http.response.body", "body": b"",
-                                      "more_body": False})
+        def dropped() -> bytes:
+            return _frame({"kind": "dropped", "ts": round(time.time(), 3), "reason": DROPPED})
 
-    async def _follow(self, send: Send, cursor: int) -> None:
-        """Send the ring's frames from ``cursor`` on, until the reader falls behind."""
-        ring = self.feed.ring
-        while True:
-            try:
-                batch, cursor = ring.read(cursor, WRITE_BYTES)
-            except Behind:
-                await _body(send, _frame({"kind": "dropped", "ts": round(time.time(), 3),
-                                          "reason": DROPPED}))
-                return
-            if batch:
-                await _body(send, batch)
-                if cursor < ring.end:  # a backlog: one piece per turn of the loop, each reader
-                    await asyncio.sleep(0)
-            else:  # the wake-up is shared: a cancelled reader must not cancel it
-                await asyncio.shield(ring.more())
+        await stream_ring(scope, receive, send, self.feed.ring, self.feed.reader,
+                          b"text/event-stream", snapshot, dropped)
+
+
+Bytes = Callable[[], bytes]
+
+
+async def stream_ring(scope: Scope, receive: Receive, send: Send, ring: FrameRing,
+                      join: Callable[[], contextlib.AbstractContextManager[int]],
+                      content_type: bytes, first: Bytes, behind: Bytes) -> None:
+    """Stream one reader of ``ring`` (``join`` makes it one, yielding its cursor):
+    ``first()`` (as of that cursor), then every frame from the cursor on, until the client
+    leaves or falls behind the ring (:data:`~swapper.events.RING_EVENTS` frames or
+    :data:`~swapper.events.RING_BYTES` bytes); then ``behind()`` ends the response.
+
+    A backlog goes out :data:`WRITE_BYTES` at a time, one write per reader per turn of the
+    loop, and the connection's kernel send buffer is capped at :data:`SEND_BUFFER`: a
+    reader that stops reading holds that much and the socket's, never the ring's copy."""
+    reply = Reply.of(scope, send)
+    watch = DisconnectWatch(scope, receive, reply)
+    limit_send_buffer = scope.get(SEND_BUFFER_KEY)
+    if limit_send_buffer is not None:
+        limit_send_buffer(SEND_BUFFER)
+    send = reply.send
+    with join() as cursor:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", content_type), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]})
+            await _body(send, first())  # as of ``cursor`` (no await in between); not kept
+            await _follow(send, ring, cursor, behind)
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+        except OSError:
+            pass  # the client went away mid-write
+        finally:
+            watch.close()
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _follow(send: Send, ring: FrameRing, cursor: int, behind: Bytes) -> None:
+    """Send ``ring``'s frames from ``cursor`` on, until the reader falls behind."""
+    while True:
+        try:
+            batch, cursor = ring.read(cursor, WRITE_BYTES)
+        except Behind:
+            await _body(send, behind())
+            return
+        if batch:
+            await _body(send, batch)
+            if cursor < ring.end:  # a backlog: one piece per turn of the loop, each reader
+                await asyncio.sleep(0)
+        else:  # the wake-up is shared: a cancelled reader must not cancel it
+            await asyncio.shield(ring.more())
 
 
 class LiveFeed:
@@ -148,7 +166,6 @@ class LiveFeed:
 
     def __init__(self, manager: Manager) -> None:
         self.ring = FrameRing()
-        self.readers = 0
         self._trim: asyncio.TimerHandle | None = None
         self._tick: asyncio.TimerHandle | None = None
         self._quiet_end = -1
@@ -156,11 +173,11 @@ class LiveFeed:
         manager.log_listeners.add(self._lines)
 
     def _event(self, event: Event) -> None:
-        if self.readers:
+        if self.ring.readers:
             self.ring.push(_frame(event.as_dict()))
 
     def _lines(self, model: str, lines: list[str]) -> None:
-        if self.readers:
+        if self.ring.readers:
             for line in lines:
                 self.ring.push(_frame({"kind": "log", "model": model, "line": line}))
 
@@ -173,22 +190,20 @@ class LiveFeed:
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[int]:
-        """One reader for the ``with`` block: its cursor (the ring's end) is yielded; the
-        frames are forgotten when the last reader leaves."""
+        """The ring's :meth:`~FrameRing.reader`, with keep-alives while anyone reads and a
+        heap trim once readers leave."""
         loop = asyncio.get_running_loop()
-        self.readers += 1
-        if self._tick is None:
-            self._tick = loop.call_later(KEEPALIVE / 2, self._keepalive)
-        try:
-            yield self.ring.end
-        finally:
-            self.readers -= 1
-            if not self.readers:
-                self.ring.clear()
-                self._tick.cancel()
-                self._tick = None
-            if self._trim is None:  # once for a burst of readers leaving
-                self._trim = loop.call_later(TRIM_DELAY, self._trim_heap)
+        with self.ring.reader() as cursor:
+            if self._tick is None:
+                self._tick = loop.call_later(KEEPALIVE / 2, self._keepalive)
+            try:
+                yield cursor
+            finally:
+                if self.ring.readers == 1 and self._tick is not None:  # the last one leaves
+                    self._tick.cancel()
+                    self._tick = None
+                if self._trim is None:  # once for a burst of readers leaving
+                    self._trim = loop.call_later(TRIM_DELAY, self._trim_heap)
 
     def _trim_heap(self) -> None:
         """Give the heap pages readers' buffers left free back to the system (glibc keeps

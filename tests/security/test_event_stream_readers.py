@@ -24,14 +24,15 @@ MB = 1 << 20
 CONFIG = f"models:\n  m:\n    cmd: {fake_cmd('--chunks', '2', '--log-lines', '4')}\n"
 
 
-def silent_reader(port: int, receive_buffer: int = 4096) -> socket.socket:
-    """A client that asks for the event stream and reads nothing yet (a small receive buffer
-    by default)."""
+def silent_reader(port: int, receive_buffer: int = 4096,
+                  path: str = "/api/events") -> socket.socket:
+    """A client that asks for the event stream (or ``path``) and reads nothing yet (a small
+    receive buffer by default)."""
     sock = socket.socket()
     if receive_buffer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     return sock
 
 
@@ -159,3 +160,17 @@ def test_a_reader_that_falls_behind_gets_a_final_dropped_event(swapper: Swapper)
     assert events[0]["kind"] == "snapshot"
     assert events[-1]["kind"] == "dropped" and len(events) < requests
     assert f"{RING_EVENTS} events or {RING_BYTES // 1024} KiB" in events[-1]["reason"]
+
+
+def test_a_log_follower_that_falls_behind_gets_a_last_line_saying_so(swapper: Swapper) -> None:
+    server = swapper(CONFIG)
+    port = int(server.base.rsplit(":", 1)[1])
+    traffic(port, 3)  # the model runs: its log exists
+    lagging = silent_reader(port, path="/logs/stream/m?no-history")
+    wait_until(lambda: b"200 OK" in lagging.recv(4096, socket.MSG_PEEK), 10, "the stream")
+    traffic(port, RING_EVENTS // 2)  # 4 lines each: more than the ring holds
+    body = read_until_end(lagging)
+    lagging.close()
+    lines = body.split(b"\r\n0\r\n")[0].split(b"\n")
+    assert any(line.startswith(b"slot 0: request") for line in lines)
+    assert b"[swapper] this follower fell behind" in body[-300:]

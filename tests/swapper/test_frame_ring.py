@@ -33,14 +33,15 @@ def test_a_reader_behind_the_ring_is_told_and_a_read_stops_at_its_limit() -> Non
         ring.read(cursor, 2)
 
 
-def test_compaction_and_clear_keep_sequence_numbers() -> None:
+def test_compaction_and_the_last_reader_leaving_keep_sequence_numbers() -> None:
     ring = FrameRing(max_frames=2, max_bytes=1 << 20)
-    for i in range(1000):
-        ring.push(b"%d," % i)
-    assert ring.read(ring.start, 100) == (b"998,999,", 1000)
-    assert len(ring._frames) <= 2 * 2 + 1  # compacted, not grown
-    ring.clear()
-    assert (ring.start, ring.end) == (1000, 1000)
+    with ring.reader() as cursor:
+        assert (cursor, ring.readers) == (0, 1)
+        for i in range(1000):
+            ring.push(b"%d," % i)
+        assert ring.read(ring.start, 100) == (b"998,999,", 1000)
+        assert len(ring._frames) <= 2 * 2 + 1  # compacted, not grown
+    assert (ring.start, ring.end, ring.readers) == (1000, 1000, 0)  # frames forgotten
     with pytest.raises(Behind):
         ring.read(999, 10)
 

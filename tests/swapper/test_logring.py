@@ -42,17 +42,18 @@ def test_the_lines_one_block_completes_reach_the_file_in_one_write(tmp_path: Pat
 
     monkeypatch.setattr(Path, "open", counting_open)
     sink = LogSink("m", tmp_path / "m.log")
-    follower = sink.follow()
-    block = b"".join(b"slot print_timing: line %d\n" % i for i in range(9))
-    assert sink.feed(block + b"half a li")  # nine lines (llama-server's per request) and a part
-    assert opened[0].writes == 1
-    assert not sink.feed(b"ne, and more")
-    sink.flush()
-    sink.close()
     expected = [f"slot print_timing: line {i}" for i in range(9)] + ["half a line, and more"]
+    with sink.live.reader() as cursor:  # a follower
+        block = b"".join(b"slot print_timing: line %d\n" % i for i in range(9))
+        assert sink.feed(block + b"half a li")  # nine lines (llama-server's per request), a part
+        assert opened[0].writes == 1
+        assert not sink.feed(b"ne, and more")
+        sink.flush()
+        sink.close()
+        assert sink.live.read(cursor, 1 << 20)[0].decode().splitlines() == expected
     assert (tmp_path / "m.log").read_text().splitlines() == expected
     assert list(sink.lines) == expected
-    assert [follower.get_nowait() for _ in expected] == expected
+    assert sink.live.readers == 0 and sink.live.start == len(expected)  # forgotten, counted
 
 
 def test_the_file_rotates_past_its_cap_and_keeps_the_newest(tmp_path: Path,
