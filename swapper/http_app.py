@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .errors import ApiError, request_model, shown
@@ -29,7 +29,7 @@ from .reply import (
 )
 from .scheduler import Status
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
-from .status_api import PUBLIC_PATHS, StatusApi, stream_ring
+from .status_api import PUBLIC_PATHS, WRITE_BYTES, StatusApi, stream_ring
 from .stream_protocols import RAW, StreamProtocol, protocol_for
 from .upstream_path import raw_path, upstream_target
 
@@ -100,6 +100,20 @@ def model_from_body(body: bytes, content_type: str) -> tuple[str, dict[str, Any]
             raise ApiError(400, "multipart 'model' field is not UTF-8") from None
     data = json_object(body)
     return request_model(data.get("model")), data
+
+
+def _pieces(lines: Iterable[str], size: int = WRITE_BYTES) -> Iterator[bytes]:
+    """``lines``, each with its newline, in pieces of about ``size`` characters."""
+    piece: list[str] = []
+    count = 0
+    for line in lines:
+        piece.append(line + "\n")
+        count += len(line) + 1
+        if count >= size:
+            yield "".join(piece).encode("utf-8", "replace")
+            piece, count = [], 0
+    if piece:
+        yield "".join(piece).encode("utf-8", "replace")
 
 
 def header(scope: Scope, name: bytes) -> str:
@@ -358,10 +372,10 @@ class SwapperApp:
             raise ApiError(404, f"model '{shown(name)}' not found")
         sink = self.manager.log_for(model)
 
-        def history() -> bytes:
+        def history() -> Iterable[bytes]:  # the lines as of now, sent a piece at a time
             if b"no-history" in scope.get("query_string", b""):
-                return b""
-            return ("\n".join(sink.lines) + "\n").encode("utf-8", "replace")
+                return ()
+            return _pieces(list(sink.lines))
 
         await stream_ring(scope, receive, send, sink.live, sink.live.reader,
                           b"text/plain; charset=utf-8", history, lambda: LOG_BEHIND)

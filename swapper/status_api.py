@@ -16,7 +16,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -95,8 +95,8 @@ class StatusApi:
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
         """SSE: a ``snapshot`` first, then every bus event and every new log line, live; a
         reader that falls behind gets a ``dropped`` event (:func:`stream_ring`)."""
-        def snapshot() -> bytes:
-            return _frame({"kind": "snapshot", **self.snapshot()})
+        def snapshot() -> list[bytes]:
+            return [_frame({"kind": "snapshot", **self.snapshot()})]
 
         def dropped() -> bytes:
             return _frame({"kind": "dropped", "ts": round(time.time(), 3), "reason": DROPPED})
@@ -110,9 +110,11 @@ Bytes = Callable[[], bytes]
 
 async def stream_ring(scope: Scope, receive: Receive, send: Send, ring: FrameRing,
                       join: Callable[[], contextlib.AbstractContextManager[int]],
-                      content_type: bytes, first: Bytes, behind: Bytes) -> None:
-    """Stream one reader of ``ring`` (``join`` makes it one, yielding its cursor):
-    ``first()`` (as of that cursor), then every frame from the cursor on, until the client
+                      content_type: bytes, first: Callable[[], Iterable[bytes]],
+                      behind: Bytes) -> None:
+    """Stream one reader of ``ring`` (``join`` makes it one, yielding its cursor): the
+    pieces of ``first()`` (called as of that cursor), then every frame from the cursor on,
+    each piece once the socket took the last, until the client
     leaves or falls behind the ring (:data:`~swapper.events.RING_EVENTS` frames or
     :data:`~swapper.events.RING_BYTES` bytes); then ``behind()`` ends the response.
 
@@ -130,7 +132,8 @@ async def stream_ring(scope: Scope, receive: Receive, send: Send, ring: FrameRin
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", content_type), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]})
-            await _body(send, first())  # as of ``cursor`` (no await in between); not kept
+            for piece in first():  # called as of ``cursor`` (no await in between)
+                await _body(send, piece)
             await _follow(send, ring, cursor, behind)
         except asyncio.CancelledError:
             if not watch.disconnected:

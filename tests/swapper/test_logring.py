@@ -74,3 +74,13 @@ def test_a_long_line_is_cut_with_a_note(tmp_path: Path) -> None:
     sink.feed(b"a" * (logring.MAX_LINE_BYTES + 5) + b"\n")
     sink.close()
     assert list(sink.lines) == ["a" * logring.MAX_LINE_BYTES + " [... 5 bytes cut]"]
+
+
+def test_a_followers_history_goes_out_in_bounded_pieces() -> None:
+    from swapper.http_app import _pieces
+
+    lines = ["x" * 16384] * 5 + ["short", "é"]
+    pieces = list(_pieces(lines, 20000))
+    assert b"".join(pieces).decode().splitlines() == lines
+    assert [len(p) for p in pieces] == [2 * 16385, 2 * 16385, 16385 + 6 + 3]  # é: 2 bytes
+    assert list(_pieces([], 10)) == []
