@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from swapper.config import ConfigError, SwapperConfig
-from swapper.errors import ApiError
+from swapper.errors import ApiError, request_model, shown
 from swapper.http_app import SwapperApp, header, json_object, read_body
 from swapper.manager import Manager
 from swapper.observe import RequestMeter
@@ -95,6 +95,9 @@ class LLMStackApp:
         self.models_ini = models_ini
         self.swapper = swapper
         self.loaded = loaded
+        # hosted tiers and "auto" are metric labels too (not in the swapper's config)
+        swapper.status_api.metrics.per_request.known = (
+            lambda name: name == "auto" or self.loaded.stack.tier(name) is not None)
         self.floors = SessionFloors()
         self.routing_memo = RoutingMemo()
         self.shutdown_hooks: list[Callable[[], None]] = []
@@ -193,12 +196,11 @@ class LLMStackApp:
         """``GET /v1/models/{id}``: the row of ``auto``, a tier or an alias; 404 otherwise."""
         row = next((r for r in self.model_list() if r["id"] == model_id), None)
         if row is None:
-            raise ApiError(404, f"model '{model_id}' not found", "model_not_found")
+            raise ApiError(404, f"model '{shown(model_id)}' not found", "model_not_found")
         return row
 
     def _named(self, model: Any) -> str:
-        if not isinstance(model, str):
-            raise ApiError(400, "'model' must be a string")
+        model = request_model(model)
         found = self.loaded.stack.tier(model)
         tier = found.name if found else model
         self.manager.bus.publish("named", tier=tier, model=model)

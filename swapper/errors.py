@@ -40,6 +40,28 @@ class ApiError(Exception):
         return error_json(self.message, self.type, self.code or str(self.status))
 
 
+MAX_NAME = 256
+"""The longest model name a request may carry (configured names are far shorter)."""
+SHOWN_CHARS = 100
+
+
+def shown(name: str) -> str:
+    """A client's name as an error message quotes it: at most :data:`SHOWN_CHARS`
+    characters, then how long it was (a path or a body may carry megabytes)."""
+    return name if len(name) <= SHOWN_CHARS else f"{name[:SHOWN_CHARS]}… ({len(name)} characters)"
+
+
+def request_model(value: object) -> str:
+    """A request's ``model``: a non-empty string of at most :data:`MAX_NAME` characters
+    (400 otherwise), so it can go into errors, events and logs whole."""
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "request has no 'model'" if value in (None, "")
+                       else "'model' must be a string")
+    if len(value) > MAX_NAME:
+        raise ApiError(400, f"'model' is longer than {MAX_NAME} characters: {shown(value)}")
+    return value
+
+
 def error_json(message: str, type_: str, code: str) -> bytes:
     """The JSON bytes of an OpenAI error envelope."""
     return json.dumps({"error": {"message": message, "type": type_, "code": code}}).encode()

@@ -10,9 +10,11 @@ and DNS rebinding points a foreign name at 127.0.0.1. So, with no key:
 * a request carrying an ``Origin`` other than the server's own (``Host``) is
   refused with 403, unless that origin is listed in the CORS origins.
 
-With keys, every route but ``/health`` needs one (``Authorization: Bearer`` or
-``x-api-key``). CORS headers are sent only to the configured origins; an
-``OPTIONS`` preflight is 204 for them and 405 otherwise.
+With keys, every route but ``/health`` (and the page, ``/ui``) needs one:
+``Authorization: Bearer <key>`` (OpenAI and llama-swap clients) or ``x-api-key:
+<key>`` (Anthropic's); a bare ``Authorization: <key>`` is no key. CORS headers are
+sent only to the configured origins; an ``OPTIONS`` preflight is 204 for them and
+405 otherwise.
 """
 
 from __future__ import annotations
@@ -99,10 +101,11 @@ def without_credentials(headers: list[tuple[bytes, bytes]],
 
 
 def _given_key(scope: Scope) -> bytes:
+    """The key of ``Authorization: Bearer <key>``, else of ``x-api-key`` (a bare
+    ``Authorization: <key>``, without a scheme, is no key: 401)."""
     auth = header_bytes(scope, b"authorization")
-    if auth[:7].lower() == b"bearer ":
-        auth = auth[7:]
-    return auth.strip() or header_bytes(scope, b"x-api-key").strip()
+    bearer = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+    return bearer or header_bytes(scope, b"x-api-key").strip()
 
 
 @dataclass(frozen=True)

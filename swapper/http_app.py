@@ -13,22 +13,24 @@ import json
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from .errors import ApiError
+from .errors import ApiError, request_model, shown
+from .events import RING_BYTES, RING_EVENTS
 from .front_door import FrontDoor, header_bytes, without_credentials
 from .listing import model_rows, profiles_payload
 from .manager import Manager
 from .loading import SCOPE_KEY, LoadingStream, wants_stream
 from .observe import RequestMeter
+from .reply import SCOPE_KEY as REPLY_KEY
 from .reply import (
     ClientGone, DisconnectWatch, ErrorBody, Receive, Reply, Scope, guarded, open_reply, openai_error_body,
     send_bytes, send_json,
 )
 from .scheduler import Status
 from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
-from .status_api import PUBLIC_PATHS, StatusApi
+from .status_api import PUBLIC_PATHS, WRITE_BYTES, StatusApi, stream_ring
 from .stream_protocols import RAW, StreamProtocol, protocol_for
 from .upstream_path import raw_path, upstream_target
 
@@ -42,6 +44,8 @@ MODEL_POST_PATHS = frozenset({
     "/v1/images/generations", "/v1/images/edits",
 })
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+LOG_BEHIND = (f"[swapper] this follower fell behind (more than {RING_EVENTS} lines or "
+              f"{RING_BYTES // 1024} KiB unread): lines were lost; reconnect\n").encode()
 _MULTIPART_MODEL = re.compile(rb'name="model"\r\n\r\n([^\r\n]*)\r\n')
 
 
@@ -92,14 +96,25 @@ def model_from_body(body: bytes, content_type: str) -> tuple[str, dict[str, Any]
         if match is None:
             raise ApiError(400, "multipart request without a 'model' field")
         try:
-            return match.group(1).decode(), None
+            return request_model(match.group(1).decode()), None
         except UnicodeDecodeError:
             raise ApiError(400, "multipart 'model' field is not UTF-8") from None
     data = json_object(body)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, "request has no 'model'")
-    return model, data
+    return request_model(data.get("model")), data
+
+
+def _pieces(lines: Iterable[str], size: int = WRITE_BYTES) -> Iterator[bytes]:
+    """``lines``, each with its newline, in pieces of about ``size`` characters."""
+    piece: list[str] = []
+    count = 0
+    for line in lines:
+        piece.append(line + "\n")
+        count += len(line) + 1
+        if count >= size:
+            yield "".join(piece).encode("utf-8", "replace")
+            piece, count = [], 0
+    if piece:
+        yield "".join(piece).encode("utf-8", "replace")
 
 
 def header(scope: Scope, name: bytes) -> str:
@@ -116,7 +131,7 @@ class SwapperApp:
         self.upstream = upstream or UpstreamClient(manager.http)
         self.max_body = max_body
         self.front = front or FrontDoor()
-        self.status_api = StatusApi(manager)
+        self.status_api = StatusApi(manager, MODEL_POST_PATHS)
 
     async def startup(self) -> None:
         await self.manager.start()
@@ -140,8 +155,12 @@ class SwapperApp:
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}  # uvicorn still sees HEAD and drops the body
         reply = open_reply(scope, send, cors)
-        await guarded(reply, lambda out: self._admit(scope, receive, out, route, bool(cors)),
-                      render)
+        try:
+            await guarded(reply, lambda out: self._admit(scope, receive, out, route, bool(cors)),
+                          render)
+        finally:  # uvicorn keeps the scope in reference cycles until a full collection:
+            scope.pop(REPLY_KEY, None)  # not the answer's last chunks with it
+            scope.pop(SCOPE_KEY, None)
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, route: Route,
                      cors: bool) -> None:
@@ -198,8 +217,11 @@ class SwapperApp:
         elif method == "GET" and path == "/api/profiles":
             await send_json(send, 200, profiles_payload(self.manager.names))
         elif method == "PUT" and path == "/api/profiles/active":
-            name = json_object(await read_body(scope, receive, self.max_body)).get("name")
-            self.manager.names.set_profile(name if isinstance(name, str) and name else None)
+            data = json_object(await read_body(scope, receive, self.max_body))
+            name = data.get("name", 0)
+            if not (name is None or isinstance(name, str)):
+                raise ApiError(400, "'name' must be a profile's name or null")
+            self.manager.names.set_profile(name or None)
             await send_json(send, 200, profiles_payload(self.manager.names))
         elif method == "GET" and path == "/events":
             await send_json(send, 200, [e.as_dict() for e in self.manager.bus.recent])
@@ -344,29 +366,17 @@ class SwapperApp:
         return "\n".join(parts) + "\n"
 
     async def _log_stream(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        """A model's log (its buffered lines unless ``?no-history``), then each new line; a
+        follower that falls behind gets a last line saying so (:func:`stream_ring`)."""
         model = self.manager.config.resolve(name)
         if model is None:
-            raise ApiError(404, f"model '{name}' not found")
+            raise ApiError(404, f"model '{shown(name)}' not found")
         sink = self.manager.log_for(model)
-        queue = sink.follow()
-        reply = Reply.of(scope, send)
-        watch = DisconnectWatch(scope, receive, reply)
-        send = reply.send
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
-        try:
-            history = b"" if b"no-history" in scope.get("query_string", b"") else (
-                "\n".join(sink.lines) + "\n").encode()
-            await send({"type": "http.response.body", "body": history, "more_body": True})
-            while True:
-                line = await queue.get()
-                await send({"type": "http.response.body", "body": (line + "\n").encode(),
-                            "more_body": True})
-        except asyncio.CancelledError:
-            if not watch.disconnected:
-                raise
-        finally:
-            sink.unfollow(queue)
-            watch.close()
-            with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        def history() -> Iterable[bytes]:  # the lines as of now, sent a piece at a time
+            if b"no-history" in scope.get("query_string", b""):
+                return ()
+            return _pieces(list(sink.lines))
+
+        await stream_ring(scope, receive, send, sink.live, sink.live.reader,
+                          b"text/plain; charset=utf-8", history, lambda: LOG_BEHIND)

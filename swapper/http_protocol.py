@@ -10,6 +10,8 @@ protocol class that
   head is refused without being buffered past the limit plus one read;
 * closes a connection whose head is not complete ``header_timeout`` seconds
   after it was opened or after its first byte arrived (408 if any byte came);
+* answers a request it cannot parse (an unknown method, a broken request
+  line) with a JSON 400, like every other error, and closes;
 * answers 408 and closes once a request body that spans reads has sent no
   byte for ``body_timeout`` seconds while the server was reading (a paused
   read, the app not keeping up, is not the client's stall). A body that
@@ -19,24 +21,28 @@ protocol class that
 Idle keep-alive connections keep uvicorn's own ``timeout_keep_alive``. A lost
 connection calls the request's :class:`swapper.reply.DisconnectWatch` back
 directly (``DISCONNECT_KEY`` in the scope), so no task per request waits on
-``receive`` for it.
+``receive`` for it. ``SEND_BUFFER_KEY`` in the scope caps the connection's kernel
+send buffer (for long-lived streams).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .reply import DISCONNECT_KEY
+from .reply import DISCONNECT_KEY, SEND_BUFFER_KEY
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout",
+            431: b"Request Header Fields Too Large"}
 
 
 def _refusal(status: int, message: str) -> bytes:
@@ -104,7 +110,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         # the request's watch is called back, not a task
         self.scope[DISCONNECT_KEY] = None  # type: ignore[literal-required]
+        self.scope[SEND_BUFFER_KEY] = self._limit_send_buffer  # type: ignore[literal-required]
         self._in_body = True  # until on_message_complete
+
+    def _limit_send_buffer(self, size: int) -> None:
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # the kernel doubles it (bookkeeping)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size // 2)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -168,6 +181,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._refused = True
             self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request httptools cannot parse (an unknown method, a broken request line): JSON
+        like every other error, not uvicorn's plain text."""
+        self._refuse(400, msg)
 
     def _refuse(self, status: int, message: str) -> None:
         self._refused = True

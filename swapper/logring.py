@@ -3,18 +3,24 @@
 Raw output is fed in blocks (:meth:`LogSink.feed`); a line longer than
 ``MAX_LINE_BYTES`` keeps its first ``MAX_LINE_BYTES`` and a note of how much was
 cut, so a child can print lines of any length at a bounded cost. A model's log file is
-named by :func:`log_file`, which never leaves its directory whatever the model id.
+named by :func:`log_file`, which never leaves its directory whatever the model id. Live
+followers read :attr:`LogSink.live`, one bounded ring for all of them (filled only while
+one follows).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import os
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from .events import FrameRing, Listeners
+
+LineListener = Callable[[str, list[str]], None]
+"""Called with a sink's name and the lines it just completed."""
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024
@@ -49,13 +55,17 @@ class LogSink:
     The lines completed by one block go to the file in one write (llama-server prints about
     nine lines per request: a write and a seek for each cost about 18 system calls)."""
 
-    def __init__(self, name: str, path: Path | None = None, ring: int = 500) -> None:
+    def __init__(self, name: str, path: Path | None = None, ring: int = 500,
+                 listeners: Listeners[LineListener] | None = None) -> None:
+        """``listeners`` (shared by every sink of a manager) get each block's new lines."""
         self.name = name
+        self._listeners = listeners if listeners is not None else Listeners[LineListener]()
         self.lines: deque[str] = deque(maxlen=ring)
         self.path = path
         self._file: IO[bytes] | None = None
         self._size = 0  # bytes in the file, counted here (no seek per write)
-        self._followers: set[asyncio.Queue[str]] = set()
+        self.live = FrameRing()
+        """Each new line and its newline, for followers (``live.reader()``)."""
         self._partial = bytearray()
         self._cut = 0  # bytes of the current line dropped past MAX_LINE_BYTES
         if path is not None:
@@ -97,10 +107,11 @@ class LogSink:
 
     def _publish(self, lines: list[str]) -> None:
         self.lines.extend(lines)
-        for queue in self._followers:
+        for listener in self._listeners.all:
+            listener(self.name, lines)
+        if self.live.readers:
             for line in lines:
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(line)
+                self.live.push(line.encode("utf-8", "replace") + b"\n")
         if self._file is not None:
             data = ("\n".join(lines) + "\n").encode("utf-8", "replace")
             self._file.write(data)
@@ -122,15 +133,6 @@ class LogSink:
 
     def tail(self, n: int) -> list[str]:
         return list(self.lines)[-n:]
-
-    def follow(self) -> asyncio.Queue[str]:
-        """A queue receiving every new line until :meth:`unfollow`."""
-        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
-        self._followers.add(queue)
-        return queue
-
-    def unfollow(self, queue: asyncio.Queue[str]) -> None:
-        self._followers.discard(queue)
 
     def close(self) -> None:
         if self._file is not None:

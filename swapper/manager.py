@@ -23,9 +23,9 @@ from typing import Any
 
 from . import scheduler as sch
 from .config import ModelSpec, SwapperConfig
-from .errors import ApiError, unavailable
-from .events import EventBus
-from .logring import LogSink, log_file
+from .errors import ApiError, shown, unavailable
+from .events import EventBus, Listeners
+from .logring import LineListener, LogSink, log_file
 from .process import ChildProcess, LoadError, ProcessFactory, UpstreamProcess
 from .reaper import ChildRecords
 from .selectors import NameRouter
@@ -117,6 +117,8 @@ class Manager:
         self._swaps: dict[str, asyncio.Task[None]] = {}  # the phase of each swap in flight
         self._swap_started: dict[str, float] = {}
         self.logs: dict[str, LogSink] = {}
+        self.log_listeners = Listeners[LineListener]()
+        """Called with every child's new log lines (whichever sink, now or later)."""
         self.last_used: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._futures: dict[int, asyncio.Future[None]] = {}
@@ -342,7 +344,7 @@ class Manager:
     def log_for(self, model: str) -> LogSink:
         if model not in self.logs:
             path = log_file(Path(self.config.log_dir), model) if self.config.log_dir else None
-            self.logs[model] = LogSink(model, path)
+            self.logs[model] = LogSink(model, path, listeners=self.log_listeners)
         return self.logs[model]
 
     def _exited(self, process: ChildProcess) -> None:
@@ -408,7 +410,7 @@ class Manager:
         """Start loading ``name`` in the background, as a request would; returns its id."""
         model = self.config.resolve(name)
         if model is None:
-            raise ApiError(404, f"model '{name}' not found")
+            raise ApiError(404, f"model '{shown(name)}' not found")
         self._spawn(self._preload(model))
         return model
 
@@ -421,7 +423,7 @@ class Manager:
         if model is not None:
             resolved = self.config.resolve(model)
             if resolved is None:
-                raise ApiError(404, f"model '{model}' not found")
+                raise ApiError(404, f"model '{shown(model)}' not found")
             model = resolved
         targets = {m for m, state in self.scheduler.status.items()
                    if state is not sch.Status.STOPPED and model in (None, m)}

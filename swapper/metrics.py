@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -30,6 +30,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TPS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 _SWAP_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+OTHER = "other"
+STATUSES = frozenset({200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 422, 429, 431,
+                      499, 500, 501, 502, 503, 504})
+"""Statuses labelled as themselves; any other is its class (``2xx`` .. ``5xx``)."""
 
 
 class _Live(Collector):
@@ -89,9 +93,15 @@ class _PerRequest(Collector):
     """The per-request series (requests, latencies, tokens, routing decisions), counted in
     plain dicts by the bus subscriber and turned into metric families only when scraped:
     prometheus-client's own Counter/Histogram cost a lock and a bucket scan per update,
-    about 4 µs per request on the hot path."""
+    about 4 µs per request on the hot path.
 
-    def __init__(self) -> None:
+    Every label value comes from a closed set, whatever a request carried: a model that
+    ``known`` accepts (or ``-``, none), an endpoint in ``endpoints``, a status in
+    :data:`STATUSES` or its class; anything else is ``other``."""
+
+    def __init__(self, known: Callable[[str], bool], endpoints: frozenset[str]) -> None:
+        self.known = known
+        self.endpoints = endpoints
         self.requests: dict[tuple[str, str, str], int] = {}
         self.decisions: dict[tuple[str, str], int] = {}
         self.tokens: dict[str, int] = {}
@@ -100,8 +110,11 @@ class _PerRequest(Collector):
         self.tps: dict[str, _Histogram] = {}
 
     def request_done(self, f: dict[str, Any]) -> None:
-        model = str(f.get("model"))
-        key = (model, str(f.get("path")), str(f.get("status")))
+        model, path = f.get("model"), f.get("path")
+        if not (isinstance(model, str) and (model == "-" or self.known(model))):
+            model = OTHER
+        endpoint = path if isinstance(path, str) and path in self.endpoints else OTHER
+        key = (model, endpoint, status_label(f.get("status")))
         self.requests[key] = self.requests.get(key, 0) + 1
         latency = self.latency.get(model)
         if latency is None:
@@ -147,12 +160,16 @@ class _PerRequest(Collector):
 
 
 class Metrics:
-    """One registry for one app; subscribe with :meth:`on_event`, render with :meth:`render`."""
+    """One registry for one app; subscribe with :meth:`on_event`, render with :meth:`render`.
 
-    def __init__(self, manager: Manager, bus: EventBus) -> None:
+    ``endpoints``: the paths labelled as themselves; ``known`` (default: the configured
+    models) may be replaced by a caller that serves more names (llmstack's hosted tiers)."""
+
+    def __init__(self, manager: Manager, bus: EventBus,
+                 endpoints: frozenset[str] = frozenset()) -> None:
         self.registry = CollectorRegistry()
         reg = self.registry
-        self.per_request = _PerRequest()
+        self.per_request = _PerRequest(lambda model: model in manager.config.models, endpoints)
         reg.register(self.per_request)
         self.swaps = Counter("swapper_swaps", "model loads by result", ["model", "result"],
                              registry=reg)
@@ -186,6 +203,13 @@ def reason_label(reason: str) -> str:
     if "session floor" in reason:
         label += "+session-floor"
     return label
+
+
+def status_label(status: Any) -> str:
+    """A status as a label: itself if common (:data:`STATUSES`), else its class, or other."""
+    if status in STATUSES:
+        return str(status)
+    return f"{status // 100}xx" if isinstance(status, int) and 100 <= status <= 599 else OTHER
 
 
 def _seconds(ms: Any) -> float:

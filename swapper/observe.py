@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .errors import shown
 from .events import Event, EventBus
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class RequestMeter:
         """``started``: the request's ``perf_counter`` start (default: now)."""
         self._bus = bus
         self.model = model
-        self.path = path
+        self.path = shown(path)  # an /upstream/ path is the client's: kept in the history
         self.context = context
         self._t0 = time.perf_counter() if started is None else started
         self._done = False

@@ -11,7 +11,9 @@ A body the upstream cuts off (or stops sending for the model's idle timeout)
 never looks complete to the client: a stream that its protocol does not call
 complete (:mod:`swapper.stream_protocols`) gets an error event in that
 protocol's shape, any other body (or a compressed stream, where an event would
-corrupt it) an aborted connection.
+corrupt it) an aborted connection. An error answer that is not JSON (an HTML page
+from a proxy in between) becomes the stack's JSON error with the upstream's status
+and a short excerpt, except on the raw ``/upstream/`` routes.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import Timeouts
-from .errors import ApiError
-from .stream_protocols import EndWatch, StreamProtocol, protocol_for
+from .errors import ApiError, shown
+from .stream_protocols import RAW, EndWatch, StreamProtocol, protocol_for
 from .upstream import BadTarget, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout, origin
 
 log = logging.getLogger("swapper")
@@ -85,9 +87,16 @@ def _end_to_end(raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]) -> H
     return kept
 
 
+_IDENTITY = (b"accept-encoding", b"identity")
+
+
 def forward_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Client request headers minus hop-by-hop ones (and compression: we pass bytes through)."""
-    return _end_to_end(raw, HOP_BY_HOP)
+    """Client request headers minus hop-by-hop ones, asking for an uncompressed answer: bytes
+    pass through, and a response whose head went out early (a loading keep-alive) could not
+    declare an encoding any more."""
+    headers = _end_to_end(raw, HOP_BY_HOP)
+    headers.append(_IDENTITY)
+    return headers
 
 
 def _response_headers(resp: UpstreamResponse, keep_length: bool) -> Headers:
@@ -137,6 +146,8 @@ class UpstreamClient:
             raise ApiError(400, str(exc)) from None
         reuse = False
         try:
+            if resp.status >= 400 and protocol is not RAW and not _is_json(resp.content_type):
+                raise await _foreign_error(resp)  # e.g. a proxy's HTML page: not for clients
             if resp.status in intercept:
                 answer = Intercepted(resp.status, await _read(resp), _response_headers(resp, True))
             elif resp.content_type == "text/event-stream":
@@ -151,6 +162,33 @@ class UpstreamClient:
         finally:
             resp.close(reuse)
         return answer
+
+
+EXCERPT_READ = 4096
+EXCERPT_CHARS = 200
+_TAG = re.compile(r"<[^>]*>|&[a-z]+;")
+_SPACE = re.compile(r"\s+")
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+async def _foreign_error(resp: UpstreamResponse) -> ApiError:
+    """An error answer that is not JSON (an HTML page, plain text) as the stack's own JSON
+    error: the upstream's status, and the start of its text without markup (at most
+    :data:`EXCERPT_READ` bytes are read; the connection is then dropped)."""
+    raw = b""
+    try:
+        while len(raw) < EXCERPT_READ and (chunk := await resp.next_chunk()) is not None:
+            raw += chunk
+    except UpstreamError:
+        pass  # the excerpt is what arrived
+    text = _SPACE.sub(" ", _TAG.sub(" ", raw[:EXCERPT_READ].decode("utf-8", "replace"))).strip()
+    excerpt = text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else "")
+    return ApiError(resp.status, f"upstream answered {resp.status} with "
+                                 f"{shown(resp.content_type) or 'no content type'}: {excerpt}",
+                    "upstream_error")
 
 
 async def _read(resp: UpstreamResponse) -> bytes:

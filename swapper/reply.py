@@ -114,6 +114,11 @@ DISCONNECT_KEY = "swapper.on_disconnect"
 """Scope key of a server that calls back when the connection is lost
 (:mod:`swapper.http_protocol` puts it there as ``None``; a watch puts its callback in)."""
 
+SEND_BUFFER_KEY = "swapper.limit_send_buffer"
+"""Scope key of a function that caps the connection's kernel send buffer at about a given
+number of bytes (put there by :mod:`swapper.http_protocol`): a long-lived stream to a
+client that stops reading then holds that much, not the several MB autotuning allows."""
+
 
 class DisconnectWatch:
     """Cancels the serving task when the client goes away before ``reply`` is complete.

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .config import DEFAULT_MAX_QUEUE_WAIT
+from .errors import shown
 from .solver import Solution
 
 RequestId = int
@@ -158,7 +159,7 @@ class Scheduler:
         self._mark_overdue(now)
         limits = self._models.get(model)
         if limits is None:
-            return [Reject(req, 404, f"model '{model}' not found")]
+            return [Reject(req, 404, f"model '{shown(model)}' not found")]
         if self.reserved[model] >= limits.concurrency_limit:
             return [Reject(req, 429, f"too many requests for model '{model}' "
                                      f"(limit {limits.concurrency_limit})")]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Selector, SwapperConfig
-from .errors import ApiError
+from .errors import ApiError, shown
 from .scheduler import Status
 
 Resolve = Callable[[str], "str | None"]  # a model id for an id or alias, or None
@@ -98,7 +98,7 @@ class NameRouter:
     def set_profile(self, name: str | None) -> None:
         """Activate profile ``name`` (None: none); unknown names are a 404."""
         if name is not None and name not in self.config.profiles:
-            raise ApiError(404, f"profile '{name}' not found")
+            raise ApiError(404, f"profile '{shown(name)}' not found")
         self.active_profile = name
 
     def route(self, name: str, status: Mapping[str, Status]) -> Routed:
@@ -107,7 +107,7 @@ class NameRouter:
         if profile is not None and name in profile.pins:
             pinned = profile.pins[name]
             if pinned is None:
-                raise ApiError(404, f"model '{name}' is disabled by profile '{profile.name}'")
+                raise ApiError(404, f"model '{shown(name)}' is disabled by profile '{profile.name}'")
             name = pinned
         selector = self.config.selectors.get(name)
         chosen = name

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from .events import Event
+from .events import RING_BYTES, RING_EVENTS, Behind, Event, FrameRing
 from .observe import Observer
+from .reply import SEND_BUFFER_KEY, DisconnectWatch, Reply
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -33,9 +35,24 @@ UI_FILES = {"/ui": ("index.html", "text/html; charset=utf-8"),
             "/ui/": ("index.html", "text/html; charset=utf-8"),
             "/ui/app.js": ("app.js", "text/javascript; charset=utf-8")}
 PUBLIC_PATHS = frozenset({"/health", *UI_FILES})
+PAGE_HEADERS = (
+    (b"cache-control", b"no-cache"),
+    # its own script and fetches only (inline styles: the page's one <style> and bar widths)
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; connect-src 'self'; "
+     b"style-src 'self' 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+     b"frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+"""Headers of the page's files: no framing (clickjacking the load/unload buttons), no sniffing."""
 LOAD_PREFIX = "/api/models/load/"
 KEEPALIVE = 15.0
-LOG_POLL = 0.25
+WRITE_BYTES = 16 * 1024
+SEND_BUFFER = 128 * 1024
+"""The kernel's send buffer of an event stream's connection (bytes)."""
+TRIM_DELAY = 1.0
+DROPPED = (f"fell behind: more than {RING_EVENTS} events or {RING_BYTES // 1024} KiB unread; "
+           "reconnect for a fresh snapshot")
 
 
 def _ui_file(name: str) -> bytes:
@@ -45,11 +62,13 @@ def _ui_file(name: str) -> bytes:
 class StatusApi:
     """Routes over one manager; :meth:`route` returns False for paths it does not own."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, endpoints: frozenset[str] = frozenset()) -> None:
+        """``endpoints``: the paths the metrics label as themselves (else ``other``)."""
         self.manager = manager
         self.observer = Observer(manager.bus)
+        self.feed = LiveFeed(manager)
         from .metrics import Metrics  # prometheus_client: only a process that serves loads it
-        self.metrics: Metrics = Metrics(manager, manager.bus)
+        self.metrics: Metrics = Metrics(manager, manager.bus, endpoints)
 
     def snapshot(self) -> dict[str, Any]:
         return self.observer.snapshot(self.manager)
@@ -58,11 +77,11 @@ class StatusApi:
         method, path = scope["method"], scope["path"]
         if method == "GET" and path in UI_FILES:
             name, content_type = UI_FILES[path]
-            await _send(send, 200, _ui_file(name), content_type, no_cache=True)
+            await _send(send, 200, _ui_file(name), content_type, PAGE_HEADERS)
         elif method == "GET" and path == "/api/state":
             await _send(send, 200, json.dumps(self.snapshot()).encode(), "application/json")
         elif method == "GET" and path == "/api/events":
-            await self._events(receive, send)
+            await self._events(scope, receive, send)
         elif method == "POST" and path.startswith(LOAD_PREFIX):
             model = self.manager.load(path.removeprefix(LOAD_PREFIX))
             await _send(send, 202, json.dumps({"loading": model}).encode(), "application/json")
@@ -73,76 +92,150 @@ class StatusApi:
             return False
         return True
 
-    async def _events(self, receive: Receive, send: Send) -> None:
-        """SSE: a ``snapshot`` first, then every bus event and every new log line, live."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10000)
+    async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """SSE: a ``snapshot`` first, then every bus event and every new log line, live; a
+        reader that falls behind gets a ``dropped`` event (:func:`stream_ring`)."""
+        def snapshot() -> list[bytes]:
+            return [_frame({"kind": "snapshot", **self.snapshot()})]
 
-        def on_event(event: Event) -> None:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(event.as_dict())
+        def dropped() -> bytes:
+            return _frame({"kind": "dropped", "ts": round(time.time(), 3), "reason": DROPPED})
 
-        unsubscribe = self.manager.bus.subscribe(on_event)
-        follows: dict[str, asyncio.Queue[str]] = {}
-        disconnected = asyncio.ensure_future(_until_disconnect(receive))
+        await stream_ring(scope, receive, send, self.feed.ring, self.feed.reader,
+                          b"text/event-stream", snapshot, dropped)
+
+
+Bytes = Callable[[], bytes]
+
+
+async def stream_ring(scope: Scope, receive: Receive, send: Send, ring: FrameRing,
+                      join: Callable[[], contextlib.AbstractContextManager[int]],
+                      content_type: bytes, first: Callable[[], Iterable[bytes]],
+                      behind: Bytes) -> None:
+    """Stream one reader of ``ring`` (``join`` makes it one, yielding its cursor): the
+    pieces of ``first()`` (called as of that cursor), then every frame from the cursor on,
+    each piece once the socket took the last, until the client
+    leaves or falls behind the ring (:data:`~swapper.events.RING_EVENTS` frames or
+    :data:`~swapper.events.RING_BYTES` bytes); then ``behind()`` ends the response.
+
+    A backlog goes out :data:`WRITE_BYTES` at a time, one write per reader per turn of the
+    loop, and the connection's kernel send buffer is capped at :data:`SEND_BUFFER`: a
+    reader that stops reading holds that much and the socket's, never the ring's copy."""
+    reply = Reply.of(scope, send)
+    watch = DisconnectWatch(scope, receive, reply)
+    limit_send_buffer = scope.get(SEND_BUFFER_KEY)
+    if limit_send_buffer is not None:
+        limit_send_buffer(SEND_BUFFER)
+    send = reply.send
+    with join() as cursor:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                (b"content-type", content_type), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]})
-            await _event(send, {"kind": "snapshot", **self.snapshot()})
-            quiet_since = time.monotonic()
-            while not disconnected.done():
-                for model, sink in list(self.manager.logs.items()):
-                    if model not in follows:
-                        follows[model] = sink.follow()
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, disconnected}, timeout=LOG_POLL,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                items = [getter.result()] if getter.done() else []
-                getter.cancel()
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                for model, lines in follows.items():
-                    while not lines.empty():
-                        items.append({"kind": "log", "model": model, "line": lines.get_nowait()})
-                if items:
-                    await send({"type": "http.response.body", "more_body": True,
-                                "body": b"".join(_frame(i) for i in items)})
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since > KEEPALIVE:
-                    await send({"type": "http.response.body", "body": b": keepalive\n\n",
-                                "more_body": True})
-                    quiet_since = time.monotonic()
+            for piece in first():  # called as of ``cursor`` (no await in between)
+                await _body(send, piece)
+            await _follow(send, ring, cursor, behind)
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
         except OSError:
             pass  # the client went away mid-write
         finally:
-            unsubscribe()
-            disconnected.cancel()
-            for model, lines in follows.items():
-                if model in self.manager.logs:
-                    self.manager.logs[model].unfollow(lines)
+            watch.close()
             with contextlib.suppress(Exception):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+async def _follow(send: Send, ring: FrameRing, cursor: int, behind: Bytes) -> None:
+    """Send ``ring``'s frames from ``cursor`` on, until the reader falls behind."""
+    while True:
+        try:
+            batch, cursor = ring.read(cursor, WRITE_BYTES)
+        except Behind:
+            await _body(send, behind())
+            return
+        if batch:
+            await _body(send, batch)
+            if cursor < ring.end:  # a backlog: one piece per turn of the loop, each reader
+                await asyncio.sleep(0)
+        else:  # the wake-up is shared: a cancelled reader must not cancel it
+            await asyncio.shield(ring.more())
+
+
+class LiveFeed:
+    """Bus events and children's log lines as SSE frames in one :class:`FrameRing`, each
+    encoded once for every ``/api/events`` reader, and only while there is one; a
+    keep-alive comment when nothing else came for :data:`KEEPALIVE` seconds."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.ring = FrameRing()
+        self._trim: asyncio.TimerHandle | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        self._quiet_end = -1
+        manager.bus.subscribe(self._event)
+        manager.log_listeners.add(self._lines)
+
+    def _event(self, event: Event) -> None:
+        if self.ring.readers:
+            self.ring.push(_frame(event.as_dict()))
+
+    def _lines(self, model: str, lines: list[str]) -> None:
+        if self.ring.readers:
+            for line in lines:
+                self.ring.push(_frame({"kind": "log", "model": model, "line": line}))
+
+    def _keepalive(self) -> None:
+        """Every KEEPALIVE/2 s while there are readers: a comment if nothing came since."""
+        if self.ring.end == self._quiet_end:
+            self.ring.push(b": keepalive\n\n")
+        self._quiet_end = self.ring.end
+        self._tick = asyncio.get_running_loop().call_later(KEEPALIVE / 2, self._keepalive)
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[int]:
+        """The ring's :meth:`~FrameRing.reader`, with keep-alives while anyone reads and a
+        heap trim once readers leave."""
+        loop = asyncio.get_running_loop()
+        with self.ring.reader() as cursor:
+            if self._tick is None:
+                self._tick = loop.call_later(KEEPALIVE / 2, self._keepalive)
+            try:
+                yield cursor
+            finally:
+                if self.ring.readers == 1 and self._tick is not None:  # the last one leaves
+                    self._tick.cancel()
+                    self._tick = None
+                if self._trim is None:  # once for a burst of readers leaving
+                    self._trim = loop.call_later(TRIM_DELAY, self._trim_heap)
+
+    def _trim_heap(self) -> None:
+        """Give the heap pages readers' buffers left free back to the system (glibc keeps
+        them otherwise: 200 readers gone would leave their 20 MB of socket buffers)."""
+        self._trim = None
+        trim = _malloc_trim()
+        if trim is not None:
+            trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, None on other C libraries."""
+    import ctypes  # only once a reader left
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 def _frame(item: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(item, default=str).encode() + b"\n\n"
 
 
-async def _event(send: Send, item: dict[str, Any]) -> None:
-    await send({"type": "http.response.body", "body": _frame(item), "more_body": True})
+async def _body(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: str,
-                no_cache: bool = False) -> None:
+                extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     headers = [(b"content-type", content_type.encode()),
-               (b"content-length", str(len(body)).encode())]
-    if no_cache:
-        headers.append((b"cache-control", b"no-cache"))
+               (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 

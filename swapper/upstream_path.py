@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote, unquote_to_bytes
 
-from .errors import ApiError
+from .errors import ApiError, shown
 
 PREFIX = b"/upstream/"
 _CONTROL = re.compile(rb"[\x00-\x20\x7f]|%(?:[01][0-9a-fA-F]|7[fF])")
@@ -50,7 +50,7 @@ def upstream_target(raw: bytes, query: bytes, resolve: Callable[[str], str | Non
         if resolve(model) is not None:
             break
     else:
-        raise ApiError(404, f"model '{names[0]}' not found")
+        raise ApiError(404, f"model '{shown(names[0])}' not found")
     kept: list[bytes] = []
     for segment, name in zip(segments[split:], names[split:]):
         if name == ".":

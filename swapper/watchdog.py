@@ -44,6 +44,12 @@ for pid, start in watched.items():
 """
 
 
+def _bare_environment() -> dict[str, str]:
+    """The watchdog's environment: nothing of ours (API keys, tokens), only what the
+    interpreter itself may need to start (its shared libraries)."""
+    return {k: v for k, v in os.environ.items() if k == "LD_LIBRARY_PATH"}
+
+
 class Watchdog:
     """Registers children with the watchdog process, starting (or restarting) it as needed."""
 
@@ -81,7 +87,7 @@ class Watchdog:
         self._proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", _CODE], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, bufsize=0,
-            start_new_session=True, close_fds=True)
+            start_new_session=True, close_fds=True, env=_bare_environment())
         assert self._proc.stdin is not None
         self._proc.stdin.write("".join(f"+{pid}\n" for pid in self._pids).encode())
 

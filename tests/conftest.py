@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -47,6 +48,15 @@ async def until(condition: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError(f"never happened: {what}")
+
+
+def in_threads(work: Callable[[], None], threads: int) -> None:
+    """Run ``work`` on ``threads`` threads at once; returns when every one is done."""
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
 
 
 def http(method: str, url: str, payload: object | None = None,

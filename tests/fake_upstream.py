@@ -8,9 +8,11 @@ stream's client goes away, so tests can see a disconnect reach the upstream.
 
     python tests/fake_upstream.py --port 8081 [--chunks 16] [--chunk-ms 0]
         [--load-ms 0] [--exit-at-start] [--ignore-term] [--chunks-from-max-tokens]
+        [--log-lines 0]
 
 ``--chunks-from-max-tokens``: a streamed answer has as many content chunks as the
-request's integer ``max_tokens`` (else ``--chunks``).
+request's integer ``max_tokens`` (else ``--chunks``). ``--log-lines N``: each chat
+request prints N log lines of about 1 KB (llama-server prints a few per request).
 
 Unknown flags are ignored, so it can stand in for llama-server itself
 (``LLMSTACK_LLAMA_SERVER`` pointing at a script that runs it).
@@ -45,6 +47,9 @@ def build_app(args: argparse.Namespace) -> web.Application:
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if args.log_lines:
+            print("".join(f"slot {i}: request {id(request):x} processed {'.' * 1000}\n"
+                          for i in range(args.log_lines)), end="", flush=True)
         model = body.get("model", args.model)
         if not body.get("stream"):
             return web.json_response({
@@ -92,6 +97,7 @@ def main() -> None:
     parser.add_argument("--exit-at-start", action="store_true")
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--chunks-from-max-tokens", action="store_true")
+    parser.add_argument("--log-lines", type=int, default=0)
     args, _ = parser.parse_known_args()  # accepts (and ignores) llama-server's other flags
     if args.exit_at_start:
         print("error: failed to load model 'fake.gguf': no such file", flush=True)

@@ -14,7 +14,9 @@ close when the body says ``"stream": true``; both echo what the upstream saw as
 first), ``switching`` (101), ``status-999`` / ``status-099``, ``huge-headers``
 / ``many-headers`` (> 64 KB), ``cut-json`` / ``cut-length`` / ``cut-sse`` /
 ``cut-sse-gzip`` (the body breaks off), ``stall-sse`` (one event, then silence),
-``big-sse`` (8 MB), ``hang`` (never answers), ``slow-headers`` (a header line
+``big-sse`` (8 MB), ``gzip-sse`` / ``br-sse`` (an SSE chat answer sent with
+``Content-Encoding: gzip``, really compressed, or ``br``, whatever was asked for),
+``html-500`` (an HTML error page, as a misconfigured proxy sends), ``hang`` (never answers), ``slow-headers`` (a header line
 every 0.2 s), ``connection-named`` (a ``Connection: X-Secret`` answer),
 ``extra-response`` / ``late-extra`` (an unsolicited second answer, at once or
 50 ms later), ``drop-after-request`` (reads the request, closes). Add one by
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import math
 import os
@@ -142,6 +145,18 @@ def _cut_sse(*extra: str) -> list[Step]:
     return [_sse_head(*extra) + _chunk(_event(_delta("partial"))), CLOSE]
 
 
+def _encoded_sse(coding: str) -> list[Step]:
+    """A complete SSE chat answer whose body is declared (gzip: and is) ``coding``-encoded."""
+    events = _event(_delta("hi")) + _event(_delta(" there")) + b"data: [DONE]\n\n"
+    body = gzip.compress(events) if coding == "gzip" else events
+    return [_sse_head(f"Content-Encoding: {coding}", "Connection: close")
+            + _chunk(body[:20]) + _chunk(body[20:]) + b"0\r\n\r\n", CLOSE]
+
+
+HTML_PAGE = b"<html><body><h1>500 Internal Server Error</h1>" + b"<p>nginx</p>" * 500 + \
+    b"</body></html>"
+
+
 BEHAVIOURS: dict[str, Callable[[Request], list[Step]]] = {
     "chat": chat,
     "garbage": lambda req: [b"\x00\xffNOT HTTP AT ALL\r\n\r\n", CLOSE],
@@ -167,6 +182,10 @@ BEHAVIOURS: dict[str, Callable[[Request], list[Step]]] = {
     "cut-sse-gzip": lambda req: _cut_sse("Content-Encoding: gzip"),
     "big-sse": lambda req: [_sse_head(), *(_chunk(_event(_delta("x" * 65000))) for _ in range(130)),
                             _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"],
+    "gzip-sse": lambda req: _encoded_sse("gzip"),
+    "br-sse": lambda req: _encoded_sse("br"),
+    "html-500": lambda req: [head("500 Internal Server Error", "Content-Type: text/html",
+                                  f"Content-Length: {len(HTML_PAGE)}") + HTML_PAGE],
     "stall-sse": lambda req: [_sse_head() + _chunk(_event(_delta("first"))), HANG],
     "hang": lambda req: [HANG],
     "slow-headers": lambda req: [b"HTTP/1.1 200 OK\r\n", *_DRIP * 1000, HANG],

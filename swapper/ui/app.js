@@ -130,6 +130,8 @@ function scheduleReload() {
 
 function onEvent(e) {
   if (e.kind === "snapshot") { state = e; render(); return; }
+  // the server ends a stream that fell too far behind; follow() reconnects for a new snapshot
+  if (e.kind === "dropped") { document.querySelector("#conn").textContent = "reconnecting (" + e.reason + ")"; return; }
   if (!state) return;
   if (e.kind === "request_done") {
     state.decisions.push(e);

@@ -42,17 +42,18 @@ def test_the_lines_one_block_completes_reach_the_file_in_one_write(tmp_path: Pat
 
     monkeypatch.setattr(Path, "open", counting_open)
     sink = LogSink("m", tmp_path / "m.log")
-    follower = sink.follow()
-    block = b"".join(b"slot print_timing: line %d\n" % i for i in range(9))
-    assert sink.feed(block + b"half a li")  # nine lines (llama-server's per request) and a part
-    assert opened[0].writes == 1
-    assert not sink.feed(b"ne, and more")
-    sink.flush()
-    sink.close()
     expected = [f"slot print_timing: line {i}" for i in range(9)] + ["half a line, and more"]
+    with sink.live.reader() as cursor:  # a follower
+        block = b"".join(b"slot print_timing: line %d\n" % i for i in range(9))
+        assert sink.feed(block + b"half a li")  # nine lines (llama-server's per request), a part
+        assert opened[0].writes == 1
+        assert not sink.feed(b"ne, and more")
+        sink.flush()
+        sink.close()
+        assert sink.live.read(cursor, 1 << 20)[0].decode().splitlines() == expected
     assert (tmp_path / "m.log").read_text().splitlines() == expected
     assert list(sink.lines) == expected
-    assert [follower.get_nowait() for _ in expected] == expected
+    assert sink.live.readers == 0 and sink.live.start == len(expected)  # forgotten, counted
 
 
 def test_the_file_rotates_past_its_cap_and_keeps_the_newest(tmp_path: Path,
@@ -73,3 +74,13 @@ def test_a_long_line_is_cut_with_a_note(tmp_path: Path) -> None:
     sink.feed(b"a" * (logring.MAX_LINE_BYTES + 5) + b"\n")
     sink.close()
     assert list(sink.lines) == ["a" * logring.MAX_LINE_BYTES + " [... 5 bytes cut]"]
+
+
+def test_a_followers_history_goes_out_in_bounded_pieces() -> None:
+    from swapper.http_app import _pieces
+
+    lines = ["x" * 16384] * 5 + ["short", "é"]
+    pieces = list(_pieces(lines, 20000))
+    assert b"".join(pieces).decode().splitlines() == lines
+    assert [len(p) for p in pieces] == [2 * 16385, 2 * 16385, 16385 + 6 + 3]  # é: 2 bytes
+    assert list(_pieces([], 10)) == []

@@ -38,6 +38,7 @@ def browser() -> Iterator[Any]:
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                  "--window-size=1280,1400"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports land there
     driver = webdriver.Chrome(options=options, service=Service(_need("chromedriver")))
     try:
         yield driver
@@ -106,6 +107,11 @@ def test_the_page_loads_a_tier_and_shows_a_routing_decision(
         assert "agent" in swaps and "ready in" in swaps
         assert "MB resident" in texts("#memtext")[0]
         assert texts('pre.log[data-model="agent"]')
+        # the page's own Content-Security-Policy blocked nothing it does (bar widths included)
+        assert browser.execute_script("return document.querySelector('#membar span').style.width")
+        blocked = [e["message"] for e in browser.get_log("browser")
+                   if "Content Security Policy" in e["message"]]
+        assert not blocked, blocked
         browser.save_screenshot(str(artifacts / "ui-status.png"))
         assert (artifacts / "ui-status.png").stat().st_size > 10_000
     finally:
