@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ def _hub_cache(directory: Path) -> Path:
     for name, path in demo_files(demo_stack()).items():
         assert path is not None
         blob = repo / "blobs" / f"{name}-blob"
-        blob.symlink_to(path)
+        shutil.copy(path, blob)  # a blob is a file in the cache (a link out of it is refused)
         (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
     return directory
 
