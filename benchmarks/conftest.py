@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # so ``tests.conftest`` helpers import from any cwd
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import FAKE_UPSTREAM, llama_server_bin  # noqa: F401  (a fixture)
+from tests.conftest import FAKE_UPSTREAM, llama_server_bin, smollm2_gguf  # noqa: E402, F401  (fixtures)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

@@ -24,6 +24,7 @@ Everything it does is reported through ``emit(kind, **fields)`` (the event bus's
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,7 @@ from typing import Any
 from ..upstream import UpstreamPool
 from .keys import CacheKey, Unsupported, cache_key, parse_argv
 from .slots import RestoreRejected, SlotClient, SlotError
-from .store import SIDECAR_LIMIT, Discarded, NoRoom, SessionStore, StoreError
+from .store import SIDECAR_RESERVE, Discarded, NoRoom, SessionStore, StoreError
 from .table import SlotTable
 from .verify import RestoreHealth, Timings, Verdict, judge
 
@@ -66,6 +67,23 @@ class CacheSettings:
 
     def io_timeout(self, size: int) -> float:
         return min(self.io_ceiling, self.io_floor + size / self.io_rate)
+
+
+def default_max_bytes(total: int, free: int) -> int:
+    """The cap when none is configured, from the disk that holds the cache: a tenth of it, at
+    most 50 GB (six 30k-token sessions of a 64-layer model at ~262 KB a token), and never more
+    than half the space free now. Pure."""
+    return int(max(0, min(total // 10, 50 * 10**9, free // 2)))
+
+
+def disk_of(path: Path) -> tuple[int, int]:
+    """(total, free) bytes of the file system that holds ``path`` (or would: its nearest
+    existing parent)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            usage = shutil.disk_usage(candidate)
+            return usage.total, usage.free
+    return 0, 0
 
 
 def _noop(kind: str, **fields: Any) -> None:
@@ -199,9 +217,9 @@ class ChildSessions:
         if session is None or self.off:
             return None
         if self.table.slot_of(session) is not None and not self._lock.locked():
-            return self.table.assign(session).slot  # now its most recent use
+            return self.table.assign(session, time.time()).slot
         async with self._lock:  # one restore at a time; a session's next request waits for it
-            assignment = self.table.assign(session)
+            assignment = self.table.assign(session, time.time())
             if assignment.displaced is not None:
                 self._pending.pop(assignment.displaced, None)
             first = session not in self._seen
@@ -284,7 +302,7 @@ class ChildSessions:
             self._cache.emit("session_save_failed", model=self.plan.model_id, reason=str(exc))
             return 0
         saved = 0
-        for session, slot in self.table.holders():
+        for session, slot, used in self.table.holders():
             tokens = states[slot].tokens if slot in states else None
             if tokens is None or tokens < max(settings.min_tokens, 1):
                 continue  # nothing new since the start (restored, unused), or too short to matter
@@ -292,13 +310,13 @@ class ChildSessions:
             if left <= 0:
                 self._emit("session_save_failed", session, reason="the stop's save budget is spent")
                 break
-            saved += await self._save(session, slot, tokens, left)
+            saved += await self._save(session, slot, tokens, used, left)
         return saved
 
-    async def _save(self, session: str, slot: int, tokens: int, left: float) -> int:
+    async def _save(self, session: str, slot: int, tokens: int, used: float, left: float) -> int:
         store, settings = self._cache.store, self._cache.settings
         per_token = self.plan.bytes_per_token
-        expected = tokens * per_token + SIDECAR_LIMIT if per_token else 0
+        expected = tokens * per_token + SIDECAR_RESERVE if per_token else 0
         try:
             pending = store.begin_save(self.plan.key.hex, session, expected)
         except (NoRoom, OSError) as exc:
@@ -320,7 +338,7 @@ class ChildSessions:
             store.abort(pending)
             return 0
         try:
-            entry, evicted = store.commit(pending, result.tokens)
+            entry, evicted = store.commit(pending, result.tokens, last_used=used)
         except (NoRoom, ValueError, OSError) as exc:
             self._emit("session_save_failed", session, reason=str(exc))
             return 0

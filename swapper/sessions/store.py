@@ -47,6 +47,9 @@ from .keys import HEX_LEN, CacheKey, what_changed
 
 SIDECAR_VERSION = 1
 SIDECAR_LIMIT = 4096
+"""Bytes a sidecar may have when read (ours have about 250)."""
+SIDECAR_RESERVE = 1024
+"""Bytes a save reserves for its sidecar."""
 KEY_RECORD_LIMIT = 64 * 1024
 MAX_TOKENS = 1 << 24
 LOCK_NAME = ".lock"
@@ -148,7 +151,7 @@ def parse_sidecar(data: Any, cache_key: str, session: str, size: int, now: float
     if _count(data.get("bytes"), 1, 1 << 50) != size:
         raise ValueError(f"says {data.get('bytes')} bytes, the file has {size}")
     last_used = min(max(_number(data.get("last_used")), 0.0), now)
-    saved_at = min(max(_number(data.get("saved_at")), 0.0), last_used)
+    saved_at = min(max(_number(data.get("saved_at")), 0.0), now)
     return Entry(cache_key, session, _count(data.get("tokens"), 1, MAX_TOKENS), size, saved_at,
                  last_used)
 
@@ -239,11 +242,15 @@ class SessionStore:
             os.close(fd)
             raise StoreError(f"{self.root}: in use by another server") from None
         self._lock_fd = fd
-        discarded: list[Discarded] = []
-        for name in sorted(os.listdir(self.root)):
-            if _HEX.match(name):
-                discarded += self._scan_key(name)
-        return discarded + self._fit(0)
+        try:
+            discarded: list[Discarded] = []
+            for name in sorted(os.listdir(self.root)):
+                if _HEX.match(name):
+                    discarded += self._scan_key(name)
+            return discarded + self._fit(0)
+        except BaseException:
+            self.close()  # half read is not open: the next open starts over
+            raise
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -415,10 +422,12 @@ class SessionStore:
         self._reserved.pop(pending.filename, None)
         _unlink(pending.directory / pending.filename)
 
-    def commit(self, pending: PendingSave, tokens: int) -> tuple[Entry, list[Discarded]]:
-        """Rename a finished save into place with its sidecar; returns it and what was evicted
-        for its real size. NoRoom (the save is deleted) when it cannot fit; ValueError when the
-        server did not leave a regular file of at least one byte."""
+    def commit(self, pending: PendingSave, tokens: int,
+               last_used: float | None = None) -> tuple[Entry, list[Discarded]]:
+        """Rename a finished save into place with its sidecar (``last_used``: when the session
+        was last used, else now); returns it and what was evicted for its real size. NoRoom
+        (the save is deleted) when it cannot fit; ValueError when the server did not leave a
+        regular file of at least one byte."""
         self._reserved.pop(pending.filename, None)
         path = pending.directory / pending.filename
         try:
@@ -428,8 +437,9 @@ class SessionStore:
             if pending.cache_key not in self._keys:
                 raise NoRoom(f"cache key {pending.cache_key} was discarded meanwhile")
             now = self._clock()
+            used = now if last_used is None else min(max(last_used, 0.0), now)
             entry, discarded = self._record(Entry(pending.cache_key, pending.session, tokens, size,
-                                                  now, now))
+                                                  now, used))
         except BaseException:
             _unlink(path)
             raise

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+_SPACE = b" \t\r\n"
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -30,32 +32,46 @@ class SlotTable:
         if total_slots < 1:
             raise ValueError("a child has at least one slot")
         self.total_slots = total_slots
-        self._held: OrderedDict[str, int] = OrderedDict()  # session -> slot, oldest first
+        self._held: OrderedDict[str, tuple[int, float]] = OrderedDict()  # -> slot, last use
 
     def __len__(self) -> int:
         return len(self._held)
 
     def slot_of(self, session: str) -> int | None:
-        return self._held.get(session)
+        held = self._held.get(session)
+        return None if held is None else held[0]
 
-    def assign(self, session: str) -> Assignment:
-        """The session's slot (now its most recent use): its own, a free one (lowest id), or
-        the least recently used session's."""
-        if (slot := self._held.get(session)) is not None:
+    def assign(self, session: str, now: float = 0.0) -> Assignment:
+        """The session's slot, used at ``now``: its own, a free one (lowest id), or the least
+        recently used session's."""
+        if (held := self._held.get(session)) is not None:
+            self._held[session] = (held[0], now)
             self._held.move_to_end(session)
-            return Assignment(slot, new=False)
-        used = set(self._held.values())
+            return Assignment(held[0], new=False)
+        used = {slot for slot, _ in self._held.values()}
         free = next((s for s in range(self.total_slots) if s not in used), None)
         displaced = None
         if free is None:
-            displaced, free = self._held.popitem(last=False)
-        self._held[session] = free
+            displaced, (free, _) = self._held.popitem(last=False)
+        self._held[session] = (free, now)
         return Assignment(free, new=True, displaced=displaced)
 
     def drop(self, session: str) -> None:
         """Forget a session (its slot was cleared, or it no longer holds its context)."""
         self._held.pop(session, None)
 
-    def holders(self) -> list[tuple[str, int]]:
-        """(session, slot) pairs, most recently used first: the order to save them in."""
-        return list(reversed(self._held.items()))
+    def holders(self) -> list[tuple[str, int, float]]:
+        """(session, slot, last use), most recently used first: the order to save them in."""
+        return [(session, slot, used) for session, (slot, used) in reversed(self._held.items())]
+
+
+def with_slot(body: bytes, slot: int) -> bytes | None:
+    """``body`` (a JSON object) with ``"id_slot": slot`` as its first member, spliced in without
+    re-encoding it; None when the body is not a JSON object. A client's own ``id_slot`` later in
+    the body would win (JSON's last duplicate does in llama-server): check for it first. Pure."""
+    rest = body.lstrip(_SPACE)
+    if not rest.startswith(b"{"):
+        return None
+    inner = rest[1:]
+    separator = b"" if inner.lstrip(_SPACE).startswith(b"}") else b","
+    return b'{"id_slot":' + str(int(slot)).encode() + separator + inner

@@ -332,3 +332,28 @@ async def test_a_session_restores_once_and_its_requests_wait_for_it(
     assert slots == [0, 0, 0]
     assert [c[0] for c in standin2.calls] == ["restore"]
     assert other.wants_timings(session) and not other.wants_timings(None)
+
+
+def test_the_default_cap_comes_from_the_disk(tmp_path: Path) -> None:
+    from swapper.sessions.cache import default_max_bytes, disk_of
+
+    gb = 10**9
+    assert default_max_bytes(1000 * gb, 900 * gb) == 50 * gb  # at most 50 GB
+    assert default_max_bytes(256 * gb, 200 * gb) == 25.6 * gb  # a tenth of the disk
+    assert default_max_bytes(256 * gb, 10 * gb) == 5 * gb  # half the free space
+    total, free = disk_of(tmp_path / "not" / "yet")
+    assert total >= free > 0
+
+
+async def test_a_root_held_by_another_server_turns_the_feature_off_until_it_is_free(
+        tmp_path: Path, pool: UpstreamPool, model_files: list[str]) -> None:
+    from swapper.sessions.store import SessionStore
+
+    other = SessionStore(tmp_path / "sessions", 10**9)
+    other.open()
+    events = Events()
+    cache = new_cache(tmp_path, pool, events)
+    assert cache.plan("agent", model_files, {}) is None
+    assert "in use by another server" in events.of("session_cache_off")[0]["reason"]
+    other.close()
+    assert cache.plan("agent", model_files, {}) is not None and cache.off == {}

@@ -19,7 +19,7 @@ from swapper.sessions.store import (
     parse_sidecar,
     plan_eviction,
 )
-from swapper.sessions.table import SlotTable
+from swapper.sessions.table import SlotTable, with_slot
 
 K1, K2 = "a" * 32, "b" * 32
 S = [f"{i:032x}" for i in range(1, 20)]
@@ -86,6 +86,16 @@ def test_a_sidecar_that_is_not_ours_is_refused(change: dict, error: str) -> None
     assert parse_sidecar(good, K1, S[0], 100, 10.0) == Entry(K1, S[0], 5, 100, 1.0, 2.0)
     with pytest.raises(ValueError, match=error):
         parse_sidecar({**good, **change}, K1, S[0], 100, 10.0)
+
+
+def test_a_save_keeps_when_its_session_was_last_used(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "root", cap=2000)
+    store.adopt("agent", key(K1))
+    for session, used in ((S[0], 50.0), (S[1], 10.0), (S[2], 30.0)):  # saved newest first
+        pending = store.begin_save(K1, session, 0)
+        (pending.directory / pending.filename).write_bytes(b"k" * 500)
+        store.commit(pending, 10, last_used=used)
+    assert sorted(e.session for e in store.entries()) == sorted([S[0], S[2]])  # S[1] was oldest
 
 
 def test_a_sidecar_from_the_future_reads_as_now() -> None:
@@ -256,8 +266,18 @@ def test_sessions_take_free_slots_then_the_least_recently_used() -> None:
     assert table.assign("a").new is False  # a is now the most recent
     third = table.assign("c")
     assert (third.slot, third.new, third.displaced) == (1, True, "b")
-    assert table.holders() == [("c", 1), ("a", 0)]
+    assert table.holders() == [("c", 1, 0.0), ("a", 0, 0.0)]
+    table.assign("a", now=5.0)
+    assert table.holders() == [("a", 0, 5.0), ("c", 1, 0.0)]
     table.drop("a")
     assert table.assign("d").slot == 0
     with pytest.raises(ValueError):
         SlotTable(0)
+
+
+def test_the_slot_is_spliced_into_the_body() -> None:
+    body = b' {"model": "x", "messages": []}'
+    pinned = with_slot(body, 3)
+    assert pinned is not None and json.loads(pinned) == {"id_slot": 3, "model": "x", "messages": []}
+    assert json.loads(with_slot(b"{ }", 0) or b"") == {"id_slot": 0}
+    assert with_slot(b"[1]", 0) is None and with_slot(b"", 0) is None
