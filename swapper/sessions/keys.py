@@ -100,6 +100,8 @@ class KvArgs:
     """The ``LLAMA_ARG_*`` variables that shape the child, sorted."""
     api_key: str | None
     """The key the child requires (``--api-key``, ``LLAMA_API_KEY``), for the slot calls."""
+    search_path: str | None = None
+    """The child's ``PATH``, where a bare binary name is found."""
 
 
 def _file_items(flag: str, value: str) -> list[str]:
@@ -147,14 +149,14 @@ def parse_argv(argv: Sequence[str], env: Mapping[str, str]) -> KvArgs:
         raise Unsupported(_OFF_FLAGS["--hf-repo"])
     shaping = sorted((k, v) for k, v in env.items() if k.startswith(_ENV_PREFIX)
                      and k not in _ENV_NEUTRAL and not any(w in k for w in _SECRET_WORDS))
-    return KvArgs(argv[0], model, tuple(files), tuple(args), tuple(shaping), api_key)
+    return KvArgs(argv[0], model, tuple(files), tuple(args), tuple(shaping), api_key, env.get("PATH"))
 
 
-def file_id(path: str, search_path: bool = False) -> FileId:
+def file_id(path: str, search: bool = False, search_path: str | None = None) -> FileId:
     """(resolved path, size, mtime_ns) of regular file ``path`` (a bare name is looked up on
-    ``PATH`` when ``search_path``; a relative path is relative to the current directory, which
-    a child inherits); :class:`Unsupported` when there is none."""
-    found = shutil.which(path) if search_path and os.sep not in path else path
+    ``search_path``, else ``PATH``, when ``search``; a relative path is relative to the current
+    directory, which a child inherits); :class:`Unsupported` when there is none."""
+    found = shutil.which(path, path=search_path) if search and os.sep not in path else path
     if not found:
         raise Unsupported(f"{path}: not found on PATH")
     try:
@@ -179,7 +181,7 @@ class CacheKey:
 
 def cache_key(kv: KvArgs) -> CacheKey:
     """The key of a child parsed by :func:`parse_argv` (stats its files: I/O, no reading)."""
-    record = {"v": KEY_VERSION, "binary": list(file_id(kv.binary, search_path=True)),
+    record = {"v": KEY_VERSION, "binary": list(file_id(kv.binary, True, kv.search_path)),
               "model": list(file_id(kv.model)), "files": [list(file_id(f)) for f in kv.files],
               "args": list(kv.args), "env": [list(pair) for pair in kv.env]}
     text = json.dumps(record, sort_keys=True, separators=(",", ":"))

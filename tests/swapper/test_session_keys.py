@@ -190,3 +190,11 @@ def test_the_head_is_read_bounded() -> None:
     many = {"messages": [{"role": "system", "content": str(i)} for i in range(10_000)]
             + [{"role": "user", "content": "late"}]}
     assert conversation_head(many) is None  # the user message is past the messages looked at
+
+
+def test_a_bare_binary_name_is_found_on_the_childs_path(files: dict[str, Path]) -> None:
+    argv = ["llama-server", *stack_argv(files)[1:]]
+    key = cache_key(parse_argv(argv, {"PATH": str(files["binary"].parent)}))
+    assert key.record["binary"][0] == str(files["binary"].resolve())
+    with pytest.raises(Unsupported, match="not found on PATH"):
+        cache_key(parse_argv(argv, {"PATH": "/nonexistent"}))
