@@ -149,7 +149,7 @@ def start_llmstack(log: Path, *args: str, env: dict[str, str] | None = None,
 
 def hub_with_demo_models(hub: Path) -> Path:
     """A Hugging Face cache holding the demo's tiny models (what `llmstack download` leaves)."""
-    from llmstack.demo import demo_files, demo_stack
+    from llmstack.config.demo import demo_files, demo_stack
 
     snapshot = hub / "models--llmstack-demo--tiny" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
@@ -199,7 +199,7 @@ def fake_cmd(*flags: str) -> str:
 @pytest.fixture(scope="session")
 def llama_server_bin() -> str:
     """The real llama-server; missing it fails under CI and skips elsewhere."""
-    from llmstack.llama_server import find_llama_server, missing_server_message
+    from llmstack.models.llama_server import find_llama_server, missing_server_message
 
     found = find_llama_server()
     if found is None:
@@ -212,7 +212,7 @@ def llama_server_bin() -> str:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Three distinct tiny GGUF models: fast, a, b."""
-    from llmstack.tiny_gguf import write_tiny_gguf
+    from llmstack.models.tiny_gguf import write_tiny_gguf
 
     directory = tmp_path_factory.mktemp("models")
     return {name: write_tiny_gguf(directory / f"tiny-{name}.gguf", seed=seed)

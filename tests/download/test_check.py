@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import parse_stack
-from llmstack.hf_cache import find_cached, local_files, tier_file
+from llmstack.config.ini import parse_stack
+from llmstack.models.hf_cache import find_cached, local_files, tier_file
 
 from .conftest import REPO, Project, tier_ini
 from .fake_hub import COMMIT, FakeHub
@@ -87,7 +87,7 @@ def test_check_follows_the_channel_and_names_what_the_cache_has(
 
 def test_check_and_help_do_not_import_huggingface_hub(project: Project) -> None:
     project.write_ini(tier_ini(("a", "a.gguf")))
-    probe = ("import sys; from llmstack.cli import main; main(['check']); "
+    probe = ("import sys; from llmstack.cli.main import main; main(['check']); "
              "print('huggingface_hub' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env=project.env,
                          capture_output=True, text=True, timeout=60, check=False)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.daemon import Target, _wait_ready
-from llmstack.project import UserError
+from llmstack.project.daemon import Target, _wait_ready
+from llmstack.project.paths import UserError
 from tests.conftest import (
     Server, fake_cmd, free_port, http, pid_alive, start_llmstack, start_server, stop_server,
     wait_until,

@@ -13,8 +13,8 @@ from textwrap import dedent
 
 import pytest
 
-from llmstack.config import ModelsIniError, parse_stack
-from llmstack.stack_config import build_swapper_config
+from llmstack.config.ini import ModelsIniError, parse_stack
+from llmstack.serving.swapper_config import build_swapper_config
 from swapper.config import ConfigError, Timeouts
 from swapper.upstream import UpstreamPool, UpstreamTimeout
 from swapper.yaml_config import parse_yaml_config

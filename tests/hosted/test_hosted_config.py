@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import ModelsIniError, parse_stack
-from llmstack.hosted import chat_params, messages_params, provider_error
-from llmstack.litellm_config import read_user_params, tier_params
-from llmstack.multi_machine import Backends
-from llmstack.remote_limits import litellm_timeouts, remote_timeouts
+from llmstack.config.ini import ModelsIniError, parse_stack
+from llmstack.serving.hosted import chat_params, messages_params, provider_error
+from llmstack.config.litellm_config import read_user_params, tier_params
+from llmstack.serving.multi_machine import Backends
+from llmstack.serving.remote_limits import litellm_timeouts, remote_timeouts
 from swapper.config import Timeouts
 
 
@@ -171,7 +171,7 @@ def test_remote_tiers_get_the_stack_timeouts_and_a_connect_timeout() -> None:
 
 
 def test_reload_keeps_the_router_of_an_unchanged_multi_machine_tier() -> None:
-    from llmstack.hosted import HostedTiers
+    from llmstack.serving.hosted import HostedTiers
 
     text = "[a]\nbackends = http://x:1\n[b]\nbackends = http://y:1\n"
     old = HostedTiers.build(parse_stack(text))

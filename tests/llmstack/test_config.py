@@ -7,7 +7,7 @@ from textwrap import dedent
 
 import pytest
 
-from llmstack.config import (
+from llmstack.config.ini import (
     DEFAULT_ROLE_ALIASES,
     DEFAULT_ROLE_TTL,
     DEFAULT_TTL,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack import llama_server as ls
+from llmstack.models import llama_server as ls
 
 
 def _make_exe(path: Path, exit_code: int = 0) -> Path:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmstack.config import bundled_template_text, parse_stack
-from llmstack.routing import (
+from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.serving.routing import (
     IMAGE_TOKENS,
     ContextTooLarge,
     Decision,
@@ -462,7 +462,7 @@ def test_never_routes_to_a_tier_that_cannot_hold_the_request(
 
 
 def test_step_up_goes_to_the_next_rung_with_a_larger_window() -> None:
-    from llmstack.routing import Rung, RoutingTable, step_up
+    from llmstack.serving.routing import Rung, RoutingTable, step_up
 
     table = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 65536), ultra=Rung("u", 200000))
     assert step_up(table, "f") == "a"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import bundled_template_text, parse_stack
-from llmstack.stack_config import build_swapper_config
+from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.serving.swapper_config import build_swapper_config
 from swapper.config import ConfigError
 from swapper.solver import compile_plan
 

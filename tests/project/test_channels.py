@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmstack.channels import (
+from llmstack.project.channels import (
     CURRENT,
     Channel,
     next_stack,
@@ -14,9 +14,9 @@ from llmstack.channels import (
     resolve_serve,
     write_marker,
 )
-from llmstack.config import bundled_template_text, parse_stack
-from llmstack.demo import demo_stack
-from llmstack.project import Project, UserError
+from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.config.demo import demo_stack
+from llmstack.project.paths import Project, UserError
 
 REMOTE = "http://10.0.0.5:10101"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from llmstack import install
-from llmstack.config import bundled_template_text
-from llmstack.project import Project
+from llmstack.cli import install
+from llmstack.config.ini import bundled_template_text
+from llmstack.project.paths import Project
 from tests.project.conftest import Cli, tree
 
 VERBS = ("serve", "install-server", "template", "init", "configure", "install", "setup")
@@ -144,12 +144,12 @@ def test_setup_runs_init_download_configure_start_in_order(
         calls.append(("start", root, demo, (root / ".llmstack" / "opencode.json").exists()))
         return 0
 
-    download = types.ModuleType("llmstack.download")
-    daemon = types.ModuleType("llmstack.daemon")
+    download = types.ModuleType("llmstack.models.download")
+    daemon = types.ModuleType("llmstack.project.daemon")
     download.download_tiers = download_tiers  # type: ignore[attr-defined]
     daemon.start_detached = start_detached  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "llmstack.download", download)
-    monkeypatch.setitem(sys.modules, "llmstack.daemon", daemon)
+    monkeypatch.setitem(sys.modules, "llmstack.models.download", download)
+    monkeypatch.setitem(sys.modules, "llmstack.project.daemon", daemon)
     assert install.setup(project) == 0
     assert calls == [("download", ["code-fast", "code-smart", "plan", "plan-uncensored",
                                   "embed"], True),
@@ -163,9 +163,9 @@ def test_setup_runs_init_download_configure_start_in_order(
 
 
 def test_setup_stops_at_a_failed_download(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    download = types.ModuleType("llmstack.download")
+    download = types.ModuleType("llmstack.models.download")
     download.download_tiers = lambda stack, names, channel: 3  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "llmstack.download", download)
+    monkeypatch.setitem(sys.modules, "llmstack.models.download", download)
     assert install.setup(project) == 3 and not project.opencode_json.exists()
 
 
@@ -192,4 +192,4 @@ def test_local_verbs_refuse_in_external_mode(cli: Cli, project: Project) -> None
 
 def test_agents_md_is_packaged() -> None:
     assert install.agents_md_text().startswith("# ")
-    assert Path(install.__file__).with_name("data").joinpath("AGENTS.md").exists()
+    assert Path(install.__file__).parent.with_name("data").joinpath("AGENTS.md").exists()

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from llmstack.channels import next_stack
-from llmstack.config import bundled_template_text, parse_stack
-from llmstack.demo import demo_stack
-from llmstack.opencode_config import (
+from llmstack.project.channels import next_stack
+from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.config.demo import demo_stack
+from llmstack.project.opencode import (
     COLD_READ_MB_PER_S,
     DEFAULT_DISABLED_PROVIDERS,
     local_base_url,

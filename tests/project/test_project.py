@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.project import find_project
+from llmstack.project.paths import find_project
 
 
 def test_nearest_state_dir_above_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

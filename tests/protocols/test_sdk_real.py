@@ -13,8 +13,8 @@ import litellm  # noqa: E402
 import openai  # noqa: E402
 import pytest  # noqa: E402
 
-from llmstack.demo import demo_files, demo_stack
-from llmstack.gguf_info import read_gguf_info
+from llmstack.config.demo import demo_files, demo_stack
+from llmstack.models.gguf_info import read_gguf_info
 from tests.conftest import Server
 from tests.ui.conftest import scrape
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.demo import demo_files, demo_stack, demo_text
+from llmstack.config.demo import demo_files, demo_stack, demo_text
 from tests.conftest import free_port, http, pid_alive
 from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401 (the npm-installed client)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.llama_server import cache_dir
+from llmstack.models.llama_server import cache_dir
 from tests.conftest import start_llmstack, stop_server
 
 pytestmark = pytest.mark.real

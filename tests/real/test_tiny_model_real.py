@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.llama_server import find_llama_server, missing_server_message
-from llmstack.tiny_gguf import write_tiny_gguf
+from llmstack.models.llama_server import find_llama_server, missing_server_message
+from llmstack.models.tiny_gguf import write_tiny_gguf
 
 pytestmark = pytest.mark.real
 

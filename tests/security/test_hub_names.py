@@ -166,8 +166,8 @@ def test_an_honest_hub_still_downloads_into_the_cache(box: Project, hub: FakeHub
 def test_hub_names_are_checked_before_huggingface_hub_is_asked(monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
     """The cache's own path builders refuse what is not a hub name (``UnsafeName``)."""
-    from llmstack import hf_cache
-    from llmstack.hub_names import UnsafeName
+    from llmstack.models import hf_cache
+    from llmstack.config.hub_names import UnsafeName
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("LLMSTACK_CACHE_DIR", str(tmp_path / "llmstack"))
@@ -187,9 +187,9 @@ def test_the_cache_never_hands_out_a_file_outside_the_repo(monkeypatch: pytest.M
                                                            tmp_path: Path) -> None:
     """What ``serve`` gives llama-server: a snapshot link to outside, a ref naming a path, a
     file not downloaded - never a path outside the repo's storage."""
-    from llmstack.config import parse_stack
-    from llmstack.hf_cache import find_cached, local_files, tier_file
-    from llmstack.stack_config import build_swapper_config
+    from llmstack.config.ini import parse_stack
+    from llmstack.models.hf_cache import find_cached, local_files, tier_file
+    from llmstack.serving.swapper_config import build_swapper_config
 
     hub_cache = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
@@ -230,7 +230,7 @@ def test_the_cache_root_is_where_huggingface_hub_writes(env: dict[str, str], tmp
 
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("HF_", "HUGGINGFACE_")) and k != "XDG_CACHE_HOME"}
-    probe = ("import os; from huggingface_hub import constants; from llmstack.hf_cache import "
+    probe = ("import os; from huggingface_hub import constants; from llmstack.models.hf_cache import "
              "hub_cache_dir; print(os.path.abspath(constants.HF_HUB_CACHE)); print(hub_cache_dir())")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          env={**clean, "NAME": "n", **{k: v.format(tmp=tmp_path) for k, v in env.items()}})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.shell import env_code, hook
+from llmstack.cli.shell import env_code, hook
 from tests.shell.conftest import ORIGINAL, Shell
 
 VARS = ("OPENCODE_CONFIG", "LLMSTACK_WORK_DIR", "LLMSTACK_ACTIVE", "LLMSTACK_CHANNEL",

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from llmstack.config import parse_stack
-from llmstack.stack_config import build_swapper_config
+from llmstack.config.ini import parse_stack
+from llmstack.serving.swapper_config import build_swapper_config
 from swapper.events import EventBus
 from swapper.metrics import reason_label
 from swapper.observe import Observer, RequestMeter, generated

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 
-from .channels import (
+from ..project.channels import (
     Channel,
     fetch_models_ini,
     for_channel,
@@ -24,10 +24,10 @@ from .channels import (
     resolve_install,
     write_marker,
 )
-from .config import Stack, bundled_template_text, load_stack, parse_stack
-from .files import GeneratedFiles, create_atomic
-from .opencode_config import LOCAL_PROVIDER_NAME, local_base_url, render, to_text
-from .project import Project, UserError
+from ..config.ini import Stack, bundled_template_text, load_stack, parse_stack
+from ..project.files import GeneratedFiles, create_atomic
+from ..project.opencode import LOCAL_PROVIDER_NAME, local_base_url, render, to_text
+from ..project.paths import Project, UserError
 
 
 def say(message: str) -> None:
@@ -77,7 +77,7 @@ def render_for(project: Project, channel: Channel, demo: bool = False,
     """opencode.json for the demo stack, the local models.ini (current or next), or a remote's."""
     name = LOCAL_PROVIDER_NAME
     if demo:
-        from .demo import demo_stack
+        from ..config.demo import demo_stack
         stack = demo_stack()
         base = local_base_url(stack)
     elif channel.external:
@@ -151,14 +151,14 @@ def setup(project: Project, demo: bool = False) -> int:
         init(project)
         stack = for_channel(load_stack(project.models_ini), pinned(project) or Channel("current"))
         say("[2/4] download")
-        from .download import download_tiers
+        from ..models.download import download_tiers
         code = download_tiers(stack, [t.name for t in stack.tiers if t.backend == "gguf"], "current")
         if code:
             return code
     say("[3/4] opencode.json")
     configure(project, demo=demo)
     say("[4/4] start")
-    from .daemon import start_detached
+    from ..project.daemon import start_detached
     code = start_detached(project.root, demo=demo)
     if code:
         return code

@@ -18,17 +18,17 @@ from swapper.manager import Manager
 from swapper.reaper import RuntimeDirBusy
 from swapper.server import ListenError, configure_logging, listen, run
 
-from .app import LLMStackApp, Loaded
+from ..serving.app import LLMStackApp, Loaded
 from .channels import Channel, for_channel, read_marker, resolve_serve, write_marker
-from .config import ModelsIniError, Stack, load_stack
-from .demo import BANNER, demo_files, demo_stack
-from .hosted import HostedTiers, litellm_installed
-from .litellm_config import litellm_config_path, read_user_params
-from .llama_server import cache_dir, find_llama_server, missing_server_message
-from .project import Project, UserError, find_project
-from .routing import RoutingTable
-from .hf_cache import local_files
-from .stack_config import build_swapper_config
+from ..config.ini import ModelsIniError, Stack, load_stack
+from ..config.demo import BANNER, demo_files, demo_stack
+from ..serving.hosted import HostedTiers, litellm_installed
+from ..config.litellm_config import litellm_config_path, read_user_params
+from ..models.llama_server import cache_dir, find_llama_server, missing_server_message
+from .paths import Project, UserError, find_project
+from ..serving.routing import RoutingTable
+from ..models.hf_cache import local_files
+from ..serving.swapper_config import build_swapper_config
 
 API_KEYS_ENV = "LLMSTACK_API_KEYS"
 CORS_ORIGINS_ENV = "LLMSTACK_CORS_ORIGINS"

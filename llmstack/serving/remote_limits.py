@@ -14,8 +14,8 @@ from typing import Any
 
 from swapper.config import Timeouts
 
-from .config import Stack, Tier
-from .stack_config import tier_timeouts
+from ..config.ini import Stack, Tier
+from .swapper_config import tier_timeouts
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to open a connection (TCP and TLS). A connect involves no generation: it takes

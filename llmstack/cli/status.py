@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from .channels import CURRENT, Channel, pinned, read_marker
-from .pidrecord import StaleRecord, live_record, record_path
-from .project import Project
+from ..project.channels import CURRENT, Channel, pinned, read_marker
+from ..project.pidrecord import StaleRecord, live_record, record_path
+from ..project.paths import Project
 from .stackview import decision_line, memory_line, state_text
 
 TIMEOUT = 2.0

@@ -8,7 +8,7 @@ generated text is printable ASCII that runs to ``max_tokens`` (``finish_reason
 "length"``) unless ``allow_eos`` lets ``</s>`` and ``<|im_end|>`` be sampled.
 
 numpy and gguf are imported only to write a model: checking that a cached one is current
-reads its header with :mod:`llmstack.gguf_header`, so a serving process never loads them.
+reads its header with :mod:`llmstack.models.gguf_header`, so a serving process never loads them.
 """
 
 from __future__ import annotations

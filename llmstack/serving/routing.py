@@ -49,11 +49,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from llmstack.config import Stack
-from llmstack.lru import Lru
+from ..config.ini import Stack
+from .lru import Lru
 
 if TYPE_CHECKING:
-    from llmstack.routing_memo import BodyMemo
+    from .routing_memo import BodyMemo
 
 LADDER: tuple[str, ...] = ("fast", "agent", "ultra")
 """Rung roles from low to high."""
@@ -227,7 +227,7 @@ def _measure(body: Mapping[str, Any], memo: BodyMemo | None = None,
     """Estimate input tokens, count user turns and (with ``triggers``) look for an ultra
     trigger.
 
-    ``memo`` remembers the parts an agent repeats every turn (:mod:`llmstack.routing_memo`).
+    ``memo`` remembers the parts an agent repeats every turn (:mod:`llmstack.serving.routing_memo`).
     """
     chars = images = user_turns = 0
     trigger_texts: list[str] = []

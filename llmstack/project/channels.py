@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, read_small
 
 from .files import write_atomic
-from .project import Project, UserError
+from .paths import Project, UserError
 
 if TYPE_CHECKING:  # `llmstack status` reads markers without paying for the models.ini parser
-    from .config import Stack
+    from ..config.ini import Stack
 
 LOCAL_CHANNELS = ("current", "next")
 REMOTE_URL_ENV = "LLMSTACK_REMOTE_URL"

@@ -1,7 +1,7 @@
 """Memory accounting from a GGUF file's metadata.
 
 ``read_gguf_info`` is the only function that touches a file; it reads the header's
-key/values with :mod:`llmstack.gguf_header` (standard library, memory-mapped, tokenizer
+key/values with :mod:`llmstack.models.gguf_header` (standard library, memory-mapped, tokenizer
 arrays stepped over, no tensor data). The rest is pure arithmetic.
 """
 

@@ -2,7 +2,7 @@
 
 The serving process reads GGUF headers for memory accounting; doing it without
 ``gguf`` and numpy keeps about 20 MB of RSS out of it (they are needed only to
-*write* models, :mod:`llmstack.tiny_gguf`). The file is memory-mapped; values of
+*write* models, :mod:`llmstack.models.tiny_gguf`). The file is memory-mapped; values of
 keys not asked for (such as a 150k-entry vocabulary) are stepped over, not decoded.
 """
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from .config import Stack
+from ..config.ini import Stack
 from .hf_cache import (
     Channel,
     TierFile,
@@ -36,7 +36,7 @@ from .hf_cache import (
     sha256_of,
     tier_files,
 )
-from .hub_names import UnsafeName, check_commit, check_etag_header
+from ..config.hub_names import UnsafeName, check_commit, check_etag_header
 
 MAX_PARALLEL = 2
 Outcome = Literal["downloaded", "present", "failed"]

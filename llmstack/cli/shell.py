@@ -2,7 +2,7 @@
 
 The hook runs before every prompt (and on ``cd`` in zsh and fish). It walks up from
 ``$PWD`` to the nearest directory holding ``.llmstack/`` (never climbing into or past
-``$HOME``, as :func:`llmstack.project.find_project`) and reads its channel
+``$HOME``, as :func:`llmstack.project.paths.find_project`) and reads its channel
 marker with the shell's own ``read``, so no process starts unless the project or
 its channel changed. On entering, it saves every variable it manages (set or not)
 and the prompt, asks ``llmstack activate <shell> --env ROOT`` for the values and
@@ -19,8 +19,8 @@ import re
 import sys
 from pathlib import Path
 
-from .pidrecord import StaleRecord, live_record, url_for
-from .project import Project, UserError, find_project
+from ..project.pidrecord import StaleRecord, live_record, url_for
+from ..project.paths import Project, UserError, find_project
 from .status import live_channel
 
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
@@ -56,7 +56,7 @@ def _local_url(root: Path, ini: Path) -> str:
             return found[0].url
     host, port = "127.0.0.1", 10101
     if ini.exists():
-        from .config import ModelsIniError, load_stack
+        from ..config.ini import ModelsIniError, load_stack
         try:
             stack = load_stack(ini)
             host, port = stack.host, stack.router_port

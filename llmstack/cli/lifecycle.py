@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from .daemon import start_detached, start_foreground
-    from .project import find_project
+    from ..project.daemon import start_detached, start_foreground
+    from ..project.paths import find_project
 
     if args.detach:
         return start_detached(find_project().root, host=args.host, port=args.port,
@@ -101,8 +101,8 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from .daemon import stop
-    from .project import find_project
+    from ..project.daemon import stop
+    from ..project.paths import find_project
 
     return stop(find_project().root)
 
@@ -112,22 +112,22 @@ def _restart(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .project import find_project
+    from ..project.paths import find_project
     from .status import status
 
     return status(find_project().root, args.json)
 
 
 def _top(args: argparse.Namespace) -> int:
-    from .project import find_project
+    from ..project.paths import find_project
     from .top import stack_url, top
 
     return top(args.url or stack_url(find_project().root), args.interval)
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from .daemon import logs
-    from .project import find_project
+    from ..project.daemon import logs
+    from ..project.paths import find_project
 
     try:
         return logs(find_project().root, args.tier, args.follow, args.lines)
@@ -143,7 +143,7 @@ def _activate(args: argparse.Namespace) -> int:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    from .daemon import reload_stack
+    from ..project.daemon import reload_stack
     from .shell import reload_code
 
     root, code = reload_code(args.shell)

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .config import SERVING_ROLES, Stack, Tier
+from ..config.ini import SERVING_ROLES, Stack, Tier
 
 PROVIDER_ID = "llmstack"
 LOCAL_PROVIDER_NAME = "llmstack (local stack + auto router)"

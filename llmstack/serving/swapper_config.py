@@ -17,9 +17,9 @@ from typing import Any
 
 from swapper.config import DEFAULT_MAX_QUEUE_WAIT, Matrix, ModelSpec, SwapperConfig, Timeouts
 
-from .config import SERVING_ROLES, Stack, Tier
-from .gguf_info import read_gguf_info, kv_cache_bytes, tier_memory_mb
-from .hf_cache import missing_path
+from ..config.ini import SERVING_ROLES, Stack, Tier
+from ..models.gguf_info import read_gguf_info, kv_cache_bytes, tier_memory_mb
+from ..models.hf_cache import missing_path
 
 log = logging.getLogger("llmstack")
 DEFAULT_MEMORY_BUDGET_MB = 57344  # a 64 GB Mac's GPU wired limit (iogpu.wired_limit_mb)

@@ -27,7 +27,7 @@ from typing import Any
 from swapper.errors import ApiError, unavailable
 from swapper.proxy import Headers
 
-from .config import Tier
+from ..config.ini import Tier
 
 log = logging.getLogger("llmstack")
 ROUTING_STRATEGY = "least-busy"

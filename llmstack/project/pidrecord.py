@@ -7,7 +7,7 @@ regular file of at most :data:`~swapper.small_files.RECORD_LIMIT` bytes. A regul
 file that is not a record (not JSON, a field of the wrong type, a pid that is no
 process id, too large) is stale like one whose process is gone: reported, and
 replaced by the next ``start``. Anything else there (a FIFO, a device, a
-directory) is a one-line :class:`~llmstack.project.UserError`.
+directory) is a one-line :class:`~llmstack.project.paths.UserError`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from swapper.identity import verify as verify_identity
 from swapper.small_files import NotRegularFile, UnreadableFile, read_json
 
 from .files import write_atomic
-from .project import Project, UserError
+from .paths import Project, UserError
 
 RECORD_NAME = "daemon.json"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from .config import Stack, parse_stack
-from .llama_server import cache_dir
-from .tiny_gguf import ensure_tiny_model
+from .ini import Stack, parse_stack
+from ..models.llama_server import cache_dir
+from ..models.tiny_gguf import ensure_tiny_model
 
 DEMO_SOURCE = "<built-in demo models.ini>"
 _SEEDS = {"fast": 1, "agent": 2, "plan": 3, "embed": 4, "rerank": 5}

@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn
 
-from . import __version__, lifecycle_cli
+from .. import __version__
+
+from . import lifecycle
 
 if TYPE_CHECKING:
-    from .config import Stack
+    from ..config.ini import Stack
 
 DEFAULT_MODELS_INI = Path(".llmstack") / "models.ini"
 
@@ -114,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     verbs.add_parser("template", help="print the bundled models.ini template")
     _project_verbs(verbs)
     _model_file_verbs(verbs)
-    lifecycle_cli.register(verbs)
+    lifecycle.register(verbs)
     return parser
 
 
@@ -128,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print("[!] interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a user-facing error is one line, never a traceback
-        from .config import ModelsIniError
-        from .project import UserError
+        from ..config.ini import ModelsIniError
+        from ..project.paths import UserError
         if isinstance(exc, UserError):
             print(f"[!] {exc}", file=sys.stderr)
             return exc.code
@@ -148,14 +150,14 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.verb in ("init", "configure", "install", "setup"):
         return _project_verb(args)
-    if args.verb in lifecycle_cli.VERBS:
-        return lifecycle_cli.run(args)
+    if args.verb in lifecycle.VERBS:
+        return lifecycle.run(args)
     if args.verb == "serve":
-        from .serve import serve
+        from ..project.serve import serve
         return serve(args.host, args.port, _models_ini(args.models_ini), args.demo, args.log_level,
                      args.channel, args.log_dir, args.allow_unauthenticated_network)
     if args.verb == "install-server":
-        from .llama_server import InstallError, install_server
+        from ..models.llama_server import InstallError, install_server
         try:
             print(install_server(force=args.force, jobs=args.jobs))
         except InstallError as exc:
@@ -163,14 +165,14 @@ def _run(args: argparse.Namespace) -> int:
             return 1
         return 0
     if args.verb in ("download", "download-models"):
-        from .download import download_tiers
+        from ..models.download import download_tiers
         return download_tiers(_stack(args.models_ini), args.tiers, _file_channel(args.channel))
     if args.verb in ("check", "check-models"):
-        from .check import check_stack, report
+        from ..models.check import check_stack, report
         return report(check_stack(_stack(args.models_ini), _file_channel(args.channel), args.verify),
                       sys.stdout)
     if args.verb == "template":
-        from .config import bundled_template_text
+        from ..config.ini import bundled_template_text
         sys.stdout.write(bundled_template_text())
         return 0
     _parser().print_help()
@@ -179,8 +181,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _project_verb(args: argparse.Namespace) -> int:
     from . import install
-    from .channels import Channel, normalise_url
-    from .project import find_project
+    from ..project.channels import Channel, normalise_url
+    from ..project.paths import find_project
 
     project = find_project()
     if args.verb == "init":
@@ -198,7 +200,7 @@ def _models_ini(explicit: Path | None) -> tuple[Path, bool]:
     """The models.ini path and whether the user named it (then it must exist)."""
     if explicit is not None:
         return explicit, True
-    from .project import find_project
+    from ..project.paths import find_project
 
     project = find_project()
     return project.models_ini, project.models_ini_from_env
@@ -206,7 +208,7 @@ def _models_ini(explicit: Path | None) -> tuple[Path, bool]:
 
 def _stack(explicit: Path | None) -> Stack:
     """The models.ini a verb works on; exits with a one-line error when it is missing or bad."""
-    from .config import ModelsIniError, load_stack
+    from ..config.ini import ModelsIniError, load_stack
 
     path, _ = _models_ini(explicit)
     try:
@@ -223,8 +225,8 @@ def _file_channel(flag: Literal["current", "next"] | None) -> Literal["current",
     """download/check: the flag, else the project's pinned local channel, else current."""
     if flag is not None:
         return flag
-    from .channels import pinned
-    from .project import find_project
+    from ..project.channels import pinned
+    from ..project.paths import find_project
 
     channel = pinned(find_project())
     return "next" if channel is not None and channel.name == "next" else "current"

@@ -1,4 +1,4 @@
-"""Per-session work that repeats on every turn, remembered for :func:`llmstack.routing.classify`.
+"""Per-session work that repeats on every turn, remembered for :func:`llmstack.serving.routing.classify`.
 
 An agent session sends the same tool schemas and the same system prompt on every
 turn; measuring them is most of classify's cost (compact JSON of ``tools``

@@ -18,7 +18,7 @@ from typing import Any
 
 from swapper.small_files import CONFIG_LIMIT, read_small
 
-from .config import IniError, ModelsIniError, Stack, Tier
+from .ini import IniError, ModelsIniError, Stack, Tier
 
 LITELLM_CONFIG_ENV = "LLMSTACK_LITELLM_CONFIG"
 _ENV_PREFIX = "os.environ/"

@@ -31,8 +31,8 @@ from swapper.errors import ApiError
 from swapper.proxy import Headers, Send
 from swapper.stream_protocols import ANTHROPIC, OPENAI, StreamProtocol
 
-from .config import Stack, Tier
-from .litellm_config import UserParams, stack_params
+from ..config.ini import Stack, Tier
+from ..config.litellm_config import UserParams, stack_params
 from .multi_machine import Backends
 from .remote_limits import GRACE, litellm_timeouts, remote_timeouts
 

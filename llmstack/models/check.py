@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .config import Stack, Tier
+from ..config.ini import Stack, Tier
 from .hf_cache import (
     Channel,
     TierFile,

@@ -4,7 +4,7 @@
 ``.llmstack/logs/`` (``llmstack.log`` and ``<tier>.log``, rotated at 5 MB by the
 serve process itself; ``serve.stderr`` holds only what the process prints outside
 logging: the banner and a crash's traceback, and is truncated at each start), writes
-the pid record (:mod:`llmstack.pidrecord`) and returns once ``/health`` answers and
+the pid record (:mod:`llmstack.project.pidrecord`) and returns once ``/health`` answers and
 ``/running`` names the process it started as the server (not another one that took
 the port first).
 ``stop`` signals only the process its record names, after checking pid, create time
@@ -34,12 +34,12 @@ from swapper.identity import describe
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, open_lock, read_small
 
 from .channels import CURRENT, Channel, pinned, require_local
-from .config import STACK_LOG_NAME
+from ..config.ini import STACK_LOG_NAME
 from .pidrecord import (
     PidRecord, StaleRecord, live_record, record_for, record_path, remove_record, url_for,
     write_record,
 )
-from .project import Project, UserError
+from .paths import Project, UserError
 
 if TYPE_CHECKING:
     import httpx
@@ -81,10 +81,10 @@ def resolve_target(root: Path, host: str | None, port: int | None, demo: bool) -
     if not demo and not ini.exists() and project.models_ini_from_env:
         raise UserError(f"models.ini not found: {ini} (from $LLMSTACK_MODELS_INI)", 2)
     if demo or not ini.exists():
-        from .demo import demo_stack
+        from ..config.demo import demo_stack
         stack = demo_stack()
     else:
-        from .config import ModelsIniError, load_stack
+        from ..config.ini import ModelsIniError, load_stack
         try:
             stack = load_stack(ini)
         except ModelsIniError as exc:
@@ -180,7 +180,7 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
     """Run the project's stack in the background; returns 0 once ``/health`` answers.
 
     A no-op when this project's stack already runs. The pid is in the pid record
-    (:func:`llmstack.pidrecord.read_record`). Raises :class:`UserError` when the
+    (:func:`llmstack.project.pidrecord.read_record`). Raises :class:`UserError` when the
     project is a client of an external stack, the port is held by another program,
     the stack exits or does not answer within ``timeout`` (with its log tail), or
     another server answers on its port.
@@ -226,7 +226,7 @@ def _wait_ready(child: subprocess.Popen[bytes], target: Target, timeout: float, 
     answers instead (another one, which took the port first)."""
     import httpx
 
-    from .status import auth_headers
+    from ..cli.status import auth_headers
 
     url = target.url
     started = time.monotonic()
@@ -449,7 +449,7 @@ def _stream_tier(url: str, tier: str, out: IO[str], tier_log: Path | None, lines
     """
     import httpx
 
-    from .status import auth_headers
+    from ..cli.status import auth_headers
 
     query = "?no-history" if tier_log is not None else ""
     try:
@@ -481,7 +481,7 @@ def reload_stack(project_dir: Path, out: IO[str] = sys.stderr) -> int:
     """Ask the running stack to re-read models.ini (``POST /reload``); reports on ``out``."""
     import httpx
 
-    from .status import auth_headers
+    from ..cli.status import auth_headers
 
     found = running(project_dir.resolve())
     if found is None:

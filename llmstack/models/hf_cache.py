@@ -24,8 +24,8 @@ from typing import Literal
 
 from swapper.small_files import read_json
 
-from .config import Stack, Tier
-from .hub_names import (
+from ..config.ini import Stack, Tier
+from ..config.hub_names import (
     UnsafeName,
     check_blob_id,
     check_commit,

@@ -2,7 +2,7 @@
 
 It polls the stack's ``GET /api/state`` (the facts /ui shows, from the same
 event bus) every ``interval`` seconds and redraws the screen; ``q`` or Ctrl-C
-quits. Stdlib only (http.client via :class:`~llmstack.status.StackClient`).
+quits. Stdlib only (http.client via :class:`~llmstack.cli.status.StackClient`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .project import UserError
+from ..project.paths import UserError
 from .stackview import decision_line, memory_line, ms, state_text
 from .status import StackClient, live_channel
 
@@ -27,8 +27,8 @@ ALT_SCREEN, MAIN_SCREEN = "\x1b[?1049h", "\x1b[?1049l"  # like top: the terminal
 
 def stack_url(root: Path) -> str:
     """The URL of the project's running stack (its pid record, or the external channel)."""
-    from .pidrecord import StaleRecord, live_record
-    from .project import Project
+    from ..project.pidrecord import StaleRecord, live_record
+    from ..project.paths import Project
 
     channel = live_channel(Project(root))
     if channel.external and channel.url:
