@@ -13,15 +13,19 @@ change inside the project re-activates it at the next prompt.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import os
 import re
 import sys
 from pathlib import Path
 
-from ..project.pidrecord import StaleRecord, live_record, url_for
-from ..project.paths import Project, UserError, find_project
-from .status import live_channel
+from ..config.schema import Stack
+from ..errors import UserError
+from ..project.channels import live_channel
+from ..project.paths import Project, find_project, project_at
+from ..project.pidrecord import StaleRecord, live_record
+from ..settings import Settings
+from .registry import Command
 
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
 MANAGED = ("OPENCODE_CONFIG", "LLMSTACK_WORK_DIR", "LLMSTACK_ACTIVE", "LLMSTACK_CHANNEL",
@@ -30,10 +34,9 @@ COLORS = {"current": 38, "next": 208, "external": 135}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+=, -]")  # nothing a prompt would expand
 
 
-def project_env(root: Path) -> dict[str, str | None]:
-    """The managed variables inside ``root`` (None: unset there)."""
-    project = Project(root)
-    state = project.state
+def project_env(project: Project) -> dict[str, str | None]:
+    """The managed variables inside ``project`` (None: unset there)."""
+    root, state = project.root, project.state
     channel = live_channel(project)
     ini = state / "models.ini"
     env: dict[str, str | None] = dict.fromkeys(MANAGED)
@@ -49,26 +52,22 @@ def project_env(root: Path) -> dict[str, str | None]:
 
 
 def _local_url(root: Path, ini: Path) -> str:
-    """The running stack's URL, else the one models.ini's [DEFAULT] names."""
+    """The running stack's URL, else the one models.ini's [DEFAULT] names (or the default)."""
     with contextlib.suppress(StaleRecord, UserError):  # start/status report the record
         found = live_record(root)
         if found is not None:
             return found[0].url
-    host, port = "127.0.0.1", 10101
     if ini.exists():
-        from ..config.ini import ModelsIniError, load_stack
-        try:
-            stack = load_stack(ini)
-            host, port = stack.host, stack.router_port
-        except ModelsIniError:
-            pass  # the hook still activates; start/serve report the errors
-    return url_for(host, port)
+        from ..config.ini import load_stack
+        with contextlib.suppress(UserError):  # the hook still activates; start/serve report it
+            return load_stack(ini).url
+    return Stack().url
 
 
-def prompt_label(root: Path) -> tuple[str, int]:
+def prompt_label(project: Project) -> tuple[str, int]:
     """``[llmstack:<project>]`` (plus the URL when external) and its 256-colour code."""
-    channel = live_channel(Project(root))
-    name = root.name + (f" {channel.url}" if channel.external else "")
+    channel = live_channel(project)
+    name = project.root.name + (f" {channel.url}" if channel.external else "")
     return f"[llmstack:{_UNSAFE.sub('_', name)}]", COLORS.get(channel.name, COLORS["current"])
 
 
@@ -84,10 +83,10 @@ def _ps_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def env_code(shell: str, root: Path) -> str:
-    """Shell code setting the managed variables and the prompt prefix for ``root``."""
-    env = project_env(root)
-    label, color = prompt_label(root)
+def env_code(shell: str, project: Project) -> str:
+    """Shell code setting the managed variables and the prompt prefix for ``project``."""
+    env = project_env(project)
+    label, color = prompt_label(project)
     lines = []
     if shell in ("bash", "zsh"):
         for name, value in env.items():
@@ -335,27 +334,68 @@ def hook(shell: str) -> str:
     return body + (_BASH_INSTALL if shell == "bash" else _ZSH_INSTALL)
 
 
-def detect_shell() -> str:
+def detect_shell(settings: Settings) -> str:
     """The user's shell family from ``$LLMSTACK_SHELL`` / ``$SHELL`` (bash if unknown)."""
-    name = Path(os.environ.get("LLMSTACK_SHELL") or os.environ.get("SHELL") or "bash").name
-    name = name.removesuffix(".exe")
+    name = Path(settings.shell).name.removesuffix(".exe")
     return _family(name) if name in SHELLS else "bash"
 
 
-def activate(shell: str, env_root: Path | None) -> str:
+def activate(shell: str, env_root: Path | None, settings: Settings) -> str:
     """``activate``'s stdout: the hook, or (``--env ROOT``, used by the hook) the variables."""
     if env_root is None:
         return hook(shell)
-    root = env_root.resolve()
-    if not Project(root).state.is_dir():
-        raise UserError(f"not an llmstack project: {root} has no .llmstack/")
-    return env_code(_family(shell), root)
+    project = project_at(env_root.resolve(), settings)
+    if not project.state.is_dir():
+        raise UserError(f"not an llmstack project: {project.root} has no .llmstack/")
+    return env_code(_family(shell), project)
 
 
-def reload_code(shell: str | None) -> tuple[Path, str]:
+def reload_code(shell: str | None, settings: Settings) -> tuple[Path, str]:
     """The project root and the code that re-activates it in the calling shell."""
-    root = find_project().root
-    if not Project(root).state.is_dir():
+    project = find_project(settings)
+    if not project.state.is_dir():
         raise UserError("not in an llmstack project (no .llmstack/ here or above)")
-    family = _family(shell or detect_shell())
-    return root, hook(family) + FORCE[family] + "\n"
+    family = _family(shell or detect_shell(settings))
+    return project.root, hook(family) + FORCE[family] + "\n"
+
+
+def _activate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shell", choices=SHELLS)
+    parser.add_argument("--env", type=Path, metavar="ROOT", help=argparse.SUPPRESS)
+
+
+def _activate(args: argparse.Namespace, settings: Settings) -> int:
+    sys.stdout.write(activate(args.shell, args.env, settings))
+    return 0
+
+
+def _reload_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shell", choices=SHELLS, help="shell family (default: from $SHELL)")
+
+
+def _reload(args: argparse.Namespace, settings: Settings) -> int:
+    from ..project.daemon import reload_stack
+
+    root, code = reload_code(args.shell, settings)
+    if sys.stdout.isatty():
+        print('[=] to refresh this shell too: eval "$(llmstack reload)"', file=sys.stderr)
+    else:
+        sys.stdout.write(code)
+    return reload_stack(root, settings.auth_headers)
+
+
+COMMANDS = {
+    "activate": Command(_activate, "Print a hook that wires every project you cd into: exports "
+                                   "OPENCODE_CONFIG, LLMSTACK_WORK_DIR, LLMSTACK_CHANNEL, "
+                                   "LLMSTACK_MODELS_INI, LLMSTACK_BASE_URL …, prefixes the "
+                                   "prompt with [llmstack:<project>], and restores everything "
+                                   "on leaving. bash/zsh: eval \"$(llmstack activate zsh)\" in "
+                                   "~/.zshrc; fish: llmstack activate fish | source; PowerShell: "
+                                   "llmstack activate powershell | Out-String | "
+                                   "Invoke-Expression.", _activate_arguments),
+    "reload": Command(_reload, 'For eval "$(llmstack reload)": prints shell code that '
+                               "re-activates this project in the calling shell (its env, "
+                               "prompt and hook), and asks the running stack, if any, to re-read "
+                               "models.ini (POST /reload; messages on stderr). Printed to a "
+                               "terminal, it only reloads the stack.", _reload_arguments),
+}

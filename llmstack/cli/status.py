@@ -8,48 +8,40 @@ psutil for the pid check and the children's resident memory.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
 import psutil
 
-from ..project.channels import CURRENT, Channel, pinned, read_marker
+from ..project.channels import live_channel
+from ..project.paths import Project, find_project
 from ..project.pidrecord import StaleRecord, live_record, record_path
-from ..project.paths import Project
+from ..settings import Settings
+from .registry import Command
 from .stackview import decision_line, memory_line, state_text
 
 TIMEOUT = 2.0
 STOPPED = 3  # exit status when nothing runs, as `systemctl status` / LSB
 
 
-def live_channel(project: Project) -> Channel:
-    """What runs now (``active-channel``), else the pinned channel, else current."""
-    return read_marker(project.active_channel) or pinned(project) or CURRENT
-
-
-def auth_headers() -> dict[str, str]:
-    """The first of ``$LLMSTACK_API_KEYS`` as a bearer token (the stack may require one)."""
-    keys = [k.strip() for k in os.environ.get("LLMSTACK_API_KEYS", "").split(",") if k.strip()]
-    return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
-
-
 class StackClient:
-    """GET JSON from a running stack over one connection (stdlib, for speed)."""
+    """GET JSON from a running stack over one connection (stdlib, for speed); ``headers``:
+    what each request carries (the stack's API key, :attr:`Settings.auth_headers`)."""
 
-    def __init__(self, base: str, timeout: float = TIMEOUT) -> None:
+    def __init__(self, base: str, headers: dict[str, str], timeout: float = TIMEOUT) -> None:
         parts = urlsplit(base)
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         self.prefix = parts.path.rstrip("/")
+        self.headers = headers
         self.conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
 
     def get_json(self, path: str) -> Any:
-        self.conn.request("GET", self.prefix + path, headers=auth_headers())
+        self.conn.request("GET", self.prefix + path, headers=self.headers)
         response = self.conn.getresponse()
         body = response.read()
         if response.status != 200:
@@ -69,9 +61,9 @@ def _rss_mb(pid: int | None) -> float | None:
         return None
 
 
-def collect(root: Path) -> dict[str, Any]:
+def collect(project: Project, settings: Settings) -> dict[str, Any]:
     """The status document (what ``--json`` prints)."""
-    project = Project(root)
+    root = project.root
     channel = live_channel(project)
     doc: dict[str, Any] = {"project": str(root), "channel": channel.name, "state": "stopped",
                            "url": None, "pid": None, "tiers": [],
@@ -89,7 +81,7 @@ def collect(root: Path) -> dict[str, Any]:
         record = found[0]
         doc.update(url=record.url, pid=record.pid, uptime_s=round(time.time() - record.started_at),
                    logs=record.log_dir or None, rss_mb=_rss_mb(record.pid))
-    client = StackClient(doc["url"])
+    client = StackClient(doc["url"], settings.auth_headers)
     try:
         running = {row["model"]: row for row in client.get_json("/running")["running"]}
         models = client.get_json("/v1/models")["data"]
@@ -160,7 +152,7 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
                      str(t["context"] or "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
     for t in doc["tiers"]:
         if t.get("hosted_model") and not t.get("backends"):
             print(f"  {t['name']}: hosted {t['hosted_model']}", file=out)
@@ -177,11 +169,26 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
               file=out)
 
 
-def status(root: Path, as_json: bool, out: IO[str] = sys.stdout) -> int:
+def status(project: Project, settings: Settings, as_json: bool, out: IO[str] = sys.stdout) -> int:
     """Print the status; 0 when running, 3 when stopped, 1 when it does not answer."""
-    doc = collect(root)
+    doc = collect(project, settings)
     if as_json:
         print(json.dumps(doc, indent=2), file=out)
     else:
         render(doc, out)
     return {"running": 0, "stopped": STOPPED}.get(doc["state"], 1)
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    return status(find_project(settings), settings, args.json)
+
+
+COMMANDS = {
+    "status": Command(_status, "What the project's stack runs, from its own /running and "
+                               "/v1/models. Exit status: 0 running, 3 stopped, 1 not answering.",
+                      _arguments),
+}

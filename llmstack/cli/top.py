@@ -7,6 +7,7 @@ quits. Stdlib only (http.client via :class:`~llmstack.cli.status.StackClient`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import select
@@ -14,27 +15,29 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
-from ..project.paths import UserError
+from ..errors import UserError
+from ..project.channels import live_channel
+from ..project.paths import Project, find_project
+from ..settings import Settings
+from .registry import Command
 from .stackview import decision_line, memory_line, ms, state_text
-from .status import StackClient, live_channel
+from .status import StackClient
 
 CLEAR = "\x1b[H\x1b[2J"
 ALT_SCREEN, MAIN_SCREEN = "\x1b[?1049h", "\x1b[?1049l"  # like top: the terminal is restored
 
 
-def stack_url(root: Path) -> str:
+def stack_url(project: Project) -> str:
     """The URL of the project's running stack (its pid record, or the external channel)."""
     from ..project.pidrecord import StaleRecord, live_record
-    from ..project.paths import Project
 
-    channel = live_channel(Project(root))
+    channel = live_channel(project)
     if channel.external and channel.url:
         return channel.url
     try:
-        found = live_record(root)
+        found = live_record(project.root)
     except StaleRecord:
         found = None
     if found is None:
@@ -81,10 +84,11 @@ def _keys(stream: IO[str]) -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def top(url: str, interval: float = 0.5, out: IO[str] = sys.stdout,
+def top(url: str, headers: dict[str, str], interval: float = 0.5, out: IO[str] = sys.stdout,
         frames: int | None = None) -> int:
-    """Redraw every ``interval`` s until ``q``/Ctrl-C (or after ``frames`` frames)."""
-    client = StackClient(url)
+    """Redraw every ``interval`` s until ``q``/Ctrl-C (or after ``frames`` frames); ``headers``:
+    what each request carries (the stack's API key)."""
+    client = StackClient(url, headers)
     shown = 0
     tty = out.isatty()
     if tty:
@@ -98,7 +102,7 @@ def top(url: str, interval: float = 0.5, out: IO[str] = sys.stdout,
                                             size.lines - 1))
                 except (OSError, ValueError) as exc:
                     client.close()
-                    client = StackClient(url)
+                    client = StackClient(url, headers)
                     body = f"llmstack top  {url}: not answering ({exc})"
                 out.write(CLEAR + body + "\n")
                 out.flush()
@@ -116,3 +120,18 @@ def top(url: str, interval: float = 0.5, out: IO[str] = sys.stdout,
                 out.write(MAIN_SCREEN)
                 out.flush()
     return 0
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="the stack's URL (default: this project's running stack)")
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between frames (0.5)")
+
+
+def _top(args: argparse.Namespace, settings: Settings) -> int:
+    return top(args.url or stack_url(find_project(settings)), settings.auth_headers, args.interval)
+
+
+COMMANDS = {
+    "top": Command(_top, "Redraw the running stack's state (GET /api/state, the facts /ui shows) "
+                         "every --interval seconds until q or Ctrl-C.", _arguments),
+}

@@ -22,7 +22,7 @@ REPO_FILE_MAX = 1000
 NAME_MAX_BYTES = 255
 """Bytes in one folder or file name: what file systems allow."""
 
-_REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,%d}[A-Za-z0-9_])?" % (REPO_ID_MAX - 2)
+_REPO_PART = rf"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{{0,{REPO_ID_MAX - 2}}}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _BLOB_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")

@@ -6,37 +6,39 @@ their ``litellm_params`` (credentials such as ``api_key: os.environ/OPENAI_API_K
 headers, api_version, ...). models.ini wins for ``model`` and ``api_base``, and its
 timeouts for litellm's ``timeout`` and ``stream_timeout`` (``remote_limits``); every
 other parameter comes from the file.
-``os.environ/NAME`` values are read from the environment as litellm's proxy does.
+``os.environ/NAME`` values are the named variable's, as litellm's proxy reads them: the
+caller hands in the variables (:attr:`llmstack.settings.Settings.variables`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from swapper.small_files import CONFIG_LIMIT, read_small
 
-from .ini import IniError, ModelsIniError, Stack, Tier
+from ..settings import Settings
+from .ini import NO_VARIABLES, IniError, ModelsIniError
+from .schema import Stack, Tier
 
-LITELLM_CONFIG_ENV = "LLMSTACK_LITELLM_CONFIG"
 _ENV_PREFIX = "os.environ/"
 
 UserParams = Mapping[str, Mapping[str, Any]]
 """model_name -> that entry's litellm_params."""
 
 
-def litellm_config_path(state_dir: Path | None) -> Path | None:
+def litellm_config_path(settings: Settings, state_dir: Path | None) -> Path | None:
     """``$LLMSTACK_LITELLM_CONFIG``, else ``<project>/.llmstack/litellm_config.yaml``."""
-    env = os.environ.get(LITELLM_CONFIG_ENV)
-    if env:
-        return Path(env).expanduser()
+    if settings.litellm_config is not None:
+        return settings.litellm_config
     return state_dir / "litellm_config.yaml" if state_dir is not None else None
 
 
-def read_user_params(path: Path | None) -> dict[str, dict[str, Any]]:
-    """Each ``model_list`` entry's litellm_params by model_name; {} when there is no file.
+def read_user_params(path: Path | None,
+                     variables: Mapping[str, str] = NO_VARIABLES) -> dict[str, dict[str, Any]]:
+    """Each ``model_list`` entry's litellm_params by model_name, ``os.environ/NAME`` values
+    replaced by ``variables[NAME]`` (None when unset); {} when there is no file.
 
     A file that is not valid YAML, or whose model_list is malformed, is a located
     :class:`ModelsIniError` (``file:line``), never silently an empty document.
@@ -64,26 +66,26 @@ def read_user_params(path: Path | None) -> dict[str, dict[str, Any]]:
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get("model_name"), str):
             raw = entry.get("litellm_params")
-            params[entry["model_name"]] = dict(raw) if isinstance(raw, dict) else {}
+            params[entry["model_name"]] = ({k: _resolve(v, variables) for k, v in raw.items()}
+                                           if isinstance(raw, dict) else {})
     return params
 
 
-def _resolve(value: Any) -> Any:
+def _resolve(value: Any, variables: Mapping[str, str]) -> Any:
     if isinstance(value, str) and value.startswith(_ENV_PREFIX):
-        return os.environ.get(value.removeprefix(_ENV_PREFIX))
+        return variables.get(value.removeprefix(_ENV_PREFIX))
     return value
 
 
 def tier_params(tier: Tier, user: UserParams) -> dict[str, Any]:
     """litellm kwargs for one tier: the user's entry (by name) under models.ini's model/api_base."""
     entry = user.get(tier.name) or {}
-    params = {k: _resolve(v) for k, v in entry.items() if k not in ("model", "api_base")}
-    params = {k: v for k, v in params.items() if v is not None}
+    params = {k: v for k, v in entry.items() if k not in ("model", "api_base") and v is not None}
     params["model"] = tier.model
     if tier.api_base:
         params["api_base"] = tier.api_base
     elif entry.get("api_base"):
-        params["api_base"] = _resolve(entry["api_base"])
+        params["api_base"] = entry["api_base"]
     return params
 
 

@@ -10,22 +10,13 @@ with ``HF_HUB_OFFLINE=1`` and without huggingface_hub being imported.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ..config.ini import Stack, Tier
-from .hf_cache import (
-    Channel,
-    TierFile,
-    find_cached,
-    human_size,
-    other_cached_files,
-    recorded_hub_size,
-    sha256_of,
-    tier_file,
-)
+from ..config.schema import Stack, Tier
+from ..settings import Settings
+from .hf_cache import Channel, HubCache, HubSizes, TierFile, human_size, sha256_of, tier_file
 
 PROBLEMS = frozenset({"missing", "drifted", "no credentials"})
 
@@ -60,11 +51,12 @@ class Row:
     detail: str = ""
 
 
-def _gguf_row(file: TierFile, verify: bool) -> Row:
+def _gguf_row(file: TierFile, verify: bool, settings: Settings) -> Row:
     what = f"{file.repo}/{file.filename}"
-    cached = find_cached(file)
+    hub = HubCache(settings.hub_cache)
+    cached = hub.find_cached(file)
     if cached is None:
-        others = other_cached_files(file.repo)
+        others = hub.other_cached_files(file.repo)
         seen = f"; the cache has {', '.join(others)}" if others else ""
         return Row(file.tier, file.channel, "missing", what,
                    f"run: llmstack download {file.tier}{_channel_flag(file.channel)}{seen}")
@@ -72,7 +64,7 @@ def _gguf_row(file: TierFile, verify: bool) -> Row:
         return Row(file.tier, file.channel, "drifted", what,
                    f"cached at revision {cached.commit[:8]} but {file.revision} is "
                    f"{(cached.ref_commit or '')[:8]}; run: llmstack download {file.tier}")
-    announced = recorded_hub_size(cached.etag)
+    announced = HubSizes.under(settings.cache_dir).recorded(cached.etag)
     if announced is not None and announced != cached.size:
         return Row(file.tier, file.channel, "drifted", what,
                    f"{cached.size} bytes on disk, the hub announced {announced}; "
@@ -96,27 +88,30 @@ def credential_vars(model: str) -> tuple[str, ...] | None:
     return PROVIDER_CREDENTIALS.get(provider)
 
 
-def _aws_profile_file() -> bool:
-    return any((Path.home() / ".aws" / name).is_file() for name in ("credentials", "config"))
+def _aws_profile_file(home: Path) -> bool:
+    return any((home / ".aws" / name).is_file() for name in ("credentials", "config"))
 
 
-def _hosted_row(tier: Tier, channel: Channel) -> Row:
+def _hosted_row(tier: Tier, channel: Channel, settings: Settings) -> Row:
     model = (tier.model_next if channel == "next" and tier.model_next else tier.model) or ""
     names = credential_vars(model)
     if names is None:
         return Row(tier.name, channel, "hosted", model, "credentials: unknown provider, not checked")
-    found = [n for n in names if os.environ.get(n)]
-    if found or (model.startswith("bedrock/") and _aws_profile_file()):
+    found = [n for n in names if settings.variables.get(n)]
+    if found or (model.startswith("bedrock/") and _aws_profile_file(settings.home)):
         return Row(tier.name, channel, "hosted", model, f"credentials: {(found or ['~/.aws'])[0]} set")
     return Row(tier.name, channel, "no credentials", model, f"export {' or '.join(names)}")
 
 
-def check_stack(stack: Stack, channel: Channel = "current", verify: bool = False) -> list[Row]:
-    """One row per tier, in file order."""
+def check_stack(stack: Stack, settings: Settings, channel: Channel = "current",
+                verify: bool = False) -> list[Row]:
+    """One row per tier, in file order: the caches and credential variables ``settings``
+    names."""
     rows = []
     for tier in stack.tiers:
         file = tier_file(tier, channel)
-        rows.append(_gguf_row(file, verify) if file else _hosted_row(tier, channel))
+        rows.append(_gguf_row(file, verify, settings) if file
+                    else _hosted_row(tier, channel, settings))
     return rows
 
 

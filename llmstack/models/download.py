@@ -5,8 +5,9 @@ per-file progress bar, Range-resume of an interrupted transfer, and hf_xet when 
 serves a file from Xet storage). At most :data:`MAX_PARALLEL` files are in flight. The
 size and, for LFS files, the sha256 announced by the hub (``X-Linked-Size`` /
 ``X-Linked-Etag``) are checked; a file that fails is removed from the cache, so nothing
-half-right is left where ``serve`` would load it. ``HF_TOKEN`` is read from the
-environment only (huggingface_hub falls back to a ``hf auth login`` token) and never printed.
+half-right is left where ``serve`` would load it. ``HF_TOKEN`` comes from the environment
+(:attr:`llmstack.settings.Settings.hf_token`; huggingface_hub falls back to a ``hf auth
+login`` token) and is never printed.
 
 huggingface_hub builds cache paths from the hub's answers (``blobs/<etag>``,
 ``.locks/<repo>/<etag>.lock``, ``snapshots/<commit>/...``, ``.no_exist/<commit>/...``)
@@ -17,26 +18,17 @@ client: an etag or commit that is not a hub name fails the file before anything 
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from ..config.ini import Stack
-from .hf_cache import (
-    Channel,
-    TierFile,
-    blob_path,
-    find_cached,
-    human_size,
-    in_storage,
-    record_hub_size,
-    sha256_of,
-    tier_files,
-)
 from ..config.hub_names import UnsafeName, check_commit, check_etag_header
+from ..config.schema import Stack
+from ..errors import UserError
+from ..settings import Settings
+from .hf_cache import Channel, HubCache, HubSizes, TierFile, human_size, sha256_of, tier_files
 
 MAX_PARALLEL = 2
 Outcome = Literal["downloaded", "present", "failed"]
@@ -51,16 +43,6 @@ class Result:
 
 class VerifyError(Exception):
     """The downloaded bytes do not match the hub's metadata."""
-
-
-def _token() -> str | None:
-    return os.environ.get("HF_TOKEN") or None
-
-
-def scrub(text: str) -> str:
-    """``text`` with the token (if any) masked: nothing we print may carry it."""
-    token = _token()
-    return text.replace(token, "***") if token else text
 
 
 def _discard(pointer: Path) -> None:
@@ -115,16 +97,16 @@ def _fetch(file: TierFile, run: _Run) -> Result:
 
     _guard_hub_answers()
     if constants.HF_HUB_OFFLINE:
-        cached = find_cached(file)
+        cached = run.hub.find_cached(file)
         if cached is None:
             return Result(file, "failed", "not in the cache, and HF_HUB_OFFLINE is set")
         return Result(file, "present", f"{human_size(cached.size)}, offline: not compared with the hub")
-    token = _token()
+    token = run.token
     meta = get_hf_file_metadata(hf_hub_url(file.repo, file.filename, revision=file.revision),
                                 token=token)
     if not meta.etag or meta.size is None:
         return Result(file, "failed", "the hub sent no etag or size for this file")
-    blob = blob_path(file.repo, meta.etag)
+    blob = run.hub.blob_path(file.repo, meta.etag)
     present = blob.is_file() and blob.stat().st_size == meta.size
     if blob.exists() and not present:
         blob.unlink()  # a copy of the wrong size: fetch it again
@@ -137,7 +119,7 @@ def _fetch(file: TierFile, run: _Run) -> Result:
                                        tqdm_class=_progress_bar(f"{file.tier}: {file.filename}")))
     finally:
         run.writing.discard(blob)
-    size = in_storage(file.repo, pointer).stat().st_size
+    size = run.hub.in_storage(file.repo, pointer).stat().st_size
     if size != meta.size:
         _discard(pointer)
         raise VerifyError(f"size mismatch: got {size} bytes, the hub says {meta.size}; removed")
@@ -146,7 +128,7 @@ def _fetch(file: TierFile, run: _Run) -> Result:
         if digest != meta.etag:
             _discard(pointer)
             raise VerifyError(f"sha256 mismatch: got {digest}, the hub says {meta.etag}; removed")
-    record_hub_size(meta.etag, meta.size)
+    run.sizes.record(meta.etag, meta.size)
     if present:
         return Result(file, "present", human_size(meta.size))
     return Result(file, "downloaded", f"{human_size(meta.size)}, "
@@ -166,17 +148,24 @@ def _progress_bar(label: str) -> type[Any]:
 
 
 class _Run:
-    """One ``download`` call: its output (one line at a time, token scrubbed) and the blobs
-    being written, whose partial files are removed on Ctrl-C."""
+    """One ``download`` call: the caches, the token, its output (one line at a time, token
+    scrubbed) and the blobs being written, whose partial files are removed on Ctrl-C."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, settings: Settings, out: TextIO) -> None:
+        self.hub = HubCache(settings.hub_cache)
+        self.sizes = HubSizes.under(settings.cache_dir)
+        self.token = settings.hf_token
         self.out = out
         self.lock = threading.Lock()
         self.writing: set[Path] = set()
 
+    def scrub(self, text: str) -> str:
+        """``text`` with the token (if any) masked: nothing we print may carry it."""
+        return text.replace(self.token, "***") if self.token else text
+
     def say(self, line: str) -> None:
         with self.lock:
-            print(scrub(line), file=self.out, flush=True)
+            print(self.scrub(line), file=self.out, flush=True)
 
     def remove_partials(self) -> None:
         """huggingface_hub's ``<etag>.<id>.incomplete`` files of the transfers in flight."""
@@ -185,11 +174,11 @@ class _Run:
                 partial.unlink(missing_ok=True)
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException, token: str | None) -> str:
     """One line for a failed file, with the fix when there is an obvious one."""
     from huggingface_hub import errors
 
-    hint = "" if _token() else " (if it is gated or private, export HF_TOKEN)"
+    hint = "" if token else " (if it is gated or private, export HF_TOKEN)"
     if isinstance(exc, VerifyError):
         return str(exc)
     if isinstance(exc, UnsafeName):
@@ -210,7 +199,7 @@ def describe(exc: BaseException) -> str:
     return first if isinstance(exc, (errors.HfHubHTTPError, OSError)) else f"{type(exc).__name__}: {first}"
 
 
-def download(files: list[TierFile], out: TextIO = sys.stderr) -> list[Result]:
+def download(files: list[TierFile], settings: Settings, out: TextIO = sys.stderr) -> list[Result]:
     """Download ``files``, at most MAX_PARALLEL at once; one Result per distinct file, in order
     (a file two tiers share is fetched once, reported under the first).
 
@@ -222,7 +211,7 @@ def download(files: list[TierFile], out: TextIO = sys.stderr) -> list[Result]:
     for file in files:
         distinct.setdefault((file.repo, file.filename, file.revision), file)
     files = list(distinct.values())
-    run = _Run(out)
+    run = _Run(settings, out)
     results: list[Result | None] = [None] * len(files)
     slots = threading.BoundedSemaphore(MAX_PARALLEL)
 
@@ -230,8 +219,8 @@ def download(files: list[TierFile], out: TextIO = sys.stderr) -> list[Result]:
         with slots:
             try:
                 result = _fetch(file, run)
-            except Exception as exc:  # noqa: BLE001 -- one file's failure must not stop the others
-                result = Result(file, "failed", describe(exc))
+            except Exception as exc:  # one file's failure must not stop the others
+                result = Result(file, "failed", describe(exc, run.token))
         mark = {"downloaded": "[OK]", "present": "[=]", "failed": "[!]"}[result.outcome]
         verb = {"downloaded": "downloaded", "present": "already present", "failed": "FAILED"}
         run.say(f"{mark} {file.tier} ({file.channel}): {file.filename} {verb[result.outcome]}"
@@ -251,25 +240,20 @@ def download(files: list[TierFile], out: TextIO = sys.stderr) -> list[Result]:
     return [r for r in results if r is not None]
 
 
-def summary(results: list[Result]) -> str:
-    counts = {o: sum(r.outcome == o for r in results) for o in ("downloaded", "present", "failed")}
-    line = (f"{counts['downloaded']} downloaded, {counts['present']} already present, "
-            f"{counts['failed']} failed")
-    failed = [r for r in results if r.outcome == "failed"]
-    if not failed:
-        return f"[OK] {line}"
-    retry = " ".join(dict.fromkeys(r.file.tier for r in failed))
-    return f"[!] {line} (retry: llmstack download {retry})"
+def counts(results: list[Result]) -> str:
+    """``N downloaded, N already present, N failed``."""
+    n = {o: sum(r.outcome == o for r in results) for o in ("downloaded", "present", "failed")}
+    return f"{n['downloaded']} downloaded, {n['present']} already present, {n['failed']} failed"
 
 
-def download_tiers(stack: Stack, names: list[str], channel: Channel) -> int:
-    """The ``download`` verb: the named tiers (names or aliases; all when empty); exit status."""
+def download_tiers(stack: Stack, names: list[str], channel: Channel, settings: Settings) -> int:
+    """The ``download`` verb: the named tiers (names or aliases; all when empty); exit status
+    0, or a UserError (an unknown tier; a file that failed)."""
     chosen = [stack.tier(n) for n in names]
-    unknown = [n for n, t in zip(names, chosen) if t is None]
+    unknown = [n for n, t in zip(names, chosen, strict=True) if t is None]
     if unknown:
         known = ", ".join(t.name for t in stack.tiers)
-        print(f"[!] unknown tier: {', '.join(unknown)} (tiers: {known})", file=sys.stderr)
-        return 2
+        raise UserError(f"unknown tier: {', '.join(unknown)} (tiers: {known})", 2)
     wanted = [t.name for t in chosen if t is not None] if names else None
     hosted = [t.name for t in stack.tiers
               if t.backend != "gguf" and (wanted is None or t.name in wanted)]
@@ -279,6 +263,10 @@ def download_tiers(stack: Stack, names: list[str], channel: Channel) -> int:
     if not files:
         print("[=] no GGUF tiers to download", file=sys.stderr)
         return 0
-    results = download(files)
-    print(summary(results), file=sys.stderr)
-    return 1 if any(r.outcome == "failed" for r in results) else 0
+    results = download(files, settings)
+    failed = [r.file.tier for r in results if r.outcome == "failed"]
+    if failed:
+        retry = " ".join(dict.fromkeys(failed))
+        raise UserError(f"{counts(results)} (retry: llmstack download {retry})")
+    print(f"[OK] {counts(results)}", file=sys.stderr)
+    return 0

@@ -4,11 +4,12 @@ The layout is huggingface_hub's (``models--<org>--<name>/{refs,snapshots,blobs}`
 names a commit, ``snapshots/<commit>/<file>`` links to ``blobs/<etag>``, and for LFS files
 the etag is the file's sha256. This module is the one owner of "which file serves this
 tier": ``serve``, ``download`` and ``check`` all go through :func:`tier_files` and
-:func:`find_cached`. It is stdlib-only so ``serve`` and ``check`` never import huggingface_hub.
+:meth:`HubCache.find_cached`. It is stdlib-only so ``serve`` and ``check`` never import
+huggingface_hub. Where the cache is comes from :attr:`llmstack.settings.Settings.hub_cache`.
 
 ``download`` also records the size the hub announced for each blob
-(``<llmstack cache>/hub-metadata/<etag>.json``); being keyed by content, a record never
-goes stale, and ``check`` compares the file on disk against it offline.
+(``<llmstack cache>/hub-metadata/<etag>.json``, :class:`HubSizes`); being keyed by content,
+a record never goes stale, and ``check`` compares the file on disk against it offline.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from swapper.small_files import read_json
 
-from ..config.ini import Stack, Tier
 from ..config.hub_names import (
     UnsafeName,
     check_blob_id,
@@ -34,7 +35,7 @@ from ..config.hub_names import (
     inside,
     resolves_inside,
 )
-from .llama_server import cache_dir
+from ..config.schema import Stack, Tier
 
 Channel = Literal["current", "next"]
 REVISION = "main"
@@ -85,40 +86,67 @@ def tier_file(tier: Tier, channel: Channel = "current") -> TierFile | None:
     return TierFile(tier.name, "current", tier.hf_repo, tier.hf_file)
 
 
-def hub_cache_dir() -> Path:
-    """``$HF_HUB_CACHE``, else (legacy) ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else
-    ``${XDG_CACHE_HOME:-~/.cache}/huggingface/hub``: where huggingface_hub writes."""
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return Path(os.path.expandvars(explicit)).expanduser()
-    home = os.environ.get("HF_HOME") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
-    return Path(os.path.expandvars(home)).expanduser() / "hub"
+@dataclass(frozen=True)
+class HubCache:
+    """huggingface_hub's cache at ``root``, read without the network."""
 
+    root: Path
 
-def repo_dir(repo: str) -> Path:
-    """``<hub cache>/models--<org>--<name>``; ``repo`` must be a hub repo id (UnsafeName)."""
-    return hub_cache_dir() / ("models--" + check_repo_id(repo).replace("/", "--"))
+    def repo_dir(self, repo: str) -> Path:
+        """``<hub cache>/models--<org>--<name>``; ``repo`` must be a hub repo id (UnsafeName)."""
+        return self.root / ("models--" + check_repo_id(repo).replace("/", "--"))
 
+    def blob_path(self, repo: str, etag: str) -> Path:
+        """``<repo dir>/blobs/<etag>``; ``etag`` must be a blob id (UnsafeName)."""
+        return self.repo_dir(repo) / "blobs" / check_blob_id(etag, "the hub's etag")
 
-def blob_path(repo: str, etag: str) -> Path:
-    """``<repo dir>/blobs/<etag>``; ``etag`` must be a blob id (UnsafeName)."""
-    return repo_dir(repo) / "blobs" / check_blob_id(etag, "the hub's etag")
+    def in_storage(self, repo: str, path: Path) -> Path:
+        """``path`` if it is a file of ``repo``'s: named inside its storage folder, and
+        resolving (every link followed) inside it or huggingface_hub's shared blob store;
+        else UnsafeName."""
+        storage = self.repo_dir(repo)
+        if not inside(path, storage) or not resolves_inside(path, storage, self.root / "blobs"):
+            raise UnsafeName(f"{path} resolves outside {storage}: refused")
+        return path
 
+    def missing_path(self, repo: str, filename: str) -> Path:
+        """What llama-server is given for a file not downloaded: where the ref's snapshot would
+        hold it. It fails to load there, and never reads a file outside the cache."""
+        return self.repo_dir(repo) / "snapshots" / REVISION / check_repo_file(filename)
 
-def in_storage(repo: str, path: Path) -> Path:
-    """``path`` if it is a file of ``repo``'s: named inside its storage folder, and resolving
-    (every link followed) inside it or huggingface_hub's shared blob store; else UnsafeName."""
-    storage = repo_dir(repo)
-    if not inside(path, storage) or not resolves_inside(path, storage, hub_cache_dir() / "blobs"):
-        raise UnsafeName(f"{path} resolves outside {storage}: refused")
-    return path
+    def find_cached(self, file: TierFile) -> CachedFile | None:
+        """The file in the ref's snapshot, else in any other snapshot (newest first), else None.
+        A snapshot entry that resolves outside the repo's storage is never returned."""
+        storage = self.repo_dir(file.repo)
+        name = check_repo_file(file.filename)
+        ref = _ref_commit(storage, file.revision)
+        snapshots = storage / "snapshots"
+        candidates = [snapshots / ref / name] if ref else []
+        try:
+            others = [d / name for d in snapshots.iterdir() if d / name not in candidates]
+        except OSError:
+            others = []
+        candidates += sorted((p for p in others if p.is_file()),
+                             key=lambda p: p.lstat().st_mtime, reverse=True)
+        for path in candidates:
+            try:
+                self.in_storage(file.repo, path)
+                size = path.stat().st_size  # follows the link: a dangling one is not a file
+            except (OSError, UnsafeName):
+                continue
+            return CachedFile(path, path.parent.name, ref, path.resolve().name, size)
+        return None
 
+    def other_cached_files(self, repo: str, suffix: str = ".gguf") -> list[str]:
+        """Names of ``suffix`` files cached for ``repo`` in any snapshot (to hint at a renamed
+        file)."""
+        return sorted({p.name for p in (self.repo_dir(repo) / "snapshots").glob(f"*/*{suffix}")
+                       if p.exists()})
 
-def missing_path(repo: str, filename: str) -> Path:
-    """What llama-server is given for a file not downloaded: where the ref's snapshot would
-    hold it. It fails to load there, and never reads a file outside the cache."""
-    return repo_dir(repo) / "snapshots" / REVISION / check_repo_file(filename)
+    def local_files(self, stack: Stack, channel: Channel = "current") -> dict[str, Path | None]:
+        """Each GGUF tier's cached file (None when not downloaded): what ``serve`` runs."""
+        found = {f.tier: self.find_cached(f) for f in tier_files(stack, channel)}
+        return {name: cached.path if cached else None for name, cached in found.items()}
 
 
 def _ref_commit(storage: Path, revision: str) -> str | None:
@@ -131,77 +159,52 @@ def _ref_commit(storage: Path, revision: str) -> str | None:
         return None
 
 
-def find_cached(file: TierFile) -> CachedFile | None:
-    """The file in the ref's snapshot, else in any other snapshot (newest first), else None.
-    A snapshot entry that resolves outside the repo's storage is never returned."""
-    storage = repo_dir(file.repo)
-    name = check_repo_file(file.filename)
-    ref = _ref_commit(storage, file.revision)
-    snapshots = storage / "snapshots"
-    candidates = [snapshots / ref / name] if ref else []
-    try:
-        others = [d / name for d in snapshots.iterdir() if d / name not in candidates]
-    except OSError:
-        others = []
-    candidates += sorted((p for p in others if p.is_file()),
-                         key=lambda p: p.lstat().st_mtime, reverse=True)
-    for path in candidates:
-        try:
-            in_storage(file.repo, path)
-            size = path.stat().st_size  # follows the link: a dangling one is not a file
-        except (OSError, UnsafeName):
-            continue
-        return CachedFile(path, path.parent.name, ref, path.resolve().name, size)
-    return None
-
-
-def other_cached_files(repo: str, suffix: str = ".gguf") -> list[str]:
-    """Names of ``suffix`` files cached for ``repo`` in any snapshot (to hint at a renamed file)."""
-    return sorted({p.name for p in (repo_dir(repo) / "snapshots").glob(f"*/*{suffix}") if p.exists()})
-
-
 def tier_files(stack: Stack, channel: Channel = "current",
-               names: list[str] | None = None) -> list[TierFile]:
+               names: Sequence[str] | None = None) -> list[TierFile]:
     """The files of the GGUF tiers among ``names`` (all tiers when None), in file order."""
     tiers = stack.tiers if names is None else [t for t in stack.tiers if t.name in names]
     return [f for f in (tier_file(t, channel) for t in tiers) if f is not None]
 
 
-def local_files(stack: Stack, channel: Channel = "current") -> dict[str, Path | None]:
-    """Each GGUF tier's cached file (None when not downloaded): what ``serve`` runs."""
-    found = {f.tier: find_cached(f) for f in tier_files(stack, channel)}
-    return {name: cached.path if cached else None for name, cached in found.items()}
-
-
 # --------------------------------------------------------------------------- hub metadata records
 
 
-def _record_path(etag: str) -> Path:
-    """``<llmstack cache>/hub-metadata/<etag>.json``; ``etag`` must be a blob id (UnsafeName)."""
-    return cache_dir() / "hub-metadata" / f"{check_blob_id(etag)}.json"
+@dataclass(frozen=True)
+class HubSizes:
+    """The sizes the hub announced, one record per blob: ``<directory>/<etag>.json``
+    (``<llmstack cache>/hub-metadata``)."""
 
+    directory: Path
 
-def record_hub_size(etag: str, size: int) -> None:
-    """Remember the size the hub announced for blob ``etag`` (atomic write)."""
-    path = _record_path(etag)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump({"size": size}, out)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    @classmethod
+    def under(cls, cache: Path) -> HubSizes:
+        """The records in llmstack's cache (:attr:`llmstack.settings.Settings.cache_dir`)."""
+        return cls(cache / "hub-metadata")
 
+    def _record_path(self, etag: str) -> Path:
+        """``<directory>/<etag>.json``; ``etag`` must be a blob id (UnsafeName)."""
+        return self.directory / f"{check_blob_id(etag)}.json"
 
-def recorded_hub_size(etag: str) -> int | None:
-    """The size recorded by :func:`record_hub_size`, None when never recorded or unreadable."""
-    try:
-        size = read_json(_record_path(etag)).get("size")
-    except (OSError, ValueError, AttributeError):  # UnsafeName is a ValueError
-        return None
-    return size if isinstance(size, int) else None
+    def record(self, etag: str, size: int) -> None:
+        """Remember the size the hub announced for blob ``etag`` (atomic write)."""
+        path = self._record_path(etag)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump({"size": size}, out)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def recorded(self, etag: str) -> int | None:
+        """The size :meth:`record` kept, None when never recorded or unreadable."""
+        try:
+            size = read_json(self._record_path(etag)).get("size")
+        except (OSError, ValueError, AttributeError):  # UnsafeName is a ValueError
+            return None
+        return size if isinstance(size, int) else None
 
 
 def human_size(size: int) -> str:

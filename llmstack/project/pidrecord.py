@@ -1,4 +1,4 @@
-"""The pid record of a project's running stack: ``.llmstack/daemon.json``.
+"""The pid record of a project's running stack (``.llmstack/daemon.json``), and who holds a port.
 
 It holds the serve process's pid, its create time and command line (so a pid the
 kernel has since given to another process is recognised as stale, never
@@ -12,8 +12,10 @@ directory) is a one-line :class:`~llmstack.project.paths.UserError`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import socket
 from dataclasses import MISSING, asdict, dataclass
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
@@ -21,11 +23,14 @@ from typing import Any
 
 import psutil
 
+from swapper.identity import describe
 from swapper.identity import verify as verify_identity
 from swapper.small_files import NotRegularFile, UnreadableFile, read_json
 
+from ..config.schema import client_host, url_for
+from ..errors import UserError
 from .files import write_atomic
-from .paths import Project, UserError
+from .paths import Project
 
 RECORD_NAME = "daemon.json"
 
@@ -45,12 +50,6 @@ class PidRecord:
     @property
     def url(self) -> str:
         return url_for(self.host, self.port)
-
-
-def url_for(host: str, port: int) -> str:
-    """The address clients use for a bind address (a wildcard bind is reached on loopback)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def record_path(root: Path) -> Path:
@@ -170,3 +169,26 @@ def record_for(pid: int, argv: list[str] | None = None, **fields: Any) -> PidRec
 def verify(record: PidRecord) -> tuple[psutil.Process | None, str]:
     """The live process the record names, or None and why the record is stale."""
     return verify_identity(record.pid, record.create_time, record.cmdline)
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Who listens on ``port`` (named when visible), or None when it is free."""
+    try:
+        listeners = [c for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
+    except psutil.AccessDenied:
+        listeners = []
+    for conn in listeners:
+        if conn.pid:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(conn.pid)
+                return f"{describe(proc)} [cwd {proc.cwd()}]"
+            return f"pid {conn.pid}"
+    if listeners:
+        return "another user's program (its pid is not visible)"
+    probe_host = client_host(host)
+    with socket.socket(socket.AF_INET6 if ":" in probe_host else socket.AF_INET) as sock:
+        sock.settimeout(0.5)
+        if sock.connect_ex((probe_host, port)) == 0:
+            return "a program this user cannot see"
+    return None

@@ -27,7 +27,8 @@ from swapper.reply import (
     DisconnectWatch, Receive, Reply, Scope, openai_error_body, send_bytes, send_json,
 )
 
-from ..config.ini import ModelsIniError, Stack, read_models_ini
+from ..config.ini import ModelsIniError, read_models_ini
+from ..config.schema import Stack
 from .hosted import CONTEXT_CODE, HostedTiers
 from .protocols import (
     ANTHROPIC_PATHS, CHAT, ERROR_STATUSES, ROUTED_PATHS, TierName, anthropic_error, client_error,

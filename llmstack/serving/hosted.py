@@ -19,7 +19,6 @@ import asyncio
 import importlib
 import importlib.util
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,8 +30,8 @@ from swapper.errors import ApiError
 from swapper.proxy import Headers, Send
 from swapper.stream_protocols import ANTHROPIC, OPENAI, StreamProtocol
 
-from ..config.ini import Stack, Tier
 from ..config.litellm_config import UserParams, stack_params
+from ..config.schema import Stack, Tier
 from .multi_machine import Backends
 from .remote_limits import GRACE, litellm_timeouts, remote_timeouts
 
@@ -77,16 +76,17 @@ def litellm_installed() -> bool:
 
 
 async def load_litellm() -> ModuleType:
-    """litellm, imported once in a worker thread: its 3-5 s import must not stall the loop."""
+    """litellm, imported once in a worker thread: its 3-5 s import must not stall the loop
+    (``serve`` has told it not to fetch a cost map: :func:`llmstack.settings.prepare_for_litellm`)."""
     if not litellm_installed():
         raise ApiError(503, "this tier is served through litellm, which is not installed: "
                             "pip install 'llmstack[hosted]'", "hosted_unavailable")
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost-map fetch at import
-    litellm = await asyncio.to_thread(importlib.import_module, "litellm")
+    litellm: Any = await asyncio.to_thread(importlib.import_module, "litellm")
     # Messages to OpenAI-compatible servers (llama-server, other llmstacks) as chat completions,
     # which they all speak, not as the Responses API
-    setattr(litellm, "use_chat_completions_url_for_anthropic_messages", True)
-    return litellm
+    litellm.use_chat_completions_url_for_anthropic_messages = True
+    module: ModuleType = litellm
+    return module
 
 
 async def _messages_adapter() -> Call:
@@ -139,7 +139,8 @@ def _provider_type(exc: Exception) -> str:
     body = getattr(exc, "body", None)
     if not isinstance(body, dict):
         try:
-            body = getattr(exc, "response").json()
+            response: Any = getattr(exc, "response", None)
+            body = response.json()
         except Exception:  # no response, or not JSON
             return ""
     error = body.get("error", body) if isinstance(body, dict) else None
@@ -299,10 +300,14 @@ class HostedTiers:
     """Per tier: its connect, response and idle timeouts."""
 
     @classmethod
-    def build(cls, stack: Stack, user: UserParams | None = None) -> HostedTiers:
+    def build(cls, stack: Stack, user: UserParams | None = None,
+              backends_key: str | None = None) -> HostedTiers:
+        """The stack's litellm-served tiers; ``user``: the user's litellm_config.yaml
+        parameters; ``backends_key``: multi-machine tiers' key when that file gives none."""
         params = stack_params(stack, user or {})
         served = [t for t in stack.tiers if t.backend == "litellm"]
-        return cls(params, {t.name: Backends(t, params[t.name]) for t in served if t.backends},
+        return cls(params, {t.name: Backends(t, params[t.name], backends_key)
+                            for t in served if t.backends},
                    {t.name: remote_timeouts(stack, t) for t in served})
 
     def carry_over(self, old: HostedTiers) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 from collections.abc import Awaitable, Callable
 from types import ModuleType
@@ -27,7 +26,7 @@ from typing import Any
 from swapper.errors import ApiError, unavailable
 from swapper.proxy import Headers
 
-from ..config.ini import Tier
+from ..config.schema import Tier
 
 log = logging.getLogger("llmstack")
 ROUTING_STRATEGY = "least-busy"
@@ -36,7 +35,6 @@ ALLOWED_FAILS = 0
 COOLDOWN_SECONDS = 30
 NO_RETRY_AFTER_TIMEOUT = {"TimeoutErrorRetries": 0}
 """litellm RetryPolicy: a timed-out attempt used the request's time up."""
-BACKENDS_KEY_ENV = "LLMSTACK_BACKENDS_API_KEY"
 HEALTH_TIMEOUT = 1.0
 BACKEND_HEADER = b"x-llmstack-backend"
 
@@ -44,14 +42,16 @@ BACKEND_HEADER = b"x-llmstack-backend"
 class Backends:
     """The backends of one tier and, once used, the Router spreading requests over them."""
 
-    def __init__(self, tier: Tier, params: dict[str, Any]) -> None:
+    def __init__(self, tier: Tier, params: dict[str, Any], fallback_key: str | None = None) -> None:
         self.tier = tier
         self.params = params
+        self.fallback_key = fallback_key
+        """``$LLMSTACK_BACKENDS_API_KEY``, for when the user's litellm_config.yaml gives none."""
         self._router: Any = None
 
     @property
     def api_key(self) -> str:
-        return str(self.params.get("api_key") or os.environ.get(BACKENDS_KEY_ENV) or "none")
+        return str(self.params.get("api_key") or self.fallback_key or "none")
 
     def deployments(self) -> list[dict[str, Any]]:
         """litellm model_list: one deployment per backend, its id the backend URL."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from swapper.config import Timeouts
 
-from ..config.ini import Stack, Tier
+from ..config.schema import Stack, Tier
 from .swapper_config import tier_timeouts
 
 CONNECT_TIMEOUT = 5.0

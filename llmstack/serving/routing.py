@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..config.ini import Stack
+from ..config.schema import Stack
 from .lru import Lru
 
 if TYPE_CHECKING:
@@ -126,10 +126,10 @@ class RoutingTable:
     fast: Rung | None = None
     agent: Rung | None = None
     ultra: Rung | None = None
-    high_fidelity_ceiling: int = 12000
-    mid_fidelity_ceiling: int = 32000
-    multi_turn: int = 10
-    sticky_sessions: bool = True
+    high_fidelity_ceiling: int = Stack.high_fidelity_ceiling
+    mid_fidelity_ceiling: int = Stack.mid_fidelity_ceiling
+    multi_turn: int = Stack.multi_turn
+    sticky_sessions: bool = Stack.sticky_sessions
 
     @classmethod
     def from_stack(cls, stack: Stack) -> RoutingTable:

@@ -15,14 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from swapper.config import DEFAULT_MAX_QUEUE_WAIT, Matrix, ModelSpec, SwapperConfig, Timeouts
+from swapper.config import Matrix, ModelSpec, SwapperConfig, Timeouts
 
-from ..config.ini import SERVING_ROLES, Stack, Tier
-from ..models.gguf_info import read_gguf_info, kv_cache_bytes, tier_memory_mb
-from ..models.hf_cache import missing_path
+from ..config.schema import SERVING_ROLES, Stack, Tier
+from ..models.gguf_info import kv_cache_bytes, read_gguf_info, tier_memory_mb
+from ..models.hf_cache import HubCache
 
 log = logging.getLogger("llmstack")
-DEFAULT_MEMORY_BUDGET_MB = 57344  # a 64 GB Mac's GPU wired limit (iogpu.wired_limit_mb)
 HEALTH_CHECK_TIMEOUT = 600.0
 # llama-swap's default of 10 queued + in-flight requests per model is low for an agent
 # with parallel subagents; llama-server queues what its slots cannot take yet.
@@ -101,8 +100,9 @@ def residency_matrix(local: list[Tier]) -> Matrix | None:
     for tier in local:
         if tier is fast or tier.role in SERVING_ROLES:
             continue
-        label = (tier.role if names[tier.name] in _ROLE_VARS.values() else tier.name).replace("-", "_")
-        sets[f"{label}_with_fast" if fast else label] = f"f & {names[tier.name]}" if fast else names[tier.name]
+        var = names[tier.name]
+        label = (tier.role if var in _ROLE_VARS.values() else tier.name).replace("-", "_")
+        sets[f"{label}_with_fast" if fast else label] = f"f & {var}" if fast else var
     plans = [names[t.name] for t in local if names[t.name] in ("p", "u")]
     if len(plans) == 2:
         sets["all_chats_with_fast" if fast else "all_chats"] = " & ".join((["f"] if fast else []) + plans)
@@ -116,15 +116,17 @@ def residency_matrix(local: list[Tier]) -> Matrix | None:
 
 
 def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | None],
-                         log_dir: str = "") -> SwapperConfig:
-    """The swapper config for a stack; ``files`` maps each GGUF tier to its local file."""
+                         hub: HubCache, log_dir: str = "") -> SwapperConfig:
+    """The swapper config for a stack; ``files`` maps each GGUF tier to its local file (a tier
+    without one is given where ``hub`` would hold it, and marked ``missing_file``)."""
     models: dict[str, ModelSpec] = {}
     local = [t for t in stack.tiers if t.backend == "gguf"]
     for tier in stack.tiers:
-        common: dict[str, Any] = dict(id=tier.name, aliases=tier.effective_aliases, name=tier.description or tier.name,
-                      description=tier.description, send_loading_state=tier.send_loading_state,
-                      metadata={"role": tier.role, "tier": tier.tier or tier.role, "backend": tier.backend,
-                                "ctx_size": tier.ctx_size})
+        common: dict[str, Any] = dict(
+            id=tier.name, aliases=tier.effective_aliases, name=tier.description or tier.name,
+            description=tier.description, send_loading_state=tier.send_loading_state,
+            metadata={"role": tier.role, "tier": tier.tier or tier.role, "backend": tier.backend,
+                      "ctx_size": tier.ctx_size})
         if tier.backend != "gguf":
             models[tier.name] = ModelSpec(cmd=(), proxy="", **common)
             continue
@@ -132,7 +134,7 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
         if model_file is None:
             common["metadata"] = {**common["metadata"], "missing_file": (tier.hf_repo, tier.hf_file)}
         argv = llama_server_argv(stack, tier, server, model_file
-                                 or missing_path(str(tier.hf_repo), str(tier.hf_file)))
+                                 or hub.missing_path(str(tier.hf_repo), str(tier.hf_file)))
         models[tier.name] = ModelSpec(cmd=argv, ttl=float(tier.effective_ttl),
                                       concurrency_limit=TIER_CONCURRENCY_LIMIT,
                                       timeouts=tier_timeouts(stack, tier),
@@ -141,8 +143,7 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
         models=models, health_check_timeout=HEALTH_CHECK_TIMEOUT,
         preload=tuple(t.name for t in local if t.role == "fast")[:1],
         matrix=residency_matrix(local),
-        memory_budget_mb=float(stack.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB),
-        max_queue_wait=(DEFAULT_MAX_QUEUE_WAIT if stack.max_queue_wait is None
-                        else float(stack.max_queue_wait)),
+        memory_budget_mb=float(stack.memory_budget_mb or Stack.memory_budget_mb),
+        max_queue_wait=float(stack.max_queue_wait),
         log_dir=log_dir)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from llmstack.config.ini import parse_stack
-from llmstack.models.hf_cache import find_cached, local_files, tier_file
+from llmstack.models.hf_cache import HubCache, tier_file
+from llmstack.settings import Settings
 
 from .conftest import REPO, Project, tier_ini
 from .fake_hub import COMMIT, FakeHub
@@ -107,9 +108,9 @@ def test_the_cache_lookup_prefers_the_refs_snapshot(tmp_path: Path, monkeypatch:
     stack = parse_stack("[t]\nhf_repo = org/repo\nhf_file = m.gguf\n\n[u]\nhf_repo = org/none\nhf_file = m.gguf\n")
     file = tier_file(stack.tiers[0])
     assert file is not None
-    found = find_cached(file)
+    found = HubCache(Settings.read().hub_cache).find_cached(file)
     assert found is not None and found.etag == "new" and not found.other_revision
-    assert local_files(stack) == {"t": storage / "snapshots" / ("b" * 40) / "m.gguf", "u": None}
+    assert HubCache(Settings.read().hub_cache).local_files(stack) == {"t": storage / "snapshots" / ("b" * 40) / "m.gguf", "u": None}
     (storage / "blobs" / "new").unlink()  # a dangling link is not a file: the old revision serves
-    found = find_cached(file)
+    found = HubCache(Settings.read().hub_cache).find_cached(file)
     assert found is not None and found.etag == "old" and found.other_revision

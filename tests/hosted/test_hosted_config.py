@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from llmstack.settings import Settings
 from llmstack.config.ini import ModelsIniError, parse_stack
 from llmstack.serving.hosted import chat_params, messages_params, provider_error
 from llmstack.config.litellm_config import read_user_params, tier_params
@@ -74,7 +75,7 @@ def test_the_users_litellm_config_gives_credentials_under_models_ini(tmp_path: P
     path = tmp_path / "litellm_config.yaml"
     path.write_text(USER_YAML)
     monkeypatch.setenv("MY_KEY", "sk-secret")
-    user = read_user_params(path)
+    user = read_user_params(path, Settings.read().variables)
     stack = parse_stack("[ultra]\nmodel = anthropic/new\n[plain]\nmodel = openai/x\n"
                         "api_base = http://ini:1/v1\n")
     ultra, plain = stack.tiers

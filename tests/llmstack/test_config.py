@@ -7,17 +7,9 @@ from textwrap import dedent
 
 import pytest
 
-from llmstack.config.ini import (
-    DEFAULT_ROLE_ALIASES,
-    DEFAULT_ROLE_TTL,
-    DEFAULT_TTL,
-    ModelsIniError,
-    Stack,
-    Tier,
-    bundled_template_text,
-    load_stack,
-    parse_stack,
-)
+from llmstack.config.ini import ModelsIniError, bundled_template_text, load_stack, parse_stack
+from llmstack.config.schema import DEFAULT_ROLE_ALIASES, DEFAULT_ROLE_TTL, DEFAULT_TTL, Stack, Tier
+from llmstack.settings import Settings
 
 GGUF = "hf_repo = org/repo\nhf_file = model.gguf\n"
 HERETIC = "Mistral-Small-3.2-24B-Instruct-2506-ultra-uncensored-heretic"
@@ -260,7 +252,7 @@ def test_model_next_reads_environment_references(monkeypatch: pytest.MonkeyPatch
         model = openai/gpt-4o
         model_next = openai/gpt-4.1
     """)
-    assert [t.model_next for t in parse_stack(text).tiers] == [
+    assert [t.model_next for t in parse_stack(text, variables=Settings.read().variables).tiers] == [
         "openai/gpt-5",
         None,
         "openai/gpt-4.1",
@@ -615,3 +607,4 @@ def test_malformed_lines() -> None:
         "t.ini:3: [a] 'just words': expected key = value",
         "t.ini:4: [a] '= 3': expected key = value",
     ]
+
