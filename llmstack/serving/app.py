@@ -177,11 +177,7 @@ class LLMStackApp:
         rows: list[dict[str, Any]] = [{
             "id": "auto", "object": "model", "created": 0, "owned_by": "llmstack",
             "name": f"Auto (step-down router: {rungs})",
-            "description": (f"<= {table.high_fidelity_ceiling} tokens -> {table.rung_name(2)} or "
-                            f"{table.rung_name(1)}; <= {table.mid_fidelity_ceiling} -> "
-                            f"{table.rung_name(1)}; >= {table.multi_turn} user turns -> "
-                            f"{table.rung_name(1)}; else {table.rung_name(0)}. "
-                            "[ultra] or [opus] forces the ultra tier."),
+            "description": table.describe(),
         }]
         for tier in self.loaded.stack.tiers:
             base = {"object": "model", "created": 0, "owned_by": "llmstack", "tier": tier.name,

@@ -16,8 +16,8 @@ fast < agent < ultra. :func:`classify` applies the original step-down rules
 Then, in this order:
 
 * a missing rung is replaced by the nearest rung below it, else the nearest
-  above it; the reason gets `` (<tier> unavailable)`` (the name used for a
-  missing rung is the original's literal: code-fast / code-smart / code-ultra);
+  above it; the reason gets `` (no <role> tier)``: a reason names only tiers the
+  stack has;
 * context fit: a tier whose ctx_size (when > 0; 0 means "model default" and
   always fits) is below estimate + requested output tokens is skipped upwards
   (fast -> agent -> ultra), then downwards if nothing above fits; the reason
@@ -57,8 +57,6 @@ if TYPE_CHECKING:
 
 LADDER: tuple[str, ...] = ("fast", "agent", "ultra")
 """Rung roles from low to high."""
-FALLBACK_NAMES: dict[str, str] = {"fast": "code-fast", "agent": "code-smart", "ultra": "code-ultra"}
-"""Names used in reason strings for a rung that has no tier."""
 IMAGE_TOKENS = 768
 """Flat token estimate per image part (roughly one 768x768 image tile set)."""
 _IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
@@ -152,9 +150,23 @@ class RoutingTable:
         return self.fast, self.agent, self.ultra
 
     def rung_name(self, index: int) -> str:
-        """The tier name of a rung, or the original's literal for a missing one."""
+        """The tier name of a present rung."""
         rung = self.rungs[index]
-        return rung.name if rung else FALLBACK_NAMES[LADDER[index]]
+        assert rung is not None, LADDER[index]
+        return rung.name
+
+    def describe(self) -> str:
+        """The ladder in words (``auto``'s description), naming only tiers the stack has."""
+        if not any(self.rungs):
+            return "no tier has role fast, agent or ultra: ask for a model by name"
+
+        def to(index: int) -> str:
+            return self.rung_name(_nearest_present(self, index))
+
+        high = f"{to(_ULTRA)} or {to(_AGENT)}" if self.ultra else to(_AGENT)
+        return (f"<= {self.high_fidelity_ceiling} tokens -> {high}; <= "
+                f"{self.mid_fidelity_ceiling} -> {to(_AGENT)}; >= {self.multi_turn} user turns "
+                f"-> {to(_AGENT)}; else {to(_FAST)}. [ultra] or [opus] forces the ultra tier.")
 
 
 class SessionFloors(Lru[str, str]):
@@ -320,7 +332,7 @@ def _requested_output(body: Mapping[str, Any]) -> int:
 
 def _ladder(table: RoutingTable, m: _Measure) -> tuple[int, str]:
     """The original step-down rules: (rung index, reason)."""
-    unavailable = "" if table.ultra else f" ({table.rung_name(_ULTRA)} unavailable)"
+    unavailable = "" if table.ultra else _missing(_ULTRA)
     top = _ULTRA if table.ultra else _AGENT
     high, mid, est = table.high_fidelity_ceiling, table.mid_fidelity_ceiling, m.tokens
     if m.triggered:
@@ -340,13 +352,24 @@ def _search_order(index: int, upwards_first: bool) -> list[int]:
     return [index, *above, *below] if upwards_first else [index, *below, *above]
 
 
-def _present(table: RoutingTable, index: int, reason: str) -> tuple[int, str]:
-    """Replace a missing rung by the nearest present one, below first."""
+def _missing(index: int) -> str:
+    """The reason's note for a rung the stack has no tier for (it names the role, never a
+    tier the stack does not have)."""
+    return f" (no {LADDER[index]} tier)"
+
+
+def _nearest_present(table: RoutingTable, index: int) -> int:
+    """The rung itself when present, else the nearest present one, below first."""
     for candidate in _search_order(index, upwards_first=False):
         if table.rungs[candidate]:
-            suffix = "" if candidate == index else f" ({table.rung_name(index)} unavailable)"
-            return candidate, reason + suffix
+            return candidate
     raise NoRoutableTier("no tier has role fast, agent or ultra; ask for a model by name")
+
+
+def _present(table: RoutingTable, index: int, reason: str) -> tuple[int, str]:
+    """Replace a missing rung by the nearest present one, below first."""
+    candidate = _nearest_present(table, index)
+    return candidate, reason + ("" if candidate == index else _missing(index))
 
 
 def _fit(table: RoutingTable, index: int, est: int, max_tokens: int) -> tuple[int, str]:

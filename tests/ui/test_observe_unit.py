@@ -36,7 +36,7 @@ def test_generated_reads_usage_and_timings_from_the_tail() -> None:
 @pytest.mark.parametrize("reason, label", [
     ("high-fidelity tokens~12<=12000", "high-fidelity"),
     ("long-context tokens~40000>32000 (user-turns=11>=10 floor)", "long-context"),
-    ("ultra-trigger->agent (code-ultra unavailable)", "ultra-trigger->agent"),
+    ("ultra-trigger->agent (no ultra tier)", "ultra-trigger->agent"),
     ("long-context tokens~9000>1 -> agent (fast ctx 8192 < 9000)", "long-context+context-fit"),
     ("mid-fidelity tokens~3<=32000 (session floor agent)", "mid-fidelity+session-floor"),
     ("", "other"),
