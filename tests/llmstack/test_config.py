@@ -608,3 +608,24 @@ def test_malformed_lines() -> None:
         "t.ini:4: [a] '= 3': expected key = value",
     ]
 
+
+def test_the_templates_commented_defaults_are_the_schemas() -> None:
+    """The template shows defaults as commented-out lines; the schema owns them: uncommenting
+    any of those lines must change nothing."""
+    import re
+
+    from llmstack.config.keys import DEFAULT_KEYS, ROUTING_KEYS
+
+    section, shown = "", []
+    for line in bundled_template_text().splitlines():
+        header = re.fullmatch(r"\[(\w+)\].*", line)
+        section = header.group(1) if header else section
+        default = re.fullmatch(r";\s*(\w+)\s*=\s*(\S+).*", line)
+        keys = {"DEFAULT": DEFAULT_KEYS, "ROUTING": ROUTING_KEYS}.get(section, {})
+        if default and default.group(1) in keys and default.group(1) != "llama_server_bin":
+            shown.append((section, default.group(1), default.group(2)))
+    assert {key for _, key, _ in shown} >= {"high_fidelity_ceiling", "mid_fidelity_ceiling",
+                                            "multi_turn", "sticky_sessions", "max_queue_wait",
+                                            "response_timeout", "idle_timeout"}
+    for section, key, value in shown:
+        assert parse_stack(f"[{section}]\n{key} = {value}\n", "") == Stack(), (key, value)
