@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config.schema import DEFAULT_HOST, DEFAULT_PORT
+from ..config.address import DEFAULT_HOST, DEFAULT_PORT
 from ..project.paths import DEFAULT_MODELS_INI
 from ..settings import Settings
 from .registry import Command

@@ -4,7 +4,8 @@ The table is all ``llmstack --help`` needs; a verb's module (``llmstack.cli.<gro
 imported only when that verb runs (or shows its own help), so the command line stays fast
 however heavy a verb is. A group module defines ``COMMANDS``: each verb's
 :class:`Command` (how it runs, its description and its arguments). Adding a verb is one
-row here and one entry in its group's ``COMMANDS``.
+row here and one entry in its group's ``COMMANDS``. (Named tuples, not dataclasses: importing
+``dataclasses`` alone would cost ``--help`` a few milliseconds.)
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -23,8 +23,7 @@ def no_arguments(parser: argparse.ArgumentParser) -> None:
     """For a verb that takes none."""
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     """How one verb runs: ``run(args, settings)`` returns the exit status; a problem the user
     can fix is a :class:`~llmstack.errors.UserError` (one ``[!]`` line, its exit status)."""
 
@@ -34,8 +33,7 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None] = no_arguments
 
 
-@dataclass(frozen=True)
-class Verb:
+class Verb(NamedTuple):
     """One row of the table."""
 
     name: str

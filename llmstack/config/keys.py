@@ -14,11 +14,11 @@ import shlex
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .address import DEFAULT_PORT
 from .hub_names import check_repo_file, check_repo_id
 from .schema import (
     BACKENDS,
     CACHE_TYPES,
-    DEFAULT_PORT,
     RESERVED_NAMES,
     ROLES,
     SAMPLER_NAMES,

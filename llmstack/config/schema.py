@@ -13,6 +13,8 @@ from typing import Literal
 
 from swapper.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_QUEUE_WAIT, DEFAULT_RESPONSE_TIMEOUT
 
+from .address import DEFAULT_HOST, DEFAULT_PORT, url_for
+
 Backend = Literal["gguf", "litellm"]
 BACKENDS: tuple[str, ...] = ("gguf", "litellm")
 ROLES: tuple[str, ...] = ("fast", "agent", "ultra", "plan", "plan-uncensored", "embed", "rerank")
@@ -42,23 +44,6 @@ RESERVED_NAMES = frozenset({"auto"})
 STACK_LOG_NAME = "llmstack"
 """The stack's own log is ``<log dir>/llmstack.log``, beside each tier's ``<tier>.log``."""
 TIER_NAME_MAX = 64
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 10101
-"""The stack's address when models.ini names none: loopback, where opencode connects."""
-_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
-
-
-def client_host(bind: str) -> str:
-    """The address a client on this machine uses for a bind address (a wildcard: loopback)."""
-    return _WILDCARDS.get(bind, bind)
-
-
-def url_for(host: str, port: int) -> str:
-    """The base URL clients on this machine use for a stack bound to ``host:port``."""
-    host = client_host(host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
 
 @dataclass(frozen=True)
 class Tier:

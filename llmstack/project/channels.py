@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, read_small
 
-from ..config.schema import DEFAULT_HOST, DEFAULT_PORT, url_for
+from ..config.address import DEFAULT_HOST, DEFAULT_PORT, url_for
 from ..errors import UserError
 from ..settings import API_KEYS, REMOTE_URL, USE_NEXT, Settings
 from .files import write_atomic

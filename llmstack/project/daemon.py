@@ -31,8 +31,9 @@ import psutil
 from swapper.logring import log_file
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, open_lock, read_small
 
+from ..config.address import url_for
 from ..config.ini import read_stack
-from ..config.schema import STACK_LOG_NAME, url_for
+from ..config.schema import STACK_LOG_NAME
 from ..errors import UserError
 from ..settings import Settings
 from .channels import CURRENT, Channel, pinned, require_local

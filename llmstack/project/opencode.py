@@ -19,7 +19,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..config.schema import SERVING_ROLES, Stack, Tier, url_for
+from ..config.address import url_for
+from ..config.schema import SERVING_ROLES, Stack, Tier
 from ..settings import NO_OVERRIDES, OpencodeOverrides
 
 PROVIDER_ID = "llmstack"

@@ -27,7 +27,7 @@ from swapper.identity import describe
 from swapper.identity import verify as verify_identity
 from swapper.small_files import NotRegularFile, UnreadableFile, read_json
 
-from ..config.schema import client_host, url_for
+from ..config.address import client_host, url_for
 from ..errors import UserError
 from .files import write_atomic
 from .paths import Project
