@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..config.schema import Stack
+from ..config.address import DEFAULT_HOST, DEFAULT_PORT, url_for
 from ..errors import UserError
 from ..project.channels import live_channel
 from ..project.paths import Project, find_project, project_at
@@ -61,7 +61,7 @@ def _local_url(root: Path, ini: Path) -> str:
         from ..config.ini import load_stack
         with contextlib.suppress(UserError):  # the hook still activates; start/serve report it
             return load_stack(ini).url
-    return Stack().url
+    return url_for(DEFAULT_HOST, DEFAULT_PORT)
 
 
 def prompt_label(project: Project) -> tuple[str, int]:
