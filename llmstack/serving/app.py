@@ -24,18 +24,36 @@ from swapper.manager import Manager
 from swapper.observe import RequestMeter
 from swapper.proxy import Headers, Intercepted, Send
 from swapper.reply import (
-    DisconnectWatch, Receive, Reply, Scope, openai_error_body, send_bytes, send_json,
+    DisconnectWatch,
+    Receive,
+    Reply,
+    Scope,
+    openai_error_body,
+    send_bytes,
+    send_json,
 )
 
 from ..config.ini import ModelsIniError, read_models_ini
 from ..config.schema import Stack
 from .hosted import CONTEXT_CODE, HostedTiers
 from .protocols import (
-    ANTHROPIC_PATHS, CHAT, ERROR_STATUSES, ROUTED_PATHS, TierName, anthropic_error, client_error,
+    ANTHROPIC_PATHS,
+    CHAT,
+    ERROR_STATUSES,
+    ROUTED_PATHS,
+    TierName,
+    anthropic_error,
+    client_error,
 )
 from .routing import (
-    ContextTooLarge, Decision, NoRoutableTier, RoutingTable, SessionFloors, classify,
-    estimate_tokens, step_up,
+    ContextTooLarge,
+    Decision,
+    NoRoutableTier,
+    RoutingTable,
+    SessionFloors,
+    classify,
+    estimate_tokens,
+    step_up,
 )
 from .routing_memo import RoutingMemo
 
@@ -165,7 +183,7 @@ class LLMStackApp:
         """Multi-machine tiers' rows list each backend's health."""
         hosted = self.loaded.hosted
         health = dict(zip(hosted.backends, await asyncio.gather(
-            *(b.health() for b in hosted.backends.values()))))
+            *(b.health() for b in hosted.backends.values())), strict=True))
         for row in rows:
             if row.get("tier") in health:
                 row["backends"] = health[row["tier"]]
