@@ -1,11 +1,11 @@
-"""``llmstack.routing.classify`` on a ~31 KB opencode-shaped request (goal <= 100 us per call).
+"""``llmstack.serving.routing.classify`` on a ~31 KB opencode-shaped request (goal <= 100 us per call).
 
 The request: a ~20 KB system prompt, one user message and opencode's ten tools
 (bash, edit, glob, grep, read, skill, task, todowrite, webfetch, write) with
 JSON-schema parameters; the routing table is the bundled models.ini template's.
 
 Beside it, in the same run and for scale, what an auto-routed request of this
-size also costs in ``llmstack.app`` (not goals): decoding the body
+size also costs in ``llmstack.serving.app`` (not goals): decoding the body
 (``json.loads``), what re-encoding it would cost (``json.dumps``; the app forwards
 the client's bytes instead), and classify's own part, the compact JSON encoding
 of ``tools`` that it measures.
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from conftest import record, us
 
-from llmstack.config import bundled_template_text, parse_stack
-from llmstack.routing import RoutingTable, _encode_json, classify, estimate_tokens
-from llmstack.routing_memo import RoutingMemo
+from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.serving.routing import RoutingTable, _encode_json, classify, estimate_tokens
+from llmstack.serving.routing_memo import RoutingMemo
 
 GOAL_US = 100.0
 MEMO_GOAL_US = 20.0

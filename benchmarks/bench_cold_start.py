@@ -217,7 +217,7 @@ def swapper_config(binary: str, models: dict[str, Path]) -> str:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, llama_server_bin: str) -> Iterator[Rig]:
-    from llmstack.tiny_gguf import write_tiny_gguf
+    from llmstack.models.tiny_gguf import write_tiny_gguf
 
     binary = llama_server_bin
     tmp = tmp_path_factory.mktemp("cold")

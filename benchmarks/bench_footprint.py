@@ -10,7 +10,7 @@
   llmstack --help`` against ``python -c pass``, same interpreter, runs
   alternating, medians. The ``llmstack`` console script is not installed on
   the benchmark machine, so ``python -m llmstack`` stands in for it (it runs
-  the same ``llmstack.cli:main``; ``-m`` adds the runpy lookup, well under a
+  the same ``llmstack.cli.main:main``; ``-m`` adds the runpy lookup, well under a
   millisecond).
 """
 

@@ -132,8 +132,9 @@ def _llmstack(tmp: Path, env: dict[str, str]) -> Server:
     """``llmstack serve --demo`` on a cache that already holds the demo models (a second
     start: making them on the first loads numpy into the serving process)."""
     cache = {"LLMSTACK_CACHE_DIR": str(tmp / "cache")}
-    subprocess.run([sys.executable, "-c", "from llmstack.demo import demo_files, demo_stack; "
-                    "demo_files(demo_stack())"], env={**os.environ, **cache}, check=True)
+    subprocess.run([sys.executable, "-c", "from llmstack.config.demo import demo_stack; from llmstack.models.demo import "
+                    "demo_files; from llmstack.settings import Settings; "
+                    "demo_files(demo_stack(), Settings.read().cache_dir)"], env={**os.environ, **cache}, check=True)
     return start_llmstack(tmp / f"llmstack-{len(list(tmp.iterdir()))}.log", "--demo",
                           env={"LLMSTACK_CACHE_DIR": str(tmp / "cache"),
                                "LLMSTACK_MODELS_INI": str(tmp / "no-models.ini"), **env},
@@ -501,10 +502,10 @@ def test_real_swap(benchmark: Any, real: Harness) -> None:
 
 def test_real_swap_big(benchmark: Any, real: Harness, tmp_path: Path) -> None:
     """The same with two ~415 MB models (made once into the cache, about 4 s each)."""
-    from llmstack.llama_server import cache_dir
-    from llmstack.tiny_gguf import ensure_tiny_model
+    from llmstack.settings import Settings
+    from llmstack.models.tiny_gguf import ensure_tiny_model
 
-    directory = cache_dir() / "bench-big"
+    directory = Settings.read().cache_dir / "bench-big"
     files = {name: ensure_tiny_model(directory, f"big-{name}", seed=seed, **BIG)
              for seed, name in enumerate("ab", start=1)}
     direct_argv = _argv_of(real.targets["direct"].pid)

@@ -72,7 +72,7 @@ async def _rounds(binary: str, model: Path) -> tuple[list[float], list[float]]:
 
 
 def test_readiness_notice_lag(benchmark: Any, tmp_path: Path, llama_server_bin: str) -> None:
-    from llmstack.tiny_gguf import write_tiny_gguf
+    from llmstack.models.tiny_gguf import write_tiny_gguf
 
     binary = llama_server_bin
     model = write_tiny_gguf(tmp_path / "tiny.gguf")

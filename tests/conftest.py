@@ -149,11 +149,13 @@ def start_llmstack(log: Path, *args: str, env: dict[str, str] | None = None,
 
 def hub_with_demo_models(hub: Path) -> Path:
     """A Hugging Face cache holding the demo's tiny models (what `llmstack download` leaves)."""
-    from llmstack.demo import demo_files, demo_stack
+    from llmstack.config.demo import demo_stack
+    from llmstack.models.demo import demo_files
+    from llmstack.settings import Settings
 
     snapshot = hub / "models--llmstack-demo--tiny" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
-    for path in demo_files(demo_stack()).values():
+    for path in demo_files(demo_stack(), Settings.read().cache_dir).values():
         assert path is not None
         shutil.copy(path, snapshot / path.name)
     return hub
@@ -199,20 +201,21 @@ def fake_cmd(*flags: str) -> str:
 @pytest.fixture(scope="session")
 def llama_server_bin() -> str:
     """The real llama-server; missing it fails under CI and skips elsewhere."""
-    from llmstack.llama_server import find_llama_server, missing_server_message
+    from llmstack.models.llama_server import find_llama_server, missing_server_message
+    from llmstack.settings import Settings
 
-    found = find_llama_server()
+    found = find_llama_server(Settings.read())
     if found is None:
         if os.environ.get("CI"):
-            pytest.fail(missing_server_message())
-        pytest.skip(missing_server_message())
+            pytest.fail(missing_server_message(Settings.read()))
+        pytest.skip(missing_server_message(Settings.read()))
     return found
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Three distinct tiny GGUF models: fast, a, b."""
-    from llmstack.tiny_gguf import write_tiny_gguf
+    from llmstack.models.tiny_gguf import write_tiny_gguf
 
     directory = tmp_path_factory.mktemp("models")
     return {name: write_tiny_gguf(directory / f"tiny-{name}.gguf", seed=seed)

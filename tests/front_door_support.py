@@ -7,7 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
-from llmstack.tiny_gguf import write_tiny_gguf
+from llmstack.models.tiny_gguf import write_tiny_gguf
 
 from tests.conftest import FAKE_UPSTREAM, Server, fake_cmd, free_port, start_llmstack, start_server
 

@@ -24,7 +24,7 @@ CLI = Path(sys.executable).with_name("llmstack")
 @pytest.fixture(scope="session")
 def ggufs(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     """Four distinct tiny GGUF files (about 0.8 MB each), as bytes."""
-    from llmstack.tiny_gguf import write_tiny_gguf
+    from llmstack.models.tiny_gguf import write_tiny_gguf
 
     directory = tmp_path_factory.mktemp("hub-files")
     return [write_tiny_gguf(directory / f"m{seed}.gguf", seed=seed).read_bytes()
@@ -35,7 +35,7 @@ def ggufs(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
 def big_gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A tiny-architecture GGUF of about 34 MB: more than huggingface_hub's 10 MB read chunk,
     so a body cut halfway leaves whole chunks on disk for a resume to continue from."""
-    from llmstack.tiny_gguf import write_tiny_gguf
+    from llmstack.models.tiny_gguf import write_tiny_gguf
 
     path = tmp_path_factory.mktemp("hub-big") / "big.gguf"
     return write_tiny_gguf(path, seed=20, dim=512, ff=2048, heads=8).read_bytes()

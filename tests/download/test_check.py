@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import parse_stack
-from llmstack.hf_cache import find_cached, local_files, tier_file
+from llmstack.config.ini import parse_stack
+from llmstack.models.hf_cache import HubCache, tier_file
+from llmstack.settings import Settings
 
 from .conftest import REPO, Project, tier_ini
 from .fake_hub import COMMIT, FakeHub
@@ -87,7 +88,7 @@ def test_check_follows_the_channel_and_names_what_the_cache_has(
 
 def test_check_and_help_do_not_import_huggingface_hub(project: Project) -> None:
     project.write_ini(tier_ini(("a", "a.gguf")))
-    probe = ("import sys; from llmstack.cli import main; main(['check']); "
+    probe = ("import sys; from llmstack.cli.main import main; main(['check']); "
              "print('huggingface_hub' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=project.root, env=project.env,
                          capture_output=True, text=True, timeout=60, check=False)
@@ -107,9 +108,9 @@ def test_the_cache_lookup_prefers_the_refs_snapshot(tmp_path: Path, monkeypatch:
     stack = parse_stack("[t]\nhf_repo = org/repo\nhf_file = m.gguf\n\n[u]\nhf_repo = org/none\nhf_file = m.gguf\n")
     file = tier_file(stack.tiers[0])
     assert file is not None
-    found = find_cached(file)
+    found = HubCache(Settings.read().hub_cache).find_cached(file)
     assert found is not None and found.etag == "new" and not found.other_revision
-    assert local_files(stack) == {"t": storage / "snapshots" / ("b" * 40) / "m.gguf", "u": None}
+    assert HubCache(Settings.read().hub_cache).local_files(stack) == {"t": storage / "snapshots" / ("b" * 40) / "m.gguf", "u": None}
     (storage / "blobs" / "new").unlink()  # a dangling link is not a file: the old revision serves
-    found = find_cached(file)
+    found = HubCache(Settings.read().hub_cache).find_cached(file)
     assert found is not None and found.etag == "old" and found.other_revision

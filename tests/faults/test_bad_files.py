@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import CACHE_TYPES, ModelsIniError, parse_stack
+from llmstack.config.ini import ModelsIniError, parse_stack
+from llmstack.config.schema import CACHE_TYPES
 from tests.conftest import stop_server
 from tests.front_door_support import FAST_INI, start_fake_stack
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.daemon import Target, _wait_ready
-from llmstack.project import UserError
+from llmstack.project.daemon import Target, _wait_ready
+from llmstack.errors import UserError
 from tests.conftest import (
     Server, fake_cmd, free_port, http, pid_alive, start_llmstack, start_server, stop_server,
     wait_until,
@@ -160,7 +160,7 @@ def test_start_does_not_take_another_server_answering_on_its_port_for_its_own(
         target = Target("127.0.0.1", port_of(other), None)
         started = time.monotonic()
         with pytest.raises(UserError) as caught:
-            _wait_ready(mine, target, 30, sys.stderr, tmp_path)
+            _wait_ready(mine, target, 30, sys.stderr, tmp_path, {})
         assert time.monotonic() - started < 5
         message = str(caught.value)
         assert message.startswith(f"{target.url} is answered by another server, not the "

@@ -13,14 +13,18 @@ from textwrap import dedent
 
 import pytest
 
-from llmstack.config import ModelsIniError, parse_stack
-from llmstack.stack_config import build_swapper_config
+from llmstack.config.ini import ModelsIniError, parse_stack
+from llmstack.models.hf_cache import HubCache
+from llmstack.serving.swapper_config import build_swapper_config
+from llmstack.settings import Settings
 from swapper.config import ConfigError, Timeouts
 from swapper.upstream import UpstreamPool, UpstreamTimeout
 from swapper.yaml_config import parse_yaml_config
 from tests.conftest import stop_server, wait_until
 from tests.hostile_upstream import (HostileUpstream, exchange, hostile_cmd, http_request,
                                     start_swapper)
+
+HUB = HubCache(Settings.read().hub_cache)
 
 # --------------------------------------------------------------------------- the client
 
@@ -165,10 +169,10 @@ idle_timeout = 600
 
 def test_models_ini_timeouts_default_and_per_tier() -> None:
     stack = parse_stack(MODELS_INI, "t.ini")
-    config = build_swapper_config(stack, "/bin/llama-server", {})
+    config = build_swapper_config(stack, "/bin/llama-server", {}, HUB)
     assert config.models["a"].timeouts == Timeouts(response=1200, idle=90)
     assert config.models["b"].timeouts == Timeouts(response=0, idle=600)
-    default = build_swapper_config(parse_stack("[a]\nhf_repo = o/a\nhf_file = a.gguf\n"), "s", {})
+    default = build_swapper_config(parse_stack("[a]\nhf_repo = o/a\nhf_file = a.gguf\n"), "s", {}, HUB)
     assert default.models["a"].timeouts == Timeouts()
 
 

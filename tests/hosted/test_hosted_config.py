@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import ModelsIniError, parse_stack
-from llmstack.hosted import chat_params, messages_params, provider_error
-from llmstack.litellm_config import read_user_params, tier_params
-from llmstack.multi_machine import Backends
-from llmstack.remote_limits import litellm_timeouts, remote_timeouts
+from llmstack.settings import Settings
+from llmstack.config.ini import ModelsIniError, parse_stack
+from llmstack.serving.hosted import chat_params, messages_params, provider_error
+from llmstack.config.litellm_config import read_user_params, tier_params
+from llmstack.serving.multi_machine import Backends
+from llmstack.serving.remote_limits import litellm_timeouts, remote_timeouts
 from swapper.config import Timeouts
 
 
@@ -74,7 +75,7 @@ def test_the_users_litellm_config_gives_credentials_under_models_ini(tmp_path: P
     path = tmp_path / "litellm_config.yaml"
     path.write_text(USER_YAML)
     monkeypatch.setenv("MY_KEY", "sk-secret")
-    user = read_user_params(path)
+    user = read_user_params(path, Settings.read().variables)
     stack = parse_stack("[ultra]\nmodel = anthropic/new\n[plain]\nmodel = openai/x\n"
                         "api_base = http://ini:1/v1\n")
     ultra, plain = stack.tiers
@@ -171,7 +172,7 @@ def test_remote_tiers_get_the_stack_timeouts_and_a_connect_timeout() -> None:
 
 
 def test_reload_keeps_the_router_of_an_unchanged_multi_machine_tier() -> None:
-    from llmstack.hosted import HostedTiers
+    from llmstack.serving.hosted import HostedTiers
 
     text = "[a]\nbackends = http://x:1\n[b]\nbackends = http://y:1\n"
     old = HostedTiers.build(parse_stack(text))

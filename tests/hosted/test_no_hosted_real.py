@@ -29,5 +29,5 @@ def test_litellm_is_never_imported_without_a_hosted_tier(tmp_path: Path,
     finally:
         stop_server(server)
     imported = re.findall(r"^import time:.*\|\s+([\w.]+)$", server.output(), re.MULTILINE)
-    assert "llmstack.hosted" in imported  # the log does record every import
+    assert "llmstack.serving.hosted" in imported  # the log does record every import
     assert [name for name in imported if name.split(".")[0] == "litellm"] == []

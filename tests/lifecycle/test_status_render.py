@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from llmstack.status import render
+from llmstack.cli.status import render
 
 
 def test_status_names_hosted_models_and_backend_health() -> None:

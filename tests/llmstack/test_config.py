@@ -7,17 +7,9 @@ from textwrap import dedent
 
 import pytest
 
-from llmstack.config import (
-    DEFAULT_ROLE_ALIASES,
-    DEFAULT_ROLE_TTL,
-    DEFAULT_TTL,
-    ModelsIniError,
-    Stack,
-    Tier,
-    bundled_template_text,
-    load_stack,
-    parse_stack,
-)
+from llmstack.config.ini import ModelsIniError, bundled_template_text, load_stack, parse_stack
+from llmstack.config.schema import DEFAULT_ROLE_ALIASES, DEFAULT_ROLE_TTL, DEFAULT_TTL, Stack, Tier
+from llmstack.settings import Settings
 
 GGUF = "hf_repo = org/repo\nhf_file = model.gguf\n"
 HERETIC = "Mistral-Small-3.2-24B-Instruct-2506-ultra-uncensored-heretic"
@@ -260,7 +252,7 @@ def test_model_next_reads_environment_references(monkeypatch: pytest.MonkeyPatch
         model = openai/gpt-4o
         model_next = openai/gpt-4.1
     """)
-    assert [t.model_next for t in parse_stack(text).tiers] == [
+    assert [t.model_next for t in parse_stack(text, variables=Settings.read().variables).tiers] == [
         "openai/gpt-5",
         None,
         "openai/gpt-4.1",
@@ -615,3 +607,25 @@ def test_malformed_lines() -> None:
         "t.ini:3: [a] 'just words': expected key = value",
         "t.ini:4: [a] '= 3': expected key = value",
     ]
+
+
+def test_the_templates_commented_defaults_are_the_schemas() -> None:
+    """The template shows defaults as commented-out lines; the schema owns them: uncommenting
+    any of those lines must change nothing."""
+    import re
+
+    from llmstack.config.keys import DEFAULT_KEYS, ROUTING_KEYS
+
+    section, shown = "", []
+    for line in bundled_template_text().splitlines():
+        header = re.fullmatch(r"\[(\w+)\].*", line)
+        section = header.group(1) if header else section
+        default = re.fullmatch(r";\s*(\w+)\s*=\s*(\S+).*", line)
+        keys = {"DEFAULT": DEFAULT_KEYS, "ROUTING": ROUTING_KEYS}.get(section, {})
+        if default and default.group(1) in keys and default.group(1) != "llama_server_bin":
+            shown.append((section, default.group(1), default.group(2)))
+    assert {key for _, key, _ in shown} >= {"high_fidelity_ceiling", "mid_fidelity_ceiling",
+                                            "multi_turn", "sticky_sessions", "max_queue_wait",
+                                            "response_timeout", "idle_timeout"}
+    for section, key, value in shown:
+        assert parse_stack(f"[{section}]\n{key} = {value}\n", "") == Stack(), (key, value)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader
 
-from llmstack.gguf_header import read_gguf_metadata
-from llmstack.tiny_gguf import PARAMS_KEY, write_tiny_gguf
+from llmstack.models.gguf_header import read_gguf_metadata
+from llmstack.models.tiny_gguf import PARAMS_KEY, write_tiny_gguf
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack import llama_server as ls
+from llmstack.models import llama_server as ls
+from llmstack.settings import LLAMA_SERVER, Settings
 
 
 def _make_exe(path: Path, exit_code: int = 0) -> Path:
@@ -27,7 +28,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An isolated cache dir, an empty PATH dir and no LLMSTACK_LLAMA_SERVER."""
     monkeypatch.setenv("LLMSTACK_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("PATH", str(tmp_path / "pathbin"))
-    monkeypatch.delenv(ls.ENV_SERVER_BIN, raising=False)
+    monkeypatch.delenv(LLAMA_SERVER, raising=False)
     return tmp_path
 
 
@@ -35,47 +36,47 @@ def test_cache_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("LLMSTACK_CACHE_DIR", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert ls.cache_dir() == tmp_path / "home" / ".cache" / "llmstack"
+    assert Settings.read().cache_dir == tmp_path / "home" / ".cache" / "llmstack"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert ls.cache_dir() == tmp_path / "xdg" / "llmstack"
+    assert Settings.read().cache_dir == tmp_path / "xdg" / "llmstack"
     monkeypatch.setenv("LLMSTACK_CACHE_DIR", str(tmp_path / "own"))
-    assert ls.cache_dir() == tmp_path / "own"
+    assert Settings.read().cache_dir == tmp_path / "own"
     expected = tmp_path / "own" / "llama-server" / "11434.0.0" / "llama-server"
-    assert ls.cached_server_path() == expected
+    assert ls.cached_server_path(Settings.read().cache_dir) == expected
 
 
 def test_discovery_order(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     explicit = _make_exe(env / "explicit" / "llama-server")
     from_env = _make_exe(env / "fromenv" / "llama-server")
     on_path = _make_exe(env / "pathbin" / "llama-server")
-    cached = _make_exe(ls.cached_server_path())
-    monkeypatch.setenv(ls.ENV_SERVER_BIN, str(from_env))
+    cached = _make_exe(ls.cached_server_path(Settings.read().cache_dir))
+    monkeypatch.setenv(LLAMA_SERVER, str(from_env))
 
-    assert ls.find_llama_server(str(explicit)) == str(explicit)
-    assert ls.find_llama_server() == str(from_env)
-    monkeypatch.delenv(ls.ENV_SERVER_BIN)
-    assert ls.find_llama_server() == str(on_path)
+    assert ls.find_llama_server(Settings.read(), str(explicit)) == str(explicit)
+    assert ls.find_llama_server(Settings.read()) == str(from_env)
+    monkeypatch.delenv(LLAMA_SERVER)
+    assert ls.find_llama_server(Settings.read()) == str(on_path)
     on_path.unlink()
-    assert ls.find_llama_server() == str(cached)
+    assert ls.find_llama_server(Settings.read()) == str(cached)
     cached.unlink()
-    assert ls.find_llama_server() is None
+    assert ls.find_llama_server(Settings.read()) is None
 
 
 def test_discovery_skips_non_executables(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plain = env / "plain"
     plain.write_text("not a program")
-    monkeypatch.setenv(ls.ENV_SERVER_BIN, str(env / "missing"))
-    cached = _make_exe(ls.cached_server_path())
-    assert ls.find_llama_server(str(plain)) == str(cached)
+    monkeypatch.setenv(LLAMA_SERVER, str(env / "missing"))
+    cached = _make_exe(ls.cached_server_path(Settings.read().cache_dir))
+    assert ls.find_llama_server(Settings.read(), str(plain)) == str(cached)
 
 
 def test_explicit_bare_name_is_looked_up_on_path(env: Path) -> None:
     exe = _make_exe(env / "pathbin" / "my-llama")
-    assert ls.find_llama_server("my-llama") == str(exe)
+    assert ls.find_llama_server(Settings.read(), "my-llama") == str(exe)
 
 
 def test_missing_server_message_names_the_fixes() -> None:
-    message = ls.missing_server_message()
+    message = ls.missing_server_message(Settings.read())
     assert "llmstack install-server" in message
     assert "LLMSTACK_LLAMA_SERVER" in message
 
@@ -85,11 +86,11 @@ def _forbidden(*args: object, **kwargs: object) -> None:
 
 
 def test_cached_binary_short_circuits_install(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cached = _make_exe(ls.cached_server_path())
+    cached = _make_exe(ls.cached_server_path(Settings.read().cache_dir))
     monkeypatch.setattr(ls, "_run_logged", _forbidden)
     monkeypatch.setattr(ls, "_cmake_binary", _forbidden)
     messages: list[str] = []
-    assert ls.install_server(progress=messages.append) == cached
+    assert ls.install_server(Settings.read(), progress=messages.append) == cached
     assert len(messages) == 1 and "already installed" in messages[0]
 
 
@@ -150,15 +151,15 @@ def _fake_runner(calls: list[list[str]]) -> Callable[..., None]:
 
 
 def test_install_server_builds_and_installs(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _make_exe(ls.cached_server_path(), exit_code=1)  # a broken copy must be rebuilt
+    _make_exe(ls.cached_server_path(Settings.read().cache_dir), exit_code=1)  # a broken copy must be rebuilt
     calls: list[list[str]] = []
     monkeypatch.setattr(ls, "_run_logged", _fake_runner(calls))
-    monkeypatch.setattr(ls, "_cmake_binary", lambda log_path, progress: "cmake")
+    monkeypatch.setattr(ls, "_cmake_binary", lambda settings, log_path, progress: "cmake")
     messages: list[str] = []
 
-    installed = ls.install_server(jobs=3, progress=messages.append)
+    installed = ls.install_server(Settings.read(), jobs=3, progress=messages.append)
 
-    assert installed == ls.cached_server_path()
+    assert installed == ls.cached_server_path(Settings.read().cache_dir)
     assert stat.S_IMODE(installed.stat().st_mode) == 0o755
     assert ls.server_version(installed) == "version: fake"
     download, configure, build = calls
@@ -198,5 +199,5 @@ def test_unpack_refuses_paths_outside_the_target(tmp_path: Path) -> None:
 def test_install_built_binary_rejects_a_broken_build(env: Path) -> None:
     broken = _make_exe(env / "built" / "llama-server", exit_code=2)
     with pytest.raises(ls.InstallError, match="--version"):
-        ls.install_built_binary(broken, progress=lambda _: None)
-    assert not os.path.exists(ls.cached_server_path())
+        ls.install_built_binary(Settings.read().cache_dir, broken, progress=lambda _: None)
+    assert not os.path.exists(ls.cached_server_path(Settings.read().cache_dir))

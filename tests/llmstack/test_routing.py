@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmstack.config import bundled_template_text, parse_stack
-from llmstack.routing import (
+from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.serving.routing import (
     IMAGE_TOKENS,
     ContextTooLarge,
     Decision,
@@ -92,7 +92,7 @@ aliases = two-alias
             NO_ULTRA,
             chat(("user", "[ultra] refactor")),
             "code-smart",
-            "ultra-trigger->agent (code-ultra unavailable)",
+            "ultra-trigger->agent (no ultra tier)",
         ),
         (FULL, chat(("user", text(100))), "code-ultra", "high-fidelity tokens~100<=12000"),
         (FULL, chat(("user", text(12000))), "code-ultra", "high-fidelity tokens~12000<=12000"),
@@ -100,7 +100,7 @@ aliases = two-alias
             NO_ULTRA,
             chat(("user", text(100))),
             "code-smart",
-            "high-fidelity tokens~100<=12000 (code-ultra unavailable)",
+            "high-fidelity tokens~100<=12000 (no ultra tier)",
         ),
         (FULL, chat(("user", text(12001))), "code-smart", "mid-fidelity tokens~12001<=32000"),
         (FULL, chat(("user", text(32000))), "code-smart", "mid-fidelity tokens~32000<=32000"),
@@ -143,37 +143,69 @@ def test_thresholds_come_from_the_table() -> None:
             RoutingTable(fast=Rung("f")),
             chat(("user", text(20000))),
             "f",
-            "mid-fidelity tokens~20000<=32000 (code-smart unavailable)",
+            "mid-fidelity tokens~20000<=32000 (no agent tier)",
         ),
         (
             RoutingTable(fast=Rung("f")),
             chat(("user", "hi")),
             "f",
-            "high-fidelity tokens~0<=12000 (code-ultra unavailable) (code-smart unavailable)",
+            "high-fidelity tokens~0<=12000 (no ultra tier) (no agent tier)",
         ),
         (
             RoutingTable(ultra=Rung("u")),
             user_turns(1, 40000),
             "u",
-            "long-context tokens~40000>32000 (code-fast unavailable)",
+            "long-context tokens~40000>32000 (no fast tier)",
         ),
         (
             RoutingTable(fast=Rung("f"), ultra=Rung("u")),
             chat(("user", text(20000))),
             "f",
-            "mid-fidelity tokens~20000<=32000 (code-smart unavailable)",
+            "mid-fidelity tokens~20000<=32000 (no agent tier)",
         ),
         (
             RoutingTable(agent=Rung("a")),
             user_turns(1, 40000),
             "a",
-            "long-context tokens~40000>32000 (code-fast unavailable)",
+            "long-context tokens~40000>32000 (no fast tier)",
         ),
     ],
 )
 def test_missing_rungs_fall_back_to_the_nearest_below_then_above(table, body, tier, reason) -> None:
     decision = classify(body, table)
     assert (decision.tier, decision.reason) == (tier, reason)
+
+
+OWN_NAMES = {"fast": "my-small", "agent": "my-coder", "ultra": "my-big"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(present=st.sets(st.sampled_from(["fast", "agent", "ultra"]), min_size=1),
+       words=st.integers(0, 50000), turns=st.integers(1, 12), trigger=st.booleans())
+def test_reasons_name_only_tiers_the_stack_has(present: set[str], words: int, turns: int,
+                                               trigger: bool) -> None:
+    """A stack without some rung (a real models.ini with no ultra tier, say) must never read a
+    reason naming a tier it does not have, such as the template's code-ultra."""
+    table = RoutingTable(**{role: Rung(OWN_NAMES[role]) for role in present})
+    body = user_turns(turns, words)
+    if trigger:
+        last_user = [m for m in body["messages"] if m["role"] == "user"][-1]
+        last_user["content"] += " [ultra]"
+    reason = classify(body, table).reason
+    named = {word for word in reason.replace("(", " ").replace(")", " ").split()
+             if word.startswith(("my-", "code-"))}
+    assert named <= {OWN_NAMES[role] for role in present}, reason
+    assert "code-" not in table.describe()
+
+
+def test_auto_description_names_the_tiers_the_stack_has() -> None:
+    full = RoutingTable(fast=Rung("f"), agent=Rung("a"), ultra=Rung("u"))
+    assert full.describe() == ("<= 12000 tokens -> u or a; <= 32000 -> a; >= 10 user turns -> a; "
+                               "else f. [ultra] or [opus] forces the ultra tier.")
+    assert RoutingTable(fast=Rung("f"), agent=Rung("a")).describe().startswith(
+        "<= 12000 tokens -> a; <= 32000 -> a;")
+    assert RoutingTable(agent=Rung("a")).describe().endswith("else a. [ultra] or [opus] forces "
+                                                              "the ultra tier.")
 
 
 def test_no_rung_tiers_at_all() -> None:
@@ -462,7 +494,7 @@ def test_never_routes_to_a_tier_that_cannot_hold_the_request(
 
 
 def test_step_up_goes_to_the_next_rung_with_a_larger_window() -> None:
-    from llmstack.routing import Rung, RoutingTable, step_up
+    from llmstack.serving.routing import Rung, RoutingTable, step_up
 
     table = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 65536), ultra=Rung("u", 200000))
     assert step_up(table, "f") == "a"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmstack.routing import Rung, RoutingTable, classify, estimate_tokens
-from llmstack.routing_memo import MIN_TEXT, RoutingMemo
+from llmstack.serving.routing import Rung, RoutingTable, classify, estimate_tokens
+from llmstack.serving.routing_memo import MIN_TEXT, RoutingMemo
 
 TABLE = RoutingTable(fast=Rung("fast"), agent=Rung("agent"), ultra=Rung("ultra"),
                      high_fidelity_ceiling=3000, mid_fidelity_ceiling=6000)

@@ -6,16 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import bundled_template_text, parse_stack
-from llmstack.stack_config import build_swapper_config
+from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.models.hf_cache import HubCache
+from llmstack.serving.swapper_config import build_swapper_config
+from llmstack.settings import Settings
 from swapper.config import ConfigError
 from swapper.solver import compile_plan
+
+HUB = HubCache(Settings.read().hub_cache)
 
 
 @pytest.fixture(scope="module")
 def template():
     stack = parse_stack(bundled_template_text())
-    return stack, build_swapper_config(stack, "/bin/llama-server", {})
+    return stack, build_swapper_config(stack, "/bin/llama-server", {}, HUB)
 
 
 def test_llama_server_command_line_keeps_the_original_order(template) -> None:
@@ -60,19 +64,19 @@ def test_a_stack_whose_sets_cannot_fit_is_refused_with_the_overage() -> None:
     text = bundled_template_text().replace("memory_budget_mb = 57344", "memory_budget_mb = 40000")
     stack = parse_stack(text)
     with pytest.raises(ConfigError, match=r"over memory_budget_mb 40000"):
-        compile_plan(build_swapper_config(stack, "/bin/llama-server", {}))
+        compile_plan(build_swapper_config(stack, "/bin/llama-server", {}, HUB))
 
 
 def test_an_unreadable_gguf_falls_back_to_size_gb(tmp_path: Path) -> None:
     broken = tmp_path / "m.gguf"
     broken.write_bytes(b"GGUF")  # a partial download
     stack = parse_stack(bundled_template_text())
-    config = build_swapper_config(stack, "/bin/llama-server", {"code-smart": broken})
+    config = build_swapper_config(stack, "/bin/llama-server", {"code-smart": broken}, HUB)
     assert config.models["code-smart"].memory_mb == 45 * 1024
 
 
 def test_max_queue_wait_reaches_the_swapper(template) -> None:
     assert template[1].max_queue_wait == 10.0
     text = bundled_template_text().replace("; max_queue_wait = 10", "max_queue_wait = 3")
-    config = build_swapper_config(parse_stack(text), "/bin/llama-server", {})
+    config = build_swapper_config(parse_stack(text), "/bin/llama-server", {}, HUB)
     assert config.max_queue_wait == 3.0

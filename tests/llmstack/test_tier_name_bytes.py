@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from llmstack.protocols import TierName
+from llmstack.serving.protocols import TierName
 
 FIRST = {"choices": [{"finish_reason": None, "index": 0,
                       "delta": {"role": "assistant", "content": None}}],

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFWriter, TokenType
 
-from llmstack.gguf_info import GGUFInfo, kv_cache_bytes, read_gguf_info, tier_memory_mb
-from llmstack.tiny_gguf import (
+from llmstack.models.gguf_info import GGUFInfo, kv_cache_bytes, read_gguf_info, tier_memory_mb
+from llmstack.models.tiny_gguf import (
     EOS_ID,
     IM_END_ID,
     build_vocab,
@@ -147,6 +147,6 @@ def test_tier_memory_mb_rounds_up_and_adds_overhead() -> None:
 
 
 def test_the_token_type_constants_are_gguf_s() -> None:
-    from llmstack import tiny_gguf
+    from llmstack.models import tiny_gguf
     assert (tiny_gguf.NORMAL, tiny_gguf.UNKNOWN, tiny_gguf.CONTROL, tiny_gguf.BYTE) == (
         TokenType.NORMAL, TokenType.UNKNOWN, TokenType.CONTROL, TokenType.BYTE)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.project import Project
+from llmstack.project.paths import Project
 from tests.conftest import Server, start_llmstack
 
 _LEAKY_ENV = ("LLMSTACK_REMOTE_URL", "LLMSTACK_USE_NEXT", "LLMSTACK_MODELS_INI", "LLMSTACK_WORK_DIR",

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from llmstack import install
-from llmstack.config import bundled_template_text
-from llmstack.project import Project
+from llmstack.cli import install
+from llmstack.config.ini import bundled_template_text
+from llmstack.project.paths import Project
+from llmstack.settings import Settings
 from tests.project.conftest import Cli, tree
 
 VERBS = ("serve", "install-server", "template", "init", "configure", "install", "setup")
@@ -136,37 +137,38 @@ def test_setup_runs_init_download_configure_start_in_order(
         project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple] = []
 
-    def download_tiers(stack: object, names: list[str], channel: str) -> int:
+    def download_tiers(stack: object, names: list[str], channel: str, settings: object) -> int:
         calls.append(("download", names, project.models_ini.exists()))
         return 0
 
-    def start_detached(root: Path, demo: bool = False) -> int:
+    def start_detached(started: Project, settings: object, demo: bool = False) -> int:
+        root = started.root
         calls.append(("start", root, demo, (root / ".llmstack" / "opencode.json").exists()))
         return 0
 
-    download = types.ModuleType("llmstack.download")
-    daemon = types.ModuleType("llmstack.daemon")
+    download = types.ModuleType("llmstack.models.download")
+    daemon = types.ModuleType("llmstack.project.daemon")
     download.download_tiers = download_tiers  # type: ignore[attr-defined]
     daemon.start_detached = start_detached  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "llmstack.download", download)
-    monkeypatch.setitem(sys.modules, "llmstack.daemon", daemon)
-    assert install.setup(project) == 0
+    monkeypatch.setitem(sys.modules, "llmstack.models.download", download)
+    monkeypatch.setitem(sys.modules, "llmstack.project.daemon", daemon)
+    assert install.setup(project, Settings()) == 0
     assert calls == [("download", ["code-fast", "code-smart", "plan", "plan-uncensored",
                                   "embed"], True),
                      ("start", project.root, False, True)]
     calls.clear()
     demo = Project(project.root / "demo")
     demo.root.mkdir()
-    assert install.setup(demo, demo=True) == 0
+    assert install.setup(demo, Settings(), demo=True) == 0
     assert calls == [("start", demo.root, True, True)] and not demo.models_ini.exists()
     assert json.loads(demo.opencode_json.read_text())["small_model"] == "llmstack/fast"
 
 
 def test_setup_stops_at_a_failed_download(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    download = types.ModuleType("llmstack.download")
-    download.download_tiers = lambda stack, names, channel: 3  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "llmstack.download", download)
-    assert install.setup(project) == 3 and not project.opencode_json.exists()
+    download = types.ModuleType("llmstack.models.download")
+    download.download_tiers = lambda stack, names, channel, settings: 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "llmstack.models.download", download)
+    assert install.setup(project, Settings()) == 3 and not project.opencode_json.exists()
 
 
 def test_walks_up_to_the_project_from_a_subdirectory(cli: Cli, project: Project) -> None:
@@ -192,4 +194,4 @@ def test_local_verbs_refuse_in_external_mode(cli: Cli, project: Project) -> None
 
 def test_agents_md_is_packaged() -> None:
     assert install.agents_md_text().startswith("# ")
-    assert Path(install.__file__).with_name("data").joinpath("AGENTS.md").exists()
+    assert Path(install.__file__).parent.with_name("data").joinpath("AGENTS.md").exists()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import bundled_template_text
-from llmstack.project import Project
+from llmstack.config.ini import bundled_template_text
+from llmstack.project.paths import Project
 from tests.conftest import free_port, stop_server
 from tests.project.conftest import Cli, serve_in
 

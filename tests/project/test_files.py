@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack import files
-from llmstack.files import GeneratedFiles, create_atomic, write_atomic
+from llmstack.project import files
+from llmstack.project.files import GeneratedFiles, create_atomic, write_atomic
 
 
 def test_write_atomic_replaces_and_leaves_no_temp_file(tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import SERVING_ROLES, parse_stack
-from llmstack.demo import demo_stack
-from llmstack.stack_config import llama_server_argv
+from llmstack.config.ini import parse_stack
+from llmstack.config.schema import SERVING_ROLES
+from llmstack.config.demo import demo_stack
+from llmstack.serving.swapper_config import llama_server_argv
 from tests.conftest import ROOT, free_port, http, stop_server
 from tests.project.conftest import serve_in
 

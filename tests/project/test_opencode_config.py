@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from llmstack.channels import next_stack
-from llmstack.config import bundled_template_text, parse_stack
-from llmstack.demo import demo_stack
-from llmstack.opencode_config import (
+from llmstack.project.channels import next_stack
+from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.config.demo import demo_stack
+from llmstack.settings import Settings
+from llmstack.project.opencode import (
     COLD_READ_MB_PER_S,
     DEFAULT_DISABLED_PROVIDERS,
     local_base_url,
@@ -101,7 +102,8 @@ def test_environment_knobs_are_read_at_render_time(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("OPENCODE_INSTRUCTIONS", "/a.md:/b.md")
     monkeypatch.setenv("OPENCODE_SHARE", "manual")
     monkeypatch.setenv("OPENCODE_USERNAME", "dev")
-    config = template()
+    stack = parse_stack(bundled_template_text())
+    config = render(stack, local_base_url(stack), AGENTS, overrides=Settings.read().opencode)
     assert config["disabled_providers"] == ["openai", "anthropic"]
     assert config["instructions"] == ["/a.md", "/b.md"]
     assert config["share"] == "manual" and config["username"] == "dev"

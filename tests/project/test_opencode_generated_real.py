@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.project import Project
+from llmstack.project.paths import Project
 from tests.project.conftest import Cli
 from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401  (the cached npm install)
 

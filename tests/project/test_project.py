@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.project import find_project
+from llmstack.project.paths import find_project
+from llmstack.settings import Settings
 
 
 def test_nearest_state_dir_above_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -15,10 +16,10 @@ def test_nearest_state_dir_above_wins(tmp_path: Path, monkeypatch: pytest.Monkey
     (root / ".llmstack").mkdir(parents=True)
     deep = root / "a" / "b"
     deep.mkdir(parents=True)
-    assert find_project(deep).root == root
+    assert find_project(Settings.read(), deep).root == root
     elsewhere = tmp_path / "home" / "other"
     elsewhere.mkdir()
-    assert find_project(elsewhere).root == elsewhere  # none above: the current directory
+    assert find_project(Settings.read(), elsewhere).root == elsewhere  # none above: the current directory
 
 
 def test_home_state_dir_is_not_inherited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,14 +28,14 @@ def test_home_state_dir_is_not_inherited(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("HOME", str(home))
     fresh = home / "fresh"
     fresh.mkdir()
-    assert find_project(fresh).root == fresh  # `setup` here must not configure ~/.llmstack
-    assert find_project(home).root == home
+    assert find_project(Settings.read(), fresh).root == fresh  # `setup` here must not configure ~/.llmstack
+    assert find_project(Settings.read(), home).root == home
 
 
 def test_work_dir_env_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMSTACK_WORK_DIR", str(tmp_path / "w"))
-    assert find_project(tmp_path).root == (tmp_path / "w").resolve()
+    assert find_project(Settings.read(), tmp_path).root == (tmp_path / "w").resolve()
     monkeypatch.setenv("LLMSTACK_MODELS_INI", "custom.ini")
-    assert find_project(tmp_path).models_ini == Path("custom.ini")
+    assert find_project(Settings.read(), tmp_path).models_ini == Path("custom.ini")
     monkeypatch.setenv("OPENCODE_CONFIG_DIR", str(tmp_path / "oc"))
-    assert find_project(tmp_path).opencode_json == tmp_path / "oc" / "opencode.json"
+    assert find_project(Settings.read(), tmp_path).opencode_json == tmp_path / "oc" / "opencode.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from llmstack.routing import IMAGE_TOKENS, RoutingTable, Rung, _measure, classify
+from llmstack.serving.routing import IMAGE_TOKENS, RoutingTable, Rung, _measure, classify
 
 TOOLS = [{"name": "read", "description": "read a file", "input_schema": {"type": "object"}}]
 

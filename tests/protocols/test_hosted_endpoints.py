@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from llmstack.app import LLMStackApp
-from llmstack.config import parse_stack
-from llmstack.routing import RoutingTable
+from llmstack.serving.app import LLMStackApp
+from llmstack.config.ini import parse_stack
+from llmstack.serving.routing import RoutingTable
 from tests.llmstack.test_app_fake import INI, call, stack  # noqa: F401  (stack is a fixture)
 
 

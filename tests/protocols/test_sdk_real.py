@@ -13,8 +13,10 @@ import litellm  # noqa: E402
 import openai  # noqa: E402
 import pytest  # noqa: E402
 
-from llmstack.demo import demo_files, demo_stack
-from llmstack.gguf_info import read_gguf_info
+from llmstack.config.demo import demo_stack
+from llmstack.models.demo import demo_files
+from llmstack.settings import Settings
+from llmstack.models.gguf_info import read_gguf_info
 from tests.conftest import Server
 from tests.ui.conftest import scrape
 
@@ -93,7 +95,7 @@ def test_responses_stream_completes_without_an_exception(demo: Server, model: st
 
 
 def test_embeddings_on_the_demo_embedding_tier_by_name_and_by_auto(demo: Server) -> None:
-    dim = read_gguf_info(demo_files(demo_stack())["embed"]).embedding_length
+    dim = read_gguf_info(demo_files(demo_stack(), Settings.read().cache_dir)["embed"]).embedding_length
     for model in ("embed", "auto", "embeddings"):
         raw = oai(demo).embeddings.with_raw_response.create(model=model, input=["hello", "world"])
         result = raw.parse()

@@ -139,7 +139,7 @@ def test_a_stream_ended_by_shutdown_gets_the_error_event_of_its_protocol() -> No
 
 
 def test_the_tier_name_lands_on_message_start_and_the_first_response_event() -> None:
-    from llmstack.protocols import TierName
+    from llmstack.serving.protocols import TierName
     from swapper.proxy import _FirstEventRewriter
 
     for stream, path in ((MESSAGES, ("message", "model")), (RESPONSES_STREAM, ("response", "model"))):

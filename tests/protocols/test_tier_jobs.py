@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import ModelsIniError, parse_stack
-from llmstack.demo import demo_stack
-from llmstack.stack_config import llama_server_argv
-from llmstack.opencode_config import render
+from llmstack.config.ini import ModelsIniError, parse_stack
+from llmstack.config.demo import demo_stack
+from llmstack.serving.swapper_config import llama_server_argv
+from llmstack.project.opencode import render
 
 TIER = "[e]\nhf_repo = r\nhf_file = f.gguf\n"
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.demo import demo_files, demo_stack, demo_text
+from llmstack.config.demo import demo_stack, demo_text
+from llmstack.models.demo import demo_files
+from llmstack.settings import Settings
 from tests.conftest import free_port, http, pid_alive
 from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401 (the npm-installed client)
 
@@ -28,7 +30,7 @@ def _hub_cache(directory: Path) -> Path:
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (repo / "blobs").mkdir()
-    for name, path in demo_files(demo_stack()).items():
+    for name, path in demo_files(demo_stack(), Settings.read().cache_dir).items():
         assert path is not None
         blob = repo / "blobs" / f"{name}-blob"
         shutil.copy(path, blob)  # a blob is a file in the cache (a link out of it is refused)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.llama_server import cache_dir
+from llmstack.settings import Settings
 from tests.conftest import start_llmstack, stop_server
 
 pytestmark = pytest.mark.real
@@ -20,7 +20,7 @@ OPENCODE_VERSION = "1.18.33"
 @pytest.fixture(scope="session")
 def opencode_bin() -> Path:
     """opencode from the npm registry, installed once into the cache (about 7 s)."""
-    prefix = cache_dir() / "opencode" / OPENCODE_VERSION
+    prefix = Settings.read().cache_dir / "opencode" / OPENCODE_VERSION
     binary = prefix / "node_modules" / ".bin" / "opencode"
     if not binary.exists():
         npm = shutil.which("npm")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.demo import demo_text
+from llmstack.config.demo import demo_text
 from tests.conftest import hub_with_demo_models, start_llmstack, stop_server, wait_until
 
 pytestmark = pytest.mark.real

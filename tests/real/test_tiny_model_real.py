@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.llama_server import find_llama_server, missing_server_message
-from llmstack.tiny_gguf import write_tiny_gguf
+from llmstack.models.llama_server import find_llama_server, missing_server_message
+from llmstack.settings import Settings
+from llmstack.models.tiny_gguf import write_tiny_gguf
 
 pytestmark = pytest.mark.real
 
@@ -54,7 +55,7 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
 
 
 def test_tiny_model_chat_runs_to_max_tokens(tmp_path: Path) -> None:
-    binary = find_llama_server()
+    binary = find_llama_server(Settings.read())
     if binary is None:
         pytest.skip(missing_server_message())
     model = write_tiny_gguf(tmp_path / "tiny.gguf")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from llmstack.settings import Settings
 from tests.download.conftest import REPO, Project, make_project, tier_ini
 from tests.download.fake_hub import FakeHub, running_hub
 
@@ -166,19 +167,20 @@ def test_an_honest_hub_still_downloads_into_the_cache(box: Project, hub: FakeHub
 def test_hub_names_are_checked_before_huggingface_hub_is_asked(monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
     """The cache's own path builders refuse what is not a hub name (``UnsafeName``)."""
-    from llmstack import hf_cache
-    from llmstack.hub_names import UnsafeName
+    from llmstack.models import hf_cache
+    from llmstack.config.hub_names import UnsafeName
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("LLMSTACK_CACHE_DIR", str(tmp_path / "llmstack"))
+    sizes = hf_cache.HubSizes.under(Settings.read().cache_dir)
     for bad in ("../x", "/abs", "a/b", "", "g" * 64):
         with pytest.raises(UnsafeName):
-            hf_cache.blob_path(REPO, bad)
+            hf_cache.HubCache(Settings.read().hub_cache).blob_path(REPO, bad)
         with pytest.raises(UnsafeName):
-            hf_cache.record_hub_size(bad, 1)
-        assert hf_cache.recorded_hub_size(bad) is None
+            sizes.record(bad, 1)
+        assert sizes.recorded(bad) is None
     with pytest.raises(UnsafeName):
-        hf_cache.repo_dir("../../x")
+        hf_cache.HubCache(Settings.read().hub_cache).repo_dir("../../x")
     assert not (tmp_path / "llmstack").exists() and not (tmp_path / "x").exists()
     assert os.listdir(tmp_path) == []
 
@@ -187,9 +189,9 @@ def test_the_cache_never_hands_out_a_file_outside_the_repo(monkeypatch: pytest.M
                                                            tmp_path: Path) -> None:
     """What ``serve`` gives llama-server: a snapshot link to outside, a ref naming a path, a
     file not downloaded - never a path outside the repo's storage."""
-    from llmstack.config import parse_stack
-    from llmstack.hf_cache import find_cached, local_files, tier_file
-    from llmstack.stack_config import build_swapper_config
+    from llmstack.config.ini import parse_stack
+    from llmstack.models.hf_cache import HubCache, tier_file
+    from llmstack.serving.swapper_config import build_swapper_config
 
     hub_cache = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
@@ -211,9 +213,10 @@ def test_the_cache_never_hands_out_a_file_outside_the_repo(monkeypatch: pytest.M
                         "[v]\nhf_repo = org/repo\nhf_file = sub/missing.gguf\n")
     for tier in stack.tiers:
         file = tier_file(tier)
-        assert file is not None and find_cached(file) is None
-    assert local_files(stack) == {"t": None, "u": None, "v": None}
-    config = build_swapper_config(stack, "/bin/llama-server", local_files(stack))
+        assert file is not None and HubCache(Settings.read().hub_cache).find_cached(file) is None
+    assert HubCache(Settings.read().hub_cache).local_files(stack) == {"t": None, "u": None, "v": None}
+    config = build_swapper_config(stack, "/bin/llama-server", HubCache(Settings.read().hub_cache).local_files(stack),
+                                  HubCache(Settings.read().hub_cache))
     for name in ("t", "u", "v"):
         argv = list(config.models[name].cmd)
         model = Path(argv[argv.index("-m") + 1])
@@ -230,8 +233,8 @@ def test_the_cache_root_is_where_huggingface_hub_writes(env: dict[str, str], tmp
 
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("HF_", "HUGGINGFACE_")) and k != "XDG_CACHE_HOME"}
-    probe = ("import os; from huggingface_hub import constants; from llmstack.hf_cache import "
-             "hub_cache_dir; print(os.path.abspath(constants.HF_HUB_CACHE)); print(hub_cache_dir())")
+    probe = ("import os; from huggingface_hub import constants; from llmstack.settings import "
+             "Settings; print(os.path.abspath(constants.HF_HUB_CACHE)); print(Settings.read().hub_cache)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          env={**clean, "NAME": "n", **{k: v.format(tmp=tmp_path) for k, v in env.items()}})
     theirs, ours = out.stdout.splitlines()

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmstack.config import TIER_NAME_MAX, ModelsIniError, parse_stack
+from llmstack.config.ini import ModelsIniError, parse_stack
+from llmstack.config.schema import TIER_NAME_MAX
 from swapper.config import ModelSpec, SwapperConfig
 from swapper.logring import MAX_NAME_CHARS, file_name, log_file
 from swapper.manager import Manager

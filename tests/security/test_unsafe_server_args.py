@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config import ModelsIniError, parse_stack
+from llmstack.config.ini import ModelsIniError, parse_stack
 
 TIER = "[e]\nhf_repo = org/repo\nhf_file = m.gguf\n"
 

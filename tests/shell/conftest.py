@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.demo import demo_text
+from llmstack.config.demo import demo_text
 
 ORIGINAL = {"OPENCODE_CONFIG": "/home/me/opencode.json",
             "LLMSTACK_MODELS_INI": "/home/me/o'dd path/models.ini"}

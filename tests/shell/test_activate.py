@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.shell import env_code, hook
+from llmstack.cli.shell import env_code, hook
+from llmstack.project.paths import Project
 from tests.shell.conftest import ORIGINAL, Shell
 
 VARS = ("OPENCODE_CONFIG", "LLMSTACK_WORK_DIR", "LLMSTACK_ACTIVE", "LLMSTACK_CHANNEL",
@@ -125,7 +126,7 @@ def test_powershell_hook_text(layout: dict[str, Path]) -> None:
     assert "Remove-Item \"Env:$v\"" in text and "$global:__LlmstackSaved[$v]" in text
     for name in VARS:
         assert f"'{name}'" in text
-    code = env_code("powershell", layout["root"])
+    code = env_code("powershell", Project(layout["root"]))
     assert f"$env:OPENCODE_CONFIG = '{layout['root'] / '.llmstack' / 'opencode.json'}'" in code
     assert "Remove-Item Env:LLMSTACK_REMOTE_URL -ErrorAction SilentlyContinue" in code
     assert "$global:__LlmstackLabel = '[llmstack:my proj]'" in code
@@ -134,10 +135,10 @@ def test_powershell_hook_text(layout: dict[str, Path]) -> None:
 def test_env_values_are_quoted_for_each_shell(tmp_path: Path) -> None:
     root = tmp_path / "it's $(here)"
     (root / ".llmstack").mkdir(parents=True)
-    assert f"export LLMSTACK_WORK_DIR='{tmp_path}/it'\\''s $(here)'" in env_code("bash", root)
-    assert f"set -gx LLMSTACK_WORK_DIR '{tmp_path}/it\\'s $(here)'" in env_code("fish", root)
-    assert f"$env:LLMSTACK_WORK_DIR = '{tmp_path}/it''s $(here)'" in env_code("powershell", root)
-    assert "[llmstack:it_s __here_]" in env_code("zsh", root)  # nothing a prompt expands
+    assert f"export LLMSTACK_WORK_DIR='{tmp_path}/it'\\''s $(here)'" in env_code("bash", Project(root))
+    assert f"set -gx LLMSTACK_WORK_DIR '{tmp_path}/it\\'s $(here)'" in env_code("fish", Project(root))
+    assert f"$env:LLMSTACK_WORK_DIR = '{tmp_path}/it''s $(here)'" in env_code("powershell", Project(root))
+    assert "[llmstack:it_s __here_]" in env_code("zsh", Project(root))  # nothing a prompt expands
 
 
 def test_the_hook_never_climbs_into_home(shell: Shell, layout: dict[str, Path]) -> None:

@@ -9,13 +9,17 @@ from typing import Any
 
 import pytest
 
-from llmstack.config import parse_stack
-from llmstack.stack_config import build_swapper_config
+from llmstack.config.ini import parse_stack
+from llmstack.models.hf_cache import HubCache
+from llmstack.serving.swapper_config import build_swapper_config
+from llmstack.settings import Settings
 from swapper.events import EventBus
 from swapper.metrics import reason_label
 from swapper.observe import Observer, RequestMeter, generated
 from swapper.reply import Reply
 from swapper.yaml_config import parse_yaml_config
+
+HUB = HubCache(Settings.read().hub_cache)
 
 LLAMA_LAST_CHUNK = (b'data: {"choices":[{"finish_reason":"stop","index":0,"delta":{}}],'
                     b'"usage":{"completion_tokens":12,"prompt_tokens":5,"total_tokens":17},'
@@ -32,7 +36,7 @@ def test_generated_reads_usage_and_timings_from_the_tail() -> None:
 @pytest.mark.parametrize("reason, label", [
     ("high-fidelity tokens~12<=12000", "high-fidelity"),
     ("long-context tokens~40000>32000 (user-turns=11>=10 floor)", "long-context"),
-    ("ultra-trigger->agent (code-ultra unavailable)", "ultra-trigger->agent"),
+    ("ultra-trigger->agent (no ultra tier)", "ultra-trigger->agent"),
     ("long-context tokens~9000>1 -> agent (fast ctx 8192 < 9000)", "long-context+context-fit"),
     ("mid-fidelity tokens~3<=32000 (session floor agent)", "mid-fidelity+session-floor"),
     ("", "other"),
@@ -77,7 +81,7 @@ def test_send_loading_state_is_switchable_per_model_in_yaml_and_models_ini() -> 
     stack = parse_stack("[fast]\nrole = fast\nhf_repo = r/x\nhf_file = f.gguf\n"
                         "send_loading_state = true\n[agent]\nrole = agent\nhf_repo = r/y\n"
                         "hf_file = g.gguf\nctx_size = 65536\n", "models.ini")
-    swapper = build_swapper_config(stack, "llama-server", {"fast": None, "agent": None})
+    swapper = build_swapper_config(stack, "llama-server", {"fast": None, "agent": None}, HUB)
     assert swapper.models["fast"].send_loading_state
     assert not swapper.models["agent"].send_loading_state
 

@@ -1,0 +1,1 @@
+"""``llmstack``: the command line, one module per verb group."""

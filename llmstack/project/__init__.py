@@ -1,0 +1,1 @@
+"""A project's llmstack state on disk, and its stack as a process (foreground or background)."""

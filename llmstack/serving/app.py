@@ -1,0 +1,401 @@
+"""The llmstack ASGI app: router endpoints composed over the swapper, in one process.
+
+A request flows app -> (auto? classify) -> tier -> ``manager.lease(tier)`` ->
+proxy stream back, with no second HTTP hop. Reload (POST /reload or SIGHUP)
+re-reads models.ini: unchanged tiers keep running, in-flight streams finish,
+and an invalid file keeps the old config and reports its file:line errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swapper.config import ConfigError, SwapperConfig
+from swapper.errors import ApiError, request_model, shown
+from swapper.http_app import SwapperApp, header, json_object, read_body
+from swapper.manager import Manager
+from swapper.observe import RequestMeter
+from swapper.proxy import Headers, Intercepted, Send
+from swapper.reply import (
+    DisconnectWatch,
+    Receive,
+    Reply,
+    Scope,
+    openai_error_body,
+    send_bytes,
+    send_json,
+)
+
+from ..config.ini import ModelsIniError, read_models_ini
+from ..config.schema import Stack
+from .hosted import CONTEXT_CODE, HostedTiers
+from .protocols import (
+    ANTHROPIC_PATHS,
+    CHAT,
+    ERROR_STATUSES,
+    ROUTED_PATHS,
+    TierName,
+    anthropic_error,
+    client_error,
+)
+from .routing import (
+    ContextTooLarge,
+    Decision,
+    NoRoutableTier,
+    RoutingTable,
+    SessionFloors,
+    classify,
+    estimate_tokens,
+    step_up,
+)
+from .routing_memo import RoutingMemo
+
+log = logging.getLogger("llmstack")
+# a too-long prompt: llama-server's error type, and the code hosted tiers answer with
+_CONTEXT_OVERFLOW = (b"exceed_context_size", CONTEXT_CODE.encode())
+SESSION_HEADERS = (b"x-session-affinity", b"x-session-id")
+HOSTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages"})
+"""The endpoints hosted (litellm) tiers answer."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One consistent generation of configuration."""
+
+    stack: Stack
+    table: RoutingTable
+    swapper: SwapperConfig
+    hosted: HostedTiers = field(default_factory=HostedTiers)
+    """The tiers litellm serves (hosted, multi-machine)."""
+
+
+Loader = Callable[[], Loaded]
+
+
+async def _until_disconnect(scope: Scope, receive: Receive, reply: Reply,
+                            answer: Callable[[Send], Awaitable[None]]) -> ApiError | None:
+    """Run ``answer`` (a litellm-served reply), cancelled if the client leaves first, so a
+    hosted provider stops generating (and billing); its ApiError is returned, not raised."""
+    watch = DisconnectWatch(scope, receive, reply)
+    try:
+        await answer(reply.send)
+    except ApiError as error:
+        return error
+    except asyncio.CancelledError:
+        if not watch.disconnected:
+            raise
+    finally:
+        watch.close()
+    return None
+
+
+def _anthropic_body(error: ApiError) -> bytes:
+    """The Messages endpoints: the router's own errors in Anthropic's shape too."""
+    return anthropic_error(error.status, error.message)
+
+
+def _tier_headers(tier: str, tokens: int) -> Headers:
+    return [(b"x-llmstack-tokens", str(tokens).encode()), (b"x-llmstack-tier", tier.encode())]
+
+
+class LLMStackApp:
+    """One ASGI app: /models.ini, /v1/models with ``auto``, auto routing, reload, and the swapper."""
+
+    def __init__(self, loader: Loader, models_ini: Path | None, swapper: SwapperApp,
+                 loaded: Loaded) -> None:
+        self.loader = loader
+        self.models_ini = models_ini
+        self.swapper = swapper
+        self.loaded = loaded
+        # hosted tiers and "auto" are metric labels too (not in the swapper's config)
+        swapper.status_api.metrics.per_request.known = (
+            lambda name: name == "auto" or self.loaded.stack.tier(name) is not None)
+        self.floors = SessionFloors()
+        self.routing_memo = RoutingMemo()
+        self.shutdown_hooks: list[Callable[[], None]] = []
+        """Run after the models are stopped (uvicorn re-raises SIGTERM, so no finally runs)."""
+
+    @property
+    def manager(self) -> Manager:
+        return self.swapper.manager
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            render = _anthropic_body if scope["path"] in ANTHROPIC_PATHS else openai_error_body
+            await self.swapper.serve_http(scope, receive, send, self._route, render)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.swapper.startup()
+                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_quietly()))
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                loop.remove_signal_handler(signal.SIGHUP)
+                await self.swapper.shutdown()
+                for hook in self.shutdown_hooks:
+                    hook()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and path in ROUTED_PATHS:
+            await self._completion(scope, receive, send, path)
+        elif method == "GET" and path in ("/v1/models", "/models"):
+            rows = self.model_list()
+            await self._add_backend_health(rows)
+            await send_json(send, 200, {"object": "list", "data": rows})
+        elif method == "GET" and path.startswith("/v1/models/"):
+            await send_json(send, 200, self.model_entry(path.removeprefix("/v1/models/")))
+        elif method == "GET" and path == "/models.ini":
+            await self._models_ini(send)
+        elif method == "POST" and path == "/reload":
+            changed = await self.reload()
+            await send_json(send, 200, {"reloaded": True, "restarted": changed})
+        else:
+            await self.swapper.route(scope, receive, send)
+
+    async def _models_ini(self, send: Send) -> None:
+        try:
+            text = read_models_ini(self.models_ini) if self.models_ini is not None else None
+        except FileNotFoundError:
+            text = None
+        except ModelsIniError as exc:
+            raise ApiError(500, f"models.ini cannot be read: {exc}") from None
+        if text is None:
+            raise ApiError(404, "no models.ini: llmstack is serving the built-in demo stack "
+                                "(set LLMSTACK_MODELS_INI or pass --models-ini)")
+        await send_bytes(send, 200, text.encode(), "text/plain; charset=utf-8")
+
+    async def _add_backend_health(self, rows: list[dict[str, Any]]) -> None:
+        """Multi-machine tiers' rows list each backend's health."""
+        hosted = self.loaded.hosted
+        health = dict(zip(hosted.backends, await asyncio.gather(
+            *(b.health() for b in hosted.backends.values())), strict=True))
+        for row in rows:
+            if row.get("tier") in health:
+                row["backends"] = health[row["tier"]]
+
+    def model_list(self) -> list[dict[str, Any]]:
+        """``auto`` first, then every tier and its aliases."""
+        table = self.loaded.table
+        rungs = "/".join(r.name for r in table.rungs if r is not None)
+        rows: list[dict[str, Any]] = [{
+            "id": "auto", "object": "model", "created": 0, "owned_by": "llmstack",
+            "name": f"Auto (step-down router: {rungs})",
+            "description": table.describe(),
+        }]
+        for tier in self.loaded.stack.tiers:
+            base = {"object": "model", "created": 0, "owned_by": "llmstack", "tier": tier.name,
+                    "role": tier.role, "backend": tier.backend, "context_length": tier.ctx_size,
+                    "max_output_tokens": tier.max_output_tokens,
+                    **({"hosted_model": tier.model} if tier.backend == "litellm" else {})}
+            rows.append({"id": tier.name, "name": tier.description or tier.name, **base})
+            rows += [{"id": alias, "name": f"{tier.description or tier.name} (alias of {tier.name})",
+                      **base} for alias in tier.effective_aliases]
+        return rows
+
+    def model_entry(self, model_id: str) -> dict[str, Any]:
+        """``GET /v1/models/{id}``: the row of ``auto``, a tier or an alias; 404 otherwise."""
+        row = next((r for r in self.model_list() if r["id"] == model_id), None)
+        if row is None:
+            raise ApiError(404, f"model '{shown(model_id)}' not found", "model_not_found")
+        return row
+
+    def _named(self, model: Any) -> str:
+        model = request_model(model)
+        found = self.loaded.stack.tier(model)
+        tier = found.name if found else model
+        self.manager.bus.publish("named", tier=tier, model=model)
+        return tier
+
+    def _serving_tier(self, job: str, path: str) -> str:
+        """``auto`` on an embeddings or rerank endpoint: the first tier with that role."""
+        tier = self.loaded.stack.first_with_role(job)
+        if tier is None:
+            raise ApiError(404, f"model 'auto' cannot route {path}: no tier has role = {job}; "
+                                "add one to models.ini or ask for a model by name",
+                           "model_not_found")
+        self.manager.bus.publish("routed", tier=tier.name, reason=f"role {job}", tokens=0)
+        return tier.name
+
+    async def _completion(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        body = await read_body(scope, receive, self.swapper.max_body)
+        started = time.perf_counter()  # a refusal's record is timed from here
+        data = json_object(body)
+        model = data.get("model")
+        job = ROUTED_PATHS[path]
+        if model not in (None, "", "auto") or job != CHAT:
+            tier = self._named(model) if model not in (None, "", "auto") else (
+                self._serving_tier(job, path))
+            extra = _tier_headers(tier, estimate_tokens(data, self.routing_memo.for_body(body)))
+            context = ({"asked": model, "reason": "asked by name"}
+                       if model not in (None, "", "auto") else {"asked": "auto", "reason": f"role {job}"})
+            refused = await self._serve_tier(scope, receive, send, path, tier, body, data, extra,
+                                             ERROR_STATUSES, context)
+            if refused is not None:
+                await self._refuse(scope, send, client_error(refused, path, tier), extra,
+                                   RequestMeter(self.manager.bus, tier, path, context, started))
+            return
+        session = self._session(scope)
+        try:
+            decision = self._route_auto(session, data, body)
+        except ApiError as error:  # the router's own refusal (e.g. too long for every tier)
+            RequestMeter(self.manager.bus, "auto", path, {"asked": "auto", "reason": error.code
+                         or "refused"}, started).finish(Reply.of(scope, send), error.status)
+            raise
+        tier = decision.tier if path in HOSTED_PATHS else self._local_rung(decision.tier, data)
+        while True:
+            # llama-server ignores "model" (it answers with its alias), so the client's bytes
+            # go upstream unchanged; hosted tiers read the rewritten dict.
+            data["model"] = tier
+            extra = _tier_headers(tier, decision.estimated_tokens)
+            context = {"asked": "auto", "reason": decision.reason,
+                       "estimate": decision.estimated_tokens}
+            refused = await self._serve_tier(scope, receive, send, path, tier, body, data,
+                                             extra, intercept=ERROR_STATUSES, context=context)
+            if refused is None:
+                return
+            overflow = refused.status == 400 and any(m in refused.body for m in _CONTEXT_OVERFLOW)
+            bigger = step_up(self.loaded.table, tier) if overflow else None
+            if bigger is None:
+                await self._refuse(scope, send, client_error(refused, path, tier), extra,
+                                   RequestMeter(self.manager.bus, tier, path, context, started))
+                return
+            self.manager.bus.publish("context_step_up", from_tier=tier, to_tier=bigger,
+                                     tokens=decision.estimated_tokens)
+            if session:
+                self.floors.record(session, bigger)
+            tier = bigger
+
+    async def _refuse(self, scope: Scope, send: Send, answer: Intercepted,
+                      extra: Headers, meter: RequestMeter) -> None:
+        """Send a held-back answer with the tier headers (an SSE error once loading began),
+        metered like any answered request (timed from the request's start)."""
+        await self.swapper.send_intercepted(
+            scope, send, Intercepted(answer.status, answer.body, answer.headers + extra))
+        meter.finish(Reply.of(scope, send), answer.status)
+
+    async def _serve_tier(self, scope: Scope, receive: Receive, send: Send, path: str, name: str,
+                          body: bytes, data: dict[str, Any],
+                          extra: Iterable[tuple[bytes, bytes]] = (),
+                          intercept: frozenset[int] = frozenset(),
+                          context: dict[str, Any] | None = None) -> Intercepted | None:
+        """One tier answers: hosted through litellm, local through the swapper."""
+        tier = self.loaded.stack.tier(name)
+        if tier is not None and tier.backend == "litellm":
+            if path not in HOSTED_PATHS:
+                raise ApiError(400, f"tier '{name}' is hosted; hosted tiers answer "
+                                    f"{', '.join(sorted(HOSTED_PATHS))} only, not {path}",
+                               "unsupported_endpoint")
+            return await self._serve_hosted(scope, receive, send, path, tier.name, body, data,
+                                            list(extra), intercept, context)
+        spec = self.loaded.swapper.models.get(name)
+        if spec is not None and "missing_file" in spec.metadata:
+            repo, file = spec.metadata["missing_file"]
+            raise ApiError(503, f"tier '{name}': {repo}/{file} is not downloaded; "
+                                f"run: llmstack download {name}",
+                           "model_not_downloaded")
+        return await self.swapper.serve_model(scope, receive, send, name, body, path,
+                                              TierName(name), extra, data, intercept, context)
+
+    async def _serve_hosted(self, scope: Scope, receive: Receive, send: Send, path: str,
+                            name: str, body: bytes, data: dict[str, Any], extra: Headers,
+                            intercept: frozenset[int],
+                            context: dict[str, Any] | None) -> Intercepted | None:
+        """litellm answers (chat, or Anthropic Messages); a failure may fall back to the
+        tier's ``fallback``; a context overflow in ``intercept`` is returned for a step-up."""
+        tier = self.loaded.stack.tier(name)
+        assert tier is not None
+        hosted = self.loaded.hosted
+        meter = RequestMeter(self.manager.bus, name, path, context)
+        reply = Reply.of(scope, send)
+        session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+        if path == "/v1/messages":
+            error = await _until_disconnect(scope, receive, reply, lambda out: hosted.messages(
+                tier, data, out, extra))
+        else:
+            error = await _until_disconnect(scope, receive, reply, lambda out: hosted.chat(
+                tier, data, out, extra, session))
+        if error is None:
+            meter.finish(reply)
+            return None
+        if error.status in intercept and error.code == CONTEXT_CODE:  # held back, not answered:
+            return Intercepted(error.status, error.body(),  # the caller meters what it sends
+                               [(b"content-type", b"application/json")])
+        meter.finish(reply, 0 if reply.complete else error.status)
+        if tier.fallback is None or (error.status < 500 and error.status != 429):
+            raise error
+        self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,
+                                 error=error.message.splitlines()[0])
+        data["model"] = tier.fallback
+        return await self._serve_tier(scope, receive, send, path, tier.fallback, body,
+                                      data, extra, intercept, context)
+
+    def _session(self, scope: Scope) -> str:
+        """The agent session id (opencode sends both headers), "" when sticky routing is off."""
+        if not self.loaded.table.sticky_sessions:
+            return ""
+        return next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+
+    def _local_rung(self, chosen: str, data: dict[str, Any]) -> str:
+        """For an endpoint hosted tiers do not serve: ``chosen`` if it is local, else the
+        highest local rung whose window holds the request (``chosen`` when none does)."""
+        stack, table = self.loaded.stack, self.loaded.table
+        tier = stack.tier(chosen)
+        if tier is None or tier.backend != "litellm":
+            return chosen
+        needed = estimate_tokens(data)
+        local = (r for r in reversed(table.rungs) if r is not None and r.fits(needed)
+                 and (t := stack.tier(r.name)) is not None and t.backend == "gguf")
+        return next((r.name for r in local), chosen)
+
+    def _route_auto(self, session: str, data: dict[str, Any], body: bytes) -> Decision:
+        table = self.loaded.table
+        floor = self.floors.floor(session) if session else None
+        try:
+            decision = classify(data, table, floor, self.routing_memo.for_body(body))
+        except ContextTooLarge as exc:
+            raise ApiError(400, str(exc), "context_length_exceeded",
+                           {"x-llmstack-tokens": str(exc.estimated_tokens)}) from None
+        except NoRoutableTier as exc:
+            raise ApiError(404, f"model 'auto' cannot route: {exc}") from None
+        if session:
+            self.floors.record(session, decision.tier)
+        self.manager.bus.publish("routed", tier=decision.tier, reason=decision.reason,
+                                 tokens=decision.estimated_tokens)
+        return decision
+
+    async def _reload_quietly(self) -> None:
+        """SIGHUP: reload, logging instead of answering."""
+        try:
+            changed = await self.reload()
+            log.info("reloaded models.ini; restarted: %s", ", ".join(changed) or "nothing")
+        except ApiError as error:
+            log.error("%s", error.message)
+
+    async def reload(self) -> list[str]:
+        """Re-read models.ini; keep the old config (and answer 400) if the new one is invalid."""
+        try:
+            loaded = await asyncio.to_thread(self.loader)
+            changed = self.manager.reconfigure(loaded.swapper)
+            loaded.hosted.carry_over(self.loaded.hosted)
+        except (ModelsIniError, ConfigError, OSError) as exc:
+            self.manager.bus.publish("reload_failed", error=str(exc))
+            raise ApiError(400, f"models.ini not reloaded, old config kept:\n{exc}",
+                           "invalid_config") from None
+        self.loaded = loaded
+        self.floors = SessionFloors()
+        return changed

@@ -1,0 +1,428 @@
+"""Auto routing: choose the tier for a request whose model is "auto".
+
+Pure and allocation-light: no I/O, no logging, no whole-body ``json.dumps``.
+
+The ladder has three rungs, found by role in models.ini, from low to high:
+fast < agent < ultra. :func:`classify` applies the original step-down rules
+(first match wins) and keeps their reason strings:
+
+1. an ultra trigger in the last user message or a string system prompt
+   -> ultra (``ultra-trigger``), or agent when there is no ultra tier;
+2. estimate <= high_fidelity_ceiling -> ultra, or agent when there is none;
+3. estimate <= mid_fidelity_ceiling -> agent;
+4. at least multi_turn user turns -> agent;
+5. otherwise -> fast.
+
+Then, in this order:
+
+* a missing rung is replaced by the nearest rung below it, else the nearest
+  above it; the reason gets `` (no <role> tier)``: a reason names only tiers the
+  stack has;
+* context fit: a tier whose ctx_size (when > 0; 0 means "model default" and
+  always fits) is below estimate + requested output tokens is skipped upwards
+  (fast -> agent -> ultra), then downwards if nothing above fits; the reason
+  gets `` -> <tier> (<skipped> ctx N < need)``. If no rung fits,
+  :class:`ContextTooLarge` is raised;
+* session floor: a decision below the session's previous tier is raised to
+  it (reason `` (session floor <tier>)``), unless that tier cannot hold the
+  request.
+
+The estimate is characters // 4 over: ``prompt`` (a string or a list of
+strings), message contents (strings, and ``text`` parts of part lists),
+assistant ``tool_calls`` / ``function_call`` names and arguments, and the
+compact JSON of ``tools`` / ``functions``; plus a flat IMAGE_TOKENS per image
+part. Anthropic Messages add ``system`` (a string or text blocks) and
+``tool_use`` (name and input JSON) / ``tool_result`` blocks; the Responses API
+adds ``instructions`` and ``input`` (a string, or items: messages with
+``input_text`` / ``output_text`` / ``input_image`` parts, ``function_call`` and
+``function_call_output``). A user message made only of tool results is no user
+turn. Requested output is ``max_completion_tokens``, else ``max_tokens``, else
+``max_output_tokens``, else 0 (a tier's own output limit is not assumed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..config.schema import Stack
+from .lru import Lru
+
+if TYPE_CHECKING:
+    from .routing_memo import BodyMemo
+
+LADDER: tuple[str, ...] = ("fast", "agent", "ultra")
+"""Rung roles from low to high."""
+IMAGE_TOKENS = 768
+"""Flat token estimate per image part (roughly one 768x768 image tile set)."""
+_IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+_FAST, _AGENT, _ULTRA = range(3)
+
+ULTRA_TRIGGER = re.compile(
+    r"\[(?:ultra|opus)\]|^[ \t]*(?:ultra|opus)\s*:", re.IGNORECASE | re.MULTILINE
+)
+# Request bodies come from json.loads, so they cannot be cyclic; skipping the check saves ~10 %.
+_encode_json = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, check_circular=False, default=str
+).encode
+
+
+class ContextTooLarge(ValueError):
+    """No rung tier can hold the request (HTTP 400 ``context_length_exceeded``)."""
+
+    def __init__(self, estimated_tokens: int, largest_ctx: int, max_tokens: int = 0) -> None:
+        self.estimated_tokens = estimated_tokens
+        self.largest_ctx = largest_ctx
+        self.max_tokens = max_tokens
+        output = f" plus {max_tokens} output tokens" if max_tokens else ""
+        # Worded for clients' context-window classifiers: litellm's
+        # ExceptionCheckers.is_error_str_context_window_exceeded
+        # (litellm/litellm_core_utils/exception_mapping_utils.py) matches "this model's maximum
+        # context length is" (OpenAI's own wording) and "prompt is too long" (Anthropic's, which
+        # Claude Code matches too); the openai SDK exposes the code context_length_exceeded.
+        super().__init__(
+            f"This model's maximum context length is {largest_ctx} tokens (the largest "
+            f"context window of any tier), but this request needs about {estimated_tokens} "
+            f"input tokens{output}: prompt is too long"
+        )
+
+
+class NoRoutableTier(LookupError):
+    """The stack has no fast, agent or ultra tier, so "auto" cannot route."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where an auto request goes and why."""
+
+    tier: str
+    reason: str
+    estimated_tokens: int
+
+
+@dataclass(frozen=True)
+class Rung:
+    """A tier on the ladder."""
+
+    name: str
+    ctx_size: int = 0
+
+    def fits(self, needed_tokens: int) -> bool:
+        """Whether the context window holds this many tokens (0 = unknown, assume yes)."""
+        return self.ctx_size == 0 or needed_tokens <= self.ctx_size
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """Rung tiers and thresholds, built once per Stack."""
+
+    fast: Rung | None = None
+    agent: Rung | None = None
+    ultra: Rung | None = None
+    high_fidelity_ceiling: int = Stack.high_fidelity_ceiling
+    mid_fidelity_ceiling: int = Stack.mid_fidelity_ceiling
+    multi_turn: int = Stack.multi_turn
+    sticky_sessions: bool = Stack.sticky_sessions
+
+    @classmethod
+    def from_stack(cls, stack: Stack) -> RoutingTable:
+        """The first tier of each rung role, and the [ROUTING] settings."""
+        rungs = {}
+        for role in LADDER:
+            tier = stack.first_with_role(role)
+            rungs[role] = Rung(tier.name, tier.ctx_size) if tier else None
+        return cls(
+            **rungs,
+            high_fidelity_ceiling=stack.high_fidelity_ceiling,
+            mid_fidelity_ceiling=stack.mid_fidelity_ceiling,
+            multi_turn=stack.multi_turn,
+            sticky_sessions=stack.sticky_sessions,
+        )
+
+    @cached_property
+    def rungs(self) -> tuple[Rung | None, Rung | None, Rung | None]:
+        """(fast, agent, ultra), None where the stack has no such tier."""
+        return self.fast, self.agent, self.ultra
+
+    def rung_name(self, index: int) -> str:
+        """The tier name of a present rung."""
+        rung = self.rungs[index]
+        assert rung is not None, LADDER[index]
+        return rung.name
+
+    def describe(self) -> str:
+        """The ladder in words (``auto``'s description), naming only tiers the stack has."""
+        if not any(self.rungs):
+            return "no tier has role fast, agent or ultra: ask for a model by name"
+
+        def to(index: int) -> str:
+            return self.rung_name(_nearest_present(self, index))
+
+        high = f"{to(_ULTRA)} or {to(_AGENT)}" if self.ultra else to(_AGENT)
+        return (f"<= {self.high_fidelity_ceiling} tokens -> {high}; <= "
+                f"{self.mid_fidelity_ceiling} -> {to(_AGENT)}; >= {self.multi_turn} user turns "
+                f"-> {to(_AGENT)}; else {to(_FAST)}. [ultra] or [opus] forces the ultra tier.")
+
+
+class SessionFloors(Lru[str, str]):
+    """Bounded LRU of session id -> the tier last chosen for it."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        super().__init__(max_entries)
+
+    def floor(self, session_id: str) -> str | None:
+        """The session's tier, or None for an unknown session."""
+        return self.get(session_id)
+
+    def record(self, session_id: str, tier: str) -> None:
+        """Remember the tier chosen for the session, evicting the oldest session if full."""
+        self.put(session_id, tier)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _parts_size(parts: list[Any]) -> tuple[int, int, list[str]]:
+    """(chars, images, texts) of a content-part list; ``texts`` are the text parts only."""
+    chars, images, texts = 0, 0, []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in _TEXT_PARTS:
+            text = part.get("text")
+            if isinstance(text, str):
+                chars += len(text)
+                texts.append(text)
+        elif kind in _IMAGE_PARTS:
+            images += 1
+        elif kind == "tool_use":
+            chars += _call_chars(part) + len(_encode_json(part.get("input")))
+        elif kind == "tool_result":
+            chars, images = _add_output(part.get("content"), chars, images)
+    return chars, images, texts
+
+
+def _add_output(output: Any, chars: int, images: int) -> tuple[int, int]:
+    """A tool result (a string or nested parts) added to (chars, images)."""
+    if isinstance(output, str):
+        return chars + len(output), images
+    if isinstance(output, list):
+        more_chars, more_images, _ = _parts_size(output)
+        return chars + more_chars, images + more_images
+    return chars, images
+
+
+def _call_chars(function: Any) -> int:
+    if not isinstance(function, dict):
+        return 0
+    return sum(
+        len(v) for v in (function.get("name"), function.get("arguments")) if isinstance(v, str)
+    )
+
+
+class _Measure(NamedTuple):
+    """What one pass over the request body finds."""
+
+    tokens: int
+    user_turns: int
+    triggered: bool
+
+
+def _measure(body: Mapping[str, Any], memo: BodyMemo | None = None,
+             triggers: bool = True) -> _Measure:
+    """Estimate input tokens, count user turns and (with ``triggers``) look for an ultra
+    trigger.
+
+    ``memo`` remembers the parts an agent repeats every turn (:mod:`llmstack.serving.routing_memo`).
+    """
+    chars = images = user_turns = 0
+    trigger_texts: list[str] = []
+    last_user: list[str] = []
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    elif isinstance(prompt, list):
+        chars += sum(len(p) for p in prompt if isinstance(p, str))
+    for system in (body.get("system"), body.get("instructions")):  # Anthropic, Responses
+        if isinstance(system, str):
+            chars += len(system)
+            trigger_texts.append(system)
+        elif isinstance(system, list):
+            part_chars, _, system_texts = _parts_size(system)
+            chars += part_chars
+            trigger_texts += system_texts
+    messages = body.get("messages")
+    items = body.get("input")  # Responses: a string or a list of items
+    if isinstance(items, str):
+        chars += len(items)
+        user_turns, last_user = 1, [items]
+    elif isinstance(items, list):
+        messages = items
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, dict):
+            continue
+        role, content = message.get("role"), message.get("content")
+        texts: list[str] = []
+        part_images = 0
+        if isinstance(content, str):
+            chars += len(content)
+            texts = [content]
+            if role == "system":
+                trigger_texts.append(content)
+        elif isinstance(content, list):
+            part_chars, part_images, texts = _parts_size(content)
+            chars += part_chars
+            images += part_images
+        if role == "user" and (texts or part_images or not isinstance(content, list)):
+            user_turns += 1
+            last_user = texts
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            chars += sum(_call_chars(c.get("function")) for c in calls if isinstance(c, dict))
+        chars += _call_chars(message.get("function_call"))
+        if role is None:  # Responses items: function_call, function_call_output
+            chars += _call_chars(message)
+            chars, images = _add_output(message.get("output"), chars, images)
+    for key in ("tools", "functions"):
+        schemas = body.get(key)
+        if schemas:
+            chars += memo.json_chars(key, schemas, _json_chars) if memo else _json_chars(schemas)
+    tokens = chars // 4 + images * IMAGE_TOKENS
+    if not triggers:
+        return _Measure(tokens, user_turns, False)
+    trigger_texts += last_user
+    scan = _has_trigger if memo is None else lambda text: memo.has_trigger(text, _has_trigger)
+    return _Measure(tokens, user_turns, any(map(scan, trigger_texts)))
+
+
+def _json_chars(value: Any) -> int:
+    return len(_encode_json(value))
+
+
+def estimate_tokens(body: Mapping[str, Any], memo: BodyMemo | None = None) -> int:
+    """The input-token estimate :func:`classify` routes by (chars // 4 plus images); no
+    trigger scan (a named request is not routed)."""
+    return _measure(body, memo, triggers=False).tokens
+
+
+def _has_trigger(text: str) -> bool:
+    # The substring test is much cheaper than the regex on a 20 KB system prompt.
+    lowered = text.lower()
+    return ("ultra" in lowered or "opus" in lowered) and ULTRA_TRIGGER.search(text) is not None
+
+
+def _requested_output(body: Mapping[str, Any]) -> int:
+    """``max_completion_tokens``, else ``max_tokens``, else ``max_output_tokens``, else 0
+    (non-integers count as absent)."""
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return 0
+
+
+# --------------------------------------------------------------------------- deciding
+
+
+def _ladder(table: RoutingTable, m: _Measure) -> tuple[int, str]:
+    """The original step-down rules: (rung index, reason)."""
+    unavailable = "" if table.ultra else _missing(_ULTRA)
+    top = _ULTRA if table.ultra else _AGENT
+    high, mid, est = table.high_fidelity_ceiling, table.mid_fidelity_ceiling, m.tokens
+    if m.triggered:
+        return top, "ultra-trigger" if table.ultra else "ultra-trigger->agent" + unavailable
+    if est <= high:
+        return top, f"high-fidelity tokens~{est}<={high}{unavailable}"
+    if est <= mid:
+        return _AGENT, f"mid-fidelity tokens~{est}<={mid}"
+    if m.user_turns >= table.multi_turn:
+        turns = f"user-turns={m.user_turns}>={table.multi_turn}"
+        return _AGENT, f"long-context tokens~{est}>{mid} ({turns} floor)"
+    return _FAST, f"long-context tokens~{est}>{mid}"
+
+
+def _search_order(index: int, upwards_first: bool) -> list[int]:
+    below, above = list(range(index - 1, -1, -1)), list(range(index + 1, len(LADDER)))
+    return [index, *above, *below] if upwards_first else [index, *below, *above]
+
+
+def _missing(index: int) -> str:
+    """The reason's note for a rung the stack has no tier for (it names the role, never a
+    tier the stack does not have)."""
+    return f" (no {LADDER[index]} tier)"
+
+
+def _nearest_present(table: RoutingTable, index: int) -> int:
+    """The rung itself when present, else the nearest present one, below first."""
+    for candidate in _search_order(index, upwards_first=False):
+        if table.rungs[candidate]:
+            return candidate
+    raise NoRoutableTier("no tier has role fast, agent or ultra; ask for a model by name")
+
+
+def _present(table: RoutingTable, index: int, reason: str) -> tuple[int, str]:
+    """Replace a missing rung by the nearest present one, below first."""
+    candidate = _nearest_present(table, index)
+    return candidate, reason + ("" if candidate == index else _missing(index))
+
+
+def _fit(table: RoutingTable, index: int, est: int, max_tokens: int) -> tuple[int, str]:
+    """The first present rung, upwards then downwards, whose context holds the request."""
+    needed = est + max_tokens
+    skipped: list[str] = []
+    for candidate in _search_order(index, upwards_first=True):
+        rung = table.rungs[candidate]
+        if rung is None:
+            continue
+        if rung.fits(needed):
+            return candidate, f" -> {rung.name} ({', '.join(skipped)})" if skipped else ""
+        skipped.append(f"{rung.name} ctx {rung.ctx_size} < {needed}")
+    largest = max(r.ctx_size for r in table.rungs if r)
+    raise ContextTooLarge(est, largest, max_tokens)
+
+
+def classify(
+    body: Mapping[str, Any], table: RoutingTable, session_floor: str | None = None,
+    memo: BodyMemo | None = None,
+) -> Decision:
+    """Pick the tier for an auto-routed chat or completion request body.
+
+    ``session_floor`` is the tier this agent session was last routed to (see
+    SessionFloors). Messages and content parts are read only when they are
+    dicts, as json.loads makes them. Raises ContextTooLarge when no rung tier
+    can hold the request, and NoRoutableTier when the stack has no rung tiers.
+    ``memo`` (the request's raw bytes bound) saves repeated work across turns.
+    """
+    m = _measure(body, memo)
+    index, reason = _present(table, *_ladder(table, m))
+    max_tokens = _requested_output(body)
+    index, suffix = _fit(table, index, m.tokens, max_tokens)
+    reason += suffix
+    for above in range(index + 1, len(LADDER)):
+        rung = table.rungs[above]
+        if rung and rung.name == session_floor and rung.fits(m.tokens + max_tokens):
+            index, reason = above, f"{reason} (session floor {session_floor})"
+    return Decision(table.rung_name(index), reason, m.tokens)
+
+
+def step_up(table: RoutingTable, tier: str) -> str | None:
+    """The next rung up the ladder with a larger context window than ``tier``'s, if any.
+
+    Used when the chosen tier's server refuses an auto-routed request as too long
+    for its window: the chars/4 estimate undercounts some texts (code, CJK).
+    """
+    index = next((i for i, rung in enumerate(table.rungs) if rung and rung.name == tier), None)
+    if index is None:
+        return None
+    current = table.rungs[index]
+    assert current is not None
+    for rung in table.rungs[index + 1:]:
+        if rung is not None and (rung.ctx_size == 0 or rung.ctx_size > current.ctx_size > 0):
+            return rung.name
+    return None

@@ -1,0 +1,149 @@
+"""models.ini tiers -> a swapper config: llama-server command lines and the residency policy.
+
+Residency, from roles: the fast tier stays resident (preloaded, never unloaded
+by TTL), and at most one heavy tier runs beside it; the plan and
+plan-uncensored tiers may co-reside with fast. Eviction cost follows size. Every
+tier's memory (weights plus KV cache for its context) is checked against
+``memory_budget_mb`` so a models.ini whose allowed sets cannot fit is refused.
+Hosted tiers have no process: they cost nothing and co-reside with everything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from swapper.config import Matrix, ModelSpec, SwapperConfig, Timeouts
+
+from ..config.schema import SERVING_ROLES, Stack, Tier
+from ..models.gguf_info import kv_cache_bytes, read_gguf_info, tier_memory_mb
+from ..models.hf_cache import HubCache
+
+log = logging.getLogger("llmstack")
+HEALTH_CHECK_TIMEOUT = 600.0
+# llama-swap's default of 10 queued + in-flight requests per model is low for an agent
+# with parallel subagents; llama-server queues what its slots cannot take yet.
+TIER_CONCURRENCY_LIMIT = 64
+_ROLE_VARS = {"fast": "f", "agent": "c", "plan": "p", "plan-uncensored": "u"}
+_SAMPLER_FLAGS = (("temp", "--temp"), ("top_p", "--top-p"), ("top_k", "--top-k"),
+                  ("min_p", "--min-p"), ("rep_pen", "--repeat-penalty"))
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and value >= 1 else repr(float(value))
+
+
+def llama_server_argv(stack: Stack, tier: Tier, server: str, model_file: Path) -> tuple[str, ...]:
+    """The llama-server command line of one GGUF tier (samplers in the original's order), then
+    ``--embeddings`` / ``--reranking`` for those roles and the tier's ``llama_server_args``."""
+    argv = [server, "--host", "127.0.0.1", "--port", "${PORT}",
+            "-ngl", str(stack.n_gpu_layers), "-fa", stack.flash_attn]
+    if stack.jinja:
+        argv.append("--jinja")
+    argv += ["--cache-type-k", stack.cache_type_k, "--cache-type-v", stack.cache_type_v,
+             "--threads", str(stack.threads), "--no-warmup", "-lm", "none",
+             "-m", str(model_file), "--alias", tier.name, "-c", str(tier.ctx_size)]
+    if tier.max_output_tokens:  # caps every request's generation, max_tokens or not
+        argv += ["-n", str(tier.max_output_tokens)]
+    if tier.rope_scaling is not None:
+        scale, orig_ctx = tier.rope_scaling
+        argv += ["--rope-scaling", "yarn", "--rope-scale", _number(scale), "--yarn-orig-ctx", str(orig_ctx)]
+    sampler = dict(tier.sampler)
+    for name, flag in _SAMPLER_FLAGS:
+        if name in sampler:
+            value = sampler[name]
+            argv += [flag, str(int(value)) if name == "top_k" else repr(float(value))]
+    if tier.role in SERVING_ROLES:
+        argv.append(SERVING_ROLES[tier.role])
+    return (*argv, *tier.llama_server_args)
+
+
+def tier_memory(stack: Stack, tier: Tier, model_file: Path | None) -> float:
+    """Weights plus KV cache in MB: from the GGUF when present, else ``size_gb``."""
+    if model_file is not None and model_file.exists():
+        try:
+            info = read_gguf_info(model_file)
+        except (OSError, ValueError, IndexError, KeyError) as exc:  # partial or foreign file
+            log.warning("cannot read GGUF metadata of %s (%s); using size_gb", model_file, exc)
+            return (tier.size_gb or 0.0) * 1024
+        ctx = tier.ctx_size or info.context_length
+        kv = kv_cache_bytes(info, ctx, stack.cache_type_k, stack.cache_type_v)
+        return float(tier_memory_mb(info.file_size_bytes, kv))
+    return (tier.size_gb or 0.0) * 1024
+
+
+def tier_timeouts(stack: Stack, tier: Tier) -> Timeouts:
+    """The tier's upstream timeouts: its own keys, else [DEFAULT]'s."""
+    response = stack.response_timeout if tier.response_timeout is None else tier.response_timeout
+    idle = stack.idle_timeout if tier.idle_timeout is None else tier.idle_timeout
+    return Timeouts(response=float(response), idle=float(idle))
+
+
+def _evict_cost(tier: Tier) -> int:
+    return min(30, max(1, round((tier.size_gb if tier.size_gb is not None else 5.0) / 1.5)))
+
+
+def residency_matrix(local: list[Tier]) -> Matrix | None:
+    """Fast stays; one heavy tier beside it; plan and plan-uncensored may share with fast.
+    Embedding and rerank tiers (small, and called between chats) run beside every set."""
+    if not local:
+        return None
+    names: dict[str, str] = {}
+    for index, tier in enumerate(local):
+        var = _ROLE_VARS.get(tier.role, "")
+        names[tier.name] = var if var and var not in names.values() else f"t{index}"
+    fast = next((t for t in local if names[t.name] == "f"), None)
+    serving = [names[t.name] for t in local if t.role in SERVING_ROLES]
+    sets: dict[str, str] = {}
+    for tier in local:
+        if tier is fast or tier.role in SERVING_ROLES:
+            continue
+        var = names[tier.name]
+        label = (tier.role if var in _ROLE_VARS.values() else tier.name).replace("-", "_")
+        sets[f"{label}_with_fast" if fast else label] = f"f & {var}" if fast else var
+    plans = [names[t.name] for t in local if names[t.name] in ("p", "u")]
+    if len(plans) == 2:
+        sets["all_chats_with_fast" if fast else "all_chats"] = " & ".join((["f"] if fast else []) + plans)
+    if not sets and fast is not None:
+        sets["fast_alone"] = "f"
+    if serving:
+        sets = {name: " & ".join([members, *serving]) for name, members in sets.items()}
+        sets = sets or {"serving": " & ".join(serving)}
+    return Matrix(vars={v: n for n, v in names.items()},
+                  evict_costs={names[t.name]: _evict_cost(t) for t in local}, sets=sets)
+
+
+def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | None],
+                         hub: HubCache, log_dir: str = "") -> SwapperConfig:
+    """The swapper config for a stack; ``files`` maps each GGUF tier to its local file (a tier
+    without one is given where ``hub`` would hold it, and marked ``missing_file``)."""
+    models: dict[str, ModelSpec] = {}
+    local = [t for t in stack.tiers if t.backend == "gguf"]
+    for tier in stack.tiers:
+        common: dict[str, Any] = dict(
+            id=tier.name, aliases=tier.effective_aliases, name=tier.description or tier.name,
+            description=tier.description, send_loading_state=tier.send_loading_state,
+            metadata={"role": tier.role, "tier": tier.tier or tier.role, "backend": tier.backend,
+                      "ctx_size": tier.ctx_size})
+        if tier.backend != "gguf":
+            models[tier.name] = ModelSpec(cmd=(), proxy="", **common)
+            continue
+        model_file = files.get(tier.name)
+        if model_file is None:
+            common["metadata"] = {**common["metadata"], "missing_file": (tier.hf_repo, tier.hf_file)}
+        argv = llama_server_argv(stack, tier, server, model_file
+                                 or hub.missing_path(str(tier.hf_repo), str(tier.hf_file)))
+        models[tier.name] = ModelSpec(cmd=argv, ttl=float(tier.effective_ttl),
+                                      concurrency_limit=TIER_CONCURRENCY_LIMIT,
+                                      timeouts=tier_timeouts(stack, tier),
+                                      memory_mb=tier_memory(stack, tier, model_file), **common)
+    return SwapperConfig(
+        models=models, health_check_timeout=HEALTH_CHECK_TIMEOUT,
+        preload=tuple(t.name for t in local if t.role == "fast")[:1],
+        matrix=residency_matrix(local),
+        memory_budget_mb=float(stack.memory_budget_mb or Stack.memory_budget_mb),
+        max_queue_wait=float(stack.max_queue_wait),
+        log_dir=log_dir)
+
