@@ -40,7 +40,8 @@ def _builder(files: Callable[[Stack], Mapping[str, Path | None]], server: str, l
     keys = tuple(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())
 
     def load(stack: Stack) -> Loaded:
-        config = replace(build_swapper_config(stack, server, files(stack), str(log_dir)), api_keys=keys)
+        config = replace(build_swapper_config(stack, server, files(stack), str(log_dir)),
+                         api_keys=keys, private_env=frozenset({API_KEYS_ENV}))
         hosted = any(t.backend == "litellm" for t in stack.tiers)
         user = read_user_params(litellm_config) if hosted else {}
         return Loaded(stack, routing_table(stack), config, HostedTiers.build(stack, user))
