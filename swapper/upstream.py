@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 import httptools
 
 from .config import Timeouts
+from .types import Headers
 
-Headers = list[tuple[bytes, bytes]]
 _HIGH_WATER = 1 << 20  # pause reading the upstream past this many unread body bytes
 MAX_HEAD = 64 * 1024  # bytes of status line and headers (interim answers included)
 POOL_IDLE_LIMIT = 4.0  # seconds; below llama-server's (and uvicorn's) 5 s keep-alive timeout
