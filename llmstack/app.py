@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError, request_model, shown
+from swapper.events import Event, EventBus
 from swapper.http_app import ModelRequest, SwapperApp, header, json_object, read_body
 from swapper.manager import Manager
 from swapper.observe import RequestMeter
@@ -58,6 +63,39 @@ class Loaded:
 
 
 Loader = Callable[[], Loaded]
+_RULE = re.compile(r"[a-z>-]+")
+
+
+def reason_label(reason: str) -> str:
+    """The rule behind a routing reason, without its numbers (bounded label values)."""
+    match = _RULE.match(reason)
+    label = match.group(0).rstrip("-") if match else "other"
+    if " -> " in reason:
+        label += "+context-fit"
+    if "session floor" in reason:
+        label += "+session-floor"
+    return label
+
+
+class RoutingDecisions(Collector):
+    """``llmstack_routing_decisions_total{tier, reason}``: the bus's ``routed`` events, by
+    tier and rule (:func:`reason_label`), counted as they come and rendered when scraped."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        bus.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind == "routed":
+            key = (str(event.fields.get("tier")), reason_label(str(event.fields.get("reason"))))
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        decisions = CounterMetricFamily("llmstack_routing_decisions", "auto-routing decisions",
+                                        labels=["tier", "reason"])
+        for key, count in self.counts.items():
+            decisions.add_metric(list(key), count)
+        yield decisions
 
 
 async def _until_disconnect(scope: Scope, receive: Receive, reply: Reply,
@@ -104,8 +142,10 @@ class LLMStackApp:
         self.swapper = swapper
         self.loaded = loaded
         # hosted tiers and "auto" are metric labels too (not in the swapper's config)
-        swapper.status_api.metrics.per_request.known = (
+        metrics = swapper.status_api.metrics
+        metrics.per_request.known = (
             lambda name: name == "auto" or self.loaded.stack.tier(name) is not None)
+        metrics.register(RoutingDecisions(swapper.manager.bus))
         self.floors = SessionFloors()
         self.routing_memo = RoutingMemo()
         self.shutdown_hooks: list[Callable[[], None]] = []

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from llmstack.app import reason_label
 from llmstack.config import parse_stack
 from llmstack.stack_config import build_swapper_config
 from swapper.events import EventBus
-from swapper.metrics import reason_label
 from swapper.observe import Observer, RequestMeter, generated
 from swapper.reply import Reply
 from swapper.yaml_config import parse_yaml_config
