@@ -49,7 +49,7 @@ class _Held:
     A plain class, not ``asynccontextmanager``: it is entered on every request.
     """
 
-    __slots__ = ("_manager", "_name", "_waiting", "_routed", "_req", "_granted")
+    __slots__ = ("_granted", "_manager", "_name", "_req", "_routed", "_waiting")
 
     def __init__(self, manager: Manager, name: str,
                  waiting: Callable[[], Awaitable[None]] | None) -> None:

@@ -285,8 +285,8 @@ class UpstreamProcess:
                                  .values())
         if self.spec.cmd_stop:
             argv = [a.replace("${PID}", str(self._popen.pid)) for a in self.spec.cmd_stop]
-            with contextlib.suppress(OSError):
-                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            with contextlib.suppress(OSError):  # detached, never waited for: a vfork spawn
+                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
                                  stderr=subprocess.DEVNULL, start_new_session=True)
         else:
             self._kill_group(signal.SIGTERM)

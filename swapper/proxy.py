@@ -253,7 +253,7 @@ async def _send_rewritten_json(resp: UpstreamResponse, send: Send, hook: Respons
     if isinstance(data, dict) and resp.status < 400:
         hook.body(data)
         raw = json.dumps(data, ensure_ascii=False).encode()
-    headers = _response_headers(resp, False) + [(b"content-length", str(len(raw)).encode())]
+    headers = [*_response_headers(resp, False), (b"content-length", str(len(raw)).encode())]
     await _start(send, resp.status, headers + list(extra))
     await send({"type": "http.response.body", "body": raw, "more_body": False})
 
