@@ -40,7 +40,7 @@ from .routes import POST, PUT, Route, Router, lifespan, path_param, routes
 from .scheduler import Status
 from .status_api import PUBLIC_PATHS, WRITE_BYTES, StatusApi, stream_ring
 from .stream_protocols import RAW, protocol_for
-from .types import ASGIApp, Headers, Receive, Scope, Send
+from .types import Headers, Receive, Scope, Send
 from .upstream_path import raw_path, upstream_target
 
 log = logging.getLogger("swapper")
@@ -187,22 +187,22 @@ class SwapperApp:
         elif scope["type"] == "http":
             await self.serve_http(scope, receive, send, self.router)
 
-    async def serve_http(self, scope: Scope, receive: Receive, send: Send, route: ASGIApp,
+    async def serve_http(self, scope: Scope, receive: Receive, send: Send, router: Router,
                          render: ErrorBody = openai_error_body) -> None:
-        """One HTTP request: admission, CORS, HEAD as GET, then ``route``; errors as JSON
-        spelled by ``render``."""
+        """One HTTP request: admission, CORS, HEAD as GET, then the endpoint ``router`` finds;
+        errors as JSON spelled by ``render``."""
         cors = self.front.cors_headers(scope)
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}  # uvicorn still sees HEAD and drops the body
         reply = open_reply(scope, send, cors)
         try:
-            await guarded(reply, lambda out: self._admit(scope, receive, out, route, bool(cors)),
+            await guarded(reply, lambda out: self._admit(scope, receive, out, router, bool(cors)),
                           render)
         finally:  # uvicorn keeps the scope in reference cycles until a full collection:
             scope.pop(REPLY_KEY, None)  # not the answer's last chunks with it
             scope.pop(SCOPE_KEY, None)
 
-    async def _admit(self, scope: Scope, receive: Receive, send: Send, route: ASGIApp,
+    async def _admit(self, scope: Scope, receive: Receive, send: Send, router: Router,
                      cors: bool) -> None:
         self.front.admit(scope, self.manager.config.api_keys, PUBLIC_PATHS)
         if scope["method"] == "OPTIONS":
@@ -213,7 +213,7 @@ class SwapperApp:
                         "headers": self.front.preflight_headers(scope)})
             await send({"type": "http.response.body", "body": b""})
             return
-        await route(scope, receive, send)
+        await router.endpoint(scope)(scope, receive, send)
 
     async def _model_post(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(scope, receive, self.max_body)

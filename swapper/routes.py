@@ -49,9 +49,6 @@ class Route:
     def __post_init__(self) -> None:
         object.__setattr__(self, "pattern", _pattern(self.path))
 
-    def allows(self, method: str) -> bool:
-        return self.methods is None or method in self.methods
-
 
 def routes(paths: Iterable[str], endpoint: ASGIApp,
            methods: frozenset[str] | None = GET) -> list[Route]:
@@ -77,28 +74,35 @@ class Router:
                 prefix = route.path[:route.path.index("{")]
                 self._templates.append((index, route, route.pattern, prefix))
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
-        """The first route for ``method`` and ``path`` and its parameters, or None."""
-        found = next((r for r in self._literal.get(path, ()) if r[1].allows(method)), None)
-        limit = found[0] if found is not None else len(self.table)
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str] | None] | None:
+        """The first route for ``method`` and ``path`` and its parameters (None for a literal
+        path), or None."""
+        limit, found = len(self.table), None
+        for index, route in self._literal.get(path, ()):
+            if route.methods is None or method in route.methods:
+                limit, found = index, route
+                break
         for index, route, pattern, prefix in self._templates:
             if index > limit:
                 break
-            if path.startswith(prefix) and route.allows(method):
+            if path.startswith(prefix) and (route.methods is None or method in route.methods):
                 params = pattern.fullmatch(path)
                 if params is not None:
                     return route, params.groupdict()
-        return (found[1], {}) if found is not None else None
+        return None if found is None else (found, None)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def endpoint(self, scope: Scope) -> ASGIApp:
+        """The endpoint of the first route for the request, its template's values put in the
+        scope; a 404 when there is none. (Resolved before the endpoint runs, not by awaiting
+        the router: a coroutine less to resume on every chunk the answer waits for.)"""
         method, path = scope["method"], scope["path"]
         matched = self.match(method, path)
         if matched is None:
             raise ApiError(404, f"no route for {method} {path}")
         route, params = matched
-        if params:
+        if params is not None:
             scope[PARAMS_KEY] = params
-        await route.endpoint(scope, receive, send)
+        return route.endpoint
 
 
 def path_param(scope: Scope, name: str) -> str:

@@ -29,7 +29,8 @@ def served(router: Router, method: str, path: str) -> dict[str, Any]:
     async def receive() -> dict[str, Any]:
         return {"type": "http.disconnect"}
 
-    asyncio.run(router({"method": method, "path": path}, receive, send))
+    scope = {"method": method, "path": path}
+    asyncio.run(router.endpoint(scope)(scope, receive, send))
     return sent[0]
 
 
@@ -72,9 +73,10 @@ def test_no_route_is_a_404_naming_method_and_path(method: str, path: str) -> Non
 
 
 def test_a_template_param_is_read_from_the_scope() -> None:
-    route, params = TABLE.match("GET", "/v1/models/x/y") or (None, {})
+    route, params = TABLE.match("GET", "/v1/models/x/y") or (None, None)
     assert route is not None and route.path == "/v1/models/{model:path}"
     assert path_param({"path_params": params}, "model") == "x/y"
+    assert TABLE.match("GET", "/v1/models") == (TABLE.table[2], None)
 
 
 def _lifespan_run(startup_fails: bool) -> list[str]:
