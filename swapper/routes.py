@@ -4,7 +4,7 @@ A :class:`Route` is a path template, the methods it answers and an endpoint, an
 ASGI app of its own; a :class:`Router` dispatches to the first route of its table
 that matches a request (llmstack's table is its own routes, then the swapper's).
 A template's ``{name}`` matches one path segment, ``{name:path}`` the rest of the
-path (slashes and nothing included); the values are in the scope's
+path (slashes included; it may be empty); the values are in the scope's
 ``path_params``. HEAD reaches the router as GET (:meth:`SwapperApp.serve_http
 <swapper.http_app.SwapperApp.serve_http>`: the server drops the body), so every
 GET route answers it; a request no route takes is a 404 naming its method and path.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .events import RING_BYTES, RING_EVENTS, Behind, Event, FrameRing
 from .observe import Observer
 from .reply import SEND_BUFFER_KEY, DisconnectWatch, Reply, send_bytes
-from .routes import POST, Route, path_param
+from .routes import POST, Route, path_param, routes
 from .types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class StatusApi:
         from .metrics import Metrics  # prometheus_client: only a process that serves loads it
         self.metrics: Metrics = Metrics(manager, manager.bus, endpoints)
         self.routes = [
-            *(Route(path, self._page) for path in UI_FILES),
+            *routes(UI_FILES, self._page),
             Route("/api/state", self._state),
             Route("/api/events", self._events),
             Route(LOAD_PREFIX + "{model:path}", self._load, POST),
