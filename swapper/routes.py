@@ -34,7 +34,7 @@ def _pattern(template: str) -> re.Pattern[str] | None:
         parts += [re.escape(template[end:match.start()]),
                   f"(?P<{match[1]}>{'.*' if match[2] else '[^/]+'})"]
         end = match.end()
-    return re.compile("".join([*parts, re.escape(template[end:])]))
+    return re.compile("".join([*parts, re.escape(template[end:])]), re.DOTALL)  # any byte
 
 
 @dataclass(frozen=True)

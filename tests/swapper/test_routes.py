@@ -54,6 +54,9 @@ TABLE = Router([
     ("GET", "/v1/models/", "entry", {"model": ""}),  # the rest of the path, empty included
     ("GET", "/v1/models/special", "entry", {"model": "special"}),
     ("DELETE", "/upstream/m/a?b", "upstream", {"target": "m/a?b"}),  # None: any method
+    # a decoded path may hold anything: its route still takes it (and refuses it itself)
+    ("GET", "/upstream/m/x\r\nX-Injected: 1", "upstream", {"target": "m/x\r\nX-Injected: 1"}),
+    ("GET", "/items/a\nb/tags", "tags", {"item": "a\nb"}),
     ("GET", "/items/a.b/tags", "tags", {"item": "a.b"}),
     ("PUT", "/profile", "profile-put", {}),
 ])
