@@ -171,6 +171,8 @@ class SwapperConfig:
     start_port: int | None = None
     preload: tuple[str, ...] = ()
     api_keys: tuple[str, ...] = ()
+    private_env: frozenset[str] = frozenset()
+    """Environment variables no child inherits (the embedding program's own secrets)."""
     matrix: Matrix | None = None
     groups: tuple[Group, ...] = ()
     memory_budget_mb: float = 0.0

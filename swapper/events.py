@@ -26,7 +26,7 @@ class Event:
     """Something that happened: a state change, a swap, a routing decision (read-only by
     convention; a plain slotted class because one is made per request)."""
 
-    __slots__ = ("kind", "fields", "ts")
+    __slots__ = ("fields", "kind", "ts")
 
     def __init__(self, kind: str, fields: dict[str, Any] | None = None,
                  ts: float | None = None) -> None:

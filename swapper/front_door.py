@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ApiError
+from .types import Scope
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key"})
 CORS_METHODS = "GET, POST, HEAD, OPTIONS"
 CORS_MAX_AGE = "600"
-Scope = dict[str, Any]
 
 
 def header_bytes(scope: Scope, name: bytes) -> bytes:

@@ -1,41 +1,49 @@
 """The swapper's HTTP routes as one raw ASGI app (no framework on the hot path).
 
-llmstack composes its own routes over :class:`SwapperApp` and calls
-:meth:`SwapperApp.serve_model` directly, so a routed request costs no second
-HTTP hop.
+The routes are a table (:attr:`SwapperApp.routes`, :mod:`swapper.routes`); llmstack
+puts its own routes before them and calls :meth:`SwapperApp.serve_model` directly,
+so a routed request costs no second HTTP hop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ApiError, request_model, shown
 from .events import RING_BYTES, RING_EVENTS
 from .front_door import FrontDoor, header_bytes, without_credentials
 from .listing import model_rows, profiles_payload
-from .manager import Manager
 from .loading import SCOPE_KEY, LoadingStream, wants_stream
+from .manager import Manager
 from .observe import RequestMeter
+from .proxy import NO_HOOKS, Hooks, Intercepted, UpstreamClient, UpstreamRequest, forward_headers
 from .reply import SCOPE_KEY as REPLY_KEY
 from .reply import (
-    ClientGone, DisconnectWatch, ErrorBody, Receive, Reply, Scope, guarded, open_reply, openai_error_body,
-    send_bytes, send_json,
+    ClientGone,
+    DisconnectWatch,
+    ErrorBody,
+    Reply,
+    guarded,
+    open_reply,
+    openai_error_body,
+    send_bytes,
+    send_json,
 )
+from .routes import POST, PUT, Route, Router, lifespan, path_param, routes
 from .scheduler import Status
-from .proxy import Headers, Intercepted, ResponseHook, Send, UpstreamClient, forward_headers
 from .status_api import PUBLIC_PATHS, WRITE_BYTES, StatusApi, stream_ring
-from .stream_protocols import RAW, StreamProtocol, protocol_for
+from .stream_protocols import RAW, protocol_for
+from .types import Headers, Receive, Scope, Send
 from .upstream_path import raw_path, upstream_target
 
 log = logging.getLogger("swapper")
-Route = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MODEL_POST_PATHS = frozenset({
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/reranking",
@@ -46,6 +54,8 @@ MODEL_POST_PATHS = frozenset({
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 LOG_BEHIND = (f"[swapper] this follower fell behind (more than {RING_EVENTS} lines or "
               f"{RING_BYTES // 1024} KiB unread): lines were lost; reconnect\n").encode()
+RAW_HOOKS = Hooks(protocol=RAW)
+"""``/upstream/...``: the stream is complete when it ends cleanly."""
 _MULTIPART_MODEL = re.compile(rb'name="model"\r\n\r\n([^\r\n]*)\r\n')
 
 
@@ -122,6 +132,20 @@ def header(scope: Scope, name: bytes) -> str:
     return header_bytes(scope, name).decode("latin-1")
 
 
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """A request for a model: ``body`` (``data``, its decoded JSON, when there is one) for
+    ``model``'s ``path``, its answer handled by ``hooks``; ``context`` (e.g. the routing
+    reason) goes into the request's ``request_done`` event."""
+
+    model: str
+    path: str
+    body: bytes
+    data: dict[str, Any] | None = None
+    hooks: Hooks = NO_HOOKS
+    context: dict[str, Any] | None = None
+
+
 class SwapperApp:
     """ASGI app serving the swapper's routes over a :class:`Manager`."""
 
@@ -132,6 +156,23 @@ class SwapperApp:
         self.max_body = max_body
         self.front = front or FrontDoor()
         self.status_api = StatusApi(manager, MODEL_POST_PATHS)
+        self.routes: list[Route] = [
+            *routes(MODEL_POST_PATHS, self._model_post, POST),
+            Route("/upstream/{target:path}", self._upstream, None),
+            *routes(("/v1/models", "/models"), self._models),
+            Route("/running", self._running),
+            Route("/health", self._health),
+            *routes(("/unload", "/api/models/unload"), self._unload_all, POST),
+            *routes(("/unload/{model:path}", "/api/models/unload/{model:path}"), self._unload, POST),
+            Route("/logs", self._logs),
+            Route("/logs/stream/{model:path}", self._log_stream),
+            Route("/api/profiles", self._profiles),
+            Route("/api/profiles/active", self._set_profile, PUT),
+            Route("/events", self._events),
+            *self.status_api.routes,
+        ]
+        """The swapper's routes, in the order they are tried."""
+        self.router = Router(self.routes)
 
     async def startup(self) -> None:
         await self.manager.start()
@@ -142,27 +183,26 @@ class SwapperApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if scope["type"] == "http":
-            await self.serve_http(scope, receive, send, self.route)
+            await lifespan(receive, send, self.startup, self.shutdown)
+        elif scope["type"] == "http":
+            await self.serve_http(scope, receive, send, self.router)
 
-    async def serve_http(self, scope: Scope, receive: Receive, send: Send, route: Route,
+    async def serve_http(self, scope: Scope, receive: Receive, send: Send, router: Router,
                          render: ErrorBody = openai_error_body) -> None:
-        """One HTTP request: admission, CORS, HEAD as GET, then ``route``; errors as JSON
-        spelled by ``render``."""
+        """One HTTP request: admission, CORS, HEAD as GET, then the endpoint ``router`` finds;
+        errors as JSON spelled by ``render``."""
         cors = self.front.cors_headers(scope)
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}  # uvicorn still sees HEAD and drops the body
         reply = open_reply(scope, send, cors)
         try:
-            await guarded(reply, lambda out: self._admit(scope, receive, out, route, bool(cors)),
+            await guarded(reply, lambda out: self._admit(scope, receive, out, router, bool(cors)),
                           render)
         finally:  # uvicorn keeps the scope in reference cycles until a full collection:
             scope.pop(REPLY_KEY, None)  # not the answer's last chunks with it
             scope.pop(SCOPE_KEY, None)
 
-    async def _admit(self, scope: Scope, receive: Receive, send: Send, route: Route,
+    async def _admit(self, scope: Scope, receive: Receive, send: Send, router: Router,
                      cors: bool) -> None:
         self.front.admit(scope, self.manager.config.api_keys, PUBLIC_PATHS)
         if scope["method"] == "OPTIONS":
@@ -173,87 +213,64 @@ class SwapperApp:
                         "headers": self.front.preflight_headers(scope)})
             await send({"type": "http.response.body", "body": b""})
             return
-        await route(scope, receive, send)
+        await router.endpoint(scope)(scope, receive, send)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:  # reported to the server, which exits
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def _model_post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_body(scope, receive, self.max_body)
+        model, data = model_from_body(body, header(scope, b"content-type"))
+        await self.serve_model(scope, receive, send, ModelRequest(model, scope["path"], body, data))
 
-    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Dispatch one HTTP request (llmstack calls this for routes it does not own)."""
-        method, path = scope["method"], scope["path"]
-        if method == "POST" and path in MODEL_POST_PATHS:
-            body = await read_body(scope, receive, self.max_body)
-            model, data = model_from_body(body, header(scope, b"content-type"))
-            await self.serve_model(scope, receive, send, model, body, path, data=data)
-        elif path.startswith("/upstream/"):
-            await self._upstream(scope, receive, send)
-        elif method == "GET" and path in ("/v1/models", "/models"):
-            await send_json(send, 200, {"object": "list", "data": self.model_list()})
-        elif method == "GET" and path == "/running":
-            await send_json(send, 200, {"running": self.manager.running(), "pid": os.getpid()})
-        elif method == "GET" and path == "/health":
-            await send_bytes(send, 200, b"OK", "text/plain")
-        elif method == "POST" and (path in ("/unload", "/api/models/unload")):
-            await send_json(send, 200, {"unloaded": await self.manager.unload()})
-        elif method == "POST" and path.startswith(("/unload/", "/api/models/unload/")):
-            model = path.split("/unload/", 1)[1]
-            await send_json(send, 200, {"unloaded": await self.manager.unload(model)})
-        elif method == "GET" and path == "/logs":
-            await send_bytes(send, 200, self._all_logs().encode(), "text/plain; charset=utf-8")
-        elif method == "GET" and path.startswith("/logs/stream/"):
-            await self._log_stream(scope, receive, send, path.removeprefix("/logs/stream/"))
-        elif method == "GET" and path == "/api/profiles":
-            await send_json(send, 200, profiles_payload(self.manager.names))
-        elif method == "PUT" and path == "/api/profiles/active":
-            data = json_object(await read_body(scope, receive, self.max_body))
-            name = data.get("name", 0)
-            if not (name is None or isinstance(name, str)):
-                raise ApiError(400, "'name' must be a profile's name or null")
-            self.manager.names.set_profile(name or None)
-            await send_json(send, 200, profiles_payload(self.manager.names))
-        elif method == "GET" and path == "/events":
-            await send_json(send, 200, [e.as_dict() for e in self.manager.bus.recent])
-        elif await self.status_api.route(scope, receive, send):
-            pass
-        else:
-            raise ApiError(404, f"no route for {method} {path}")
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"object": "list", "data": self.model_list()})
+
+    async def _running(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"running": self.manager.running(), "pid": os.getpid()})
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, b"OK", "text/plain")
+
+    async def _unload_all(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"unloaded": await self.manager.unload()})
+
+    async def _unload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        model = path_param(scope, "model")
+        await send_json(send, 200, {"unloaded": await self.manager.unload(model)})
+
+    async def _logs(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self._all_logs().encode(), "text/plain; charset=utf-8")
+
+    async def _profiles(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, profiles_payload(self.manager.names))
+
+    async def _set_profile(self, scope: Scope, receive: Receive, send: Send) -> None:
+        data = json_object(await read_body(scope, receive, self.max_body))
+        name = data.get("name", 0)
+        if not (name is None or isinstance(name, str)):
+            raise ApiError(400, "'name' must be a profile's name or null")
+        self.manager.names.set_profile(name or None)
+        await send_json(send, 200, profiles_payload(self.manager.names))
+
+    async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, [e.as_dict() for e in self.manager.bus.recent])
 
     def model_list(self) -> list[dict[str, Any]]:
         return model_rows(self.manager.config, self.manager.scheduler.running(),
                           self.manager.port_of)
 
-    async def serve_model(self, scope: Scope, receive: Receive, send: Send, model: str,
-                          body: bytes, path: str, hook: ResponseHook | None = None,
-                          extra_headers: Iterable[tuple[bytes, bytes]] = (),
-                          data: dict[str, Any] | None = None,
-                          intercept: frozenset[int] = frozenset(),
-                          context: dict[str, Any] | None = None,
-                          protocol: StreamProtocol | None = None) -> Intercepted | None:
-        """Acquire ``model`` (loading it if needed) and stream its answer to the client.
+    async def serve_model(self, scope: Scope, receive: Receive, send: Send,
+                          request: ModelRequest) -> Intercepted | None:
+        """Acquire ``request.model`` (loading it if needed) and stream its answer to the client.
 
-        An upstream answer whose status is in ``intercept`` is returned, not sent;
-        ``protocol`` overrides the stream protocol ``path`` implies.
-        ``context`` (e.g. the routing reason) goes into the request's ``request_done``
-        event. A streamed request that must wait (a load, a swap, a drain) is answered at
-        once and kept alive meanwhile (:mod:`swapper.loading`); 404/429 stay plain errors.
+        An answer its hooks intercept is returned, not sent. A streamed request that must
+        wait (a load, a swap, a drain) is answered at once and kept alive meanwhile
+        (:mod:`swapper.loading`); 404/429 stay plain errors.
         """
+        model, path, hooks = request.model, request.path, request.hooks
         reply = Reply.of(scope, send)
         watch = DisconnectWatch(scope, receive, reply)
         resolved = self.manager.config.resolve(model)
         loading: LoadingStream | None = scope.get(SCOPE_KEY)
-        meter = RequestMeter(self.manager.bus, resolved or "-", path, context)
+        meter = RequestMeter(self.manager.bus, resolved or "-", path, request.context)
 
         async def start_loading() -> None:  # the request must wait: answer it now
             nonlocal loading
@@ -261,23 +278,24 @@ class SwapperApp:
                                     bool(spec and spec.send_loading_state),
                                     chat=path == "/v1/chat/completions")
             scope[SCOPE_KEY] = loading
-            await loading.begin(list(extra_headers))
+            await loading.begin(list(hooks.extra_headers))
 
         spec = self.manager.config.models.get(resolved) if resolved else None
-        early = loading is None and spec is not None and wants_stream(path, data)
+        early = loading is None and spec is not None and wants_stream(path, request.data)
         try:
             async with self.manager.lease(model, start_loading if early else None) as lease:
                 if loading is not None:
                     await loading.ready()
                     reply.restart_clock()
-                body = self._rewrite_body(lease.spec, body, data, lease.params)
                 query = scope.get("query_string", b"")
-                target = path + ("?" + query.decode("latin-1") if query else "")
+                upstream = UpstreamRequest(
+                    scope["method"], lease.base_url,
+                    path + ("?" + query.decode("latin-1") if query else ""),
+                    self._forwarded_headers(scope, lease.spec),
+                    self._rewrite_body(lease.spec, request.body, request.data, lease.params),
+                    lease.spec.timeouts, hooks)
                 answer = await self.upstream.forward(
-                    scope["method"], lease.base_url, target,
-                    self._forwarded_headers(scope, lease.spec), body,
-                    loading.send if loading is not None else reply.send, hook, extra_headers,
-                    intercept, lease.spec.timeouts, protocol)
+                    upstream, loading.send if loading is not None else reply.send)
                 if answer is None:  # answered (a held-back answer is the caller's to send)
                     meter.finish(reply, loading.status if loading is not None else 0)
                 return answer
@@ -296,7 +314,7 @@ class SwapperApp:
             if watch.disconnected or (not reply.complete
                                       and await reply.end_with_error(
                                           "the server is shutting down",
-                                          protocol or protocol_for(path))):
+                                          hooks.protocol or protocol_for(path))):
                 return None
             raise
         finally:
@@ -351,7 +369,7 @@ class SwapperApp:
                                       self.manager.config.resolve)
         self._refuse_ignored_path(model, path)
         body = await read_body(scope, receive, self.max_body)
-        await self.serve_model(scope, receive, send, model, body, path, protocol=RAW)
+        await self.serve_model(scope, receive, send, ModelRequest(model, path, body, hooks=RAW_HOOKS))
 
     def _refuse_ignored_path(self, name: str, path: str) -> None:
         """llama-swap's ``upstream.ignorePaths``: such a path never starts a model (409)."""
@@ -365,9 +383,10 @@ class SwapperApp:
         parts = [f"== {name} ==\n" + "\n".join(sink.lines) for name, sink in self.manager.logs.items()]
         return "\n".join(parts) + "\n"
 
-    async def _log_stream(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+    async def _log_stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A model's log (its buffered lines unless ``?no-history``), then each new line; a
         follower that falls behind gets a last line saying so (:func:`stream_ring`)."""
+        name = path_param(scope, "model")
         model = self.manager.config.resolve(name)
         if model is None:
             raise ApiError(404, f"model '{shown(name)}' not found")

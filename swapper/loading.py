@@ -20,12 +20,12 @@ import contextlib
 import json
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import ApiError, sse_error_event
+from .types import Send
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 TICK = 1.0
 SCOPE_KEY = "swapper.loading"
 STREAMING_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})

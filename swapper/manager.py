@@ -49,7 +49,7 @@ class _Held:
     A plain class, not ``asynccontextmanager``: it is entered on every request.
     """
 
-    __slots__ = ("_manager", "_name", "_waiting", "_routed", "_req", "_granted")
+    __slots__ = ("_granted", "_manager", "_name", "_req", "_routed", "_waiting")
 
     def __init__(self, manager: Manager, name: str,
                  waiting: Callable[[], Awaitable[None]] | None) -> None:
@@ -317,7 +317,8 @@ class Manager:
         spec = self.config.models[model]
         port = self._port_for(model) if spec.needs_port else None
         process = self._new_process(spec, port, self.log_for(model),
-                                    self.config.health_check_timeout, self._exited)
+                                    self.config.health_check_timeout, self._exited,
+                                    self.config.private_env)
         self.processes[model] = process
         self.bus.publish("model_starting", model=model, port=port)
         try:

@@ -1,22 +1,25 @@
 """Prometheus metrics (GET /metrics), fed by the event bus like the logs and /ui.
 
-Counters and histograms move in a bus subscriber, once per finished request,
-swap or routing decision (the per-request ones as plain counts, rendered when
-scraped); gauges (resident models, memory, queue depth) are
-read from the scheduler at scrape time. Each app has its own registry, so
-several apps in one process (tests) never share counts.
+Counters and histograms move in a bus subscriber, once per finished request or
+swap (the per-request ones as plain counts, rendered when scraped); gauges
+(resident models, memory, queue depth) are read from the scheduler at scrape
+time. Each app has its own registry, so several apps in one process (tests)
+never share counts; a program embedding the swapper adds its own series to it
+(:meth:`Metrics.register`).
 """
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
-    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
 from prometheus_client.registry import Collector
 
@@ -25,7 +28,6 @@ from .events import Event, EventBus
 if TYPE_CHECKING:
     from .manager import Manager
 
-_RULE = re.compile(r"[a-z>-]+")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TPS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
@@ -83,14 +85,14 @@ class _Histogram:
 
     def buckets(self) -> list[tuple[str, float]]:
         cumulative, out = 0, []
-        for bound, count in zip((*self.bounds, float("inf")), self.counts):
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             cumulative += count
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(cumulative)))
         return out
 
 
 class _PerRequest(Collector):
-    """The per-request series (requests, latencies, tokens, routing decisions), counted in
+    """The per-request series (requests, latencies, tokens), counted in
     plain dicts by the bus subscriber and turned into metric families only when scraped:
     prometheus-client's own Counter/Histogram cost a lock and a bucket scan per update,
     about 4 µs per request on the hot path.
@@ -103,7 +105,6 @@ class _PerRequest(Collector):
         self.known = known
         self.endpoints = endpoints
         self.requests: dict[tuple[str, str, str], int] = {}
-        self.decisions: dict[tuple[str, str], int] = {}
         self.tokens: dict[str, int] = {}
         self.ttft: dict[str, _Histogram] = {}
         self.latency: dict[str, _Histogram] = {}
@@ -130,24 +131,16 @@ class _PerRequest(Collector):
                 self.tps[model] = _Histogram(_TPS_BUCKETS)
             self.tps[model].observe(tps)
 
-    def routed(self, f: dict[str, Any]) -> None:
-        key = (str(f.get("tier")), reason_label(str(f.get("reason"))))
-        self.decisions[key] = self.decisions.get(key, 0) + 1
-
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("swapper_requests", "proxied requests answered",
                                        labels=["model", "endpoint", "status"])
         for key, count in self.requests.items():
             requests.add_metric(list(key), count)
-        decisions = CounterMetricFamily("llmstack_routing_decisions", "auto-routing decisions",
-                                        labels=["tier", "reason"])
-        for reason, count in self.decisions.items():
-            decisions.add_metric(list(reason), count)
         tokens = CounterMetricFamily("swapper_generated_tokens",
                                      "tokens generated (usage/timings)", labels=["model"])
         for model, count in self.tokens.items():
             tokens.add_metric([model], count)
-        yield from (requests, decisions, tokens)
+        yield from (requests, tokens)
         for name, doc, series in (
                 ("swapper_time_to_first_byte_seconds", "request start to the answer's first "
                  "body byte (first token when streamed)", self.ttft),
@@ -183,26 +176,17 @@ class Metrics:
         kind = event.kind
         if kind == "request_done":
             self.per_request.request_done(event.fields)
-        elif kind == "routed":
-            self.per_request.routed(event.fields)
         elif kind in ("model_ready", "load_failed"):
             model = str(event.fields.get("model"))
             self.swaps.labels(model, "ready" if kind == "model_ready" else "failed").inc()
             self.swap_seconds.labels(model).observe(_seconds(event.fields.get("ms")))
 
+    def register(self, collector: Collector) -> None:
+        """Add ``collector``'s series to this registry (a program's own, beside the swapper's)."""
+        self.registry.register(collector)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def reason_label(reason: str) -> str:
-    """The rule behind a reason string, without its numbers (bounded label values)."""
-    match = _RULE.match(reason)
-    label = match.group(0).rstrip("-") if match else "other"
-    if " -> " in reason:
-        label += "+context-fit"
-    if "session floor" in reason:
-        label += "+session-floor"
-    return label
 
 
 def status_label(status: Any) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import Filters, ModelSpec, Timeouts
 
@@ -22,8 +22,8 @@ class Peer:
     proxy: str
     models: tuple[str, ...]
     api_key: str = ""
-    timeouts: Timeouts = Timeouts()
-    filters: Filters = Filters()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    filters: Filters = field(default_factory=Filters)
 
 
 def peer_models(peers: Iterable[Peer], local_names: Mapping[str, str]) -> dict[str, ModelSpec]:

@@ -31,6 +31,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Protocol
 
@@ -110,13 +111,9 @@ def signal_all(procs: list[psutil.Process], sig: int) -> None:
             proc.send_signal(sig)
 
 
-PRIVATE_ENV = frozenset({"LLMSTACK_API_KEYS"})
-"""The server's own secrets: never inherited by a child."""
-
-
-def child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """Our environment minus :data:`PRIVATE_ENV`, plus the model's own ``env``."""
-    return {**{k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}, **extra}
+def child_env(extra: Mapping[str, str], private: AbstractSet[str] = frozenset()) -> dict[str, str]:
+    """Our environment minus the ``private`` variables, plus the model's own ``env``."""
+    return {**{k: v for k, v in os.environ.items() if k not in private}, **extra}
 
 
 def expand_port(text: str, port: int | None) -> str:
@@ -146,15 +143,19 @@ class ChildProcess(Protocol):
 
 
 ProcessFactory = Callable[[ModelSpec, "int | None", LogSink, float,
-                           Callable[["ChildProcess"], None]], ChildProcess]
+                           Callable[["ChildProcess"], None], frozenset[str]], ChildProcess]
+"""Makes a model's process: its spec, port, log, health timeout, exit callback, and the
+environment variables it must not inherit (:attr:`~swapper.config.SwapperConfig.private_env`)."""
 
 
 class UpstreamProcess:
     """A child process serving one model."""
 
     def __init__(self, spec: ModelSpec, port: int | None, log: LogSink,
-                 health_timeout: float, on_exit: Callable[[UpstreamProcess], None]) -> None:
+                 health_timeout: float, on_exit: Callable[[UpstreamProcess], None],
+                 private_env: frozenset[str] = frozenset()) -> None:
         self.spec = spec
+        self.private_env = private_env
         self.port = port
         self.log = log
         self.health_timeout = health_timeout
@@ -179,7 +180,7 @@ class UpstreamProcess:
     def spawn(self) -> Identity:
         """Start the child (argv, own process group, dies with its parent); returns its
         pid and create time (what its record names)."""
-        env = child_env(self.spec.env)
+        env = child_env(self.spec.env, self.private_env)
         self.log.write(f"[swapper] starting {self.spec.id}: {' '.join(self.argv)}")
         try:
             self._popen = subprocess.Popen(
@@ -284,8 +285,8 @@ class UpstreamProcess:
                                  .values())
         if self.spec.cmd_stop:
             argv = [a.replace("${PID}", str(self._popen.pid)) for a in self.spec.cmd_stop]
-            with contextlib.suppress(OSError):
-                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            with contextlib.suppress(OSError):  # detached, never waited for: a vfork spawn
+                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
                                  stderr=subprocess.DEVNULL, start_new_session=True)
         else:
             self._kill_group(signal.SIGTERM)

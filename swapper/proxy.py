@@ -21,19 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import Timeouts
 from .errors import ApiError, shown
 from .stream_protocols import RAW, EndWatch, StreamProtocol, protocol_for
+from .types import Headers, Send
 from .upstream import BadTarget, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout, origin
 
 log = logging.getLogger("swapper")
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
@@ -67,6 +65,39 @@ class ResponseHook(Protocol):
 
     def body(self, data: dict[str, Any]) -> None:
         """Modify a decoded JSON response body in place."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """How an upstream answer reaches the client.
+
+    ``rewrite`` rewrites its first event or JSON body; ``extra_headers`` go on its head;
+    an answer whose status is in ``intercept`` is held back (returned, not sent);
+    ``protocol`` says when an event stream is complete (default: by the request's path).
+    """
+
+    rewrite: ResponseHook | None = None
+    extra_headers: Sequence[tuple[bytes, bytes]] = ()
+    intercept: frozenset[int] = frozenset()
+    protocol: StreamProtocol | None = None
+
+
+NO_HOOKS = Hooks()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One request to forward: ``method``, ``target`` (path and query) on ``base_url`` with
+    ``headers`` and ``body``, within ``timeouts``; its answer handled by ``hooks``. Built once
+    per request: the streaming loops read none of it per chunk."""
+
+    method: str
+    base_url: str
+    target: str
+    headers: Headers
+    body: bytes
+    timeouts: Timeouts
+    hooks: Hooks = NO_HOOKS
 
 
 def _end_to_end(raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]) -> Headers:
@@ -125,36 +156,31 @@ class UpstreamClient:
     async def close(self) -> None:
         self.pool.close()
 
-    async def forward(self, method: str, base_url: str, target: str, headers: Headers,
-                      body: bytes, send: Send, hook: ResponseHook | None = None,
-                      extra_headers: Iterable[tuple[bytes, bytes]] = (),
-                      intercept: frozenset[int] = frozenset(),
-                      timeouts: Timeouts = Timeouts(),
-                      protocol: StreamProtocol | None = None) -> Intercepted | None:
-        """Send the request upstream and stream the answer to ``send``.
-
-        An answer whose status is in ``intercept`` is returned instead of sent.
-        ``protocol`` says when an event stream is complete (default: by ``target``'s path).
-        """
+    async def forward(self, request: UpstreamRequest, send: Send) -> Intercepted | None:
+        """Send ``request`` upstream and stream the answer to ``send`` as its hooks say (an
+        intercepted answer is returned instead of sent)."""
+        hooks = request.hooks
+        extra_headers = hooks.extra_headers
         try:
-            host, port, prefix = origin(base_url)
-            resp = await self.pool.request(method, host, port, prefix + target, headers, body,
-                                           timeouts)
+            host, port, prefix = origin(request.base_url)
+            resp = await self.pool.request(request.method, host, port, prefix + request.target,
+                                           request.headers, request.body, request.timeouts)
         except UpstreamError as exc:
-            raise _api_error(exc, f"upstream {base_url} failed") from exc
+            raise _api_error(exc, f"upstream {request.base_url} failed") from exc
         except BadTarget as exc:
             raise ApiError(400, str(exc)) from None
         reuse = False
         try:
-            if resp.status >= 400 and protocol is not RAW and not _is_json(resp.content_type):
+            if resp.status >= 400 and hooks.protocol is not RAW and not _is_json(resp.content_type):
                 raise await _foreign_error(resp)  # e.g. a proxy's HTML page: not for clients
-            if resp.status in intercept:
+            if resp.status in hooks.intercept:
                 answer = Intercepted(resp.status, await _read(resp), _response_headers(resp, True))
             elif resp.content_type == "text/event-stream":
-                await _stream_sse(resp, send, hook, extra_headers, protocol or protocol_for(target))
+                await _stream_sse(resp, send, hooks.rewrite, extra_headers,
+                                  hooks.protocol or protocol_for(request.target))
                 answer = None
-            elif hook is not None and resp.content_type == "application/json":
-                await _send_rewritten_json(resp, send, hook, extra_headers)
+            elif hooks.rewrite is not None and resp.content_type == "application/json":
+                await _send_rewritten_json(resp, send, hooks.rewrite, extra_headers)
                 answer, reuse = None, True
             else:
                 await _stream_plain(resp, send, extra_headers)
@@ -227,7 +253,7 @@ async def _send_rewritten_json(resp: UpstreamResponse, send: Send, hook: Respons
     if isinstance(data, dict) and resp.status < 400:
         hook.body(data)
         raw = json.dumps(data, ensure_ascii=False).encode()
-    headers = _response_headers(resp, False) + [(b"content-length", str(len(raw)).encode())]
+    headers = [*_response_headers(resp, False), (b"content-length", str(len(raw)).encode())]
     await _start(send, resp.status, headers + list(extra))
     await send({"type": "http.response.body", "body": raw, "more_body": False})
 

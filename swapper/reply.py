@@ -19,11 +19,8 @@ from typing import Any, cast
 
 from .errors import ApiError, unavailable
 from .stream_protocols import OPENAI, StreamProtocol
+from .types import Headers, Receive, Scope, Send
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Scope = dict[str, Any]
-Headers = list[tuple[bytes, bytes]]
 SCOPE_KEY = "swapper.reply"
 log = logging.getLogger("swapper")
 
@@ -36,8 +33,7 @@ class Reply:
     ``prev`` and ``last`` are the last two non-empty chunks.
     """
 
-    __slots__ = ("_send", "_extra", "status", "head", "complete", "first_at",
-                 "prev", "last")
+    __slots__ = ("_extra", "_send", "complete", "first_at", "head", "last", "prev", "status")
 
     def __init__(self, send: Send, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         self._send = send
@@ -156,17 +152,15 @@ class DisconnectWatch:
             self._scope[DISCONNECT_KEY] = None
 
 
-async def send_json(send: Send, status: int, payload: Any,
-                    headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(payload).encode()
-    await send_bytes(send, status, body, "application/json", headers)
+async def send_json(send: Send, status: int, payload: Any) -> None:
+    await send_bytes(send, status, json.dumps(payload).encode(), "application/json")
 
 
 async def send_bytes(send: Send, status: int, body: bytes, content_type: str,
-                     headers: dict[str, str] | None = None) -> None:
+                     headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """A whole response: ``body`` with its type, its length and ``headers``."""
     raw: Headers = [(b"content-type", content_type.encode()),
-                    (b"content-length", str(len(body)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+                    (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -180,7 +174,8 @@ def openai_error_body(error: ApiError) -> bytes:
 
 
 async def send_error(send: Send, error: ApiError, render: ErrorBody = openai_error_body) -> None:
-    await send_bytes(send, error.status, render(error), "application/json", error.headers)
+    await send_bytes(send, error.status, render(error), "application/json",
+                     [(k.encode(), v.encode()) for k, v in error.headers.items()])
 
 
 class ClientGone(Exception):

@@ -14,10 +14,10 @@ from typing import Any
 import uvicorn
 import uvicorn.config
 
+from .http_protocol import bounded_protocol
+
 LOG_FILE_BYTES = 5 * 1024 * 1024
 LOG_FILE_BACKUPS = 3
-
-from .http_protocol import bounded_protocol
 
 
 def configure_logging(level: str = "INFO", path: Path | None = None) -> None:
@@ -76,7 +76,8 @@ def run(app: Any, sock: socket.socket, log_level: str = "info", own_logging: boo
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False,
-                            backlog=BACKLOG, loop="uvloop" if has_uvloop else "asyncio", http=bounded_protocol(),
+                            backlog=BACKLOG, loop="uvloop" if has_uvloop else "asyncio",
+                            http=bounded_protocol(),
                             log_level=log_level, timeout_graceful_shutdown=5,
                             log_config=None if own_logging else uvicorn.config.LOGGING_CONFIG,
                             timeout_keep_alive=KEEP_ALIVE_TIMEOUT,

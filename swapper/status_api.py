@@ -16,21 +16,20 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from .events import RING_BYTES, RING_EVENTS, Behind, Event, FrameRing
 from .observe import Observer
-from .reply import SEND_BUFFER_KEY, DisconnectWatch, Reply
+from .reply import SEND_BUFFER_KEY, DisconnectWatch, Reply, send_bytes
+from .routes import POST, Route, path_param, routes
+from .types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from .manager import Manager
     from .metrics import Metrics
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Scope = dict[str, Any]
 UI_FILES = {"/ui": ("index.html", "text/html; charset=utf-8"),
             "/ui/": ("index.html", "text/html; charset=utf-8"),
             "/ui/app.js": ("app.js", "text/javascript; charset=utf-8")}
@@ -60,7 +59,7 @@ def _ui_file(name: str) -> bytes:
 
 
 class StatusApi:
-    """Routes over one manager; :meth:`route` returns False for paths it does not own."""
+    """The status routes over one manager (:attr:`routes`)."""
 
     def __init__(self, manager: Manager, endpoints: frozenset[str] = frozenset()) -> None:
         """``endpoints``: the paths the metrics label as themselves (else ``other``)."""
@@ -69,28 +68,31 @@ class StatusApi:
         self.feed = LiveFeed(manager)
         from .metrics import Metrics  # prometheus_client: only a process that serves loads it
         self.metrics: Metrics = Metrics(manager, manager.bus, endpoints)
+        self.routes = [
+            *routes(UI_FILES, self._page),
+            Route("/api/state", self._state),
+            Route("/api/events", self._events),
+            Route(LOAD_PREFIX + "{model:path}", self._load, POST),
+            Route("/metrics", self._metrics),
+        ]
 
     def snapshot(self) -> dict[str, Any]:
         return self.observer.snapshot(self.manager)
 
-    async def route(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        method, path = scope["method"], scope["path"]
-        if method == "GET" and path in UI_FILES:
-            name, content_type = UI_FILES[path]
-            await _send(send, 200, _ui_file(name), content_type, PAGE_HEADERS)
-        elif method == "GET" and path == "/api/state":
-            await _send(send, 200, json.dumps(self.snapshot()).encode(), "application/json")
-        elif method == "GET" and path == "/api/events":
-            await self._events(scope, receive, send)
-        elif method == "POST" and path.startswith(LOAD_PREFIX):
-            model = self.manager.load(path.removeprefix(LOAD_PREFIX))
-            await _send(send, 202, json.dumps({"loading": model}).encode(), "application/json")
-        elif method == "GET" and path == "/metrics":
-            from .metrics import CONTENT_TYPE
-            await _send(send, 200, self.metrics.render(), CONTENT_TYPE)
-        else:
-            return False
-        return True
+    async def _page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name, content_type = UI_FILES[scope["path"]]
+        await send_bytes(send, 200, _ui_file(name), content_type, PAGE_HEADERS)
+
+    async def _state(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, json.dumps(self.snapshot()).encode(), "application/json")
+
+    async def _load(self, scope: Scope, receive: Receive, send: Send) -> None:
+        model = self.manager.load(path_param(scope, "model"))
+        await send_bytes(send, 202, json.dumps({"loading": model}).encode(), "application/json")
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from .metrics import CONTENT_TYPE
+        await send_bytes(send, 200, self.metrics.render(), CONTENT_TYPE)
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
         """SSE: a ``snapshot`` first, then every bus event and every new log line, live; a
@@ -230,12 +232,3 @@ def _frame(item: dict[str, Any]) -> bytes:
 
 async def _body(send: Send, data: bytes) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": True})
-
-
-async def _send(send: Send, status: int, body: bytes, content_type: str,
-                extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    headers = [(b"content-type", content_type.encode()),
-               (b"content-length", str(len(body)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-

@@ -30,14 +30,15 @@ from urllib.parse import urlsplit
 import httptools
 
 from .config import Timeouts
+from .types import Headers
 
-Headers = list[tuple[bytes, bytes]]
 _HIGH_WATER = 1 << 20  # pause reading the upstream past this many unread body bytes
 MAX_HEAD = 64 * 1024  # bytes of status line and headers (interim answers included)
 POOL_IDLE_LIMIT = 4.0  # seconds; below llama-server's (and uvicorn's) 5 s keep-alive timeout
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")  # would break or extend the request line
 NO_TIMEOUTS = Timeouts(0.0, 0.0, 0.0)
+DEFAULT_TIMEOUTS = Timeouts()
 
 
 class UpstreamError(ConnectionError):
@@ -289,7 +290,7 @@ class _Expiry:
     one await without the task ``asyncio.wait_for`` wraps a coroutine in (issue 8's
     proxy-CPU budget: that task cost about a sixth of a streamed request's CPU here)."""
 
-    __slots__ = ("_task", "_handle", "_fired")
+    __slots__ = ("_fired", "_handle", "_task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         self._task = asyncio.current_task()
@@ -407,7 +408,7 @@ class UpstreamPool:
         return conn
 
     async def request(self, method: str, host: str, port: int, target: str, headers: Headers,
-                      body: bytes, timeouts: Timeouts = Timeouts()) -> UpstreamResponse:
+                      body: bytes, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> UpstreamResponse:
         """Send one request; returns once the response's headers arrived.
 
         Raises BadTarget for a target with a space or control character.

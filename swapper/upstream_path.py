@@ -52,7 +52,7 @@ def upstream_target(raw: bytes, query: bytes, resolve: Callable[[str], str | Non
     else:
         raise ApiError(404, f"model '{shown(names[0])}' not found")
     kept: list[bytes] = []
-    for segment, name in zip(segments[split:], names[split:]):
+    for segment, name in zip(segments[split:], names[split:], strict=True):
         if name == ".":
             continue
         if name == "..":

@@ -10,28 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
 from swapper.config import ConfigError, SwapperConfig
 from swapper.errors import ApiError, request_model, shown
-from swapper.http_app import SwapperApp, header, json_object, read_body
+from swapper.events import Event, EventBus
+from swapper.http_app import ModelRequest, SwapperApp, header, json_object, read_body
 from swapper.manager import Manager
 from swapper.observe import RequestMeter
-from swapper.proxy import Headers, Intercepted, Send
-from swapper.reply import (
-    DisconnectWatch,
-    Receive,
-    Reply,
-    Scope,
-    openai_error_body,
-    send_bytes,
-    send_json,
-)
+from swapper.proxy import Hooks, Intercepted
+from swapper.reply import DisconnectWatch, Reply, openai_error_body, send_bytes, send_json
+from swapper.routes import POST, Route, Router, lifespan, path_param, routes
+from swapper.types import Headers, Receive, Scope, Send
 
 from ..config.ini import ModelsIniError, read_models_ini
 from ..config.schema import Stack
@@ -77,6 +76,39 @@ class Loaded:
 
 
 Loader = Callable[[], Loaded]
+_RULE = re.compile(r"[a-z>-]+")
+
+
+def reason_label(reason: str) -> str:
+    """The rule behind a routing reason, without its numbers (bounded label values)."""
+    match = _RULE.match(reason)
+    label = match.group(0).rstrip("-") if match else "other"
+    if " -> " in reason:
+        label += "+context-fit"
+    if "session floor" in reason:
+        label += "+session-floor"
+    return label
+
+
+class RoutingDecisions(Collector):
+    """``llmstack_routing_decisions_total{tier, reason}``: the bus's ``routed`` events, by
+    tier and rule (:func:`reason_label`), counted as they come and rendered when scraped."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        bus.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind == "routed":
+            key = (str(event.fields.get("tier")), reason_label(str(event.fields.get("reason"))))
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        decisions = CounterMetricFamily("llmstack_routing_decisions", "auto-routing decisions",
+                                        labels=["tier", "reason"])
+        for key, count in self.counts.items():
+            decisions.add_metric(list(key), count)
+        yield decisions
 
 
 async def _until_disconnect(scope: Scope, receive: Receive, reply: Reply,
@@ -105,6 +137,14 @@ def _tier_headers(tier: str, tokens: int) -> Headers:
     return [(b"x-llmstack-tokens", str(tokens).encode()), (b"x-llmstack-tier", tier.encode())]
 
 
+def _tier_request(tier: str, path: str, body: bytes, data: dict[str, Any], extra: Headers,
+                  context: dict[str, Any]) -> ModelRequest:
+    """A request for ``tier``: its answer names the tier and carries ``extra`` headers; an
+    error answer is held back (to re-shape it, or step up from it)."""
+    return ModelRequest(tier, path, body, data, Hooks(TierName(tier), extra, ERROR_STATUSES),
+                        context)
+
+
 class LLMStackApp:
     """One ASGI app: /models.ini, /v1/models with ``auto``, auto routing, reload, and the swapper."""
 
@@ -115,12 +155,23 @@ class LLMStackApp:
         self.swapper = swapper
         self.loaded = loaded
         # hosted tiers and "auto" are metric labels too (not in the swapper's config)
-        swapper.status_api.metrics.per_request.known = (
+        metrics = swapper.status_api.metrics
+        metrics.per_request.known = (
             lambda name: name == "auto" or self.loaded.stack.tier(name) is not None)
+        metrics.register(RoutingDecisions(swapper.manager.bus))
         self.floors = SessionFloors()
         self.routing_memo = RoutingMemo()
         self.shutdown_hooks: list[Callable[[], None]] = []
         """Run after the models are stopped (uvicorn re-raises SIGTERM, so no finally runs)."""
+        self.router = Router([
+            *routes(ROUTED_PATHS, self._completion, POST),
+            *routes(("/v1/models", "/models"), self._models),
+            Route("/v1/models/{model:path}", self._model_entry),
+            Route("/models.ini", self._models_ini),
+            Route("/reload", self._reload, POST),
+            *swapper.routes,
+        ])
+        """llmstack's routes, then the swapper's."""
 
     @property
     def manager(self) -> Manager:
@@ -128,46 +179,35 @@ class LLMStackApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self._startup, self._shutdown)
         elif scope["type"] == "http":
             render = _anthropic_body if scope["path"] in ANTHROPIC_PATHS else openai_error_body
-            await self.swapper.serve_http(scope, receive, send, self._route, render)
+            await self.swapper.serve_http(scope, receive, send, self.router, render)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
+    async def _startup(self) -> None:
+        await self.swapper.startup()
         loop = asyncio.get_running_loop()
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.swapper.startup()
-                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_quietly()))
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                loop.remove_signal_handler(signal.SIGHUP)
-                await self.swapper.shutdown()
-                for hook in self.shutdown_hooks:
-                    hook()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_quietly()))
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method, path = scope["method"], scope["path"]
-        if method == "POST" and path in ROUTED_PATHS:
-            await self._completion(scope, receive, send, path)
-        elif method == "GET" and path in ("/v1/models", "/models"):
-            rows = self.model_list()
-            await self._add_backend_health(rows)
-            await send_json(send, 200, {"object": "list", "data": rows})
-        elif method == "GET" and path.startswith("/v1/models/"):
-            await send_json(send, 200, self.model_entry(path.removeprefix("/v1/models/")))
-        elif method == "GET" and path == "/models.ini":
-            await self._models_ini(send)
-        elif method == "POST" and path == "/reload":
-            changed = await self.reload()
-            await send_json(send, 200, {"reloaded": True, "restarted": changed})
-        else:
-            await self.swapper.route(scope, receive, send)
+    async def _shutdown(self) -> None:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await self.swapper.shutdown()
+        for hook in self.shutdown_hooks:
+            hook()
 
-    async def _models_ini(self, send: Send) -> None:
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rows = self.model_list()
+        await self._add_backend_health(rows)
+        await send_json(send, 200, {"object": "list", "data": rows})
+
+    async def _model_entry(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, self.model_entry(path_param(scope, "model")))
+
+    async def _reload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        changed = await self.reload()
+        await send_json(send, 200, {"reloaded": True, "restarted": changed})
+
+    async def _models_ini(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             text = read_models_ini(self.models_ini) if self.models_ini is not None else None
         except FileNotFoundError:
@@ -231,7 +271,8 @@ class LLMStackApp:
         self.manager.bus.publish("routed", tier=tier.name, reason=f"role {job}", tokens=0)
         return tier.name
 
-    async def _completion(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+    async def _completion(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
         body = await read_body(scope, receive, self.swapper.max_body)
         started = time.perf_counter()  # a refusal's record is timed from here
         data = json_object(body)
@@ -243,8 +284,8 @@ class LLMStackApp:
             extra = _tier_headers(tier, estimate_tokens(data, self.routing_memo.for_body(body)))
             context = ({"asked": model, "reason": "asked by name"}
                        if model not in (None, "", "auto") else {"asked": "auto", "reason": f"role {job}"})
-            refused = await self._serve_tier(scope, receive, send, path, tier, body, data, extra,
-                                             ERROR_STATUSES, context)
+            refused = await self._serve_tier(scope, receive, send,
+                                             _tier_request(tier, path, body, data, extra, context))
             if refused is not None:
                 await self._refuse(scope, send, client_error(refused, path, tier), extra,
                                    RequestMeter(self.manager.bus, tier, path, context, started))
@@ -264,8 +305,8 @@ class LLMStackApp:
             extra = _tier_headers(tier, decision.estimated_tokens)
             context = {"asked": "auto", "reason": decision.reason,
                        "estimate": decision.estimated_tokens}
-            refused = await self._serve_tier(scope, receive, send, path, tier, body, data,
-                                             extra, intercept=ERROR_STATUSES, context=context)
+            refused = await self._serve_tier(scope, receive, send,
+                                             _tier_request(tier, path, body, data, extra, context))
             if refused is None:
                 return
             overflow = refused.status == 400 and any(m in refused.body for m in _CONTEXT_OVERFLOW)
@@ -288,39 +329,35 @@ class LLMStackApp:
             scope, send, Intercepted(answer.status, answer.body, answer.headers + extra))
         meter.finish(Reply.of(scope, send), answer.status)
 
-    async def _serve_tier(self, scope: Scope, receive: Receive, send: Send, path: str, name: str,
-                          body: bytes, data: dict[str, Any],
-                          extra: Iterable[tuple[bytes, bytes]] = (),
-                          intercept: frozenset[int] = frozenset(),
-                          context: dict[str, Any] | None = None) -> Intercepted | None:
-        """One tier answers: hosted through litellm, local through the swapper."""
+    async def _serve_tier(self, scope: Scope, receive: Receive, send: Send,
+                          request: ModelRequest) -> Intercepted | None:
+        """One tier (``request.model``) answers: hosted through litellm, local through the
+        swapper."""
+        name, path = request.model, request.path
         tier = self.loaded.stack.tier(name)
         if tier is not None and tier.backend == "litellm":
             if path not in HOSTED_PATHS:
                 raise ApiError(400, f"tier '{name}' is hosted; hosted tiers answer "
                                     f"{', '.join(sorted(HOSTED_PATHS))} only, not {path}",
                                "unsupported_endpoint")
-            return await self._serve_hosted(scope, receive, send, path, tier.name, body, data,
-                                            list(extra), intercept, context)
+            return await self._serve_hosted(scope, receive, send, replace(request, model=tier.name))
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
             repo, file = spec.metadata["missing_file"]
             raise ApiError(503, f"tier '{name}': {repo}/{file} is not downloaded; "
                                 f"run: llmstack download {name}",
                            "model_not_downloaded")
-        return await self.swapper.serve_model(scope, receive, send, name, body, path,
-                                              TierName(name), extra, data, intercept, context)
+        return await self.swapper.serve_model(scope, receive, send, request)
 
-    async def _serve_hosted(self, scope: Scope, receive: Receive, send: Send, path: str,
-                            name: str, body: bytes, data: dict[str, Any], extra: Headers,
-                            intercept: frozenset[int],
-                            context: dict[str, Any] | None) -> Intercepted | None:
+    async def _serve_hosted(self, scope: Scope, receive: Receive, send: Send,
+                            request: ModelRequest) -> Intercepted | None:
         """litellm answers (chat, or Anthropic Messages); a failure may fall back to the
-        tier's ``fallback``; a context overflow in ``intercept`` is returned for a step-up."""
+        tier's ``fallback``; a context overflow the hooks intercept is returned for a step-up."""
+        name, path, data = request.model, request.path, request.data
         tier = self.loaded.stack.tier(name)
-        assert tier is not None
-        hosted = self.loaded.hosted
-        meter = RequestMeter(self.manager.bus, name, path, context)
+        assert tier is not None and data is not None
+        extra, hosted = list(request.hooks.extra_headers), self.loaded.hosted
+        meter = RequestMeter(self.manager.bus, name, path, request.context)
         reply = Reply.of(scope, send)
         session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
         if path == "/v1/messages":
@@ -332,7 +369,7 @@ class LLMStackApp:
         if error is None:
             meter.finish(reply)
             return None
-        if error.status in intercept and error.code == CONTEXT_CODE:  # held back, not answered:
+        if error.status in request.hooks.intercept and error.code == CONTEXT_CODE:  # held back, not answered:
             return Intercepted(error.status, error.body(),  # the caller meters what it sends
                                [(b"content-type", b"application/json")])
         meter.finish(reply, 0 if reply.complete else error.status)
@@ -341,8 +378,8 @@ class LLMStackApp:
         self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,
                                  error=error.message.splitlines()[0])
         data["model"] = tier.fallback
-        return await self._serve_tier(scope, receive, send, path, tier.fallback, body,
-                                      data, extra, intercept, context)
+        return await self._serve_tier(scope, receive, send, replace(
+            request, model=tier.fallback, hooks=replace(request.hooks, rewrite=TierName(tier.fallback))))
 
     def _session(self, scope: Scope) -> str:
         """The agent session id (opencode sends both headers), "" when sticky routing is off."""

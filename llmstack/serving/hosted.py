@@ -27,7 +27,7 @@ from typing import Any
 
 from swapper.config import Timeouts
 from swapper.errors import ApiError
-from swapper.proxy import Headers, Send
+from swapper.types import Headers, Send
 from swapper.stream_protocols import ANTHROPIC, OPENAI, StreamProtocol
 
 from ..config.litellm_config import UserParams, stack_params

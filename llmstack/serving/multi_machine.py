@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from swapper.errors import ApiError, unavailable
-from swapper.proxy import Headers
+from swapper.types import Headers
 
 from ..config.schema import Tier
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Timeouts
-from ..upstream import Headers, UpstreamError, UpstreamPool, UpstreamTimeout, origin
+from ..types import Headers
+from ..upstream import UpstreamError, UpstreamPool, UpstreamTimeout, origin
 
 MAX_BODY = 1 << 20
 """Bytes of an answer read at most (``/props`` carries the chat template)."""

@@ -140,6 +140,24 @@ def test_hosted_tier_without_litellm_is_a_clear_error_and_auto_skips_it(stack) -
     assert json.loads(body)["choices"][0]["message"]["name"] == "code-smart"
 
 
+def test_routing_decisions_are_llmstacks_own_metric(stack) -> None:
+    """``llmstack_routing_decisions_total{tier, reason}``, registered by llmstack beside the
+    swapper's series: one sample per decision, the reason without its numbers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server, _ = stack
+    for _ in range(2):
+        status, _ = call(server, "POST", "/v1/chat/completions",
+                         {"model": "auto", "messages": [{"role": "user", "content": "Say hello"}]})
+        assert status == 200
+    status, body = call(server, "GET", "/metrics")
+    samples = [s for family in text_string_to_metric_families(body.decode())
+               for s in family.samples if s.name == "llmstack_routing_decisions_total"]
+    assert [(set(s.labels), s.labels["tier"], s.value) for s in samples] == [
+        ({"tier", "reason"}, "code-smart", 2.0)]
+    assert not any(c.isdigit() for c in samples[0].labels["reason"])
+
+
 def test_serve_without_llama_server_names_the_install_command(tmp_path: Path) -> None:
     import subprocess
 

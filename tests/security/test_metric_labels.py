@@ -46,6 +46,16 @@ def test_random_upstream_paths_add_at_most_ten_series(swapper: Swapper) -> None:
     assert any('endpoint="other"' in s and 'model="fast"' in s for s in added)
 
 
+def test_the_swappers_metrics_are_its_own(swapper: Swapper) -> None:
+    """A program embedding the swapper registers its own series (llmstack's routing
+    decisions); the swapper on its own names none of them."""
+    server = swapper(f"models:\n  fast:\n    cmd: {fake_cmd()}\n")
+    status, _, body = server.get("/metrics")
+    names = {line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE")}
+    assert status == 200 and "swapper_requests_total" in names
+    assert all(name.startswith("swapper_") for name in names), sorted(names)
+
+
 @pytest.mark.parametrize("status, label", [
     (200, "200"), (404, "404"), (499, "499"), (218, "2xx"), (599, "5xx"), (999, "other"),
     ("200", "other"), (None, "other"), (True, "other"),

@@ -37,7 +37,8 @@ class FakeChild:
     """A child whose load and stop end when the test says so."""
 
     def __init__(self, world: World, spec: ModelSpec, port: int | None, log: LogSink,
-                 health_timeout: float, on_exit: Callable[[Any], None]) -> None:
+                 health_timeout: float, on_exit: Callable[[Any], None],
+                 private_env: frozenset[str]) -> None:
         self.world, self.spec, self.port, self._on_exit = world, spec, port, on_exit
         self.base_url = f"http://127.0.0.1:{port}"
         self.argv = list(spec.cmd)

@@ -344,3 +344,20 @@ def test_max_queue_wait_defaults_to_ten_seconds_and_must_not_be_negative():
     assert parse("models:\n  m:\n    cmd: srv ${PORT}\n").max_queue_wait == 10.0
     assert parse("maxQueueWait: 2.5\nmodels:\n  m:\n    cmd: srv ${PORT}\n").max_queue_wait == 2.5
     assert "maxQueueWait" in error_of("maxQueueWait: -1\nmodels:\n  m:\n    cmd: srv ${PORT}\n")
+
+
+def test_a_peers_set_params_by_id_keys_take_the_global_macros_not_a_models():
+    config = parse("""
+        macros: {level: global}
+        models:
+          local:
+            cmd: srv --port ${PORT}
+            macros: {level: own}
+        peers:
+          remote:
+            proxy: http://x
+            models: [big]
+            filters: {setParamsByID: {"big:${level}": {temperature: 0}}}
+    """)
+    assert config.resolve("big:global") == "remote/big"
+    assert config.resolve("big:own") is None

@@ -13,8 +13,8 @@ from llmstack.config.ini import parse_stack
 from llmstack.models.hf_cache import HubCache
 from llmstack.serving.swapper_config import build_swapper_config
 from llmstack.settings import Settings
+from llmstack.serving.app import reason_label
 from swapper.events import EventBus
-from swapper.metrics import reason_label
 from swapper.observe import Observer, RequestMeter, generated
 from swapper.reply import Reply
 from swapper.yaml_config import parse_yaml_config
