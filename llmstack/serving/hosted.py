@@ -27,8 +27,8 @@ from typing import Any
 
 from swapper.config import Timeouts
 from swapper.errors import ApiError
-from swapper.types import Headers, Send
 from swapper.stream_protocols import ANTHROPIC, OPENAI, StreamProtocol
+from swapper.types import Headers, Send
 
 from ..config.litellm_config import UserParams, stack_params
 from ..config.schema import Stack, Tier
