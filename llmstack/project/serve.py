@@ -48,9 +48,14 @@ class Builder:
     litellm_config: Path | None
     settings: Settings
 
+    @property
+    def session_dir(self) -> Path:
+        """Saved sessions: one directory for every port, so a restart (on any port) finds them."""
+        return self.settings.cache_dir / "sessions"
+
     def __call__(self, stack: Stack) -> Loaded:
         config = replace(build_swapper_config(stack, self.server, self.files(stack), self.hub,
-                                              str(self.log_dir)),
+                                              str(self.log_dir), str(self.session_dir)),
                          api_keys=self.settings.api_keys, private_env=frozenset({API_KEYS}))
         hosted = any(t.backend == "litellm" for t in stack.tiers)
         user = read_user_params(self.litellm_config, self.settings.variables) if hosted else {}

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from swapper.config import Matrix, ModelSpec, SwapperConfig, Timeouts
+from swapper.config import Matrix, ModelSpec, SessionCacheConfig, SwapperConfig, Timeouts
 
 from ..config.schema import SERVING_ROLES, Stack, Tier
 from ..models.gguf_info import kv_cache_bytes, read_gguf_info, tier_memory_mb
@@ -29,6 +29,9 @@ TIER_CONCURRENCY_LIMIT = 64
 _ROLE_VARS = {"fast": "f", "agent": "c", "plan": "p", "plan-uncensored": "u"}
 _SAMPLER_FLAGS = (("temp", "--temp"), ("top_p", "--top-p"), ("top_k", "--top-k"),
                   ("min_p", "--min-p"), ("rep_pen", "--repeat-penalty"))
+SLOT_TOKEN_BYTES = 16
+"""Bytes a saved slot file spends per token besides its K and V (the token and its cell)."""
+GB = 10**9
 
 
 def _number(value: float) -> str:
@@ -74,6 +77,19 @@ def tier_memory(stack: Stack, tier: Tier, model_file: Path | None) -> float:
     return (tier.size_gb or 0.0) * 1024
 
 
+def slot_bytes_per_token(stack: Stack, model_file: Path | None) -> int:
+    """Bytes a saved session of this model takes per token (its K and V in the stack's cache
+    types, and the token's own); 0, unknown until its first save, when the GGUF cannot be
+    read (:func:`tier_memory` says so)."""
+    try:
+        info = read_gguf_info(model_file) if model_file is not None else None
+    except (OSError, ValueError, IndexError, KeyError):
+        info = None
+    if info is None:
+        return 0
+    return kv_cache_bytes(info, 1, stack.cache_type_k, stack.cache_type_v) + SLOT_TOKEN_BYTES
+
+
 def tier_timeouts(stack: Stack, tier: Tier) -> Timeouts:
     """The tier's upstream timeouts: its own keys, else [DEFAULT]'s."""
     response = stack.response_timeout if tier.response_timeout is None else tier.response_timeout
@@ -116,9 +132,10 @@ def residency_matrix(local: list[Tier]) -> Matrix | None:
 
 
 def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | None],
-                         hub: HubCache, log_dir: str = "") -> SwapperConfig:
+                         hub: HubCache, log_dir: str = "", session_dir: str = "") -> SwapperConfig:
     """The swapper config for a stack; ``files`` maps each GGUF tier to its local file (a tier
-    without one is given where ``hub`` would hold it, and marked ``missing_file``)."""
+    without one is given where ``hub`` would hold it, and marked ``missing_file``);
+    ``session_dir``: where saved sessions live."""
     models: dict[str, ModelSpec] = {}
     local = [t for t in stack.tiers if t.backend == "gguf"]
     for tier in stack.tiers:
@@ -138,12 +155,17 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
         models[tier.name] = ModelSpec(cmd=argv, ttl=float(tier.effective_ttl),
                                       concurrency_limit=TIER_CONCURRENCY_LIMIT,
                                       timeouts=tier_timeouts(stack, tier),
-                                      memory_mb=tier_memory(stack, tier, model_file), **common)
+                                      memory_mb=tier_memory(stack, tier, model_file),
+                                      session_cache=stack.session_cache_for(tier),
+                                      kv_bytes_per_token=slot_bytes_per_token(stack, model_file),
+                                      **common)
     return SwapperConfig(
         models=models, health_check_timeout=HEALTH_CHECK_TIMEOUT,
         preload=tuple(t.name for t in local if t.role == "fast")[:1],
         matrix=residency_matrix(local),
         memory_budget_mb=float(stack.memory_budget_mb or Stack.memory_budget_mb),
         max_queue_wait=float(stack.max_queue_wait),
-        log_dir=log_dir)
+        log_dir=log_dir,
+        session_cache=SessionCacheConfig(session_dir, int(stack.session_cache_max_gb * GB),
+                                         stack.session_cache_min_tokens))
 

@@ -260,6 +260,14 @@ class SessionStore:
         self._keys.clear()
         self._reserved.clear()
 
+    def set_cap(self, max_bytes: int) -> list[Discarded]:
+        """Take a new cap; returns the sessions evicted to fit under it (none while closed:
+        :meth:`open` fits them)."""
+        self.max_bytes = max_bytes
+        if not self.is_open:
+            return []
+        return self._fit(0, room=max(max_bytes - sum(self._reserved.values()), 0))
+
     @property
     def is_open(self) -> bool:
         return self._lock_fd is not None
