@@ -110,8 +110,10 @@ COMMANDS = {
                              "program, or another project's stack, is refused, naming it.",
                      _start_arguments),
     "stop": Command(_stop, "SIGTERM the stack this project's pid record names (after checking "
-                           "its pid, create time and command line), SIGKILL after 5 s. Nothing "
-                           "else is touched; a stale record is reported and removed."),
+                           "its pid, create time and command line), SIGKILL after 35 s (5 s for "
+                           "answers in flight, 30 s to save its sessions; it exits as soon as it "
+                           "is done). Nothing else is touched; a stale record is reported and "
+                           "removed."),
     "restart": Command(_restart, "llmstack stop, then llmstack start with these options.",
                        _start_arguments),
     "logs": Command(_logs, "Print the last lines of .llmstack/logs/llmstack.log (or TIER's "

@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING
 
 import psutil
 
+from swapper.config import SESSION_SHUTDOWN_BUDGET
 from swapper.logring import log_file
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, open_lock, read_small
 
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
 
 READY_TIMEOUT = 180.0
 STOP_GRACE = 5.0
+EXIT_GRACE = STOP_GRACE + SESSION_SHUTDOWN_BUDGET
+"""Seconds a stopped stack has to exit before SIGKILL: its answers in flight get STOP_GRACE
+(uvicorn's graceful shutdown), then its models' sessions are saved (at most
+``SESSION_SHUTDOWN_BUDGET``); it exits as soon as it is done."""
 POLL = 0.05
 STDERR_LOG = "serve.stderr"
 STACK_LOG = f"{STACK_LOG_NAME}.log"
@@ -293,7 +298,7 @@ def _terminate(pid: int) -> None:
 
 
 def _stop_process(proc: psutil.Process, out: IO[str]) -> bool:
-    """TERM ``proc``; after STOP_GRACE s KILL it and what it started. True if it needed KILL.
+    """TERM ``proc``; after EXIT_GRACE s KILL it and what it started. True if it needed KILL.
 
     ``psutil.Process`` objects check the create time before signalling, so a child
     that exited and whose pid was reused is never signalled.
@@ -303,8 +308,8 @@ def _stop_process(proc: psutil.Process, out: IO[str]) -> bool:
         proc.send_signal(signal.SIGTERM)
     except psutil.NoSuchProcess:
         return False
-    if _wait_gone([proc], STOP_GRACE):
-        print(f"[!] pid {proc.pid} still running {STOP_GRACE:.0f} s after SIGTERM: SIGKILL",
+    if _wait_gone([proc], EXIT_GRACE):
+        print(f"[!] pid {proc.pid} still running {EXIT_GRACE:.0f} s after SIGTERM: SIGKILL",
               file=out)
         _kill([proc, *children], out)
         return True
