@@ -342,7 +342,7 @@ class ChildSessions:
         per_token = self.plan.bytes_per_token
         expected = tokens * per_token + SIDECAR_RESERVE if per_token else 0
         try:
-            pending = store.begin_save(self.plan.key.hex, session, expected)
+            pending = store.begin_save(self.plan.key.hex, session, expected, used)
         except (NoRoom, OSError) as exc:
             self._emit("session_save_failed", session, reason=str(exc))
             return 0

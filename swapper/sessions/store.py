@@ -396,30 +396,38 @@ class SessionStore:
         own older record aside): NoRoom when they cannot fit."""
         data = sidecar_bytes(entry)
         own = (entry.cache_key, entry.session)
-        discarded = self._fit(entry.size + len(data), exclude=own)
+        discarded = self._fit(entry.size + len(data), exclude=own, used=entry.last_used)
         _write_atomic(self.root / entry.cache_key, f"{entry.session}.json", data)
         entry = replace(entry, meta=len(data))
         self._entries[own] = entry
         return entry, discarded
 
     def _fit(self, incoming: int, room: int | None = None,
-             exclude: tuple[str, str] | None = None) -> list[Discarded]:
+             exclude: tuple[str, str] | None = None, used: float | None = None) -> list[Discarded]:
         """Evict until the kept sessions (all but ``exclude``) and ``incoming`` bytes fit;
-        NoRoom when they cannot."""
+        NoRoom when they cannot. ``used``: when the incoming session was last used; only
+        sessions used before it are evicted for it (so the least recently used go, whichever
+        order they are saved in)."""
         room = self.max_bytes - sum(self._reserved.values()) if room is None else room
         candidates = [e for k, e in self._entries.items() if k != exclude]
+        if used is not None:
+            room -= sum(e.disk for e in candidates if e.last_used >= used)
+            candidates = [e for e in candidates if e.last_used < used]
         victims = plan_eviction(candidates, room, incoming)
         if victims is None:
-            raise NoRoom(f"{_mb(incoming)} does not fit in the cap of {_mb(self.max_bytes)}")
+            beside = " beside the sessions used more recently" if used is not None else ""
+            raise NoRoom(f"{_mb(incoming)} does not fit in the cap of {_mb(self.max_bytes)}{beside}")
         reason = f"least recently used, over the cap of {_mb(self.max_bytes)}"
         return [self._delete(v.cache_key, v.session, reason) for v in victims]
 
-    def begin_save(self, cache_key: str, session: str, expected: int) -> PendingSave:
+    def begin_save(self, cache_key: str, session: str, expected: int,
+                   last_used: float | None = None) -> PendingSave:
         """Make room for a save of about ``expected`` bytes (a sidecar included) and name the
-        file the server writes; NoRoom when it cannot fit. The key must be adopted."""
+        file the server writes; NoRoom when it cannot fit (``last_used``: when the session was
+        last used; only sessions used before it make room). The key must be adopted."""
         if cache_key not in self._keys:
             raise NoRoom(f"cache key {cache_key} is not in use")
-        discarded = self._fit(expected)
+        discarded = self._fit(expected, used=last_used)
         name = f"{session}.{secrets.token_hex(4)}.tmp"
         self._reserved[name] = expected
         return PendingSave(cache_key, session, name, self.root / cache_key, expected,

@@ -98,6 +98,22 @@ def test_a_save_keeps_when_its_session_was_last_used(tmp_path: Path) -> None:
     assert sorted(e.session for e in store.entries()) == sorted([S[0], S[2]])  # S[1] was oldest
 
 
+def test_a_session_saved_last_but_used_least_recently_never_evicts_a_newer_one(tmp_path: Path) -> None:
+    """A stop saves its sessions most recent first: over the cap, the oldest is the one left out."""
+    store = open_store(tmp_path / "root", cap=2000)
+    store.adopt("agent", key(K1))
+    kept = []
+    for session, used in ((S[0], 50.0), (S[1], 30.0), (S[2], 10.0)):
+        pending = store.begin_save(K1, session, 0, last_used=used)
+        (pending.directory / pending.filename).write_bytes(b"k" * 500)
+        try:
+            kept.append(store.commit(pending, 10, last_used=used)[0].session)
+        except NoRoom as exc:
+            assert "beside the sessions used more recently" in str(exc)
+    assert kept == [S[0], S[1]] and sorted(e.session for e in store.entries()) == sorted(kept)
+    assert not list((tmp_path / "root" / K1).glob("*.tmp"))
+
+
 def test_a_sidecar_from_the_future_reads_as_now() -> None:
     data = {"v": 1, "cache_key": K1, "session": S[0], "tokens": 5, "bytes": 100, "saved_at": 9e18,
             "last_used": 9e18}
