@@ -40,7 +40,12 @@ def _number(value: float) -> str:
 
 def llama_server_argv(stack: Stack, tier: Tier, server: str, model_file: Path) -> tuple[str, ...]:
     """The llama-server command line of one GGUF tier (samplers in the original's order), then
-    ``--embeddings`` / ``--reranking`` for those roles and the tier's ``llama_server_args``."""
+    ``--embeddings`` / ``--reranking`` for those roles and the tier's ``llama_server_args``.
+
+    A tier that saves its sessions runs with ``--cache-ram 0``: with the host-RAM prompt cache
+    on, llama-server moves an idle slot's context there as soon as another slot runs (4 slots
+    sharing one KV pool by default), where no save reaches it; without it each session keeps
+    its slot, and that cache (8 GiB by default, outside the memory budget) is not allocated."""
     argv = [server, "--host", "127.0.0.1", "--port", "${PORT}",
             "-ngl", str(stack.n_gpu_layers), "-fa", stack.flash_attn]
     if stack.jinja:
@@ -48,6 +53,8 @@ def llama_server_argv(stack: Stack, tier: Tier, server: str, model_file: Path) -
     argv += ["--cache-type-k", stack.cache_type_k, "--cache-type-v", stack.cache_type_v,
              "--threads", str(stack.threads), "--no-warmup", "-lm", "none",
              "-m", str(model_file), "--alias", tier.name, "-c", str(tier.ctx_size)]
+    if stack.session_cache_for(tier):  # an idle slot keeps its context where a save finds it
+        argv += ["--cache-ram", "0"]
     if tier.max_output_tokens:  # caps every request's generation, max_tokens or not
         argv += ["-n", str(tier.max_output_tokens)]
     if tier.rope_scaling is not None:

@@ -20,6 +20,7 @@ TIERS = """
 [chat]
 role = agent
 ctx_size = 4096
+max_output_tokens = 64
 {chat}
 [embed]
 role = embed
@@ -63,7 +64,7 @@ def test_a_tier_overrides_default_either_way() -> None:
                                       "size in GB such as 2.5"),
     ("session_cache_min_tokens = 1k", "", "t.ini:2: [DEFAULT] session_cache_min_tokens: '1k': "
                                           "expected a whole number of tokens such as 512"),
-    ("", "session_cache_max_gb = 3", "t.ini:12: [chat] session_cache_max_gb: this key belongs in "
+    ("", "session_cache_max_gb = 3", "t.ini:13: [chat] session_cache_max_gb: this key belongs in "
                                      "[DEFAULT]"),
 ])
 def test_bad_values_are_file_line_errors(default: str, tier: str, message: str) -> None:
@@ -91,6 +92,13 @@ def test_what_reaches_the_swapper(tmp_path: Path) -> None:
     assert chat.kv_bytes_per_token == kv_cache_bytes(info, 1, "q8_0", "q8_0") + 16
     assert own.kv_bytes_per_token == 0  # not downloaded: learnt from its first save
     assert not config.models["hosted"].session_cache
+    # each session keeps its slot (the RAM prompt cache would take idle slots' contexts away)
+    assert "--cache-ram" not in embed.cmd
+    at = chat.cmd.index("--cache-ram")
+    assert chat.cmd[at + 1] == "0" and at < chat.cmd.index("-n")
+    mine = parse_stack(stack_text(chat="llama_server_args = --cache-ram 2048"), "t.ini")
+    argv = build_swapper_config(mine, "/bin/llama-server", {}, HubCache(tmp_path)).models["chat"].cmd
+    assert argv[-2:] == ("--cache-ram", "2048")  # the tier's own comes last: it wins
     default = build_swapper_config(parse_stack(stack_text(), "t.ini"), "/bin/llama-server", {},
                                    HubCache(tmp_path))
     assert default.session_cache == SessionCacheConfig("", 0, 512)  # the cap from the disk
