@@ -185,6 +185,10 @@ class SessionCacheConfig:
     (:func:`swapper.sessions.cache.default_max_bytes`)."""
     min_tokens: int = DEFAULT_SESSION_MIN_TOKENS
     """Slots holding fewer tokens are not saved."""
+    owner: str = ""
+    """Names this config in a directory other servers share (llmstack: its models.ini): a
+    model's sessions saved under other settings are discarded only when the same owner's
+    model of the same id comes back with new ones."""
 
 
 @dataclass(frozen=True)

@@ -368,7 +368,7 @@ class Manager:
             cache = self.session_cache = SessionCache(settings, self.http, self.bus.publish)
         try:
             return cache.plan(spec.id, spec.cmd, {**os.environ, **spec.env},
-                              spec.kv_bytes_per_token)
+                              spec.kv_bytes_per_token, self.config.session_cache.owner)
         except Exception as exc:  # a bug here must never keep the model from starting
             self._sessions_failed(spec.id, exc)
             return None

@@ -139,10 +139,10 @@ def residency_matrix(local: list[Tier]) -> Matrix | None:
 
 
 def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | None],
-                         hub: HubCache, log_dir: str = "", session_dir: str = "") -> SwapperConfig:
+                         hub: HubCache, log_dir: str = "") -> SwapperConfig:
     """The swapper config for a stack; ``files`` maps each GGUF tier to its local file (a tier
-    without one is given where ``hub`` would hold it, and marked ``missing_file``);
-    ``session_dir``: where saved sessions live."""
+    without one is given where ``hub`` would hold it, and marked ``missing_file``). Where saved
+    sessions live, and whose they are, is the caller's to add (``session_cache``)."""
     models: dict[str, ModelSpec] = {}
     local = [t for t in stack.tiers if t.backend == "gguf"]
     for tier in stack.tiers:
@@ -173,6 +173,6 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
         memory_budget_mb=float(stack.memory_budget_mb or Stack.memory_budget_mb),
         max_queue_wait=float(stack.max_queue_wait),
         log_dir=log_dir,
-        session_cache=SessionCacheConfig(session_dir, int(stack.session_cache_max_gb * GB),
-                                         stack.session_cache_min_tokens))
+        session_cache=SessionCacheConfig(max_bytes=int(stack.session_cache_max_gb * GB),
+                                         min_tokens=stack.session_cache_min_tokens))
 

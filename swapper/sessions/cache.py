@@ -112,10 +112,11 @@ class SessionCache:
             self.emit("session_cache_off", model=model_id, reason=reason)
 
     def plan(self, model_id: str, argv: Sequence[str], env: Mapping[str, str],
-             bytes_per_token: int | None = None) -> ChildPlan | None:
-        """The plan for a child about to start from ``argv`` (``env``: its whole environment),
-        or None (with a ``session_cache_off`` event) when it cannot take part. Synchronous
-        file work: stats, a mkdir, a small write."""
+             bytes_per_token: int | None = None, owner: str = "") -> ChildPlan | None:
+        """The plan for a child about to start from ``argv`` (``env``: its whole environment;
+        ``owner``: the config it comes from, see :meth:`SessionStore.adopt`), or None (with a
+        ``session_cache_off`` event) when it cannot take part. Synchronous file work: stats,
+        a mkdir, a small write."""
         try:
             if not self.store.is_open:
                 self._discarded(None, self.store.open())
@@ -123,7 +124,7 @@ class SessionCache:
             broken = self.health.reason(key.hex)
             if broken is not None:
                 raise Unsupported(broken)
-            directory, discarded = self.store.adopt(model_id, key)
+            directory, discarded = self.store.adopt(model_id, key, owner)
         except (Unsupported, StoreError) as exc:
             self._turn_off(model_id, str(exc))
             return None

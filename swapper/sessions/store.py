@@ -58,6 +58,7 @@ _HEX = re.compile(rf"[0-9a-f]{{{HEX_LEN}}}\Z")
 _SESSION_FILE = re.compile(rf"([0-9a-f]{{{HEX_LEN}}})\.(?:bin|json)\Z")
 _TMP = re.compile(rf"[0-9a-f]{{{HEX_LEN}}}\.[0-9a-f]{{8}}\.tmp\Z")
 _MODEL_ID = 256  # characters of a model id kept in a key record
+_OWNER = 1024  # ... and of the name of the server's config that owns it
 
 
 class StoreError(OSError):
@@ -162,16 +163,19 @@ def sidecar_bytes(entry: Entry) -> bytes:
                        "last_used": round(entry.last_used, 3)}).encode()
 
 
-def parse_key_record(data: Any) -> tuple[str, dict[str, Any]]:
-    """(model id, key record) of a ``key.json``; ValueError when it is not one we wrote. Pure."""
+def parse_key_record(data: Any) -> tuple[str, dict[str, Any], str]:
+    """(model id, key record, owner) of a ``key.json``; ValueError when it is not one we
+    wrote. Pure."""
     if not isinstance(data, dict):
         raise ValueError("not an object")
-    model_id, record = data.get("model_id"), data.get("record")
+    model_id, record, owner = data.get("model_id"), data.get("record"), data.get("owner", "")
     if not isinstance(model_id, str) or not 0 < len(model_id) <= _MODEL_ID:
         raise ValueError("no model id")
     if not isinstance(record, dict) or not all(isinstance(k, str) for k in record):
         raise ValueError("no key record")
-    return model_id, record
+    if not isinstance(owner, str) or len(owner) > _OWNER:
+        raise ValueError("no owner")
+    return model_id, record, owner
 
 
 # -- files --------------------------------------------------------------------------------
@@ -223,7 +227,7 @@ class SessionStore:
     def __init__(self, root: Path, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
         self.root, self.max_bytes, self._clock = root, max_bytes, clock
         self._entries: dict[tuple[str, str], Entry] = {}
-        self._keys: dict[str, tuple[str, dict[str, Any]]] = {}  # cache key -> model id, record
+        self._keys: dict[str, tuple[str, dict[str, Any], str]] = {}  # key -> model, record, owner
         self._reserved: dict[str, int] = {}  # pending filename -> bytes
         self._lock_fd: int | None = None
 
@@ -315,20 +319,21 @@ class SessionStore:
 
     # -- keys --
 
-    def adopt(self, model_id: str, key: CacheKey) -> tuple[Path, list[Discarded]]:
-        """The directory of ``key`` (created) for model ``model_id``, whose sessions saved under
+    def adopt(self, model_id: str, key: CacheKey, owner: str = "") -> tuple[Path, list[Discarded]]:
+        """The directory of ``key`` (created) for model ``model_id`` of ``owner`` (the config
+        it comes from, when servers of several share the root), whose sessions saved under
         any other key are discarded with what changed."""
-        model_id = model_id[:_MODEL_ID]
+        model_id, owner = model_id[:_MODEL_ID], owner[:_OWNER]
         discarded: list[Discarded] = []
-        for other, (owner, record) in list(self._keys.items()):
-            if owner == model_id and other != key.hex:
+        for other, (model, record, of) in list(self._keys.items()):
+            if (model, of) == (model_id, owner) and other != key.hex:
                 discarded += self._drop_key(other, what_changed(record, key.record))
         directory = self.root / key.hex
         _private_dir(directory)
-        if self._keys.get(key.hex) != (model_id, dict(key.record)):
-            _write_atomic(directory, KEY_RECORD,
-                          json.dumps({"model_id": model_id, "record": key.record}).encode())
-            self._keys[key.hex] = (model_id, dict(key.record))
+        if self._keys.get(key.hex) != (model_id, dict(key.record), owner):
+            _write_atomic(directory, KEY_RECORD, json.dumps(
+                {"model_id": model_id, "owner": owner, "record": key.record}).encode())
+            self._keys[key.hex] = (model_id, dict(key.record), owner)
         return directory, discarded
 
     def _drop_key(self, key: str, reason: str) -> list[Discarded]:
@@ -351,7 +356,7 @@ class SessionStore:
 
     def models(self) -> Mapping[str, str]:
         """cache key -> model id of the keys the store holds (for status pages)."""
-        return {key: model for key, (model, _) in self._keys.items()}
+        return {key: model for key, (model, _, _) in self._keys.items()}
 
     # -- sessions --
 

@@ -83,9 +83,8 @@ def test_a_hosted_tier_saves_no_sessions() -> None:
 def test_what_reaches_the_swapper(tmp_path: Path) -> None:
     stack = parse_stack(stack_text("session_cache_max_gb = 2.5\nsession_cache_min_tokens = 64"), "t.ini")
     model = write_tiny_gguf(tmp_path / "chat.gguf", seed=1)
-    config = build_swapper_config(stack, "/bin/llama-server", {"chat": model}, HubCache(tmp_path),
-                                  session_dir=str(tmp_path / "sessions"))
-    assert config.session_cache == SessionCacheConfig(str(tmp_path / "sessions"), 2_500_000_000, 64)
+    config = build_swapper_config(stack, "/bin/llama-server", {"chat": model}, HubCache(tmp_path))
+    assert config.session_cache == SessionCacheConfig("", 2_500_000_000, 64)
     chat, embed, own = (config.models[name] for name in ("chat", "embed", "own"))
     assert chat.session_cache and own.session_cache and not embed.session_cache
     info = read_gguf_info(model)

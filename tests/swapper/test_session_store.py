@@ -206,6 +206,23 @@ def test_another_key_for_the_same_model_discards_its_sessions_with_the_reason(tm
     assert [e.session for e in store.entries()] == [S[1]]  # another model's sessions stay
 
 
+def test_the_same_model_id_of_another_config_keeps_its_sessions(tmp_path: Path) -> None:
+    """Servers of two projects share the root, each with an "agent": neither discards the
+    other's sessions (the owner's own later change still does), and a reopened store knows
+    whose each key is."""
+    store = open_store(tmp_path / "root")
+    store.adopt("agent", key(K1, ctx="8192"), owner="/a/models.ini")
+    save(store, K1, S[0], 100)
+    assert store.adopt("agent", key(K2, ctx="4096"), owner="/b/models.ini")[1] == []
+    store.close()
+    store = open_store(tmp_path / "root")
+    assert store.adopt("agent", key(K2, ctx="4096"), owner="/b/models.ini")[1] == []
+    assert [e.session for e in store.entries()] == [S[0]]
+    _, discarded = store.adopt("agent", key("c" * 32, ctx="2048"), owner="/a/models.ini")
+    assert [(d.session, d.reason) for d in discarded] == [
+        (S[0], "the settings changed (was -c 8192, now -c 2048)")]
+
+
 def test_one_store_per_root(tmp_path: Path) -> None:
     first = open_store(tmp_path / "root")
     with pytest.raises(StoreError, match="in use by another server"):
