@@ -51,7 +51,7 @@ class Builder:
     def __call__(self, stack: Stack) -> Loaded:
         config = replace(build_swapper_config(stack, self.server, self.files(stack), self.hub,
                                               str(self.log_dir)),
-                         api_keys=self.settings.api_keys, private_env=frozenset({API_KEYS}))
+                         api_keys=self.settings.api_keys, private_env=self.settings.private_env)
         hosted = any(t.backend == "litellm" for t in stack.tiers)
         user = read_user_params(self.litellm_config, self.settings.variables) if hosted else {}
         return Loaded(stack, routing_table(stack), config,

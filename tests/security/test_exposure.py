@@ -125,7 +125,10 @@ def _answers(server: Server) -> bool:
 
 def test_the_stacks_keys_never_reach_a_child(tmp_path: Path) -> None:
     """Not through the environment (read from /proc), not as forwarded request headers."""
-    stack = start_fake_stack(tmp_path / "stack", env={"LLMSTACK_API_KEYS": "sekrit,other"})
+    secrets = {"LLMSTACK_API_KEYS": "sekrit,other", "LLMSTACK_BACKENDS_API_KEY": "team",
+               "OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-y", "HF_TOKEN": "hf_z",
+               "AWS_SECRET_ACCESS_KEY": "aws", "AWS_ACCESS_KEY_ID": "id", "MY_DB_PASSWORD": "pw"}
+    stack = start_fake_stack(tmp_path / "stack", env={**secrets, "KEYBOARD_LAYOUT": "us"})
     try:
         status, _, _ = http("GET", stack.base + "/running")
         assert status == 401
@@ -139,8 +142,9 @@ def test_the_stacks_keys_never_reach_a_child(tmp_path: Path) -> None:
         wait_until(lambda: child_pid() is not None, 30, "the preloaded tier's child")
         pid = child_pid()
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert not any(item.startswith(b"LLMSTACK_API_KEYS=") for item in environ)
-        assert any(item.startswith(b"HF_HUB_CACHE=") for item in environ)  # the rest is inherited
+        names = {item.partition(b"=")[0].decode() for item in environ}
+        assert not names & set(secrets), names & set(secrets)  # nor a provider's credentials
+        assert {"HF_HUB_CACHE", "KEYBOARD_LAYOUT"} <= names  # the rest is inherited
     finally:
         stop_server(stack)
 
