@@ -198,6 +198,28 @@ def fake_cmd(*flags: str) -> str:
     return " ".join([sys.executable, str(FAKE_UPSTREAM), "--port", "${PORT}", *flags])
 
 
+_MISMARKED = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``real`` marker means exactly "needs the llama-server binary", and a test gets
+    the binary from :func:`llama_server_bin` (directly or through another fixture): every
+    test requesting it is marked ``real``, and a test marked ``real`` without requesting it
+    fails (without the binary it would not skip, or it needs no binary at all)."""
+    for item in items:
+        needs = "llama_server_bin" in getattr(item, "fixturenames", ())
+        if needs:
+            item.add_marker(pytest.mark.real)
+        elif item.get_closest_marker("real") is not None:
+            item.stash[_MISMARKED] = True
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.stash.get(_MISMARKED, False):
+        pytest.fail("marked real but does not request the llama_server_bin fixture: request "
+                    "it (the test needs llama-server) or drop the marker (it does not)")
+
+
 @pytest.fixture(scope="session")
 def llama_server_bin() -> str:
     """The real llama-server; missing it fails under CI and skips elsewhere."""

@@ -13,7 +13,6 @@ from llmstack.project.paths import Project
 from tests.project.conftest import Cli
 from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401  (the cached npm install)
 
-pytestmark = pytest.mark.real
 
 
 def test_opencode_accepts_the_template_config(cli: Cli, project: Project, tmp_path: Path,

@@ -86,7 +86,8 @@ def test_network_bind_without_a_key_is_refused_by_both_commands(tmp_path: Path) 
                   "--port", str(free_port())],
                  [sys.executable, "-m", "llmstack", "serve", "--models-ini", str(ini),
                   "--port", str(free_port())]):
-        done = run_briefly(argv, {"LLMSTACK_API_KEYS": ""})
+        # serve finds a llama-server before it checks the address: any executable, never run
+        done = run_briefly(argv, {"LLMSTACK_API_KEYS": "", "LLMSTACK_LLAMA_SERVER": sys.executable})
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "--allow-unauthenticated-network" in lines[0], done.stderr

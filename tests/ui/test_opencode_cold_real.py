@@ -13,7 +13,6 @@ from tests.conftest import Server
 from tests.real.test_opencode_real import opencode_bin, opencode_project  # noqa: F401  (the fixture)
 from tests.ui.conftest import LOAD_MS, slow_config
 
-pytestmark = pytest.mark.real
 
 
 def test_opencode_waits_through_a_cold_load_without_retrying(
