@@ -50,6 +50,17 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
+async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """:func:`wait_until` inside the event loop: poll ``condition`` every 10 ms, the loop
+    running meanwhile (for progress that needs the clock or the network, such as a server
+    in this process binding its socket); fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 def in_threads(work: Callable[[], None], threads: int) -> None:
     """Run ``work`` on ``threads`` threads at once; returns when every one is done."""
     workers = [threading.Thread(target=work) for _ in range(threads)]

@@ -10,8 +10,8 @@ import pytest
 
 from llmstack.config.demo import demo_stack
 from llmstack.models.demo import demo_files
-from llmstack.settings import Settings, prepare_for_litellm
 from llmstack.models.gguf_info import read_gguf_info
+from llmstack.settings import Settings, prepare_for_litellm
 from tests.conftest import Server
 from tests.ui.conftest import scrape
 

@@ -13,7 +13,13 @@ import pytest
 from swapper.front_door import is_loopback, split_host
 from tests.conftest import Server, free_port, http, stop_server, wait_until
 from tests.front_door_support import (
-    error_of, one_model_yaml, port_of, raw_request, start_fake_stack, start_swapper, status_of,
+    error_of,
+    one_model_yaml,
+    port_of,
+    raw_request,
+    start_fake_stack,
+    start_swapper,
+    status_of,
     swapper_argv,
 )
 

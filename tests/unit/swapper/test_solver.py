@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Mapping
 
 import pytest
@@ -218,7 +217,7 @@ def test_memory_budget_checks_groups():
         groups=(Group("g", ("a", "b"), swap=False),),
         memory_budget_mb=1000,
     )
-    with pytest.raises(ConfigError, match="^groups.g: a \\+ b need 1200 MB, 200 MB over"):
+    with pytest.raises(ConfigError, match=r"^groups\.g: a \+ b need 1200 MB, 200 MB over"):
         compile_plan(config)
 
 
@@ -493,7 +492,7 @@ def group_configs(draw) -> tuple[Group, ...]:
     owners = draw(st.lists(st.integers(-1, 2), min_size=size, max_size=size))
     groups = []
     for index in range(3):
-        members = tuple(m for m, owner in zip(GROUP_MODELS, owners) if owner == index)
+        members = tuple(m for m, owner in zip(GROUP_MODELS, owners, strict=True) if owner == index)
         flags = draw(st.tuples(st.booleans(), st.booleans(), st.booleans()))
         groups.append(Group(f"grp{index}", members, *flags))
     return tuple(groups)
