@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 import pytest
@@ -326,6 +327,7 @@ POOL = ("m0", "m1", "m2", "m3", "m4")
 PROCESSLESS = "api"
 
 
+@functools.cache  # one strategy per refs: built (and validated) once, not on every draw
 def _expressions(refs: int) -> st.SearchStrategy:
     """Expression trees: model names, ('ref', i) for i < refs, ('&' | '|', children)."""
     leaves = st.sampled_from((*POOL, PROCESSLESS))
