@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from llmstack.models.tiny_gguf import write_tiny_gguf
-
 from tests.conftest import FAKE_UPSTREAM, Server, fake_cmd, free_port, start_llmstack, start_server
 
 FAST_INI = """\

@@ -128,7 +128,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(payload)
 
         def _resolve(self, body: bool) -> None:
-            hub.requests.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            hub.requests.append(Seen(self.command, self.path, headers))
             if hub.token and self.headers.get("Authorization") != f"Bearer {hub.token}":
                 return self._error(401, "GatedRepo", "Access to this repo is restricted")
             match = _RESOLVE.fullmatch(self.path.split("?")[0])

@@ -88,7 +88,7 @@ def test_no_more_than_two_files_are_in_flight(
         project: Project, hub: FakeHub, ggufs: list[bytes]) -> None:
     hub.hold_gets = 1.5  # each GET waits up to 1.5 s for a third one: a limit above 2 shows
     names = [f"m{i}.gguf" for i in range(4)]
-    for name, data in zip(names, ggufs):
+    for name, data in zip(names, ggufs, strict=True):
         hub.add(REPO, name, data)
     project.write_ini(tier_ini(*[(f"t{i}", name) for i, name in enumerate(names)]))
     done = project.run("download")

@@ -72,8 +72,8 @@ def last_body(provider: Provider) -> dict:
 
 
 def test_openai_tier_injects_samplers_keeps_the_callers_and_caps_output(stack, provider) -> None:
-    status, headers, body = post(stack.base, CHAT, {"model": "gpt", "messages": HI,
-                                                    "temperature": 1.1, "max_tokens": 100})
+    status, _, body = post(stack.base, CHAT, {"model": "gpt", "messages": HI,
+                                              "temperature": 1.1, "max_tokens": 100})
     assert status == 200, body
     answer = json.loads(body)
     assert answer["choices"][0]["message"] == {**answer["choices"][0]["message"], "name": "gpt",

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmstack.project.paths import Project
-from tests.conftest import free_port, stop_server, wait_until
-from tests.conftest import hub_with_demo_models
+from tests.conftest import free_port, hub_with_demo_models, stop_server, wait_until
 from tests.project.conftest import Cli, serve_in
 
 pytestmark = pytest.mark.real

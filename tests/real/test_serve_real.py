@@ -97,7 +97,8 @@ def test_sighup_restarts_only_the_changed_tier(serve, tmp_path: Path) -> None:
     ini.write_text(demo_text().replace("ctx_size = 8192", "ctx_size = 8k"))
     status, _, body = server.post("/reload")
     assert status == 400
-    assert f"{ini}:" in json.loads(body)["error"]["message"] and "ctx_size" in json.loads(body)["error"]["message"]
+    message = json.loads(body)["error"]["message"]
+    assert f"{ini}:" in message and "ctx_size" in message
     assert server.running()["fast"]["pid"] == before["fast"]  # old config kept
 
 

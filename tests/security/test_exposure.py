@@ -13,7 +13,13 @@ import pytest
 from swapper.front_door import is_loopback, split_host
 from tests.conftest import Server, free_port, http, stop_server, wait_until
 from tests.front_door_support import (
-    error_of, one_model_yaml, port_of, raw_request, start_fake_stack, start_swapper, status_of,
+    error_of,
+    one_model_yaml,
+    port_of,
+    raw_request,
+    start_fake_stack,
+    start_swapper,
+    status_of,
     swapper_argv,
 )
 
@@ -86,7 +92,8 @@ def test_network_bind_without_a_key_is_refused_by_both_commands(tmp_path: Path) 
                   "--port", str(free_port())],
                  [sys.executable, "-m", "llmstack", "serve", "--models-ini", str(ini),
                   "--port", str(free_port())]):
-        done = run_briefly(argv, {"LLMSTACK_API_KEYS": ""})
+        # serve finds a llama-server before it checks the address: any executable, never run
+        done = run_briefly(argv, {"LLMSTACK_API_KEYS": "", "LLMSTACK_LLAMA_SERVER": sys.executable})
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "--allow-unauthenticated-network" in lines[0], done.stderr

@@ -38,7 +38,7 @@ def test_vocab_is_spm_with_all_byte_tokens(tiny: Path) -> None:
     tokens = _field(tiny, "tokenizer.ggml.tokens")
     types = _field(tiny, "tokenizer.ggml.token_type")
     assert _field(tiny, "tokenizer.ggml.model") == "llama"
-    kind = dict(zip(tokens, types))
+    kind = dict(zip(tokens, types, strict=True))
     assert all(kind[f"<0x{b:02X}>"] == TokenType.BYTE for b in range(256))
     for special in ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"):
         assert special in kind

@@ -494,7 +494,7 @@ def test_never_routes_to_a_tier_that_cannot_hold_the_request(
 
 
 def test_step_up_goes_to_the_next_rung_with_a_larger_window() -> None:
-    from llmstack.serving.routing import Rung, RoutingTable, step_up
+    from llmstack.serving.routing import RoutingTable, Rung, step_up
 
     table = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 65536), ultra=Rung("u", 200000))
     assert step_up(table, "f") == "a"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmstack.serving.routing import Rung, RoutingTable, classify, estimate_tokens
+from llmstack.serving.routing import RoutingTable, Rung, classify, estimate_tokens
 from llmstack.serving.routing_memo import MIN_TEXT, RoutingMemo
 
 TABLE = RoutingTable(fast=Rung("fast"), agent=Rung("agent"), ultra=Rung("ultra"),

@@ -24,7 +24,7 @@ class CountingFile:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def __enter__(self) -> CountingFile:  # noqa: PYI034 (Self needs Python 3.11)
+    def __enter__(self) -> CountingFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

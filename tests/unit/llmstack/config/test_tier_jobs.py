@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config.ini import ModelsIniError, parse_stack
 from llmstack.config.demo import demo_stack
-from llmstack.serving.swapper_config import llama_server_argv
+from llmstack.config.ini import ModelsIniError, parse_stack
 from llmstack.project.opencode import render
+from llmstack.serving.swapper_config import llama_server_argv
 
 TIER = "[e]\nhf_repo = r\nhf_file = f.gguf\n"
 

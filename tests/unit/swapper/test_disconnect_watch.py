@@ -16,7 +16,7 @@ import uvicorn
 
 from swapper.http_protocol import bounded_protocol
 from swapper.reply import DISCONNECT_KEY, DisconnectWatch, Reply
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 
 REQUEST = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -63,8 +63,7 @@ async def served(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, See
         watching_app(seen, answer_first=False), host="127.0.0.1", port=port, lifespan="off",
         log_level="warning", http=http))
     task = asyncio.ensure_future(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.started, 10, "the server to listen")
     yield request.param, seen, port
     server.should_exit = True
     await task
@@ -73,7 +72,7 @@ async def served(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, See
 async def test_a_client_that_hangs_up_before_the_answer_cancels_the_request(
         served: tuple[str, Seen, int]) -> None:
     protocol, seen, port = served
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(REQUEST)
     await asyncio.wait_for(seen.waiting.wait(), 5)
     writer.close()
@@ -91,14 +90,12 @@ async def test_a_hang_up_after_a_complete_answer_cancels_nothing() -> None:
         watching_app(seen, answer_first=True), host="127.0.0.1", port=port, lifespan="off",
         log_level="warning", http=bounded_protocol(), timeout_graceful_shutdown=0.2))
     task = asyncio.ensure_future(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await eventually(lambda: server.started, 10, "the server to listen")
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(REQUEST)
     await asyncio.wait_for(seen.waiting.wait(), 5)
     writer.close()
-    while server.server_state.connections:  # the server has seen the client go
-        await asyncio.sleep(0.01)
+    await eventually(lambda: not server.server_state.connections, 10, "the server to see the client go")
     assert not seen.ended.done()
     server.should_exit = True  # shutdown cancels the still-running app: not the client's doing
     await task

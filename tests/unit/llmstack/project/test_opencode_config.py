@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from llmstack.project.channels import next_stack
-from llmstack.config.ini import bundled_template_text, parse_stack
 from llmstack.config.demo import demo_stack
-from llmstack.settings import Settings
+from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.project.channels import next_stack
 from llmstack.project.opencode import (
     COLD_READ_MB_PER_S,
     DEFAULT_DISABLED_PROVIDERS,
@@ -18,6 +17,7 @@ from llmstack.project.opencode import (
     render,
     to_text,
 )
+from llmstack.settings import Settings
 
 READ_ONLY = {"edit": "deny", "write": "deny", "bash": "deny"}
 AGENTS = ["/p/.llmstack/AGENTS.md"]

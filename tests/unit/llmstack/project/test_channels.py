@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from llmstack.config.demo import demo_stack
+from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.errors import UserError
 from llmstack.project.channels import (
     CURRENT,
     Channel,
@@ -14,10 +17,7 @@ from llmstack.project.channels import (
     resolve_serve,
     write_marker,
 )
-from llmstack.config.ini import bundled_template_text, parse_stack
-from llmstack.config.demo import demo_stack
 from llmstack.project.paths import Project
-from llmstack.errors import UserError
 from llmstack.settings import Settings
 
 REMOTE = "http://10.0.0.5:10101"

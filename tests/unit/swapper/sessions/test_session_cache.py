@@ -18,7 +18,7 @@ from swapper.sessions.keys import session_key
 from swapper.sessions.slots import RestoreRejected, SlotClient, SlotError, SlotTimeout
 from swapper.sessions.verify import TAP_TAIL, Timings, TimingsTap, Verdict, judge, timings_in
 from swapper.upstream import UpstreamPool
-from tests.swapper.slot_standin import SlotStandIn
+from tests.unit.swapper.sessions.slot_standin import SlotStandIn
 
 # -- verification (pure) --------------------------------------------------------------------
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from llmstack.settings import Settings
 from llmstack.config.ini import ModelsIniError, parse_stack
-from llmstack.serving.hosted import chat_params, messages_params, provider_error
 from llmstack.config.litellm_config import read_user_params, tier_params
+from llmstack.serving.hosted import chat_params, messages_params, provider_error
 from llmstack.serving.multi_machine import Backends
 from llmstack.serving.remote_limits import litellm_timeouts, remote_timeouts
+from llmstack.settings import Settings
 from swapper.config import Timeouts
 
 
@@ -116,7 +117,7 @@ def test_request_building_fills_samplers_caps_output_and_asks_for_usage() -> Non
 def test_provider_errors_map_status_type_and_context_overflow() -> None:
     class RateLimitError(Exception):
         status_code = 429
-        body = {"message": "slow", "type": "rate_limit_error"}
+        body: ClassVar[dict[str, str]] = {"message": "slow", "type": "rate_limit_error"}
 
     error = provider_error(RateLimitError("slow"), "t")
     assert (error.status, error.type, error.code) == (429, "rate_limit_error", "")

@@ -11,9 +11,9 @@ import pytest
 
 from llmstack.config.ini import parse_stack
 from llmstack.models.hf_cache import HubCache
+from llmstack.serving.app import reason_label
 from llmstack.serving.swapper_config import build_swapper_config
 from llmstack.settings import Settings
-from llmstack.serving.app import reason_label
 from swapper.events import EventBus
 from swapper.observe import Observer, RequestMeter, generated
 from swapper.reply import Reply

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import functools
 from collections.abc import Iterable, Mapping
 
 import pytest
@@ -218,7 +218,7 @@ def test_memory_budget_checks_groups():
         groups=(Group("g", ("a", "b"), swap=False),),
         memory_budget_mb=1000,
     )
-    with pytest.raises(ConfigError, match="^groups.g: a \\+ b need 1200 MB, 200 MB over"):
+    with pytest.raises(ConfigError, match=r"^groups\.g: a \+ b need 1200 MB, 200 MB over"):
         compile_plan(config)
 
 
@@ -327,6 +327,7 @@ POOL = ("m0", "m1", "m2", "m3", "m4")
 PROCESSLESS = "api"
 
 
+@functools.cache  # one strategy per refs: built (and validated) once, not on every draw
 def _expressions(refs: int) -> st.SearchStrategy:
     """Expression trees: model names, ('ref', i) for i < refs, ('&' | '|', children)."""
     leaves = st.sampled_from((*POOL, PROCESSLESS))
@@ -493,7 +494,7 @@ def group_configs(draw) -> tuple[Group, ...]:
     owners = draw(st.lists(st.integers(-1, 2), min_size=size, max_size=size))
     groups = []
     for index in range(3):
-        members = tuple(m for m, owner in zip(GROUP_MODELS, owners) if owner == index)
+        members = tuple(m for m, owner in zip(GROUP_MODELS, owners, strict=True) if owner == index)
         flags = draw(st.tuples(st.booleans(), st.booleans(), st.booleans()))
         groups.append(Group(f"grp{index}", members, *flags))
     return tuple(groups)

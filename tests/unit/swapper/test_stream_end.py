@@ -24,7 +24,7 @@ CHAT = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
 class FakeResponse:
     """Just what _stream_sse reads of an UpstreamResponse."""
 
-    def __init__(self, body: bytes, cut: bool = False, headers: list[tuple[bytes, bytes]] = [],
+    def __init__(self, body: bytes, cut: bool = False, headers: tuple[tuple[bytes, bytes], ...] = (),
                  step: int = 7) -> None:
         self.status, self.body, self.cut, self.step = 200, body, cut, step
         self.headers = [(b"content-type", b"text/event-stream"), *headers]
@@ -104,7 +104,7 @@ def test_words_in_content_never_end_a_stream() -> None:
 
 
 def test_x_accel_buffering_is_sent_once() -> None:
-    headers, _ = relay(FakeResponse(CHAT, headers=[(b"X-Accel-Buffering", b"no")]), OPENAI)
+    headers, _ = relay(FakeResponse(CHAT, headers=((b"X-Accel-Buffering", b"no"),)), OPENAI)
     assert [k.lower() for k, _ in headers].count(b"x-accel-buffering") == 1
     headers, _ = relay(FakeResponse(CHAT), OPENAI)
     assert (b"x-accel-buffering", b"no") in headers

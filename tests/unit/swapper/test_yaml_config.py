@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from swapper.config import ConfigError, Group
 from swapper.solver import compile_plan
 from swapper.yaml_config import load_yaml_config, parse_yaml_config
+from tests.conftest import ROOT
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "llama-swap-config.yaml"
+EXAMPLE = ROOT / "examples" / "llama-swap-config.yaml"
 
 
 def parse(text: str):

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from llmstack.config.demo import demo_stack
 from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.config.schema import SERVING_ROLES
 from llmstack.models.hf_cache import HubCache
-from llmstack.serving.swapper_config import build_swapper_config
+from llmstack.serving.swapper_config import build_swapper_config, llama_server_argv
 from llmstack.settings import Settings
 from swapper.config import ConfigError
 from swapper.solver import compile_plan
@@ -80,3 +82,14 @@ def test_max_queue_wait_reaches_the_swapper(template) -> None:
     text = bundled_template_text().replace("; max_queue_wait = 10", "max_queue_wait = 3")
     config = build_swapper_config(parse_stack(text), "/bin/llama-server", {}, HUB)
     assert config.max_queue_wait == 3.0
+
+
+def test_max_output_tokens_caps_llama_server_generation() -> None:
+    stack = parse_stack("[t]\nrole = fast\nhf_repo = a/b\nhf_file = c.gguf\nctx_size = 8192\n"
+                        "max_output_tokens = 77\n[u]\nrole = agent\nhf_repo = a/b\nhf_file = d.gguf\n"
+                        "ctx_size = 65536\n")
+    with_cap = llama_server_argv(stack, stack.tiers[0], "llama-server", Path("c.gguf"))
+    assert with_cap[with_cap.index("-n") + 1] == "77"
+    assert "-n" not in llama_server_argv(stack, stack.tiers[1], "llama-server", Path("d.gguf"))
+    assert all(0 < t.max_output_tokens <= 64 for t in demo_stack().tiers
+               if t.role not in SERVING_ROLES)
