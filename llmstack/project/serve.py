@@ -137,7 +137,8 @@ def serve(options: ServeOptions, project: Project, settings: Settings) -> int:
     clear = record_active_channel(project, channel)
     app.shutdown_hooks.append(clear)
     try:
-        run(app, sock, options.log_level, own_logging=options.log_dir is not None)
+        run(app, sock, options.log_level, own_logging=options.log_dir is not None,
+            begin_shutdown=app.swapper.begin_shutdown)
     finally:
         clear()
     return 0
