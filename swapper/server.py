@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 import uvicorn.config
 
+from .config import SHUTDOWN_GRACE
 from .http_protocol import bounded_protocol
 
 LOG_FILE_BYTES = 5 * 1024 * 1024
@@ -65,11 +66,6 @@ def listen(host: str, port: int) -> socket.socket:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     return sock
-
-
-SHUTDOWN_GRACE = 5
-"""Seconds requests in flight get to finish once shutdown starts; then they are cancelled
-(a stream ends with an error event) and the models stop."""
 
 
 class _Server(uvicorn.Server):

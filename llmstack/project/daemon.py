@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING
 
 import psutil
 
+from swapper.config import DEFAULT_UNLOAD_TIMEOUT, SHUTDOWN_GRACE
 from swapper.logring import log_file
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, open_lock, read_small
 
@@ -53,7 +54,9 @@ if TYPE_CHECKING:
     import httpx
 
 READY_TIMEOUT = 180.0
-STOP_GRACE = 5.0
+STOP_GRACE = SHUTDOWN_GRACE + DEFAULT_UNLOAD_TIMEOUT + 5.0
+"""How long ``stop`` waits after SIGTERM before SIGKILL: a serve lets requests in flight end
+(SHUTDOWN_GRACE), then stops its models (each within DEFAULT_UNLOAD_TIMEOUT, all at once)."""
 POLL = 0.05
 STDERR_LOG = "serve.stderr"
 STACK_LOG = f"{STACK_LOG_NAME}.log"
