@@ -18,6 +18,9 @@ DEFAULT_PROXY = "http://127.0.0.1:${PORT}"
 DEFAULT_CONCURRENCY_LIMIT = 10
 DEFAULT_HEALTH_CHECK_TIMEOUT = 120.0
 DEFAULT_UNLOAD_TIMEOUT = 10.0
+# Once SIGTERMed, requests in flight get this long to finish (then a stream ends with an error
+# event), and then the models stop: a server exits within it plus one unload_timeout.
+SHUTDOWN_GRACE = 5
 # Below opencode's 5-minute header timeout: past it a waiter gets 503 + Retry-After
 # (the load carries on, and the retry joins it) instead of a client-side timeout.
 DEFAULT_LOAD_WAIT_TIMEOUT = 240.0

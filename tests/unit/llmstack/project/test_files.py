@@ -67,4 +67,4 @@ def test_identical_content_needs_no_backup_even_without_a_record(tmp_path: Path)
     target = tmp_path / "AGENTS.md"
     target.write_text("same")
     assert GeneratedFiles(tmp_path).write(target, "same").backup is None
-    assert sorted(os.listdir(tmp_path)) == ["AGENTS.md", "generated.json"]
+    assert sorted(os.listdir(tmp_path)) == [".gitignore", "AGENTS.md", "generated.json"]
