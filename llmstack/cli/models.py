@@ -67,7 +67,31 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     from ..models.check import check_stack, report
 
     stack, channel = _stack(args, settings)
-    return report(check_stack(stack, settings, channel, args.verify), sys.stdout)
+    return report(check_stack(stack, settings, channel, args.verify), sys.stdout,
+                  _memory(stack, channel, settings))
+
+
+def _memory(stack: Stack, channel: Channel, settings: Settings) -> tuple[bool, str] | None:
+    """Whether the local tiers fit the memory budget serve would use, and the line saying so
+    (None: no local tier)."""
+    from ..config.ini import ModelsIniError
+    from ..models.hf_cache import HubCache
+    from ..models.llama_server import find_llama_server
+    from ..project.channels import next_stack
+    from ..serving.swapper_config import budgeted_config
+
+    if not any(t.backend == "gguf" for t in stack.tiers):
+        return None
+    if channel == "next" and any(t.queued() for t in stack.tiers):
+        stack = next_stack(stack)
+    hub = HubCache(settings.hub_cache)
+    server = find_llama_server(settings, stack.llama_server_bin) or "llama-server"
+    try:
+        config = budgeted_config(stack, settings, server, hub.local_files(stack, channel), hub)
+    except ModelsIniError as exc:
+        return False, str(exc)
+    return True, (f"memory: every tier and residency set fits the budget of "
+                  f"{config.memory_budget_mb:.0f} MB ({config.memory_budget_source})")
 
 
 def _install_server_arguments(parser: argparse.ArgumentParser) -> None:
