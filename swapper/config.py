@@ -44,6 +44,15 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class MemoryBudgetError(ConfigError):
+    """One model, or a combination the residency rules allow, needs more than the budget."""
+
+    def __init__(self, models: frozenset[str], total_mb: float, budget_mb: float,
+                 message: str, where: str = "") -> None:
+        self.models, self.total_mb, self.budget_mb = tuple(sorted(models)), total_mb, budget_mb
+        super().__init__(message, where)
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Upstream time limits in seconds; 0 means none.
@@ -179,6 +188,8 @@ class SwapperConfig:
     matrix: Matrix | None = None
     groups: tuple[Group, ...] = ()
     memory_budget_mb: float = 0.0
+    memory_budget_source: str = ""
+    """Where the budget came from (``/api/state`` and the page show it beside the number)."""
     load_wait_timeout: float = DEFAULT_LOAD_WAIT_TIMEOUT
     max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
     log_dir: str = ""

@@ -172,5 +172,6 @@ class Observer:
                        if m["state"] in ("starting", "ready", "stopping"))
         return {"ts": round(now, 3), "models": models,
                 "memory": {"budget_mb": manager.config.memory_budget_mb,
+                           "budget_source": manager.config.memory_budget_source,
                            "resident_mb": round(resident, 1)},
                 "decisions": self.decisions, "swaps": list(self.swaps)}

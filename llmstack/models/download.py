@@ -277,13 +277,17 @@ def download_tiers(stack: Stack, names: list[str], channel: Channel, settings: S
         known = ", ".join(t.name for t in stack.tiers)
         raise UserError(f"unknown tier: {', '.join(unknown)} (tiers: {known})", 2)
     wanted = [t.name for t in chosen if t is not None] if names else None
-    hosted = [t.name for t in stack.tiers
-              if t.backend != "gguf" and (wanted is None or t.name in wanted)]
+    asked = [t for t in stack.tiers if wanted is None or t.name in wanted]
+    hosted = [t.name for t in asked if t.backend != "gguf"]
     if hosted:
         print(f"[=] hosted, nothing to download: {', '.join(hosted)}", file=sys.stderr)
+    local = [f"{t.name} ({t.gguf_path})" for t in asked if t.backend == "gguf" and t.gguf_path]
+    if local:
+        print(f"[=] local files (gguf_path), nothing to download: {', '.join(local)}",
+              file=sys.stderr)
     files = tier_files(stack, channel, wanted)
     if not files:
-        print("[=] no GGUF tiers to download", file=sys.stderr)
+        print("[=] no hub files to download", file=sys.stderr)
         return 0
     results = download(files, settings)
     failed = [t for r in results if r.outcome == "failed" for t in r.tiers]

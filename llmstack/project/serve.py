@@ -30,7 +30,7 @@ from ..models.llama_server import find_llama_server, missing_server_message
 from ..serving.app import LLMStackApp, Loaded
 from ..serving.hosted import HostedTiers, litellm_installed
 from ..serving.routing import RoutingTable
-from ..serving.swapper_config import build_swapper_config
+from ..serving.swapper_config import budgeted_config
 from ..settings import API_KEYS, Settings, prepare_for_litellm
 from .channels import Channel, for_channel, read_marker, resolve_serve, write_marker
 from .paths import Project
@@ -50,8 +50,10 @@ class Builder:
     settings: Settings
 
     def __call__(self, stack: Stack) -> Loaded:
-        config = replace(build_swapper_config(stack, self.server, self.files(stack), self.hub,
-                                              str(self.log_dir)),
+        """A generation for ``stack``; a ModelsIniError when its tiers cannot fit the memory
+        budget (models.ini's, else this machine's, detected again at each reload)."""
+        config = replace(budgeted_config(stack, self.settings, self.server, self.files(stack),
+                                         self.hub, str(self.log_dir)),
                          api_keys=self.settings.api_keys, private_env=self.settings.private_env)
         hosted = any(t.backend == "litellm" for t in stack.tiers)
         user = read_user_params(self.litellm_config, self.settings.variables) if hosted else {}

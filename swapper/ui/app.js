@@ -66,6 +66,7 @@ function renderModels() {
     style: `width:${Math.min(100, 100 * m.memory_mb / total)}%;background:${colours[i % colours.length]}` })));
   document.querySelector("#memtext").textContent =
     `${mb(mem.resident_mb)} resident of ${mem.budget_mb ? mb(mem.budget_mb) : "no"} budget` +
+    (mem.budget_source ? ` (${mem.budget_source})` : "") +
     (resident.length ? ": " + resident.map((m) => m.model).join(", ") : "");
 }
 

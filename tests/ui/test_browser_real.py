@@ -105,7 +105,8 @@ def test_the_page_loads_a_tier_and_shows_a_routing_decision(
         assert "tokens~" in reason and estimate.isdigit()
         swaps = texts("#swaps")[0]
         assert "agent" in swaps and "ready in" in swaps
-        assert "MB resident" in texts("#memtext")[0]
+        memory = texts("#memtext")[0]
+        assert "MB resident" in memory and "budget (from " in memory  # and where it came from
         assert texts('pre.log[data-model="agent"]')
         # the page's own Content-Security-Policy blocked nothing it does (bar widths included)
         assert browser.execute_script("return document.querySelector('#membar span').style.width")

@@ -52,7 +52,7 @@ def test_bundled_defaults_and_routing(bundled: Stack) -> None:
         "q8_0",
         "q8_0",
     )
-    assert bundled.memory_budget_mb == 57344
+    assert bundled.memory_budget_mb == 0  # unset: detected from the machine
     assert bundled.llama_server_bin is None
     assert (bundled.high_fidelity_ceiling, bundled.mid_fidelity_ceiling, bundled.multi_turn) == (
         12000,
@@ -197,7 +197,7 @@ def test_scanner_agrees_with_configparser() -> None:
     for tier in stack.tiers[:-1]:
         assert tier.description == parser[tier.name]["description"]
         assert tier.ctx_size == parser.getint(tier.name, "ctx_size")
-    assert stack.memory_budget_mb == parser.getint("DEFAULT", "memory_budget_mb")
+    assert stack.router_port == parser.getint("DEFAULT", "router_port")
 
 
 def test_inline_comments_need_whitespace_and_full_line_comments() -> None:
@@ -548,7 +548,7 @@ def test_litellm_backend_needs_a_model() -> None:
         "t.ini:2: [a] backend: backend = litellm needs model = <provider>/<model-id>"
     ]
     assert problems(tier_text("backend = gguf\nmodel = a/b\n")) == [
-        "t.ini:2: [a] backend: backend = gguf needs hf_repo and hf_file"
+        "t.ini:2: [a] backend: backend = gguf needs hf_repo and hf_file, or gguf_path"
     ]
 
 
@@ -560,7 +560,7 @@ def test_unknown_backend() -> None:
 
 def test_not_a_tier() -> None:
     assert problems(tier_text("hf_repo = org/repo\nrole = fast\n")) == [
-        "t.ini:1: [a] not a tier: set hf_repo+hf_file (local), model (hosted) "
+        "t.ini:1: [a] not a tier: set hf_repo+hf_file or gguf_path (local), model (hosted) "
         "or backends (other machines)"
     ]
 

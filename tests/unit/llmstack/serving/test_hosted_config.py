@@ -48,7 +48,7 @@ def test_bad_backends_api_base_and_fallback_are_located() -> None:
     assert problems("[a]\nhf_repo = o/r\nhf_file = f.gguf\nbackends = http://x:1\n"
                     "backend = gguf\n") == [
         "t.ini:4: [a] backends: a tier with backends is served by those machines; "
-        "remove hf_repo/hf_file or backend = gguf"]
+        "remove hf_repo/hf_file/gguf_path or backend = gguf"]
 
 
 def test_api_key_in_models_ini_is_refused_as_a_secret() -> None:

@@ -59,11 +59,11 @@ def test_role_defaults_preload_and_hosted_tier(template) -> None:
     assert config.models["code-smart"].aliases == ("agent", "smart", "code", "coder")
     ultra = config.models["code-ultra"]
     assert not ultra.has_process  # hosted: costs nothing, never evicted
-    assert config.memory_budget_mb == 57344
+    assert config.memory_budget_mb == 0  # no budget given: models.ini's, unset
 
 
 def test_a_stack_whose_sets_cannot_fit_is_refused_with_the_overage() -> None:
-    text = bundled_template_text().replace("memory_budget_mb = 57344", "memory_budget_mb = 40000")
+    text = bundled_template_text().replace("; memory_budget_mb = 0", "memory_budget_mb = 40000")
     stack = parse_stack(text)
     with pytest.raises(ConfigError, match=r"over memory_budget_mb 40000"):
         compile_plan(build_swapper_config(stack, "/bin/llama-server", {}, HUB))
