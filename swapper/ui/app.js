@@ -133,7 +133,7 @@ function onEvent(e) {
   // the server ends a stream that fell too far behind; follow() reconnects for a new snapshot
   if (e.kind === "dropped") { document.querySelector("#conn").textContent = "reconnecting (" + e.reason + ")"; return; }
   if (!state) return;
-  if (e.kind === "request_done") {
+  if (e.kind === "request_done" && e.via !== "upstream") {  // a pass-through is no decision
     state.decisions.push(e);
     if (state.decisions.length > 50) state.decisions.shift();
     renderDecisions();
