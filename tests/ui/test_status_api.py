@@ -171,6 +171,20 @@ def test_api_events_streams_a_snapshot_then_state_changes_decisions_and_logs(
     assert decision["tokens"] == 3 and decision["ms"] >= decision["ttft_ms"] >= 0
 
 
+def test_upstream_pass_throughs_are_not_routing_decisions(swapper: Swapper) -> None:
+    """``/upstream/<model>/tokenize`` (or ``/health``, ``/props``) calls a model's own API: it
+    is metered, but once it filled the page's and ``status``'s "routing decisions"."""
+    server = swapper(slow_config())
+    assert server.post(CHAT, {"model": "quick", "messages": HI})[0] == 200
+    server.post("/upstream/quick/tokenize", {"content": "hi"})
+    assert server.get("/upstream/quick/health")[0] == 200
+    decisions = json.loads(server.get("/api/state")[2])["decisions"]
+    assert [(d["model"], d["path"]) for d in decisions] == [("quick", CHAT)]
+    done = [e for e in json.loads(server.get("/events")[2]) if e["kind"] == "request_done"]
+    assert [e["path"] for e in done] == [CHAT, "/tokenize", "/health"]  # still recorded
+    assert all(e.get("via") == "upstream" for e in done[1:])
+
+
 def test_with_api_keys_the_page_is_public_and_the_data_needs_the_key(swapper: Swapper) -> None:
     server = swapper(slow_config(extra="apiKeys: [sekrit]\n"))
     status, _, page = server.get("/ui")

@@ -35,7 +35,7 @@ def test_llama_server_args_are_split_like_a_shell_and_appended_unrun() -> None:
     ("--port 9", "--port is set by llmstack"),
     ("-c 4096", "-c is set by llmstack (use ctx_size)"),
     ("--ctx-size=4096", "--ctx-size is set by llmstack (use ctx_size)"),
-    ("--model x.gguf", "--model is set by llmstack (use hf_repo / hf_file)"),
+    ("--model x.gguf", "--model is set by llmstack (use hf_repo / hf_file, or gguf_path)"),
     ("--host 0.0.0.0", "--host is set by llmstack"),
     ("--pooling 'mean", "No closing quotation"),
     ("pooling mean", "expected llama-server flags"),

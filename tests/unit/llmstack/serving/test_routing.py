@@ -503,3 +503,52 @@ def test_step_up_goes_to_the_next_rung_with_a_larger_window() -> None:
     assert step_up(table, "plan") is None  # not a rung
     narrow = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 4096), ultra=None)
     assert step_up(narrow, "f") is None  # a smaller window is no help
+
+
+# --------------------------------------------------------------------------- unavailable rungs
+
+
+def test_an_unavailable_rung_is_routed_around_and_the_reason_says_why() -> None:
+    """A tier the stack has but cannot serve (its file not downloaded) is not a rung: short
+    requests go to the next one down instead of failing there."""
+    table = FULL.without({"ultra": "code-ultra needs litellm",
+                          "agent": "code-smart not downloaded"})
+    decision = classify(chat(("user", "hi")), table)
+    assert decision.tier == "code-fast"
+    assert decision.reason == ("high-fidelity tokens~0<=12000 (code-ultra needs litellm) "
+                               "(code-smart not downloaded)")
+    assert "code-smart" not in table.describe()
+
+
+def test_when_no_rung_could_serve_the_table_is_kept() -> None:
+    """Then each request reaches its tier, whose own error names the fix."""
+    alone = RoutingTable(agent=Rung("code-smart"))
+    assert alone.without({"agent": "code-smart not downloaded"}) == alone
+    assert classify(chat(("user", "hi")), alone).tier == "code-smart"
+
+
+def test_the_demo_calls_a_short_prompt_high_fidelity() -> None:
+    """The demo once sent every prompt past one token down the ladder as "long-context"."""
+    from llmstack.config.demo import demo_stack
+
+    table = RoutingTable.from_stack(demo_stack())
+    decision = classify(chat(("user", "Say hello")), table)
+    assert decision.reason.startswith("high-fidelity tokens~2<=")
+    assert decision.tier == "agent"
+    long = classify(chat(("user", text(3000))), table)
+    assert long.reason.startswith("long-context") and long.tier == "fast"
+
+
+def test_the_readme_says_what_auto_does() -> None:
+    """Its first paragraph once said auto picks "the cheapest tier that can handle the
+    request"; it runs the step-down ladder: short requests to the strongest tier."""
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    first = readme.split("\n\n")[1]
+    assert "cheapest" not in first and "step-down fidelity ladder" in first
+    assert "short request\ngoes to the strongest tier (ultra, else agent)" in first
+    table = RoutingTable.from_stack(parse_stack(bundled_template_text()))
+    assert classify(chat(("user", "hi")), table).tier == "code-ultra"
+    assert classify(chat(("user", text(20000))), table).tier == "code-smart"
+    assert classify(chat(("user", text(40000))), table).tier == "code-fast"

@@ -91,5 +91,5 @@ def test_max_output_tokens_caps_llama_server_generation() -> None:
     with_cap = llama_server_argv(stack, stack.tiers[0], "llama-server", Path("c.gguf"))
     assert with_cap[with_cap.index("-n") + 1] == "77"
     assert "-n" not in llama_server_argv(stack, stack.tiers[1], "llama-server", Path("d.gguf"))
-    assert all(0 < t.max_output_tokens <= 64 for t in demo_stack().tiers
+    assert all(0 < t.max_output_tokens <= 128 for t in demo_stack().tiers
                if t.role not in SERVING_ROLES)
