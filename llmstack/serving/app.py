@@ -35,11 +35,13 @@ from swapper.types import Headers, Receive, Scope, Send
 
 from ..config.ini import ModelsIniError, read_models_ini
 from ..config.schema import Stack, Tier
-from .hosted import CONTEXT_CODE, HostedTiers
+from .hosted import HostedTiers
 from .output_cap import PROTOCOL_FIELDS, BadOutputField, asked_output, clamp, output_limit
 from .protocols import (
     ANTHROPIC_PATHS,
     CHAT,
+    CONTEXT_CODE,
+    CONTEXT_OVERFLOW,
     ERROR_STATUSES,
     ROUTED_PATHS,
     TierName,
@@ -61,7 +63,7 @@ from .routing_memo import RoutingMemo
 
 log = logging.getLogger("llmstack")
 # a too-long prompt: llama-server's error type, and the code hosted tiers answer with
-_CONTEXT_OVERFLOW = (b"exceed_context_size", CONTEXT_CODE.encode())
+_CONTEXT_OVERFLOW = (CONTEXT_OVERFLOW, CONTEXT_CODE.encode())
 SESSION_HEADERS = (b"x-session-affinity", b"x-session-id")
 HOSTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages"})
 """The endpoints hosted (litellm) tiers answer."""

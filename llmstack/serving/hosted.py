@@ -34,6 +34,7 @@ from swapper.types import Headers, Send
 from ..config.litellm_config import UserParams, stack_params
 from ..config.schema import Stack, Tier
 from .multi_machine import Backends
+from .protocols import CONTEXT_CODE
 from .remote_limits import GRACE, litellm_timeouts, remote_timeouts
 
 SAMPLER_PARAMS = {"temp": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
@@ -57,7 +58,6 @@ MESSAGES_FIELDS = frozenset({
     "top_k", "tools", "tool_choice", "thinking",
 })
 """The Anthropic Messages request fields passed on; the rest is dropped (see CHAT_FIELDS)."""
-CONTEXT_CODE = "context_length_exceeded"
 TIMEOUT_CODE = "upstream_timeout"
 """A local tier's code for the same failure."""
 Call = Callable[..., Awaitable[Any]]

@@ -48,9 +48,10 @@ def smollm2_hub(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) ->
     return hub
 
 
-def models_ini(**tiers: dict[str, object]) -> str:
-    """A models.ini of tiers (name -> keys) that all serve SmolLM2."""
-    sections = [DEFAULTS]
+def models_ini(routing: str = "", **tiers: dict[str, object]) -> str:
+    """A models.ini of tiers (name -> keys) that all serve SmolLM2; ``routing``: the
+    ``[ROUTING]`` section's lines."""
+    sections = [DEFAULTS + (f"\n[ROUTING]\n{routing}" if routing else "")]
     for name, keys in tiers.items():
         lines = [f"[{name}]", f"hf_repo = {REPO}", f"hf_file = {FILE}"]
         lines += [f"{key} = {value}" for key, value in keys.items()]
