@@ -127,7 +127,10 @@ async def test_auto_routes_to_a_tier_that_answers_under_its_own_name() -> None:
         [sent] = pool.forwarded
         (row,) = app.manager.running()
         assert (row["model"], sent.port, sent.target) == ("code-smart", row["port"], CHAT)
-        assert sent.body == body  # llama-server ignores "model": the client's bytes go on
+        # the body re-encoded once: the tier for "model", the output cap it may generate
+        cap = int(answer.header("x-llmstack-max-tokens") or 0)
+        assert cap > 0 and json.loads(sent.body) == {**json.loads(body), "model": "code-smart",
+                                                    "max_tokens": cap}
         routed = [e.fields for e in app.manager.bus.recent if e.kind == "routed"]
         assert [r["tier"] for r in routed] == ["code-smart"]
 

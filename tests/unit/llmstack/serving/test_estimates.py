@@ -57,5 +57,7 @@ def test_responses_input_instructions_and_tools_count() -> None:
 
 def test_responses_max_output_tokens_is_the_requested_output() -> None:
     table = RoutingTable(fast=Rung("f", 1000), agent=Rung("a", 100000),
-                         high_fidelity_ceiling=0, mid_fidelity_ceiling=1)
-    assert classify({"input": "hi", "max_output_tokens": 5000}, table).tier == "a"
+                         high_fidelity_ceiling=0, mid_fidelity_ceiling=0)
+    body = {"input": "x" * 40}
+    assert classify(body, table).tier == "a"  # 10 + the 1024 reserve: fast cannot hold it
+    assert classify({**body, "max_output_tokens": 500}, table).tier == "f"  # 10 + 500

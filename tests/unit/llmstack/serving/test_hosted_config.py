@@ -98,11 +98,12 @@ def test_a_broken_litellm_config_is_a_located_error(tmp_path: Path) -> None:
         read_user_params(path)
 
 
-def test_request_building_fills_samplers_caps_output_and_asks_for_usage() -> None:
+def test_request_building_fills_samplers_and_asks_for_usage() -> None:
+    """The output fields pass as the app clamped them (llmstack.serving.output_cap)."""
     tier = parse_stack("[t]\nmodel = openai/x\nsampler = temp=0.2, top_k=20, min_p=0.05\n"
                        "max_output_tokens = 100\n").tiers[0]
     base = {"model": "openai/x", "api_key": "k"}
-    params = chat_params(tier, base, {"model": "t", "temperature": 1.0, "max_tokens": 500,
+    params = chat_params(tier, base, {"model": "t", "temperature": 1.0, "max_tokens": 100,
                                       "stream": True, "messages": []})
     assert params["temperature"] == 1.0 and params["top_k"] == 20 and params["min_p"] == 0.05
     assert params["max_tokens"] == 100 and params["stream_options"] == {"include_usage": True}
@@ -110,7 +111,7 @@ def test_request_building_fills_samplers_caps_output_and_asks_for_usage() -> Non
     assert chat_params(tier, base, {"max_completion_tokens": 50})["max_completion_tokens"] == 50
     assert chat_params(tier, base, {"stream": True, "stream_options": {"include_usage": False}}
                        )["stream_options"] == {"include_usage": False}
-    anthropic = messages_params(tier, base, {"max_tokens": 4000, "messages": []})
+    anthropic = messages_params(tier, base, {"max_tokens": 100, "messages": []})
     assert anthropic["max_tokens"] == 100 and anthropic["top_k"] == 20 and "min_p" not in anthropic
 
 

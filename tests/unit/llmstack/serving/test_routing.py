@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmstack.config.ini import bundled_template_text, parse_stack
+from llmstack.serving.output_cap import OUTPUT_RESERVE
 from llmstack.serving.routing import (
     IMAGE_TOKENS,
     ContextTooLarge,
@@ -50,9 +51,9 @@ def user_turns(n: int, tokens: int) -> dict[str, Any]:
 def test_table_from_bundled_stack() -> None:
     table = RoutingTable.from_stack(parse_stack(bundled_template_text()))
     assert table.rungs == (
-        Rung("code-fast", 131072),
-        Rung("code-smart", 131072),
-        Rung("code-ultra", 200000),
+        Rung("code-fast", 131072, 8192),
+        Rung("code-smart", 131072, 32768),
+        Rung("code-ultra", 200000, 8192),
     )
     assert (table.high_fidelity_ceiling, table.mid_fidelity_ceiling, table.multi_turn) == (
         12000,
@@ -347,31 +348,36 @@ def test_completions_prompt_and_malformed_bodies() -> None:
 
 def test_a_tier_too_small_is_skipped_upwards() -> None:
     table = RoutingTable(
-        fast=Rung("code-fast", 33500),
+        fast=Rung("code-fast", 34100),
         agent=Rung("code-smart", 65536),
         ultra=Rung("code-ultra", BIG),
     )
     body = user_turns(1, 33000)
+    assert classify(body, table).tier == "code-fast"  # 33000 + the 1024 reserve fit
+    body["max_tokens"] = 32000  # Claude Code's: the answer is clamped, it needs no room
     assert classify(body, table).tier == "code-fast"
-    body["max_tokens"] = 1000
+    body = user_turns(1, 33100)
     assert classify(body, table) == Decision(
         "code-smart",
-        "long-context tokens~33000>32000 -> code-smart (code-fast ctx 33500 < 34000)",
-        33000,
+        "long-context tokens~33100>32000 -> code-smart (code-fast ctx 34100 < 34124)",
+        33100,
     )
-    body["max_completion_tokens"] = 40000  # wins over max_tokens
-    assert classify(body, table).reason == (
-        "long-context tokens~33000>32000 -> code-ultra "
-        "(code-fast ctx 33500 < 73000, code-smart ctx 65536 < 73000)"
-    )
+    body["max_completion_tokens"] = 900  # asks for less than the reserve: needs less room
+    assert classify(body, table).tier == "code-fast"
+
+
+def test_the_reserve_is_never_more_than_the_tier_allows() -> None:
+    table = RoutingTable(fast=Rung("f", 2100, max_output=64), agent=Rung("a", BIG),
+                         high_fidelity_ceiling=0, mid_fidelity_ceiling=1)
+    assert classify(chat(("user", text(2000))), table).tier == "f"  # 2000 + 64
 
 
 def test_downwards_only_when_nothing_above_fits() -> None:
     table = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 0), ultra=Rung("u", 4096))
-    decision = classify(chat(("user", text(3000)), max_tokens=2000), table)
+    decision = classify(chat(("user", text(3100)), max_tokens=2000), table)
     assert (decision.tier, decision.reason) == (
         "a",
-        "high-fidelity tokens~3000<=12000 -> a (u ctx 4096 < 5000)",
+        "high-fidelity tokens~3100<=12000 -> a (u ctx 4096 < 4124)",
     )
 
 
@@ -379,21 +385,29 @@ def test_context_too_large() -> None:
     table = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 16384))
     with pytest.raises(ContextTooLarge) as info:
         classify(chat(("user", text(16000)), max_tokens=1000), table)
-    assert (info.value.estimated_tokens, info.value.largest_ctx, info.value.max_tokens) == (
+    assert (info.value.estimated_tokens, info.value.largest_ctx, info.value.reserve) == (
         16000,
         16384,
         1000,
     )
     assert str(info.value) == (
         "This model's maximum context length is 16384 tokens (the largest context window of "
-        "any tier), but this request needs about 16000 input tokens plus 1000 output tokens: "
-        "prompt is too long"
+        "any tier), but this request needs about 16000 input tokens plus 1000 tokens kept for "
+        "the answer: prompt is too long"
     )
     assert isinstance(info.value, ValueError)
 
 
+def test_a_large_output_request_is_not_too_long() -> None:
+    """Claude Code asks for max_tokens 32000 on every request: a prompt that fits the
+    largest window with the reserve is routed (the answer is clamped), not refused."""
+    table = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 32768))
+    decision = classify(chat(("user", text(19000)), max_tokens=32000), table)
+    assert decision.tier == "a"
+
+
 def test_bad_max_tokens_count_as_absent() -> None:
-    table = RoutingTable(agent=Rung("a", 100))
+    table = RoutingTable(agent=Rung("a", 1100))
     for value in (True, -5, "4096", 1.5e9, None):
         assert classify(chat(("user", "hi"), max_tokens=value), table).tier == "a"
 
@@ -485,12 +499,13 @@ def test_never_routes_to_a_tier_that_cannot_hold_the_request(
         decision = classify(body, table, session_floor=floor)
     except ContextTooLarge as exc:
         assert all(
-            0 < r.ctx_size < exc.estimated_tokens + (max_tokens or 0) for r in table.rungs if r
+            0 < r.ctx_size < r.need(exc.estimated_tokens, max_tokens) for r in table.rungs if r
         )
         return
-    needed = decision.estimated_tokens + (max_tokens or 0)
     [chosen] = [r for r in table.rungs if r and r.name == decision.tier]
+    needed = chosen.need(decision.estimated_tokens, max_tokens)
     assert chosen.ctx_size == 0 or chosen.ctx_size >= needed
+    assert needed <= decision.estimated_tokens + min(max_tokens or OUTPUT_RESERVE, OUTPUT_RESERVE)
 
 
 def test_step_up_goes_to_the_next_rung_with_a_larger_window() -> None:
