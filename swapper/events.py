@@ -182,13 +182,15 @@ class FrameRing:
 # One per request: at INFO they would be an access log on the hot path (10 % of the CPU
 # under load); they stay visible in GET /events and with --log-level debug.
 PER_REQUEST_KINDS = frozenset({"routed", "named", "request_done"})
+WARNING_KINDS = frozenset({"session_cache_off"})
+"""Logged as warnings, beside every ``*failed`` and ``*exited`` kind."""
 
 
 def log_events(event: Event) -> None:
     """Subscriber writing each event as one structured (JSON) log line."""
     if event.kind in PER_REQUEST_KINDS:
         level = logging.DEBUG
-    elif event.kind.endswith(("failed", "exited")):
+    elif event.kind.endswith(("failed", "exited")) or event.kind in WARNING_KINDS:
         level = logging.WARNING
     else:
         level = logging.INFO

@@ -115,9 +115,10 @@ COMMANDS = {
                              "project's stack, is refused, naming it.", _start_arguments),
     "stop": Command(_stop, "SIGTERM the stack this project's pid record names (after checking "
                            "its pid, create time and command line); it ends its log and event "
-                           "streams, gives requests in flight 5 s and stops its models. SIGKILL "
-                           "only if it still runs 20 s later. Nothing else is touched; a stale "
-                           "record is reported and removed."),
+                           "streams, gives requests in flight 5 s and saves its models' sessions "
+                           "(30 s at most), then stops its models. SIGKILL only if it still runs "
+                           "50 s later. Nothing else is touched; a stale record is reported and "
+                           "removed."),
     "restart": Command(_restart, "llmstack stop, then llmstack start with these options.",
                        _start_arguments),
     "logs": Command(_logs, "Print the last lines of .llmstack/logs/llmstack.log (or TIER's "

@@ -23,7 +23,7 @@ from ..project.paths import Project, find_project
 from ..project.pidrecord import StaleRecord, live_record, record_path
 from ..settings import Settings
 from .registry import Command
-from .stackview import decision_line, memory_line, state_text
+from .stackview import decision_line, memory_line, session_lines, state_text
 
 TIMEOUT = 2.0
 STOPPED = 3  # exit status when nothing runs, as `systemctl status` / LSB
@@ -95,7 +95,8 @@ def collect(project: Project, settings: Settings) -> dict[str, Any]:
     doc["state"] = "running"
     doc["base_url"] = doc["url"] + "/v1"
     facts = {m["model"]: m for m in live["models"]}
-    doc.update(memory=live["memory"], decisions=live["decisions"][-5:], swaps=live["swaps"][-3:])
+    doc.update(memory=live["memory"], decisions=live["decisions"][-5:], swaps=live["swaps"][-3:],
+               sessions=live.get("sessions"))
     for row in models:
         if "tier" not in row or row["id"] != row["tier"]:
             continue  # auto and aliases
@@ -167,6 +168,8 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
             print(f"  {t['name']}: backend {b['url']} {health}", file=out)
     resident = [t["name"] for t in doc["tiers"] if t["pid"]]
     print(f"  resident {', '.join(resident) or 'none'}; {memory_line(doc)}", file=out)
+    for line in session_lines(doc.get("sessions")):
+        print(f"  {line}", file=out)
     for d in reversed(doc["decisions"]):
         print(f"  recent   {decision_line(d)}", file=out)
     for s in reversed(doc["swaps"]):

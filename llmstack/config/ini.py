@@ -9,8 +9,8 @@ collected and raised together as one :class:`ModelsIniError`.
 
 ``[DEFAULT]`` holds only stack-wide keys, so the values a tier inherits from it
 are never read per tier; tier keys belong in tier sections. The upstream
-timeouts (``response_timeout``, ``idle_timeout``) are the exception: set in
-``[DEFAULT]`` for every tier, and per tier to override it.
+timeouts (``response_timeout``, ``idle_timeout``) and ``session_cache`` are the
+exception: set in ``[DEFAULT]`` for every tier, and per tier to override it.
 """
 
 from __future__ import annotations
@@ -248,6 +248,9 @@ def _tier(section: _Section, values: dict[str, Any], check: _Checker,
                                          "remove hf_repo/hf_file/gguf_path or backend = gguf")
     if backend == "litellm" and values.get("llama_server_args"):
         check.error(section, "llama_server_args", "only local (gguf) tiers run llama-server")
+        return None
+    if backend == "litellm" and values.get("session_cache"):
+        check.error(section, "session_cache", "only local (gguf) tiers save sessions")
         return None
     if backend == "gguf" and not gguf_ready:
         check.error(section, "backend", "backend = gguf needs hf_repo and hf_file, or gguf_path")

@@ -302,6 +302,9 @@ DEFAULT_KEYS: dict[str, Converter] = {
     "response_timeout": _whole("seconds", Stack.response_timeout),
     "idle_timeout": _whole("seconds", Stack.idle_timeout),
     "max_queue_wait": _whole("seconds", Stack.max_queue_wait),
+    "session_cache": _flag,
+    "session_cache_max_gb": _gigabytes,
+    "session_cache_min_tokens": _whole("tokens", Stack.session_cache_min_tokens),
 }
 ROUTING_KEYS: dict[str, Converter] = {
     "high_fidelity_ceiling": _whole("tokens", Stack.high_fidelity_ceiling),
@@ -338,6 +341,7 @@ TIER_KEYS: dict[str, Converter] = {
     "backends": _urls,
     "fallback": _text,
     "llama_server_args": _llama_server_args,
+    "session_cache": _flag,
 }
 KEY_HOMES = {"[DEFAULT]": DEFAULT_KEYS, "[ROUTING]": ROUTING_KEYS, "a tier section": TIER_KEYS}
 RETIRED_KEYS = {

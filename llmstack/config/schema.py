@@ -11,7 +11,12 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
 
-from swapper.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_QUEUE_WAIT, DEFAULT_RESPONSE_TIMEOUT
+from swapper.config import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_QUEUE_WAIT,
+    DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_SESSION_MIN_TOKENS,
+)
 
 from .address import DEFAULT_HOST, DEFAULT_PORT, url_for
 
@@ -98,6 +103,9 @@ class Tier:
     """Tier that answers when this litellm-served tier fails before answering."""
     llama_server_args: tuple[str, ...] = ()
     """Extra llama-server arguments (shlex-split, never through a shell)."""
+    session_cache: bool | None = None
+    """Save its sessions' KV caches when it stops; None: [DEFAULT]'s (see
+    :meth:`Stack.session_cache_for`)."""
 
     @property
     def effective_aliases(self) -> tuple[str, ...]:
@@ -151,6 +159,13 @@ class Stack:
     sticky_sessions: bool = True
     response_timeout: int = int(DEFAULT_RESPONSE_TIMEOUT)
     idle_timeout: int = int(DEFAULT_IDLE_TIMEOUT)
+    session_cache: bool = True
+    """Local chat tiers save their sessions' KV caches when they stop (issue 21)."""
+    session_cache_max_gb: float = 0.0
+    """The cap on saved sessions in GB (10^9 bytes); 0: a tenth of the disk that holds them,
+    at most 50 GB and half its free space."""
+    session_cache_min_tokens: int = DEFAULT_SESSION_MIN_TOKENS
+    """Sessions holding fewer tokens are not saved (re-reading them is cheap)."""
     tiers: tuple[Tier, ...] = ()
     path: str = ""
 
@@ -168,6 +183,16 @@ class Stack:
     def tier(self, name_or_alias: str) -> Tier | None:
         """The tier with this name, else the one with this alias, else None."""
         return self._index.get(name_or_alias)
+
+    def session_cache_for(self, tier: Tier) -> bool:
+        """Whether a tier saves its sessions: its own ``session_cache``, else [DEFAULT]'s for
+        a local chat tier (never for a hosted one; embed and rerank tiers only when they say
+        so: they hold no conversation)."""
+        if tier.backend != "gguf":
+            return False
+        if tier.session_cache is not None:
+            return tier.session_cache
+        return self.session_cache and tier.role not in SERVING_ROLES
 
     def first_with_role(self, role: str) -> Tier | None:
         """The first tier (in file order) with this role, or None."""

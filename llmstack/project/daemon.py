@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
-from swapper.config import DEFAULT_UNLOAD_TIMEOUT, SHUTDOWN_GRACE
+from swapper.config import DEFAULT_UNLOAD_TIMEOUT, SESSION_SHUTDOWN_BUDGET, SHUTDOWN_GRACE
 from swapper.logring import log_file
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, open_lock, read_small
 
@@ -55,9 +55,12 @@ if TYPE_CHECKING:
     import httpx
 
 READY_TIMEOUT = 180.0
-STOP_GRACE = SHUTDOWN_GRACE + DEFAULT_UNLOAD_TIMEOUT + 5.0
+STOP_GRACE = SHUTDOWN_GRACE + SESSION_SHUTDOWN_BUDGET + DEFAULT_UNLOAD_TIMEOUT + 5.0
 """How long ``stop`` waits after SIGTERM before SIGKILL: a serve lets requests in flight end
-(SHUTDOWN_GRACE), then stops its models (each within DEFAULT_UNLOAD_TIMEOUT, all at once)."""
+(SHUTDOWN_GRACE), saves its models' sessions (at most SESSION_SHUTDOWN_BUDGET), then stops its
+models (each within DEFAULT_UNLOAD_TIMEOUT, all at once); it exits as soon as it is done."""
+KILL_WAIT = 5.0
+"""How long a stopped stack's children, or anything SIGKILLed, get to be gone."""
 POLL = 0.05
 STDERR_LOG = "serve.stderr"
 STACK_LOG = f"{STACK_LOG_NAME}.log"
@@ -358,7 +361,7 @@ def _stop_process(proc: psutil.Process, out: IO[str]) -> bool:
               file=out)
         _kill([proc, *children], out)
         return True
-    leftover = _wait_gone(children, STOP_GRACE)  # serve stops its children as it exits
+    leftover = _wait_gone(children, KILL_WAIT)  # serve stops its children as it exits
     _kill(leftover, out)
     return bool(leftover)
 
@@ -367,7 +370,7 @@ def _kill(procs: list[psutil.Process], out: IO[str]) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    left = _wait_gone(procs, STOP_GRACE)
+    left = _wait_gone(procs, KILL_WAIT)
     if left:
         print(f"[!] still running after SIGKILL: {', '.join(str(p.pid) for p in left)}", file=out)
 

@@ -48,14 +48,24 @@ class Builder:
     log_dir: Path
     litellm_config: Path | None
     settings: Settings
+    owner: str
+    """The models.ini served (or the demo stack), naming its tiers' sessions among others'."""
+
+    @property
+    def session_dir(self) -> Path:
+        """Saved sessions: one directory for every port, so a restart (on any port) finds them."""
+        return self.settings.cache_dir / "sessions"
 
     def __call__(self, stack: Stack) -> Loaded:
         """A generation for ``stack``; a ModelsIniError when its tiers cannot fit the memory
         budget (models.ini's, else this machine's, detected again at each reload)."""
         files = self.files(stack)
-        config = replace(budgeted_config(stack, self.settings, self.server, files, self.hub,
-                                         str(self.log_dir)),
-                         api_keys=self.settings.api_keys, private_env=self.settings.private_env)
+        config = budgeted_config(stack, self.settings, self.server, files, self.hub,
+                                 str(self.log_dir))
+        config = replace(config, api_keys=self.settings.api_keys,
+                         private_env=self.settings.private_env,
+                         session_cache=replace(config.session_cache, dir=str(self.session_dir),
+                                               owner=self.owner))
         hosted = any(t.backend == "litellm" for t in stack.tiers)
         user = read_user_params(self.litellm_config, self.settings.variables) if hosted else {}
         return Loaded(stack, routing_table(stack, files), config,
@@ -129,7 +139,7 @@ def serve(options: ServeOptions, project: Project, settings: Settings) -> int:
                     else hub.local_files, server or "llama-server", hub,
                     options.log_dir or runtime / "logs",
                     litellm_config_path(settings, None if path is None else project.state),
-                    settings)
+                    settings, "demo stack" if path is None else str(path.resolve()))
     configure_logging(options.log_level, options.log_dir / "llmstack.log" if options.log_dir else None)
     prepare_for_litellm()
     try:

@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from swapper.config import Matrix, MemoryBudgetError, ModelSpec, SwapperConfig, Timeouts
+from swapper.config import (
+    Matrix,
+    MemoryBudgetError,
+    ModelSpec,
+    SessionCacheConfig,
+    SwapperConfig,
+    Timeouts,
+)
 from swapper.solver import compile_plan
 
 from ..config.ini import DEFAULT_SECTION, IniError, ModelsIniError
@@ -33,6 +40,9 @@ TIER_CONCURRENCY_LIMIT = 64
 _ROLE_VARS = {"fast": "f", "agent": "c", "plan": "p", "plan-uncensored": "u"}
 _SAMPLER_FLAGS = (("temp", "--temp"), ("top_p", "--top-p"), ("top_k", "--top-k"),
                   ("min_p", "--min-p"), ("rep_pen", "--repeat-penalty"))
+SLOT_TOKEN_BYTES = 16
+"""Bytes a saved slot file spends per token besides its K and V (the token and its cell)."""
+GB = 10**9
 
 
 def _number(value: float) -> str:
@@ -41,7 +51,12 @@ def _number(value: float) -> str:
 
 def llama_server_argv(stack: Stack, tier: Tier, server: str, model_file: Path) -> tuple[str, ...]:
     """The llama-server command line of one GGUF tier (samplers in the original's order), then
-    ``--embeddings`` / ``--reranking`` for those roles and the tier's ``llama_server_args``."""
+    ``--embeddings`` / ``--reranking`` for those roles and the tier's ``llama_server_args``.
+
+    A tier that saves its sessions runs with ``--cache-ram 0``: with the host-RAM prompt cache
+    on, llama-server moves an idle slot's context there as soon as another slot runs (4 slots
+    sharing one KV pool by default), where no save reaches it; without it each session keeps
+    its slot, and that cache (8 GiB by default, outside the memory budget) is not allocated."""
     argv = [server, "--host", "127.0.0.1", "--port", "${PORT}",
             "-ngl", str(stack.n_gpu_layers), "-fa", stack.flash_attn]
     if stack.jinja:
@@ -49,6 +64,8 @@ def llama_server_argv(stack: Stack, tier: Tier, server: str, model_file: Path) -
     argv += ["--cache-type-k", stack.cache_type_k, "--cache-type-v", stack.cache_type_v,
              "--threads", str(stack.threads), "--no-warmup", "-lm", "none",
              "-m", str(model_file), "--alias", tier.name, "-c", str(tier.ctx_size)]
+    if stack.session_cache_for(tier):  # an idle slot keeps its context where a save finds it
+        argv += ["--cache-ram", "0"]
     if tier.max_output_tokens:  # caps every request's generation, max_tokens or not
         argv += ["-n", str(tier.max_output_tokens)]
     if tier.rope_scaling is not None:
@@ -76,6 +93,19 @@ def tier_memory(stack: Stack, tier: Tier, model_file: Path | None) -> float:
         kv = kv_cache_bytes(info, ctx, stack.cache_type_k, stack.cache_type_v)
         return float(tier_memory_mb(info.file_size_bytes, kv))
     return (tier.size_gb or 0.0) * 1024
+
+
+def slot_bytes_per_token(stack: Stack, model_file: Path | None) -> int:
+    """Bytes a saved session of this model takes per token (its K and V in the stack's cache
+    types, and the token's own); 0, unknown until its first save, when the GGUF cannot be
+    read (:func:`tier_memory` says so)."""
+    try:
+        info = read_gguf_info(model_file) if model_file is not None else None
+    except (OSError, ValueError, IndexError, KeyError):
+        info = None
+    if info is None:
+        return 0
+    return kv_cache_bytes(info, 1, stack.cache_type_k, stack.cache_type_v) + SLOT_TOKEN_BYTES
 
 
 def tier_timeouts(stack: Stack, tier: Tier) -> Timeouts:
@@ -133,7 +163,8 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
     """The swapper config for a stack; ``files`` maps each GGUF tier to its local file (a tier
     without one is given where ``hub`` would hold it, or its ``gguf_path``, and marked
     ``missing_file``). ``budget``: the memory budget (:func:`~llmstack.models.machine.stack_budget`);
-    None: models.ini's ``memory_budget_mb`` as written (0: none)."""
+    None: models.ini's ``memory_budget_mb`` as written (0: none). Where saved sessions live, and
+    whose they are, is the caller's to add (``session_cache``)."""
     models: dict[str, ModelSpec] = {}
     local = [t for t in stack.tiers if t.backend == "gguf"]
     for tier in stack.tiers:
@@ -156,7 +187,10 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
         models[tier.name] = ModelSpec(cmd=argv, ttl=float(tier.effective_ttl),
                                       concurrency_limit=TIER_CONCURRENCY_LIMIT,
                                       timeouts=tier_timeouts(stack, tier),
-                                      memory_mb=tier_memory(stack, tier, model_file), **common)
+                                      memory_mb=tier_memory(stack, tier, model_file),
+                                      session_cache=stack.session_cache_for(tier),
+                                      kv_bytes_per_token=slot_bytes_per_token(stack, model_file),
+                                      **common)
     return SwapperConfig(
         models=models, health_check_timeout=HEALTH_CHECK_TIMEOUT,
         preload=tuple(t.name for t in local if t.role == "fast")[:1],
@@ -164,7 +198,9 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
         memory_budget_mb=float(budget.mb if budget else stack.memory_budget_mb),
         memory_budget_source=budget.source if budget else "",
         max_queue_wait=float(stack.max_queue_wait),
-        log_dir=log_dir)
+        log_dir=log_dir,
+        session_cache=SessionCacheConfig(max_bytes=int(stack.session_cache_max_gb * GB),
+                                         min_tokens=stack.session_cache_min_tokens))
 
 
 def budgeted_config(stack: Stack, settings: Settings, server: str,

@@ -18,7 +18,7 @@ from swapper.sessions.keys import session_key
 from swapper.sessions.slots import RestoreRejected, SlotClient, SlotError, SlotTimeout
 from swapper.sessions.verify import TAP_TAIL, Timings, TimingsTap, Verdict, judge, timings_in
 from swapper.upstream import UpstreamPool
-from tests.unit.swapper.sessions.slot_standin import SlotStandIn
+from tests.slot_standin import SlotStandIn
 
 # -- verification (pure) --------------------------------------------------------------------
 
@@ -187,6 +187,8 @@ async def turn(child: ChildSessions, standin: SlotStandIn, body: dict, forced: b
     slot = await child.before_request(session)
     request = dict(body, id_slot=slot) if slot is not None else body
     timings = timings_in(json.dumps(await standin._chat_direct(request)).encode())
+    if slot is not None:
+        child.release(slot)
     return child.after_response(session, timings, forced=forced)
 
 
@@ -312,13 +314,17 @@ async def test_a_file_the_server_refuses_is_discarded(
 
 async def test_a_session_restores_once_and_its_requests_wait_for_it(
         tmp_path: Path, pool: UpstreamPool, standins: Callable[..., Any], model_files: list[str]) -> None:
+    """Concurrent requests of one session wait for its restore; the first is pinned to the
+    slot, the others are not while it is busy (pinned, they would queue behind it)."""
     cache, _, _ = await saved_session(tmp_path, pool, standins, model_files)
     other, standin2, _ = await child_of(cache, model_files, standins)
     session = session_key(None, conversation(2))
     slots = await asyncio.gather(*(other.before_request(session) for _ in range(3)))
-    assert slots == [0, 0, 0]
+    assert slots == [0, None, None]
     assert [c[0] for c in standin2.calls] == ["restore"]
     assert other.wants_timings(session) and not other.wants_timings(None)
+    other.release(0)
+    assert await other.before_request(session) == 0
 
 
 def test_the_default_cap_comes_from_the_disk(tmp_path: Path) -> None:

@@ -98,6 +98,22 @@ def test_a_save_keeps_when_its_session_was_last_used(tmp_path: Path) -> None:
     assert sorted(e.session for e in store.entries()) == sorted([S[0], S[2]])  # S[1] was oldest
 
 
+def test_a_session_saved_last_but_used_least_recently_never_evicts_a_newer_one(tmp_path: Path) -> None:
+    """A stop saves its sessions most recent first: over the cap, the oldest is the one left out."""
+    store = open_store(tmp_path / "root", cap=2000)
+    store.adopt("agent", key(K1))
+    kept = []
+    for session, used in ((S[0], 50.0), (S[1], 30.0), (S[2], 10.0)):
+        pending = store.begin_save(K1, session, 0, last_used=used)
+        (pending.directory / pending.filename).write_bytes(b"k" * 500)
+        try:
+            kept.append(store.commit(pending, 10, last_used=used)[0].session)
+        except NoRoom as exc:
+            assert "beside the sessions used more recently" in str(exc)
+    assert kept == [S[0], S[1]] and sorted(e.session for e in store.entries()) == sorted(kept)
+    assert not list((tmp_path / "root" / K1).glob("*.tmp"))
+
+
 def test_a_sidecar_from_the_future_reads_as_now() -> None:
     data = {"v": 1, "cache_key": K1, "session": S[0], "tokens": 5, "bytes": 100, "saved_at": 9e18,
             "last_used": 9e18}
@@ -188,6 +204,23 @@ def test_another_key_for_the_same_model_discards_its_sessions_with_the_reason(tm
         (S[0], "the settings changed (was -c 8192, now -c 4096)")]
     assert not (tmp_path / "root" / K1).exists()
     assert [e.session for e in store.entries()] == [S[1]]  # another model's sessions stay
+
+
+def test_the_same_model_id_of_another_config_keeps_its_sessions(tmp_path: Path) -> None:
+    """Servers of two projects share the root, each with an "agent": neither discards the
+    other's sessions (the owner's own later change still does), and a reopened store knows
+    whose each key is."""
+    store = open_store(tmp_path / "root")
+    store.adopt("agent", key(K1, ctx="8192"), owner="/a/models.ini")
+    save(store, K1, S[0], 100)
+    assert store.adopt("agent", key(K2, ctx="4096"), owner="/b/models.ini")[1] == []
+    store.close()
+    store = open_store(tmp_path / "root")
+    assert store.adopt("agent", key(K2, ctx="4096"), owner="/b/models.ini")[1] == []
+    assert [e.session for e in store.entries()] == [S[0]]
+    _, discarded = store.adopt("agent", key("c" * 32, ctx="2048"), owner="/a/models.ini")
+    assert [(d.session, d.reason) for d in discarded] == [
+        (S[0], "the settings changed (was -c 8192, now -c 2048)")]
 
 
 def test_one_store_per_root(tmp_path: Path) -> None:

@@ -7,6 +7,12 @@ uses (notes/session-cache/FINDINGS.md). A prompt costs one token per 4 bytes of 
 JSON; a slot reuses what it holds as if the prompt extended it. Faults: ``restore_works=False``
 answers a restore with success and restores nothing (llama.cpp issue 26676); ``save_delay``
 holds every save answer that long; ``wrong_slot`` echoes another slot id.
+
+Also a child process for the swapper (``cmd``), answering ``/health`` too::
+
+    python slot_standin.py --port PORT -m MODEL [--slot-save-path DIR] [-np N] [--restore-broken]
+
+(other llama-server flags are accepted and ignored).
 """
 
 from __future__ import annotations
@@ -34,15 +40,16 @@ class SlotStandIn:
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
         app = web.Application()
+        app.router.add_get("/health", self._health)
         app.router.add_get("/props", self._props)
         app.router.add_get("/slots", self._slots)
         app.router.add_post("/slots/{id}", self._action)
         app.router.add_post("/v1/chat/completions", self._chat)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)  # a held save is cut short
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         port = self._runner.addresses[0][1]
         self.base_url = f"http://127.0.0.1:{port}"
@@ -51,6 +58,9 @@ class SlotStandIn:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
 
     async def _props(self, _: web.Request) -> web.Response:
         return web.json_response({"total_slots": len(self.held), "model_path": "/stand-in.gguf",
@@ -110,3 +120,26 @@ class SlotStandIn:
                          "message": {"role": "assistant", "content": "tok " * generated}}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": generated},
             "timings": {"cache_n": cache_n, "prompt_n": prompt - cache_n}})
+
+
+async def _serve(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("-m", dest="model", required=True)
+    parser.add_argument("--slot-save-path", type=Path, default=None)
+    parser.add_argument("-np", dest="slots", type=int, default=1)
+    parser.add_argument("--restore-broken", action="store_true")
+    args, _ = parser.parse_known_args(argv)
+    standin = SlotStandIn(args.slot_save_path, slots=args.slots,
+                          restore_works=not args.restore_broken)
+    await standin.start(args.port)
+    print(f"slot stand-in on {standin.base_url}, saving to {args.slot_save_path}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(_serve(sys.argv[1:]))
