@@ -18,6 +18,9 @@ DEFAULT_PROXY = "http://127.0.0.1:${PORT}"
 DEFAULT_CONCURRENCY_LIMIT = 10
 DEFAULT_HEALTH_CHECK_TIMEOUT = 120.0
 DEFAULT_UNLOAD_TIMEOUT = 10.0
+# Once SIGTERMed, requests in flight get this long to finish (then a stream ends with an error
+# event), and then the models stop: a server exits within it plus one unload_timeout.
+SHUTDOWN_GRACE = 5
 # Below opencode's 5-minute header timeout: past it a waiter gets 503 + Retry-After
 # (the load carries on, and the retry joins it) instead of a client-side timeout.
 DEFAULT_LOAD_WAIT_TIMEOUT = 240.0
@@ -46,6 +49,15 @@ class ConfigError(ValueError):
     def __init__(self, message: str, where: str = "") -> None:
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class MemoryBudgetError(ConfigError):
+    """One model, or a combination the residency rules allow, needs more than the budget."""
+
+    def __init__(self, models: frozenset[str], total_mb: float, budget_mb: float,
+                 message: str, where: str = "") -> None:
+        self.models, self.total_mb, self.budget_mb = tuple(sorted(models)), total_mb, budget_mb
+        super().__init__(message, where)
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,8 @@ class SwapperConfig:
     matrix: Matrix | None = None
     groups: tuple[Group, ...] = ()
     memory_budget_mb: float = 0.0
+    memory_budget_source: str = ""
+    """Where the budget came from (``/api/state`` and the page show it beside the number)."""
     load_wait_timeout: float = DEFAULT_LOAD_WAIT_TIMEOUT
     max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
     log_dir: str = ""

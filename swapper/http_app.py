@@ -57,6 +57,9 @@ LOG_BEHIND = (f"[swapper] this follower fell behind (more than {RING_EVENTS} lin
               f"{RING_BYTES // 1024} KiB unread): lines were lost; reconnect\n").encode()
 RAW_HOOKS = Hooks(protocol=RAW)
 """``/upstream/...``: the stream is complete when it ends cleanly."""
+UPSTREAM_CONTEXT = {"via": "upstream"}
+"""What an ``/upstream/...`` request's ``request_done`` event carries: a pass-through to a
+model's own API (``/tokenize``, ``/props``, ...), not a routing decision."""
 _MULTIPART_MODEL = re.compile(rb'name="model"\r\n\r\n([^\r\n]*)\r\n')
 
 
@@ -177,6 +180,11 @@ class SwapperApp:
 
     async def startup(self) -> None:
         await self.manager.start()
+
+    def begin_shutdown(self) -> None:
+        """The server starts shutting down (before it waits for open connections): long-lived
+        streams (``/api/events``, ``/logs/stream``) end; requests in flight carry on."""
+        self.manager.begin_shutdown()
 
     async def shutdown(self) -> None:
         await self.manager.shutdown()
@@ -385,7 +393,8 @@ class SwapperApp:
                                       self.manager.config.resolve)
         self._refuse_ignored_path(model, path)
         body = await read_body(scope, receive, self.max_body)
-        await self.serve_model(scope, receive, send, ModelRequest(model, path, body, hooks=RAW_HOOKS))
+        await self.serve_model(scope, receive, send, ModelRequest(model, path, body, hooks=RAW_HOOKS,
+                                                                  context=UPSTREAM_CONTEXT))
 
     def _refuse_ignored_path(self, name: str, path: str) -> None:
         """llama-swap's ``upstream.ignorePaths``: such a path never starts a model (409)."""

@@ -26,7 +26,7 @@ from typing import Any
 from . import scheduler as sch
 from .config import SESSION_SHUTDOWN_BUDGET, ModelSpec, SwapperConfig
 from .errors import ApiError, shown, unavailable
-from .events import EventBus, Listeners
+from .events import SHUTTING_DOWN, EventBus, Listeners
 from .logring import LineListener, LogSink, log_file
 from .process import ChildProcess, LoadError, ProcessFactory, UpstreamProcess
 from .reaper import ChildRecords
@@ -132,6 +132,8 @@ class Manager:
         self._records = ChildRecords.claim(runtime_dir) if runtime_dir else None
         self.http = UpstreamPool()  # shared with the proxy, so a stop can drop idle connections
         self._ttl_task: asyncio.Task[None] | None = None
+        self.closing = False
+        """Set by :meth:`begin_shutdown`."""
         self._runtime_dir = runtime_dir
         self.session_cache: SessionCache | None = None
         """Saved sessions (:mod:`swapper.sessions`), made when a model first needs it."""
@@ -155,6 +157,17 @@ class Manager:
                 self.bus.publish("preloaded", model=model)
         except ApiError as exc:
             self.bus.publish("preload_failed", model=model, error=exc.message)
+
+    def begin_shutdown(self) -> None:
+        """The server stops taking requests: publish ``shutting_down`` (the ``/api/events``
+        feed ends on it) and end every log follower's stream, so that no long-lived
+        stream keeps the server from exiting. Requests in flight carry on."""
+        if self.closing:
+            return
+        self.closing = True
+        self.bus.publish(SHUTTING_DOWN)
+        for sink in self.logs.values():
+            sink.live.close()
 
     async def shutdown(self) -> None:
         """Save the children's sessions (within ``SESSION_SHUTDOWN_BUDGET``), stop every child
@@ -416,6 +429,8 @@ class Manager:
         if model not in self.logs:
             path = log_file(Path(self.config.log_dir), model) if self.config.log_dir else None
             self.logs[model] = LogSink(model, path, listeners=self.log_listeners)
+            if self.closing:
+                self.logs[model].live.close()
         return self.logs[model]
 
     def _exited(self, process: ChildProcess) -> None:

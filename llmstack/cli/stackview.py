@@ -27,11 +27,14 @@ def state_text(model: dict[str, Any], now: float) -> str:
 
 
 def memory_line(doc: dict[str, Any]) -> str:
+    """``memory [###...] 120 MB of 21695 MB (detected: ...)``: resident against the budget, and
+    where the budget came from."""
     memory = doc["memory"]
     budget, resident = memory["budget_mb"], memory["resident_mb"]
+    source = f" ({memory['budget_source']})" if memory.get("budget_source") else ""
     filled = round(BAR * min(resident / budget, 1.0)) if budget else 0
     return (f"memory [{'#' * filled}{'.' * (BAR - filled)}] {resident:.0f} MB"
-            f" of {budget:.0f} MB" if budget else f"memory {resident:.0f} MB (no budget)")
+            f" of {budget:.0f} MB{source}" if budget else f"memory {resident:.0f} MB (no budget)")
 
 
 def _size(size: float) -> str:

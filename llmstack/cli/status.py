@@ -102,6 +102,7 @@ def collect(project: Project, settings: Settings) -> dict[str, Any]:
             continue  # auto and aliases
         up = running.get(row["id"], {})
         fact = facts.get(row["id"], {})
+        meta = fact.get("meta") or {}
         hosted = row.get("backend") == "litellm"
         doc["tiers"].append({
             "name": row["id"], "role": row.get("role"), "backend": row.get("backend"),
@@ -111,7 +112,8 @@ def collect(project: Project, settings: Settings) -> dict[str, Any]:
             "rss_mb": _rss_mb(up.get("pid")), "memory_mb": up.get("memory_mb"),
             "in_flight": fact.get("in_flight", 0), "queued": fact.get("queued", 0),
             "context": row.get("context_length"), "hosted_model": row.get("hosted_model"),
-            "backends": row.get("backends", [])})
+            "backends": row.get("backends", []), "gguf_path": meta.get("gguf_path"),
+            "missing_file": meta.get("missing_file")})
     return doc
 
 
@@ -157,6 +159,10 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
     for t in doc["tiers"]:
         if t.get("hosted_model") and not t.get("backends"):
             print(f"  {t['name']}: hosted {t['hosted_model']}", file=out)
+        if t.get("gguf_path"):
+            print(f"  {t['name']}: gguf_path {t['gguf_path']}", file=out)
+        if t.get("missing_file"):
+            print(f"  [!] {t['name']}: {t['missing_file']}", file=out)
         for b in t.get("backends", []):
             health = "healthy" if b.get("healthy") else f"DOWN ({b.get('error') or 'no answer'})"
             print(f"  {t['name']}: backend {b['url']} {health}", file=out)

@@ -7,7 +7,7 @@ llmstack restates one. :mod:`llmstack.config.ini` reads a file into these values
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
 
@@ -74,6 +74,9 @@ class Tier:
     ttl: int | None = None
     hf_repo: str | None = None
     hf_file: str | None = None
+    gguf_path: str | None = None
+    """A GGUF file on this machine instead of hf_repo/hf_file: absolute, as the reader resolved
+    it (written relative to models.ini's directory, or absolute)."""
     hf_repo_next: str | None = None
     """Repo of the queued upgrade; the parser fills in hf_repo when unset."""
     hf_file_next: str | None = None
@@ -143,8 +146,11 @@ class Stack:
     cache_type_k: str = "q8_0"
     cache_type_v: str = "q8_0"
     llama_server_bin: str | None = None
-    memory_budget_mb: int = 57344
-    """A 64 GB Mac's GPU wired limit (``iogpu.wired_limit_mb``); 0 also means this default."""
+    memory_budget_mb: int = 0
+    """MB the resident local models may use together; 0 (unset): detected from the machine
+    (:mod:`llmstack.models.machine`)."""
+    memory_budget_line: int = field(default=0, compare=False)
+    """Line of ``memory_budget_mb`` in models.ini (0: not written), for errors naming it."""
     max_queue_wait: int = int(DEFAULT_MAX_QUEUE_WAIT)
     """Seconds a queued request waits before it holds the model it must evict."""
     high_fidelity_ceiling: int = 12000

@@ -67,6 +67,7 @@ function renderModels() {
     style: `width:${Math.min(100, 100 * m.memory_mb / total)}%;background:${colours[i % colours.length]}` })));
   document.querySelector("#memtext").textContent =
     `${mb(mem.resident_mb)} resident of ${mem.budget_mb ? mb(mem.budget_mb) : "no"} budget` +
+    (mem.budget_source ? ` (${mem.budget_source})` : "") +
     (resident.length ? ": " + resident.map((m) => m.model).join(", ") : "");
 }
 
@@ -152,8 +153,10 @@ function onEvent(e) {
   if (e.kind === "snapshot") { state = e; render(); return; }
   // the server ends a stream that fell too far behind; follow() reconnects for a new snapshot
   if (e.kind === "dropped") { document.querySelector("#conn").textContent = "reconnecting (" + e.reason + ")"; return; }
+  // the last event before the server ends every stream and exits
+  if (e.kind === "shutting_down") { document.querySelector("#conn").textContent = "the stack is stopping"; return; }
   if (!state) return;
-  if (e.kind === "request_done") {
+  if (e.kind === "request_done" && e.via !== "upstream") {  // a pass-through is no decision
     state.decisions.push(e);
     if (state.decisions.length > 50) state.decisions.shift();
     renderDecisions();

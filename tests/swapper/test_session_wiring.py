@@ -27,7 +27,7 @@ from swapper.manager import Manager
 from swapper.scheduler import Status
 from swapper.sessions.keys import session_key
 from swapper.upstream import UpstreamPool
-from tests.swapper.slot_standin import SlotStandIn
+from tests.slot_standin import SlotStandIn
 
 pytestmark = pytest.mark.timeout(30)
 _pids = itertools.count(5000)
@@ -336,7 +336,7 @@ async def test_a_build_whose_restores_restore_nothing_is_turned_off(world: World
     await app.shutdown()
 
 
-STANDIN = Path(__file__).with_name("slot_standin.py")
+STANDIN = Path(__file__).parents[1] / "slot_standin.py"
 
 
 def test_a_served_swapper_turns_the_cache_off_for_a_build_whose_restores_restore_nothing(
