@@ -248,5 +248,10 @@ def test_a_session_survives_llmstack_restart(tmp_path: Path, env: dict[str, str]
         log = (project / ".llmstack" / "logs" / "llmstack.log").read_text()
         assert '"kind": "session_saved"' in log and '"kind": "session_restored"' in log
         assert '"verdict": "ok"' in log
+        shown = [line.strip() for line in cli("status").stdout.splitlines()
+                 if "session" in line]
+        assert len(shown) == 1, shown  # the one line: saved against the cap, held now
+        assert shown[0].startswith("sessions 1 saved, ")
+        assert shown[0].endswith(f" in {Path(env['LLMSTACK_CACHE_DIR']) / 'sessions'}; held now: agent 1")
     finally:
         cli("stop")
