@@ -39,38 +39,11 @@ import pytest
 from conftest import ms, record
 
 from tests.conftest import Server, start_llmstack, stop_server
+from tests.real.test_session_cache_stack_real import SNAPSHOT, ini
 
 TITLE = "session cache: returning turn after a swap-back through llmstack serve"
 SIZES = {"2k": 2000, "6k": 6000}
 CAP_GB = 1
-SNAPSHOT = "models--smol--lm2/snapshots/" + "0" * 40
-INI = """\
-[DEFAULT]
-threads = 1
-n_gpu_layers = 0
-flash_attn = auto
-session_cache = {cache}
-session_cache_max_gb = {cap}
-
-[ROUTING]
-high_fidelity_ceiling = 100
-mid_fidelity_ceiling = 1000
-
-[agent]
-role = agent
-hf_repo = smol/lm2
-hf_file = smol.gguf
-ctx_size = 8192
-max_output_tokens = 8
-sampler = temp=0
-
-[plan]
-role = plan
-hf_repo = smol/lm2
-hf_file = smol.gguf
-ctx_size = 1024
-max_output_tokens = 4
-"""
 pytestmark = pytest.mark.timeout(1800)
 
 
@@ -127,9 +100,9 @@ def disk_bytes(root: Path) -> int:
 
 
 def scenario(work: Path, hub: Path, binary: str, cache: str, tokens: int) -> dict[str, Any]:
-    ini = work / "models.ini"
-    ini.write_text(INI.format(cache=cache, cap=CAP_GB))
-    server = start_llmstack(work / "serve.log", "--models-ini", str(ini), timeout=120, env={
+    ini_path = work / "models.ini"
+    ini_path.write_text(ini(f"session_cache = {cache}\nsession_cache_max_gb = {CAP_GB}", window=8192))
+    server = start_llmstack(work / "serve.log", "--models-ini", str(ini_path), timeout=120, env={
         "LLMSTACK_LLAMA_SERVER": binary, "HF_HUB_CACHE": str(hub),
         "LLMSTACK_CACHE_DIR": str(work / "cache")})
     try:

@@ -98,7 +98,7 @@ def swap_back(server: Server | str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def reread_share(answer: dict[str, Any]) -> float:
     """The share of the prompt read anew (the rest came from the cache)."""
-    timings = answer["timings"]
+    timings: dict[str, int] = answer["timings"]
     return float(timings["prompt_n"]) / (timings["cache_n"] + timings["prompt_n"])
 
 
