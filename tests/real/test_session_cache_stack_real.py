@@ -249,7 +249,7 @@ def test_a_session_survives_llmstack_restart(tmp_path: Path, env: dict[str, str]
         assert '"kind": "session_saved"' in log and '"kind": "session_restored"' in log
         assert '"verdict": "ok"' in log
         shown = [line.strip() for line in cli("status").stdout.splitlines()
-                 if "session" in line]
+                 if line.strip().startswith(("sessions ", "[!] session"))]
         assert len(shown) == 1, shown  # the one line: saved against the cap, held now
         assert shown[0].startswith("sessions 1 saved, ")
         assert shown[0].endswith(f" in {Path(env['LLMSTACK_CACHE_DIR']) / 'sessions'}; held now: agent 1")
