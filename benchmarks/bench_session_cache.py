@@ -20,8 +20,8 @@ over ``session_cache_max_gb``. Nothing here asserts a timing (see conftest). Run
 
     python -m pytest benchmarks/bench_session_cache.py -p no:cacheprovider --benchmark-only
 
-(about 6 minutes on this 2-core box: a 6k-token prompt takes 60-80 s to read, three times;
-``-k 2k`` about 1.5 minutes).
+(12-15 minutes on the shared 2-core box: a 6k-token prompt takes 2.5-4.5 minutes to read
+there, three times; ``-k 2k`` about 2-3 minutes). Figures: ``benchmarks/RESULTS.md`` section 7.
 """
 
 from __future__ import annotations
