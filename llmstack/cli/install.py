@@ -5,7 +5,9 @@ it. ``configure`` renders .llmstack/opencode.json and AGENTS.md for the pinned
 channel. ``install`` is the original's verb: pin a channel (``--current``, ``--next``,
 ``--external [URL]``), seed models.ini when local, and configure. ``setup`` takes a
 fresh project all the way: init, download, configure, start. ``--print`` writes
-nothing and prints the opencode.json that would be written.
+nothing and prints the opencode.json that would be written; ``configure --print
+claude|codex|codex-models`` prints what points Claude Code or Codex at the same stack
+(:mod:`llmstack.project.clients`).
 """
 
 from __future__ import annotations
@@ -28,11 +30,16 @@ from ..project.channels import (
     resolve_install,
     write_marker,
 )
+from ..project.clients import CODEX_CATALOG_NAME, claude_env, codex_catalog, codex_toml
 from ..project.files import GeneratedFiles, create_atomic
 from ..project.opencode import LOCAL_PROVIDER_NAME, local_base_url, render, to_text
 from ..project.paths import Project, find_project
 from ..settings import Settings
 from .registry import Command
+
+PRINT_TARGETS = ("opencode", "claude", "codex", "codex-models")
+"""What ``configure --print`` shows: opencode.json (the default), Claude Code's environment,
+Codex's config.toml, Codex's model catalog."""
 
 
 def say(message: str) -> None:
@@ -107,13 +114,25 @@ def _write(project: Project, rendered: Rendered) -> None:
         say(f"[OK] {path}" if result.changed else f"[=] {path} (unchanged)")
 
 
-def configure(project: Project, settings: Settings, print_only: bool = False,
+def client_text(target: str, project: Project, rendered: Rendered) -> str:
+    """What ``configure --print <target>`` shows for the stack ``rendered`` points at."""
+    if target == "claude":
+        return claude_env(rendered.stack, rendered.where.removesuffix("/v1"))
+    if target == "codex":
+        return codex_toml(rendered.where, (project.state / CODEX_CATALOG_NAME).resolve())
+    if target == "codex-models":
+        return codex_catalog(rendered.stack)
+    return rendered.text
+
+
+def configure(project: Project, settings: Settings, print_only: str | None = None,
               demo: bool = False) -> int:
-    """Render opencode.json + AGENTS.md for the pinned channel (or the demo stack)."""
+    """Render opencode.json + AGENTS.md for the pinned channel (or the demo stack); with
+    ``print_only`` (one of PRINT_TARGETS), print that client's settings instead."""
     channel = pinned(project) or Channel("current")
     rendered = render_for(project, settings, channel, demo)
     if print_only:
-        sys.stdout.write(rendered.text)
+        sys.stdout.write(client_text(print_only, project, rendered))
         return 0
     _write(project, rendered)
     say(f"    opencode talks to {rendered.where}; run it with "
@@ -179,8 +198,12 @@ def setup(project: Project, settings: Settings, demo: bool = False) -> int:
 
 
 def _configure_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--print", action="store_true", dest="print_only",
-                        help="print the opencode.json to stdout and write nothing")
+    parser.add_argument("--print", nargs="?", const="opencode", choices=PRINT_TARGETS,
+                        dest="print_only", metavar="CLIENT",
+                        help="write nothing; print to stdout the opencode.json (the default), "
+                             "or Claude Code's environment (claude: eval it), or Codex's "
+                             "config.toml (codex) and the model catalog it names "
+                             "(codex-models)")
     parser.add_argument("--demo", action="store_true", help="for the built-in demo stack")
 
 

@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from llmstack.settings import Settings
 from tests.conftest import start_llmstack, stop_server
+from tests.real.npm_clients import OPENCODE
 
 pytestmark = pytest.mark.real
-OPENCODE_VERSION = "1.18.33"
 
 
 @pytest.fixture(scope="session")
 def opencode_bin() -> Path:
-    """opencode from the npm registry, installed once into the cache (about 7 s)."""
-    prefix = Settings.read().cache_dir / "opencode" / OPENCODE_VERSION
-    binary = prefix / "node_modules" / ".bin" / "opencode"
-    if not binary.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            (pytest.fail if os.environ.get("CI") else pytest.skip)("npm is needed to install opencode")
-        prefix.mkdir(parents=True, exist_ok=True)
-        subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
-                        f"opencode-ai@{OPENCODE_VERSION}"], check=True, capture_output=True, timeout=300)
-    return binary
+    """opencode from the npm registry, pinned, installed once into the cache (about 7 s)."""
+    return OPENCODE.binary()
 
 
 def opencode_env(home: Path, config: Path) -> dict[str, str]:
