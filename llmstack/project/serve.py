@@ -18,18 +18,19 @@ from swapper.manager import Manager
 from swapper.reaper import RuntimeDirBusy
 from swapper.server import ListenError, configure_logging, listen, run
 
-from ..config.demo import BANNER, demo_stack
+from ..config.address import url_for
+from ..config.demo import banner, demo_stack
 from ..config.ini import load_stack
 from ..config.litellm_config import litellm_config_path, read_user_params
 from ..config.schema import Stack
 from ..errors import UserError
-from ..models.demo import demo_files
+from ..models.demo import demo_files, demo_model
 from ..models.hf_cache import HubCache
 from ..models.llama_server import find_llama_server, missing_server_message
 from ..serving.app import LLMStackApp, Loaded
 from ..serving.hosted import HostedTiers, litellm_installed
-from ..serving.routing import RoutingTable
-from ..serving.swapper_config import build_swapper_config
+from ..serving.routing import LADDER, RoutingTable
+from ..serving.swapper_config import budgeted_config
 from ..settings import API_KEYS, Settings, prepare_for_litellm
 from .channels import Channel, for_channel, read_marker, resolve_serve, write_marker
 from .paths import Project
@@ -47,25 +48,46 @@ class Builder:
     log_dir: Path
     litellm_config: Path | None
     settings: Settings
+    owner: str
+    """The models.ini served (or the demo stack), naming its tiers' sessions among others'."""
+
+    @property
+    def session_dir(self) -> Path:
+        """Saved sessions: one directory for every port, so a restart (on any port) finds them."""
+        return self.settings.cache_dir / "sessions"
 
     def __call__(self, stack: Stack) -> Loaded:
-        config = replace(build_swapper_config(stack, self.server, self.files(stack), self.hub,
-                                              str(self.log_dir)),
-                         api_keys=self.settings.api_keys, private_env=frozenset({API_KEYS}))
+        """A generation for ``stack``; a ModelsIniError when its tiers cannot fit the memory
+        budget (models.ini's, else this machine's, detected again at each reload)."""
+        files = self.files(stack)
+        config = budgeted_config(stack, self.settings, self.server, files, self.hub,
+                                 str(self.log_dir))
+        config = replace(config, api_keys=self.settings.api_keys,
+                         private_env=self.settings.private_env,
+                         session_cache=replace(config.session_cache, dir=str(self.session_dir),
+                                               owner=self.owner))
         hosted = any(t.backend == "litellm" for t in stack.tiers)
         user = read_user_params(self.litellm_config, self.settings.variables) if hosted else {}
-        return Loaded(stack, routing_table(stack), config,
+        return Loaded(stack, routing_table(stack, files), config,
                       HostedTiers.build(stack, user, self.settings.backends_api_key))
 
 
-def routing_table(stack: Stack) -> RoutingTable:
-    """The ladder, without the ultra rung when it is hosted and litellm is not installed."""
+def routing_table(stack: Stack, files: Mapping[str, Path | None]) -> RoutingTable:
+    """The ladder, less the rung tiers that cannot serve now: a GGUF tier whose file is not
+    on this machine (``files``), a hosted tier when litellm is not installed."""
     table = RoutingTable.from_stack(stack)
-    ultra = stack.tier(table.ultra.name) if table.ultra else None
-    if ultra is not None and ultra.backend == "litellm" and not litellm_installed():
-        logging.getLogger("llmstack").warning(
-            "tier %s is hosted but litellm is not installed: auto routing skips it", ultra.name)
-        table = replace(table, ultra=None)
+    unavailable: dict[str, str] = {}
+    for role, rung in zip(LADDER, table.rungs, strict=True):
+        tier = stack.tier(rung.name) if rung else None
+        if tier is None:
+            continue
+        if tier.backend == "gguf" and files.get(tier.name) is None:
+            unavailable[role] = f"{tier.name} not downloaded"
+        elif tier.backend != "gguf" and not litellm_installed():
+            unavailable[role] = f"{tier.name} needs litellm"
+    table = table.without(unavailable)
+    for why in dict(table.unavailable).values():
+        logging.getLogger("llmstack").warning("auto routing skips tier %s", why)
     return table
 
 
@@ -112,11 +134,12 @@ def serve(options: ServeOptions, project: Project, settings: Settings) -> int:
     port = options.port or stack.router_port
     runtime = settings.cache_dir / "run" / f"port-{port}"
     hub = HubCache(settings.hub_cache)
-    build = Builder(partial(demo_files, cache=settings.cache_dir) if path is None
+    model = demo_model(settings.cache_dir, _say) if path is None else None
+    build = Builder(partial(demo_files, cache=settings.cache_dir, model=model) if path is None
                     else hub.local_files, server or "llama-server", hub,
                     options.log_dir or runtime / "logs",
                     litellm_config_path(settings, None if path is None else project.state),
-                    settings)
+                    settings, "demo stack" if path is None else str(path.resolve()))
     configure_logging(options.log_level, options.log_dir / "llmstack.log" if options.log_dir else None)
     prepare_for_litellm()
     try:
@@ -130,17 +153,27 @@ def serve(options: ServeOptions, project: Project, settings: Settings) -> int:
     front = FrontDoor(host, parse_origins(settings.cors_origins))
     app = LLMStackApp(lambda: build(read()), None if path is None else path.resolve(),
                       SwapperApp(manager, front=front), loaded)
-    if path is None:
-        print(BANNER.format(host=host, port=port), file=sys.stderr)
-    elif channel.name != "current":
-        print(f"[*] serving the {channel.name} channel of {path}", file=sys.stderr)
+    print(banner(host, port, real=model is not None) if path is None
+          else project_banner(path, channel, stack, url_for(host, port)), file=sys.stderr)
     clear = record_active_channel(project, channel)
     app.shutdown_hooks.append(clear)
     try:
-        run(app, sock, options.log_level, own_logging=options.log_dir is not None)
+        run(app, sock, options.log_level, own_logging=options.log_dir is not None,
+            begin_shutdown=app.swapper.begin_shutdown)
     finally:
         clear()
     return 0
+
+
+def project_banner(path: Path, channel: Channel, stack: Stack, url: str) -> str:
+    """What ``serve`` of a models.ini prints first (the demo stack has config.demo's banner)."""
+    which = "" if channel.name == "current" else f"the {channel.name} channel of "
+    return (f"llmstack is serving {which}{path}: {', '.join(t.name for t in stack.tiers)}\n"
+            f"  API: {url}/v1 (model \"auto\" picks a tier)  status page: {url}/ui")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _check_exposure(host: str, loaded: Loaded, allowed: bool) -> None:

@@ -384,9 +384,7 @@ class LLMStackApp:
                                             estimate)
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
-            repo, file = spec.metadata["missing_file"]
-            raise ApiError(503, f"tier '{name}': {repo}/{file} is not downloaded; "
-                                f"run: llmstack download {name}",
+            raise ApiError(503, f"tier '{name}': {spec.metadata['missing_file']}",
                            "model_not_downloaded")
         return await self.swapper.serve_model(scope, receive, send,
                                               _capped(request, tier, estimate, encode=True))

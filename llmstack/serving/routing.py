@@ -17,7 +17,9 @@ Then, in this order:
 
 * a missing rung is replaced by the nearest rung below it, else the nearest
   above it; the reason gets `` (no <role> tier)``: a reason names only tiers the
-  stack has;
+  stack has. A rung tier the stack has but cannot serve now (its file not
+  downloaded, say) is missing too, and the reason says why (``(<tier> not
+  downloaded)``): :meth:`RoutingTable.without`;
 * context fit: a tier whose ctx_size (when > 0; 0 means "model default" and
   always fits) is below estimate + an output reserve
   (:func:`llmstack.serving.output_cap.output_reserve`: what the request asks for, never
@@ -47,7 +49,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -138,21 +140,34 @@ class RoutingTable:
     mid_fidelity_ceiling: int = Stack.mid_fidelity_ceiling
     multi_turn: int = Stack.multi_turn
     sticky_sessions: bool = Stack.sticky_sessions
+    unavailable: tuple[tuple[str, str], ...] = ()
+    """(role, why) of the rungs taken out by :meth:`without`."""
 
     @classmethod
     def from_stack(cls, stack: Stack) -> RoutingTable:
         """The first tier of each rung role, and the [ROUTING] settings."""
-        rungs = {}
-        for role in LADDER:
-            tier = stack.first_with_role(role)
-            rungs[role] = Rung(tier.name, tier.ctx_size, tier.max_output_tokens) if tier else None
+        tiers = (stack.first_with_role(role) for role in LADDER)
+        fast, agent, ultra = (Rung(t.name, t.ctx_size, t.max_output_tokens) if t else None
+                              for t in tiers)
         return cls(
-            **rungs,
+            fast, agent, ultra,
             high_fidelity_ceiling=stack.high_fidelity_ceiling,
             mid_fidelity_ceiling=stack.mid_fidelity_ceiling,
             multi_turn=stack.multi_turn,
             sticky_sessions=stack.sticky_sessions,
         )
+
+    def without(self, unavailable: Mapping[str, str]) -> RoutingTable:
+        """This table with the rungs of ``unavailable`` (role -> why, e.g. ``code-smart not
+        downloaded``) taken out: ``auto`` routes as if the stack had no such tier and its
+        reasons say why. Unchanged when no rung would be left: each request then gets its
+        tier's own error, which names the fix."""
+        fast, agent, ultra = (None if role in unavailable else rung
+                              for role, rung in zip(LADDER, self.rungs, strict=True))
+        if not (fast or agent or ultra):
+            return self
+        return replace(self, fast=fast, agent=agent, ultra=ultra,
+                       unavailable=(*self.unavailable, *unavailable.items()))
 
     @cached_property
     def rungs(self) -> tuple[Rung | None, Rung | None, Rung | None]:
@@ -341,7 +356,7 @@ def requested_output(body: Mapping[str, Any]) -> int | None:
 
 def _ladder(table: RoutingTable, m: _Measure) -> tuple[int, str]:
     """The original step-down rules: (rung index, reason)."""
-    unavailable = "" if table.ultra else _missing(_ULTRA)
+    unavailable = "" if table.ultra else _missing(table, _ULTRA)
     top = _ULTRA if table.ultra else _AGENT
     high, mid, est = table.high_fidelity_ceiling, table.mid_fidelity_ceiling, m.tokens
     if m.triggered:
@@ -361,10 +376,11 @@ def _search_order(index: int, upwards_first: bool) -> list[int]:
     return [index, *above, *below] if upwards_first else [index, *below, *above]
 
 
-def _missing(index: int) -> str:
-    """The reason's note for a rung the stack has no tier for (it names the role, never a
-    tier the stack does not have)."""
-    return f" (no {LADDER[index]} tier)"
+def _missing(table: RoutingTable, index: int) -> str:
+    """The reason's note for a missing rung: why its tier is unavailable, else that the stack
+    has no tier for the role (it never names a tier the stack does not have)."""
+    role = LADDER[index]
+    return f" ({dict(table.unavailable).get(role) or f'no {role} tier'})"
 
 
 def _nearest_present(table: RoutingTable, index: int) -> int:
@@ -378,7 +394,7 @@ def _nearest_present(table: RoutingTable, index: int) -> int:
 def _present(table: RoutingTable, index: int, reason: str) -> tuple[int, str]:
     """Replace a missing rung by the nearest present one, below first."""
     candidate = _nearest_present(table, index)
-    return candidate, reason + ("" if candidate == index else _missing(index))
+    return candidate, reason + ("" if candidate == index else _missing(table, index))
 
 
 def _fit(table: RoutingTable, index: int, est: int, asked: int | None) -> tuple[int, str]:

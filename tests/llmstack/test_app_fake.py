@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from llmstack.models.tiny_gguf import write_tiny_gguf
-
 from tests.conftest import FAKE_UPSTREAM, free_port, http, start_server, stop_server
 
 INI = """\

@@ -55,7 +55,9 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def serve_in(cwd: Path, port: int, log: Path, env: dict[str, str], *args: str,
-             ready_path: str = "/v1/models", timeout: float = 60) -> Server:
-    """``llmstack serve --port P [args]`` run in ``cwd`` (so it finds that project's .llmstack)."""
+             ready_path: str = "/v1/models", timeout: float = 60,
+             drop_env: tuple[str, ...] = ()) -> Server:
+    """``llmstack serve --port P [args]`` run in ``cwd`` (so it finds that project's .llmstack),
+    without the environment's ``drop_env``."""
     return start_llmstack(log, *args, env=env, port=port, ready_path=ready_path,
-                          timeout=timeout, cwd=cwd, drop_env=_LEAKY_ENV)
+                          timeout=timeout, cwd=cwd, drop_env=_LEAKY_ENV + drop_env)

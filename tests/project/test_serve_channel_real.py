@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmstack.project.paths import Project
-from tests.conftest import free_port, stop_server, wait_until
-from tests.conftest import hub_with_demo_models
+from tests.conftest import free_port, stop_server, tiny_stack, wait_until
 from tests.project.conftest import Cli, serve_in
 
 pytestmark = pytest.mark.real
@@ -59,9 +58,9 @@ def test_serve_honours_the_channel(cli: Cli, project: Project, tmp_path: Path, l
     project.state.mkdir()
     project.models_ini.write_text(INI)
     assert cli("install", "--next").returncode == 0
-    hub = hub_with_demo_models(tmp_path / "hub")
     server = serve_in(project.root, free_port(), tmp_path / "serve.log",
-                      {"LLMSTACK_LLAMA_SERVER": llama_server_bin, "HF_HUB_CACHE": str(hub), **env},
+                      {"LLMSTACK_LLAMA_SERVER": llama_server_bin, **tiny_stack(tmp_path / "hub"),
+                       **env},
                       *args)
     try:
         assert served_file(server) == expected, how

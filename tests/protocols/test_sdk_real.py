@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch at import: loopback only
-
-import anthropic  # noqa: E402
-import httpx  # noqa: E402
-import litellm  # noqa: E402
-import openai  # noqa: E402
-import pytest  # noqa: E402
+import httpx
+import pytest
 
 from llmstack.config.demo import demo_stack
 from llmstack.models.demo import demo_files
-from llmstack.settings import Settings
 from llmstack.models.gguf_info import read_gguf_info
+from llmstack.settings import Settings, prepare_for_litellm
 from tests.conftest import Server
 from tests.ui.conftest import scrape
+
+if TYPE_CHECKING:  # the SDKs are imported by the tests that use them (collection stays fast)
+    import anthropic
+    import openai
 
 pytestmark = pytest.mark.real
 CHAT_PATH = "/v1/chat/completions"
@@ -26,10 +25,14 @@ TOO_LONG = "word " * 60000  # ~75k tokens: beyond every demo window (the largest
 
 
 def oai(server: Server) -> openai.OpenAI:
+    import openai
+
     return openai.OpenAI(base_url=server.base + "/v1", api_key="none", max_retries=0)
 
 
 def claude(server: Server) -> anthropic.Anthropic:
+    import anthropic
+
     return anthropic.Anthropic(base_url=server.base, api_key="none", max_retries=0)
 
 
@@ -113,6 +116,12 @@ def test_rerank_on_the_demo_rerank_tier_by_name_and_by_auto(demo: Server) -> Non
 
 
 def test_a_prompt_beyond_every_window_is_a_context_window_error_to_every_client(demo: Server) -> None:
+    import anthropic
+    import openai
+
+    prepare_for_litellm()  # litellm reads its cost map locally, set before its import
+    import litellm
+
     messages = [{"role": "user", "content": TOO_LONG}]
     chat_before = refusals(demo, "/v1/chat/completions", "auto")
     messages_before = refusals(demo, "/v1/messages", "auto")
@@ -137,6 +146,9 @@ def test_a_prompt_beyond_every_window_is_a_context_window_error_to_every_client(
 
 
 def test_an_image_on_a_text_tier_is_a_client_error_not_a_retryable_500(demo: Server) -> None:
+    import anthropic
+    import openai
+
     pixel = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
              "YPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
     image = [{"role": "user", "content": [{"type": "text", "text": "what is this"},
@@ -156,6 +168,8 @@ def test_an_image_on_a_text_tier_is_a_client_error_not_a_retryable_500(demo: Ser
 
 
 def test_anthropic_endpoints_answer_errors_in_anthropics_shape(demo: Server) -> None:
+    import anthropic
+
     with pytest.raises(anthropic.NotFoundError) as error:
         claude(demo).messages.create(model="no-such-tier", max_tokens=4, messages=HELLO)
     assert error.value.body["type"] == "error"  # type: ignore[index]
@@ -163,6 +177,8 @@ def test_anthropic_endpoints_answer_errors_in_anthropics_shape(demo: Server) -> 
 
 
 def test_models_show_role_context_and_output_limit_and_each_has_its_own_url(demo: Server) -> None:
+    import openai
+
     rows = {m.id: m for m in oai(demo).models.list()}
     assert rows["embed"].role == "embed"  # type: ignore[attr-defined]
     one = json.loads(demo.get("/v1/models/fast")[2])

@@ -17,7 +17,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Server, free_port, start_llmstack, stop_server
+from tests.conftest import ROOT, Server, free_port, start_llmstack, stop_server, toml_loads
 from tests.real.npm_clients import CLAUDE_CODE, CODEX, OPENCODE
 from tests.real.smollm2_stack import models_ini, smollm2_hub  # noqa: F401  (a fixture)
 from tests.real.test_opencode_real import opencode_env
@@ -103,14 +102,14 @@ def test_codex_answers_through_auto_and_knows_the_models(stack: Stack, tmp_path:
     home = tmp_path / "codex"
     home.mkdir()
     config = stack.configure("--print", "codex")
-    catalog = Path(tomllib.loads(config)["model_catalog_json"])
+    catalog = Path(toml_loads(config)["model_catalog_json"])
     catalog.write_text(stack.configure("--print", "codex-models"))
     # the test's own: fail fast (no retries), and a slimmer prompt (no plugin sync, goals,
     # sub-agents or bundled skills); the printed file ends in the provider's table
     (home / "config.toml").write_text(config + "request_max_retries = 0\nstream_max_retries = 0\n"
                                       "\n[features]\nplugins = false\ngoals = false\n\n[agents]\n"
                                       "enabled = false\n\n[skills.bundled]\nenabled = false\n")
-    assert tomllib.loads((home / "config.toml").read_text())["model_providers"]["llmstack"][
+    assert toml_loads((home / "config.toml").read_text())["model_providers"]["llmstack"][
         "request_max_retries"] == 0
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "CODEX_HOME": str(home)}
     result = subprocess.run([str(codex), "exec", "--skip-git-repo-check", "--ephemeral",

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 
 import httpx
-import openai
 import pytest
 
 from tests.conftest import Server, fake_cmd, wait_until
@@ -90,6 +89,8 @@ def test_send_loading_state_shows_progress_in_reasoning_content(swapper: Swapper
 
 
 def test_the_openai_sdk_streams_through_a_cold_load(swapper: Swapper) -> None:
+    import openai
+
     server = swapper(slow_config(send_loading_state=True))
     client = openai.OpenAI(base_url=server.base + "/v1", api_key="none", max_retries=0,
                            timeout=httpx.Timeout(30, read=2.0))  # read timeout < the 3 s load
@@ -168,6 +169,20 @@ def test_api_events_streams_a_snapshot_then_state_changes_decisions_and_logs(
     decision = json.loads(server.get("/api/state")[2])["decisions"][-1]
     assert decision["model"] == "quick" and decision["status"] == 200
     assert decision["tokens"] == 3 and decision["ms"] >= decision["ttft_ms"] >= 0
+
+
+def test_upstream_pass_throughs_are_not_routing_decisions(swapper: Swapper) -> None:
+    """``/upstream/<model>/tokenize`` (or ``/health``, ``/props``) calls a model's own API: it
+    is metered, but once it filled the page's and ``status``'s "routing decisions"."""
+    server = swapper(slow_config())
+    assert server.post(CHAT, {"model": "quick", "messages": HI})[0] == 200
+    server.post("/upstream/quick/tokenize", {"content": "hi"})
+    assert server.get("/upstream/quick/health")[0] == 200
+    decisions = json.loads(server.get("/api/state")[2])["decisions"]
+    assert [(d["model"], d["path"]) for d in decisions] == [("quick", CHAT)]
+    done = [e for e in json.loads(server.get("/events")[2]) if e["kind"] == "request_done"]
+    assert [e["path"] for e in done] == [CHAT, "/tokenize", "/health"]  # still recorded
+    assert all(e.get("via") == "upstream" for e in done[1:])
 
 
 def test_with_api_keys_the_page_is_public_and_the_data_needs_the_key(swapper: Swapper) -> None:
