@@ -137,12 +137,13 @@ def _write(project: Project, rendered: Rendered) -> None:
         say(f"[OK] {path}" if result.changed else f"[=] {path} (unchanged)")
 
 
-def client_text(target: str, project: Project, rendered: Rendered) -> str:
+def client_text(target: str, project: Project, settings: Settings, rendered: Rendered) -> str:
     """What ``configure --print <target>`` shows for the stack ``rendered`` points at."""
+    keyed = bool(settings.api_keys)
     if target == "claude":
-        return claude_env(rendered.stack, rendered.base.removesuffix("/v1"))
+        return claude_env(rendered.stack, rendered.base.removesuffix("/v1"), keyed)
     if target == "codex":
-        return codex_toml(rendered.base, (project.state / CODEX_CATALOG_NAME).resolve())
+        return codex_toml(rendered.base, (project.state / CODEX_CATALOG_NAME).resolve(), keyed)
     if target == "codex-models":
         return codex_catalog(rendered.stack)
     return rendered.text
@@ -155,7 +156,7 @@ def configure(project: Project, settings: Settings, print_only: str | None = Non
     channel = pinned(project) or CURRENT
     rendered = render_for(project, settings, channel, demo, port=port)
     if print_only:
-        sys.stdout.write(client_text(print_only, project, rendered))
+        sys.stdout.write(client_text(print_only, project, settings, rendered))
         return 0
     _write(project, rendered)
     say(f"    opencode talks to {rendered.where}; run it with "
@@ -280,10 +281,10 @@ def _confirm_download(project: Project, stack: Stack, settings: Settings, yes: b
 
 def _configure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print", nargs="?", const="opencode", choices=PRINT_TARGETS,
-                        dest="print_only", metavar="CLIENT",
+                        dest="print_only",
                         help="write nothing; print to stdout the opencode.json (the default), "
-                             "or Claude Code's environment (claude: eval it), or Codex's "
-                             "config.toml (codex) and the model catalog it names "
+                             "or Claude Code's environment (claude: eval \"$(...)\"), or "
+                             "Codex's config.toml (codex) and the model catalog it names "
                              "(codex-models)")
     parser.add_argument("--demo", action="store_true", help="for the built-in demo stack")
     parser.add_argument("--port", type=int,
@@ -343,7 +344,9 @@ COMMANDS = {
                                      "channel: the local models.ini (current or next files), "
                                      "at the running stack's address (else models.ini's), or, "
                                      "in external mode, the remote stack's. A file you edited "
-                                     "is kept as a .bak before it is replaced.",
+                                     "is kept as a .bak before it is replaced. --print claude "
+                                     "or codex prints what points Claude Code or Codex at the "
+                                     "same stack.",
                          _configure_arguments),
     "install": Command(_install, "The original's verb: pin the channel in "
                                  ".llmstack/default-channel, seed models.ini when local, and "

@@ -11,6 +11,8 @@
   and ``model = "auto"``, naming a model catalog (``codex-models``: ``auto`` and every
   chat tier with its window) so that Codex knows the models' metadata instead of warning
   "Model metadata for `auto` not found" and assuming a default.
+* A stack that requires a key (``LLMSTACK_API_KEYS`` set where ``configure`` runs): the
+  printed lines read it from the environment; no key is ever printed.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config.schema import SERVING_ROLES, Stack
+from ..settings import API_KEYS
 from .opencode import DEFAULT_CONTEXT, auto_context
 
 PLACEHOLDER_KEY = "sk-no-key-required"
+CODEX_KEY_VARIABLE = "LLMSTACK_API_KEY"
+"""The variable Codex sends as its bearer token when the stack requires a key."""
 CLAUDE_OUTPUT_BUDGET = 32000
 """The ``max_tokens`` Claude Code asks for on every request (its default for a model it
 does not know)."""
@@ -34,16 +39,19 @@ CODEX_INSTRUCTIONS = (
     "when you change code, and answer briefly.")
 
 
-def claude_env(stack: Stack, root_url: str) -> str:
-    """Shell lines exporting what Claude Code needs to use the stack at ``root_url``."""
+def claude_env(stack: Stack, root_url: str, keyed: bool = False) -> str:
+    """Shell lines exporting what Claude Code needs to use the stack at ``root_url``;
+    ``keyed``: the stack requires a key (its token is then read from ``$LLMSTACK_API_KEYS``,
+    never printed)."""
     fast = stack.first_with_role("fast")
     window = auto_context(stack)
+    token = (f'"${{{API_KEYS}%%,*}}"  # the first of ${API_KEYS}' if keyed
+             else f"{PLACEHOLDER_KEY}  # any value: no {API_KEYS} where configure ran")
     lines = [
         f"# Claude Code -> the llmstack at {root_url}: "
         'eval "$(llmstack configure --print claude)"',
         f"export ANTHROPIC_BASE_URL={shlex.quote(root_url)}",
-        f"export ANTHROPIC_AUTH_TOKEN={PLACEHOLDER_KEY}"
-        "  # a key of the stack's LLMSTACK_API_KEYS, if it has them",
+        f"export ANTHROPIC_AUTH_TOKEN={token}",
         "export ANTHROPIC_MODEL=auto",
         f"export ANTHROPIC_DEFAULT_HAIKU_MODEL={shlex.quote(fast.name if fast else 'auto')}"
         "  # its small, fast model",
@@ -59,10 +67,11 @@ def _toml(value: str) -> str:
     return json.dumps(value)
 
 
-def codex_toml(base_url: str, catalog: Path) -> str:
+def codex_toml(base_url: str, catalog: Path, keyed: bool = False) -> str:
     """Codex's ``config.toml`` for the stack's ``/v1`` at ``base_url``, reading the model
-    catalog from ``catalog``."""
-    return "\n".join([
+    catalog from ``catalog``; ``keyed``: the stack requires a key (sent from
+    ``$LLMSTACK_API_KEY``)."""
+    lines = [
         f"# Codex CLI -> the llmstack at {base_url}: in $CODEX_HOME/config.toml "
         "(default ~/.codex/config.toml),",
         f"# with the model catalog written by: llmstack configure --print codex-models > {catalog}",
@@ -75,9 +84,11 @@ def codex_toml(base_url: str, catalog: Path) -> str:
         'name = "llmstack"',
         f"base_url = {_toml(base_url)}",
         'wire_api = "responses"',
-        '# env_key = "LLMSTACK_API_KEY"  # if the stack has LLMSTACK_API_KEYS: export '
-        "LLMSTACK_API_KEY=<one of them>",
-    ]) + "\n"
+    ]
+    if keyed:
+        lines.append(f'env_key = "{CODEX_KEY_VARIABLE}"  # export {CODEX_KEY_VARIABLE}='
+                     f'"${{{API_KEYS}%%,*}}" (a key of ${API_KEYS})')
+    return "\n".join(lines) + "\n"
 
 
 def _catalog_entry(slug: str, description: str, window: int) -> dict[str, Any]:

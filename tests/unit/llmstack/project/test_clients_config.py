@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 from llmstack.config.ini import parse_stack
@@ -53,3 +54,21 @@ def test_the_config_toml_quotes_what_it_names() -> None:
     config = toml_loads(codex_toml('http://h:1/v1', Path('/a "b"/c.json')))
     assert config["model_catalog_json"] == '/a "b"/c.json'
     assert config["model_providers"]["llmstack"]["wire_api"] == "responses"
+
+
+def test_a_required_key_is_read_from_the_environment_never_printed() -> None:
+    """With LLMSTACK_API_KEYS where configure runs, Claude Code's token is the first of
+    them (expanded by the shell that evals the lines) and Codex sends $LLMSTACK_API_KEY;
+    without, a placeholder and no env_key (Codex then sends no Authorization)."""
+    stack = parse_stack(NARROW)
+    keyed = claude_env(stack, "http://h:1", keyed=True)
+    assert exports(keyed)["ANTHROPIC_AUTH_TOKEN"] == "${LLMSTACK_API_KEYS%%,*}"
+    env = {"LLMSTACK_API_KEYS": "team-key,other", "PATH": "/usr/bin:/bin"}
+    shown = subprocess.run(["sh", "-c", keyed + 'printf %s "$ANTHROPIC_AUTH_TOKEN"'],
+                           env=env, capture_output=True, text=True, check=True).stdout
+    assert shown == "team-key"
+    assert exports(claude_env(stack, "http://h:1"))["ANTHROPIC_AUTH_TOKEN"] == "sk-no-key-required"
+    provider = toml_loads(codex_toml("http://h:1/v1", Path("/c.json"), keyed=True))
+    assert provider["model_providers"]["llmstack"]["env_key"] == "LLMSTACK_API_KEY"
+    assert "env_key" not in toml_loads(codex_toml("http://h:1/v1", Path("/c.json")))[
+        "model_providers"]["llmstack"]
