@@ -32,6 +32,20 @@ from tests.real.test_opencode_real import opencode_env
 pytestmark = pytest.mark.real
 QUESTION = "What is the capital of France? Answer in one word."
 CAP = 48
+CLAUDE_SLIM = ("--bare", "--tools", "", "--system-prompt", "You are a helpful assistant.")
+"""Claude Code's slim prompt: no tools, a one-line system prompt."""
+CLAUDE_QUIET = {"CLAUDE_CODE_MAX_RETRIES": "1"}
+CODEX_NO_RETRIES = "request_max_retries = 0\nstream_max_retries = 0\n"
+"""Appended to the printed config.toml, which ends in the provider's table: fail fast."""
+CODEX_SLIM = ("\n[features]\nplugins = false\ngoals = false\n\n[agents]\nenabled = false\n"
+              "\n[skills.bundled]\nenabled = false\n")
+"""Codex's slimmer prompt: no plugin sync, goals, sub-agents or bundled skills."""
+OPENCODE_SLIM = {"agent": {"build": {
+    "prompt": "You are a helpful assistant. Answer briefly.",
+    "tools": dict.fromkeys(("bash", "edit", "glob", "grep", "read", "skill", "task",
+                            "todowrite", "webfetch", "write"), False)}}}
+"""A project's own opencode.json (opencode merges it over the generated one): the build
+agent reads a one-line prompt and has no tools."""
 
 
 @dataclass
@@ -83,10 +97,9 @@ def exports(text: str) -> dict[str, str]:
 def test_claude_code_answers_through_auto(stack: Stack, tmp_path: Path) -> None:
     claude = CLAUDE_CODE.binary()
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **exports(
-        stack.configure("--print", "claude")), "CLAUDE_CODE_MAX_RETRIES": "1"}
+        stack.configure("--print", "claude")), **CLAUDE_QUIET}
     assert "CLAUDE_CODE_MAX_OUTPUT_TOKENS" not in env
-    result = subprocess.run([str(claude), "--bare", "--tools", "", "--system-prompt",
-                             "You are a helpful assistant.", "--no-session-persistence",
+    result = subprocess.run([str(claude), *CLAUDE_SLIM, "--no-session-persistence",
                              "-p", QUESTION, "--output-format", "json"],
                             cwd=stack.project, env=env, capture_output=True, text=True,
                             timeout=300)
@@ -104,11 +117,7 @@ def test_codex_answers_through_auto_and_knows_the_models(stack: Stack, tmp_path:
     config = stack.configure("--print", "codex")
     catalog = Path(toml_loads(config)["model_catalog_json"])
     catalog.write_text(stack.configure("--print", "codex-models"))
-    # the test's own: fail fast (no retries), and a slimmer prompt (no plugin sync, goals,
-    # sub-agents or bundled skills); the printed file ends in the provider's table
-    (home / "config.toml").write_text(config + "request_max_retries = 0\nstream_max_retries = 0\n"
-                                      "\n[features]\nplugins = false\ngoals = false\n\n[agents]\n"
-                                      "enabled = false\n\n[skills.bundled]\nenabled = false\n")
+    (home / "config.toml").write_text(config + CODEX_NO_RETRIES + CODEX_SLIM)
     assert toml_loads((home / "config.toml").read_text())["model_providers"]["llmstack"][
         "request_max_retries"] == 0
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "CODEX_HOME": str(home)}
@@ -129,12 +138,7 @@ def test_opencode_answers_through_auto_with_the_generated_config(stack: Stack,
                                                                  tmp_path: Path) -> None:
     opencode = OPENCODE.binary()
     stack.configure()  # writes .llmstack/opencode.json and AGENTS.md
-    # opencode merges a project's own opencode.json over the generated one: the test's
-    # build agent reads a one-line prompt and has no tools
-    no_tools = dict.fromkeys(("bash", "edit", "glob", "grep", "read", "skill", "task",
-                              "todowrite", "webfetch", "write"), False)
-    (stack.project / "opencode.json").write_text(json.dumps({"agent": {"build": {
-        "prompt": "You are a helpful assistant. Answer briefly.", "tools": no_tools}}}))
+    (stack.project / "opencode.json").write_text(json.dumps(OPENCODE_SLIM))
     env = opencode_env(tmp_path / "home", stack.project / ".llmstack" / "opencode.json")
     result = subprocess.run([str(opencode), "run", "--format", "json", QUESTION],
                             cwd=stack.project, env=env, capture_output=True, text=True,
