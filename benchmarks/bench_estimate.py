@@ -156,8 +156,8 @@ def measure(benchmark: Any, counter: Server, label: str,
         estimate, read = estimate_tokens(body), tokens_read(counter, path, body)
         tools = len(body.get("tools") or ())
         record(TITLE, f"{label} #{index + 1}" if len(bodies) > 1 else label,
-               path=path, model=body.get("model"), bytes=len(json.dumps(body)), tools=tools, estimate=estimate,
-               read=read, ratio=round(estimate / read, 2))
+               path=path, model=body.get("model"), bytes=len(json.dumps(body)), tools=tools,
+               estimate=estimate, read=read, ratio=round(estimate / read, 2))
     benchmark.pedantic(estimate_tokens, args=(bodies[0][1],), rounds=20, iterations=1)
 
 

@@ -61,9 +61,12 @@ class NpmClient:
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{self.version}-", dir=self.prefix.parent))
         try:
-            subprocess.run([npm, "install", "--prefix", str(scratch), "--no-audit", "--no-fund",
-                            "--save-exact", f"{self.package}@{self.version}"],
-                           check=True, capture_output=True, timeout=600)
+            done = subprocess.run([npm, "install", "--prefix", str(scratch), "--no-audit",
+                                   "--no-fund", "--save-exact", f"{self.package}@{self.version}"],
+                                  capture_output=True, text=True, timeout=600)
+            if done.returncode:
+                pytest.fail(f"npm install {self.package}@{self.version} failed (the registry "
+                            f"must be reachable the first time):\n{done.stderr[-2000:]}")
             self._check(scratch)
             try:
                 os.rename(scratch, self.prefix)

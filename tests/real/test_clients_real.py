@@ -147,4 +147,6 @@ def test_opencode_answers_through_auto_with_the_generated_config(stack: Stack,
     events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert "error" not in [e["type"] for e in events]
     assert "Paris" in "".join(e["part"]["text"] for e in events if e["type"] == "text")
+    finish = next(e for e in events if e["type"] == "step_finish")
+    assert finish["part"]["tokens"]["input"] > 0  # the usage chunk reached the client
     assert [d["status"] for d in stack.done("/v1/chat/completions")] == [200]

@@ -1,18 +1,17 @@
-"""The real opencode client (npm ``opencode-ai``) through ``llmstack serve --demo``."""
+"""The real opencode client (npm ``opencode-ai``, pinned in :mod:`tests.real.npm_clients`):
+its fixture and an isolated, offline environment for it. opencode with the generated config
+on the real model runs in ``tests/real/test_clients_real.py`` (beside Claude Code and Codex,
+on one stack); through a detached project stack in ``test_opencode_project_real.py``."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_llmstack, stop_server
 from tests.real.npm_clients import OPENCODE
-
-pytestmark = pytest.mark.real
 
 
 @pytest.fixture(scope="session")
@@ -49,24 +48,3 @@ def opencode_project(tmp_path: Path, base: str, provider: str,
         "model": f"{provider}/{model}", "small_model": f"{provider}/{small_model}",
         "autoupdate": False, "share": "disabled"}))
     return project, opencode_env(tmp_path / "home", config)
-
-
-def test_opencode_run_gets_an_answer_through_the_auto_router(tmp_path: Path, opencode_bin: Path,
-                                                             llama_server_bin: str) -> None:
-    server = start_llmstack(tmp_path / "serve.log", "--demo",
-                            env={"LLMSTACK_LLAMA_SERVER": llama_server_bin})
-    project, env = opencode_project(tmp_path, server.base, "llmstack",
-                                    {"auto": (65536, 64), "fast": (8192, 32)}, "auto", "fast")
-    try:
-        result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
-                                cwd=project, env=env, capture_output=True, text=True, timeout=120)
-        events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-        kinds = [e["type"] for e in events]
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "error" not in kinds and "text" in kinds
-        finish = next(e for e in events if e["type"] == "step_finish")
-        assert finish["part"]["tokens"]["input"] > 0  # the usage chunk reached the client
-        routed = [e for e in json.loads(server.get("/events")[2]) if e["kind"] == "routed"]
-        assert routed, "opencode's main request went through the auto router"
-    finally:
-        stop_server(server)
