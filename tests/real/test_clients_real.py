@@ -4,10 +4,13 @@ an isolated home and no client-side output cap (the stack clamps every answer to
 tier's ``max_output_tokens``), exits 0 with an answer, and the stack's events show its
 requests routed.
 
-The clients' prompts are slimmed to what SmolLM2 reads in seconds on a CPU: Claude Code
-``--bare --tools "" --system-prompt ...`` (about 80 tokens), Codex without plugins, goals,
-agents and bundled skills (about 290), opencode's build agent with a one-line prompt and no
-tools (about 470).
+The clients' prompts are slimmed to what SmolLM2 reads in seconds on a CPU (its counts, by
+benchmarks/bench_estimate.py): Claude Code ``--bare --tools "" --system-prompt ...`` (about 30
+tokens), Codex without plugins, goals, agents and bundled skills (about 320), opencode's build
+agent with a one-line prompt and no tools (about 510, and 600 for its title request). Their
+default prompts read 2,600 to 4,600 tokens: 30 to 90 s each here. The stack: one ``fast``
+tier (a 4096-token window, which holds every slim prompt with room to answer; a 48-token cap,
+so a rambling answer ends soon; greedy sampling, so "Paris" is stable). About 35 s in all.
 """
 
 from __future__ import annotations
