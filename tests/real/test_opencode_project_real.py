@@ -24,7 +24,7 @@ def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin:
     home.mkdir()
     port = free_port()
     # A project whose models.ini serves tiny tiers (as downloaded files) on its own port: this
-    # is the front door's test (opencode on the real model: test_opencode_real.py).
+    # is the front door's test (opencode on the real model: test_clients_real.py).
     (project / ".llmstack" / "models.ini").write_text(
         TINY_STACK_INI.read_text().replace("[DEFAULT]\n", f"[DEFAULT]\nrouter_port = {port}\n", 1))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMSTACK_", "OPENCODE_"))}
