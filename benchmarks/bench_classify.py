@@ -141,7 +141,8 @@ def tools() -> list[dict[str, Any]]:
               {"todos": {"type": "array", "description": "The updated todo list", "items": {
                   "type": "object", "properties": {
                       "content": _s("Brief description of the task"),
-                      "status": {"type": "string", "enum": ["pending", "in_progress", "completed", "cancelled"]},
+                      "status": {"type": "string",
+                                 "enum": ["pending", "in_progress", "completed", "cancelled"]},
                       "priority": {"type": "string", "enum": ["high", "medium", "low"]},
                       "id": _s("Unique identifier for the todo item")},
                   "required": ["content", "status", "priority", "id"], "additionalProperties": False}}},

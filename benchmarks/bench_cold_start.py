@@ -51,7 +51,8 @@ def payload(model: str) -> bytes:
                        "messages": [{"role": "user", "content": "Say hello"}]}).encode()
 
 
-async def first_chunk(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float, aiohttp.ClientResponse]:
+async def first_chunk(session: aiohttp.ClientSession, url: str,
+                      body: bytes) -> tuple[float, aiohttp.ClientResponse]:
     """Send ``body``; return the moment the first SSE data event arrived (and the open
     response). Keep-alive comments sent while a model loads (``: loading``) do not count: the
     reply starts with the model's first event."""
@@ -202,15 +203,16 @@ class Rig:
             self.note("swapper_stop_old_ms", round((ts["model_stopped"] - ts["model_stopping"]) * 1000, 1))
         self.note("swapper_swap_started_to_ready_ms", ready["ms"])
         if "model_starting" in ts:
-            self.note("swapper_start_to_ready_ms", round((ts["model_ready"] - ts["model_starting"]) * 1000, 1))
+            self.note("swapper_start_to_ready_ms",
+                      round((ts["model_ready"] - ts["model_starting"]) * 1000, 1))
 
 
 def swapper_config(binary: str, models: dict[str, Path]) -> str:
     flags = " ".join(SERVER_FLAGS)
     lines = ["healthCheckTimeout: 60", "models:"]
     for name in ("a", "b"):
-        lines += [f"  {name}:",
-                  f'    cmd: "{binary} -m {models[name]} --host 127.0.0.1 --port ${{PORT}} {flags} --alias {name}"']
+        cmd = f"{binary} -m {models[name]} --host 127.0.0.1 --port ${{PORT}} {flags} --alias {name}"
+        lines += [f"  {name}:", f'    cmd: "{cmd}"']
     lines += ["matrix:", "  vars: {a: a, b: b}", "  sets:", '    only_a: "a"', '    only_b: "b"']
     return "\n".join(lines) + "\n"
 

@@ -85,7 +85,8 @@ def test_idle_rss_llmstack_serve_demo(benchmark: Any, tmp_path: Path) -> None:
             stop_server(server)
     rss = max(r for r, _ in readings)
     hwm = max(h for _, h in readings)
-    row = {"rounds": len(readings), "vmrss_mb_max": _mb(rss), "vmrss_mb_min": _mb(min(r for r, _ in readings)),
+    row = {"rounds": len(readings), "vmrss_mb_max": _mb(rss),
+           "vmrss_mb_min": _mb(min(r for r, _ in readings)),
            "vmhwm_mb": _mb(hwm), "start_to_first_reply_p50_ms": ms(p50(raw_timings(benchmark))),
            "goal_rss_le_60mb": "met" if _mb(rss) <= GOAL_RSS_MB else "MISSED"}
     benchmark.extra_info.update(row)

@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from bench_cold_start import Rig, first_chunk, finish
+from bench_cold_start import Rig, finish, first_chunk
 from bench_proxy import JSON, nonstream
 from conftest import (
     cpu_seconds,
@@ -55,7 +55,15 @@ from conftest import (
     write_fake_llama_server,
 )
 
-from tests.conftest import FAKE_UPSTREAM, Server, free_port, start_llmstack, start_server, stop_server, wait_until
+from tests.conftest import (
+    FAKE_UPSTREAM,
+    Server,
+    free_port,
+    start_llmstack,
+    start_server,
+    stop_server,
+    wait_until,
+)
 
 CHAT = "/v1/chat/completions"
 # llama-server closes its socket after every stream; a client that reused it would meet a
@@ -132,9 +140,10 @@ def _llmstack(tmp: Path, env: dict[str, str]) -> Server:
     """``llmstack serve --demo`` on a cache that already holds the demo models (a second
     start: making them on the first loads numpy into the serving process)."""
     cache = {"LLMSTACK_CACHE_DIR": str(tmp / "cache")}
-    subprocess.run([sys.executable, "-c", "from llmstack.config.demo import demo_stack; from llmstack.models.demo import "
-                    "demo_files; from llmstack.settings import Settings; "
-                    "demo_files(demo_stack(), Settings.read().cache_dir)"], env={**os.environ, **cache}, check=True)
+    subprocess.run([sys.executable, "-c", "from llmstack.config.demo import demo_stack; "
+                    "from llmstack.models.demo import demo_files; from llmstack.settings import Settings; "
+                    "demo_files(demo_stack(), Settings.read().cache_dir)"],
+                   env={**os.environ, **cache}, check=True)
     return start_llmstack(tmp / f"llmstack-{len(list(tmp.iterdir()))}.log", "--demo",
                           env={"LLMSTACK_CACHE_DIR": str(tmp / "cache"),
                                "LLMSTACK_MODELS_INI": str(tmp / "no-models.ini"), **env},
@@ -502,8 +511,8 @@ def test_real_swap(benchmark: Any, real: Harness) -> None:
 
 def test_real_swap_big(benchmark: Any, real: Harness, tmp_path: Path) -> None:
     """The same with two ~415 MB models (made once into the cache, about 4 s each)."""
-    from llmstack.settings import Settings
     from llmstack.models.tiny_gguf import ensure_tiny_model
+    from llmstack.settings import Settings
 
     directory = Settings.read().cache_dir / "bench-big"
     files = {name: ensure_tiny_model(directory, f"big-{name}", seed=seed, **BIG)

@@ -131,6 +131,8 @@ class Direct:
         timings = tap.timings()
         assert timings is not None
         if self.sessions is not None:
+            if slot is not None:
+                self.sessions.release(slot)
             self.sessions.after_response(session, timings)
         return Turn(first, time.monotonic() - started, "".join(text), timings.cache_n, timings.prompt_n,
                     restore_s)

@@ -28,6 +28,9 @@ USE_NEXT = "LLMSTACK_USE_NEXT"
 LITELLM_CONFIG = "LLMSTACK_LITELLM_CONFIG"
 BACKENDS_API_KEY = "LLMSTACK_BACKENDS_API_KEY"
 OPENCODE_CONFIG_DIR = "OPENCODE_CONFIG_DIR"
+_CREDENTIAL = re.compile(r"(?:^|_)(?:API_?KEYS?|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(?:_|$)",
+                         re.ASCII | re.IGNORECASE)
+"""A variable named like a credential (``OPENAI_API_KEY``, ``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``)."""
 _VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
 _USE_NEXT_VALUES = {"1": True, "true": True, "yes": True, "on": True,
                     "0": False, "false": False, "no": False, "off": False, "": None}
@@ -201,6 +204,14 @@ class Settings:
     def litellm_config(self) -> Path | None:
         """``$LLMSTACK_LITELLM_CONFIG``: the user's litellm_config.yaml elsewhere."""
         return self._path(LITELLM_CONFIG)
+
+    @property
+    def private_env(self) -> frozenset[str]:
+        """The variables no llama-server child inherits: the stack's own keys and every
+        variable named like a credential (a provider's key, ``HF_TOKEN``, AWS secrets); a
+        local model needs none of them."""
+        return frozenset({API_KEYS, BACKENDS_API_KEY,
+                          *(name for name in self.variables if _CREDENTIAL.search(name))})
 
     @property
     def backends_api_key(self) -> str | None:

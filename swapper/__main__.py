@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # ListenError, or a runtime directory we cannot use
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    front = FrontDoor(host, parse_origins(args.cors_origins))
-    run(SwapperApp(manager, front=front), sock, args.log_level)
+    app = SwapperApp(manager, front=FrontDoor(host, parse_origins(args.cors_origins)))
+    run(app, sock, args.log_level, begin_shutdown=app.begin_shutdown)
     return 0
 
 

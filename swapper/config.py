@@ -18,6 +18,9 @@ DEFAULT_PROXY = "http://127.0.0.1:${PORT}"
 DEFAULT_CONCURRENCY_LIMIT = 10
 DEFAULT_HEALTH_CHECK_TIMEOUT = 120.0
 DEFAULT_UNLOAD_TIMEOUT = 10.0
+# Once SIGTERMed, requests in flight get this long to finish (then a stream ends with an error
+# event), and then the models stop: a server exits within it plus one unload_timeout.
+SHUTDOWN_GRACE = 5
 # Below opencode's 5-minute header timeout: past it a waiter gets 503 + Retry-After
 # (the load carries on, and the retry joins it) instead of a client-side timeout.
 DEFAULT_LOAD_WAIT_TIMEOUT = 240.0
@@ -32,6 +35,13 @@ DEFAULT_IDLE_TIMEOUT = 300.0  # opencode's chunkTimeout: past it the client has 
 # never starved for more than this plus one drain.
 DEFAULT_MAX_QUEUE_WAIT = 10.0
 
+# The session cache (issue 21, :mod:`swapper.sessions`): slots holding fewer tokens are not
+# saved (re-reading them is cheap), and a shutdown gives the saves this long in all (a stop
+# for a swap, a TTL or an unload gives them ``SAVE_BUDGET``: the swap waits for them).
+DEFAULT_SESSION_MIN_TOKENS = 512
+SESSION_SAVE_BUDGET = 120.0
+SESSION_SHUTDOWN_BUDGET = 30.0
+
 
 class ConfigError(ValueError):
     """A configuration problem; ``where`` names the file/line or key path."""
@@ -39,6 +49,15 @@ class ConfigError(ValueError):
     def __init__(self, message: str, where: str = "") -> None:
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class MemoryBudgetError(ConfigError):
+    """One model, or a combination the residency rules allow, needs more than the budget."""
+
+    def __init__(self, models: frozenset[str], total_mb: float, budget_mb: float,
+                 message: str, where: str = "") -> None:
+        self.models, self.total_mb, self.budget_mb = tuple(sorted(models)), total_mb, budget_mb
+        super().__init__(message, where)
 
 
 @dataclass(frozen=True)
@@ -96,6 +115,11 @@ class ModelSpec:
     capabilities: Mapping[str, Any] = field(default_factory=dict)
     # Sent upstream with every request (a peer's API key).
     headers: Mapping[str, str] = field(default_factory=dict)
+    session_cache: bool = False
+    """A llama-server child whose slots are saved when it stops and restored on a returning
+    session's first request (:mod:`swapper.sessions`)."""
+    kv_bytes_per_token: int = 0
+    """A hint for the size of its first saved slot (0: unknown, learnt from the first save)."""
 
     @property
     def has_process(self) -> bool:
@@ -163,6 +187,23 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class SessionCacheConfig:
+    """Where saved sessions live and how much of the disk they may take."""
+
+    dir: str = ""
+    """Their directory; "" means ``sessions`` under the server's runtime directory."""
+    max_bytes: int = 0
+    """The cap on their bytes; 0 means a default from the disk
+    (:func:`swapper.sessions.cache.default_max_bytes`)."""
+    min_tokens: int = DEFAULT_SESSION_MIN_TOKENS
+    """Slots holding fewer tokens are not saved."""
+    owner: str = ""
+    """Names this config in a directory other servers share (llmstack: its models.ini): a
+    model's sessions saved under other settings are discarded only when the same owner's
+    model of the same id comes back with new ones."""
+
+
+@dataclass(frozen=True)
 class SwapperConfig:
     """Everything the swapper needs to run a set of models."""
 
@@ -176,6 +217,8 @@ class SwapperConfig:
     matrix: Matrix | None = None
     groups: tuple[Group, ...] = ()
     memory_budget_mb: float = 0.0
+    memory_budget_source: str = ""
+    """Where the budget came from (``/api/state`` and the page show it beside the number)."""
     load_wait_timeout: float = DEFAULT_LOAD_WAIT_TIMEOUT
     max_queue_wait: float = DEFAULT_MAX_QUEUE_WAIT
     log_dir: str = ""
@@ -185,6 +228,7 @@ class SwapperConfig:
     # llama-swap's upstream.ignorePaths: /upstream paths that never start a model (regexes).
     upstream_ignore_paths: tuple[str, ...] = ()
     include_aliases_in_list: bool = True
+    session_cache: SessionCacheConfig = field(default_factory=SessionCacheConfig)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @cached_property

@@ -20,6 +20,8 @@ F = TypeVar("F", bound=Callable[..., None])
 RING_EVENTS = 1000
 RING_BYTES = 1 << 20
 """How far a streaming reader may lag: this many frames or bytes unread, then it is dropped."""
+SHUTTING_DOWN = "shutting_down"
+"""The event published when the server starts shutting down: live streams end on it."""
 
 
 class Event:
@@ -105,6 +107,8 @@ class FrameRing:
         """The sequence number of the oldest frame kept."""
         self.readers = 0
         """Readers now (:meth:`reader`); with none, a producer need not push."""
+        self.closed = False
+        """Set by :meth:`close`: no frame comes any more."""
         self._more: asyncio.Future[None] | None = None
 
     @property
@@ -113,6 +117,9 @@ class FrameRing:
         return self.start + len(self._frames) - self._head
 
     def push(self, frame: bytes) -> None:
+        """Add ``frame`` for every reader (nothing once the ring is :attr:`closed`)."""
+        if self.closed:
+            return
         frames = self._frames
         frames.append(frame)
         self._bytes += len(frame)
@@ -124,6 +131,15 @@ class FrameRing:
         if self._head > self.max_frames:
             del frames[:self._head]
             self._head = 0
+        self._wake()
+
+    def close(self) -> None:
+        """The stream ends: readers stop once they have read what the ring holds (one that
+        joins later, at once), so a server shutting down need not wait for them."""
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
         more, self._more = self._more, None
         if more is not None and not more.done():
             more.set_result(None)
@@ -166,13 +182,15 @@ class FrameRing:
 # One per request: at INFO they would be an access log on the hot path (10 % of the CPU
 # under load); they stay visible in GET /events and with --log-level debug.
 PER_REQUEST_KINDS = frozenset({"routed", "named", "request_done"})
+WARNING_KINDS = frozenset({"session_cache_off"})
+"""Logged as warnings, beside every ``*failed`` and ``*exited`` kind."""
 
 
 def log_events(event: Event) -> None:
     """Subscriber writing each event as one structured (JSON) log line."""
     if event.kind in PER_REQUEST_KINDS:
         level = logging.DEBUG
-    elif event.kind.endswith(("failed", "exited")):
+    elif event.kind.endswith(("failed", "exited")) or event.kind in WARNING_KINDS:
         level = logging.WARNING
     else:
         level = logging.INFO

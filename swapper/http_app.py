@@ -38,6 +38,7 @@ from .reply import (
 )
 from .routes import POST, PUT, Route, Router, lifespan, path_param, routes
 from .scheduler import Status
+from .sessions.edge import SESSION_PATHS, Pinned, pin
 from .status_api import PUBLIC_PATHS, WRITE_BYTES, StatusApi, stream_ring
 from .stream_protocols import RAW, protocol_for
 from .types import Headers, Receive, Scope, Send
@@ -180,6 +181,11 @@ class SwapperApp:
     async def startup(self) -> None:
         await self.manager.start()
 
+    def begin_shutdown(self) -> None:
+        """The server starts shutting down (before it waits for open connections): long-lived
+        streams (``/api/events``, ``/logs/stream``) end; requests in flight carry on."""
+        self.manager.begin_shutdown()
+
     async def shutdown(self) -> None:
         await self.manager.shutdown()
         await self.upstream.close()
@@ -291,14 +297,18 @@ class SwapperApp:
                     await loading.ready()
                     reply.restart_clock()
                 query = scope.get("query_string", b"")
+                body = self._rewrite_body(lease.spec, request.body, request.data, lease.params)
+                pinned: Pinned | None = None
+                if (data := request.data) is not None and path in SESSION_PATHS and (
+                        child := self.manager.sessions.get(lease.model)) is not None:
+                    body, pinned = await pin(child, scope["headers"], path, data, body)
                 upstream = UpstreamRequest(
                     scope["method"], lease.base_url,
                     path + ("?" + query.decode("latin-1") if query else ""),
-                    self._forwarded_headers(scope, lease.spec),
-                    self._rewrite_body(lease.spec, request.body, request.data, lease.params),
-                    lease.spec.timeouts, hooks)
-                answer = await self.upstream.forward(
-                    upstream, loading.send if loading is not None else reply.send)
+                    self._forwarded_headers(scope, lease.spec), body, lease.spec.timeouts, hooks)
+                out = loading.send if loading is not None else reply.send
+                answer = await (self.upstream.forward(upstream, out) if pinned is None
+                                else self._forward_pinned(upstream, out, pinned))
                 if answer is None:  # answered (a held-back answer is the caller's to send)
                     meter.finish(reply, loading.status if loading is not None else 0)
                 return answer
@@ -324,6 +334,17 @@ class SwapperApp:
             if loading is not None:
                 await loading.ready()
             watch.close()
+
+    async def _forward_pinned(self, upstream: UpstreamRequest, send: Send,
+                              pinned: Pinned) -> Intercepted | None:
+        """Forward a request pinned to its session's slot; the pin ends with it."""
+        answered = False
+        try:
+            answer = await self.upstream.forward(upstream, pinned.wrap(send))
+            answered = answer is None
+            return answer
+        finally:
+            pinned.close(answered)
 
     def _forwarded_headers(self, scope: Scope, spec: Any) -> Headers:
         headers = without_credentials(forward_headers(scope["headers"]),

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -22,15 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from . import scheduler as sch
-from .config import ModelSpec, SwapperConfig
+from .config import SESSION_SHUTDOWN_BUDGET, ModelSpec, SwapperConfig
 from .errors import ApiError, shown, unavailable
-from .events import EventBus, Listeners
+from .events import SHUTTING_DOWN, EventBus, Listeners
 from .logring import LineListener, LogSink, log_file
 from .process import ChildProcess, LoadError, ProcessFactory, UpstreamProcess
 from .reaper import ChildRecords
 from .selectors import NameRouter
+from .sessions.cache import CacheSettings, ChildPlan, ChildSessions, SessionCache, default_max_bytes, disk_of
 from .solver import Plan, Solution, compile_plan
 from .upstream import UpstreamPool
+
+log = logging.getLogger("swapper")
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,13 @@ class Manager:
         self._records = ChildRecords.claim(runtime_dir) if runtime_dir else None
         self.http = UpstreamPool()  # shared with the proxy, so a stop can drop idle connections
         self._ttl_task: asyncio.Task[None] | None = None
+        self.closing = False
+        """Set by :meth:`begin_shutdown`."""
+        self._runtime_dir = runtime_dir
+        self.session_cache: SessionCache | None = None
+        """Saved sessions (:mod:`swapper.sessions`), made when a model first needs it."""
+        self.sessions: dict[str, ChildSessions] = {}
+        """The sessions of each running child that has them (the proxy pins requests there)."""
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -146,16 +158,32 @@ class Manager:
         except ApiError as exc:
             self.bus.publish("preload_failed", model=model, error=exc.message)
 
+    def begin_shutdown(self) -> None:
+        """The server stops taking requests: publish ``shutting_down`` (the ``/api/events``
+        feed ends on it) and end every log follower's stream, so that no long-lived
+        stream keeps the server from exiting. Requests in flight carry on."""
+        if self.closing:
+            return
+        self.closing = True
+        self.bus.publish(SHUTTING_DOWN)
+        for sink in self.logs.values():
+            sink.live.close()
+
     async def shutdown(self) -> None:
-        """Stop every child and release resources."""
+        """Save the children's sessions (within ``SESSION_SHUTDOWN_BUDGET``), stop every child
+        and release resources."""
         if self._ttl_task is not None:
             self._ttl_task.cancel()
         self._apply(self.scheduler.shutdown())
+        saving, self.sessions = list(self.sessions.values()), {}
+        await asyncio.gather(*(s.save_all(SESSION_SHUTDOWN_BUDGET) for s in saving))
         await asyncio.gather(*(p.stop() for p in list(self.processes.values())),
                              return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         self.http.close()
+        if self.session_cache is not None:
+            self.session_cache.close()
         self.release()
         for sink in self.logs.values():
             sink.close()
@@ -307,6 +335,9 @@ class Manager:
         if process is None:
             return
         self.bus.publish("model_stopping", model=model, pid=process.pid, reason=reason)
+        sessions = self.sessions.pop(model, None)
+        if sessions is not None:  # the one wait a swap gains: each save bounded, all budgeted
+            await sessions.save_all()
         self.http.discard(process.base_url)
         await process.stop()
         if self.processes.get(model) is process:
@@ -315,6 +346,9 @@ class Manager:
 
     async def _start_process(self, model: str) -> None:
         spec = self.config.models[model]
+        plan = self._session_plan(spec)
+        if plan is not None:
+            spec = dc_replace(spec, cmd=(*spec.cmd, *plan.extra_argv))
         port = self._port_for(model) if spec.needs_port else None
         process = self._new_process(spec, port, self.log_for(model),
                                     self.config.health_check_timeout, self._exited,
@@ -329,6 +363,55 @@ class Manager:
         except LoadError:
             self.processes.pop(model, None)
             raise
+        if plan is not None:
+            await self._attach_sessions(model, plan, process.base_url)
+
+    def _session_plan(self, spec: ModelSpec) -> ChildPlan | None:
+        """The session cache's plan for a child of ``spec`` about to start (None: it takes
+        no part; why is a ``session_cache_off`` event)."""
+        if not spec.session_cache:
+            return None
+        cache = self.session_cache
+        if cache is None:
+            settings = self._cache_settings()
+            if settings is None:
+                self.bus.publish("session_cache_off", model=spec.id,
+                                 reason="no directory for saved sessions (no runtime directory)")
+                return None
+            cache = self.session_cache = SessionCache(settings, self.http, self.bus.publish)
+        try:
+            return cache.plan(spec.id, spec.cmd, {**os.environ, **spec.env},
+                              spec.kv_bytes_per_token, self.config.session_cache.owner)
+        except Exception as exc:  # a bug here must never keep the model from starting
+            self._sessions_failed(spec.id, exc)
+            return None
+
+    async def _attach_sessions(self, model: str, plan: ChildPlan, base_url: str) -> None:
+        try:
+            sessions = await plan.attach(base_url)
+        except Exception as exc:  # the model serves without saved sessions
+            self._sessions_failed(model, exc)
+            return
+        if sessions is not None:
+            self.sessions[model] = sessions
+
+    def _sessions_failed(self, model: str, exc: Exception) -> None:
+        log.exception("session cache of %s failed", model)
+        self.bus.publish("session_cache_off", model=model, reason=f"internal error: {exc!r}")
+
+    def _cache_settings(self) -> CacheSettings | None:
+        """The session cache's settings from the config (its root: the configured directory,
+        else ``sessions`` in the runtime directory; its cap: the configured one, else from
+        the disk)."""
+        wanted = self.config.session_cache
+        if wanted.dir:
+            root = Path(wanted.dir)
+        elif self._runtime_dir is not None:
+            root = self._runtime_dir / "sessions"
+        else:
+            return None
+        return CacheSettings(root, wanted.max_bytes or default_max_bytes(*disk_of(root)),
+                             min_tokens=wanted.min_tokens)
 
     def _port_for(self, model: str) -> int:
         if self.config.start_port is None:
@@ -346,6 +429,8 @@ class Manager:
         if model not in self.logs:
             path = log_file(Path(self.config.log_dir), model) if self.config.log_dir else None
             self.logs[model] = LogSink(model, path, listeners=self.log_listeners)
+            if self.closing:
+                self.logs[model].live.close()
         return self.logs[model]
 
     def _exited(self, process: ChildProcess) -> None:
@@ -361,6 +446,7 @@ class Manager:
                 or self.scheduler.status.get(model) is not sch.Status.READY):
             return
         self.processes.pop(model, None)
+        self.sessions.pop(model, None)  # a crash: its slots are gone, nothing to save
         self.bus.publish("model_exited", model=model, pid=process.pid, code=process.returncode)
         self._apply(self.scheduler.stopped(model))
 
@@ -376,6 +462,8 @@ class Manager:
         changed = {m for m, spec in self.config.models.items() if config.models.get(m) != spec}
         restart = changed & self.scheduler.running() & set(config.models)
         self.config, self.plan = config, plan
+        if self.session_cache is not None and (settings := self._cache_settings()) is not None:
+            self.session_cache.configure(settings.max_bytes, settings.min_tokens)
         self.names.config = config
         if self.names.active_profile not in config.profiles:
             self.names.active_profile = None
@@ -435,6 +523,15 @@ class Manager:
         if waits:
             await asyncio.wait(waits)  # never cancels them, even if the caller goes away
         return sorted(targets)
+
+    def session_status(self) -> dict[str, Any] | None:
+        """The session cache as ``status`` and ``/ui`` show it (None: no model uses it):
+        bytes and sessions on disk against the cap, per model, where it is off and why, and
+        ``held``: the sessions each running child holds in its slots now."""
+        if self.session_cache is None:
+            return None
+        return {**self.session_cache.status(),
+                "held": {model: len(s.table) for model, s in self.sessions.items()}}
 
     def running(self) -> list[dict[str, Any]]:
         """What runs now, as /running reports it: the scheduler's state, with process details."""

@@ -152,6 +152,61 @@ class _PerRequest(Collector):
             yield family
 
 
+_VERDICTS = frozenset({"ok", "miss", "broken", "unknown"})
+
+
+class _Sessions(Collector):
+    """The session cache (:mod:`swapper.sessions`): tokens restored, saves and restores by
+    outcome, counted from the bus; bytes and sessions on disk read when scraped. Labels: a
+    configured model (else ``other``), a save's ``saved`` / ``failed``, a restore's verdict."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.restored: dict[str, int] = {}
+        self.saves: dict[tuple[str, str], int] = {}
+        self.verdicts: dict[tuple[str, str], int] = {}
+        self.discarded: dict[str, int] = {}
+
+    def on_event(self, kind: str, fields: dict[str, Any]) -> None:
+        model = fields.get("model")
+        model = model if isinstance(model, str) and model in self.manager.config.models else OTHER
+        if kind == "session_restored":
+            self.restored[model] = self.restored.get(model, 0) + int(fields.get("tokens") or 0)
+        elif kind in ("session_saved", "session_save_failed"):
+            key = (model, "saved" if kind == "session_saved" else "failed")
+            self.saves[key] = self.saves.get(key, 0) + 1
+        elif kind == "session_verified":
+            verdict = fields.get("verdict")
+            key = (model, verdict if verdict in _VERDICTS else OTHER)
+            self.verdicts[key] = self.verdicts.get(key, 0) + 1
+        elif kind == "session_discarded":
+            self.discarded[model] = self.discarded.get(model, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc, labels, counts in (
+                ("swapper_session_tokens_restored", "prompt tokens restored from saved sessions",
+                 ["model"], self.restored),
+                ("swapper_session_saves", "sessions saved when their model stopped, by result",
+                 ["model", "result"], self.saves),
+                ("swapper_session_restores", "restores judged by the first answer after them",
+                 ["model", "verdict"], self.verdicts),
+                ("swapper_session_discarded", "saved sessions deleted (over the cap, settings "
+                 "or model file changed, refused)", ["model"], self.discarded)):
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for key, count in counts.items():
+                family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+            yield family
+        cache = self.manager.session_cache
+        status = cache.status() if cache is not None else {}
+        for name, doc, field in (("swapper_session_cache_bytes", "bytes of saved sessions on disk",
+                                  "bytes"),
+                                 ("swapper_session_cache_max_bytes", "the cap on them", "max_bytes"),
+                                 ("swapper_session_cache_sessions", "saved sessions", "sessions")):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], float(status.get(field, 0)))
+            yield gauge
+
+
 class Metrics:
     """One registry for one app; subscribe with :meth:`on_event`, render with :meth:`render`.
 
@@ -170,6 +225,8 @@ class Metrics:
                                       "swap start (evictions included) to ready or failed",
                                       ["model"], buckets=_SWAP_BUCKETS, registry=reg)
         reg.register(_Live(manager))
+        self.sessions = _Sessions(manager)
+        reg.register(self.sessions)
         self.unsubscribe = bus.subscribe(self.on_event)
 
     def on_event(self, event: Event) -> None:
@@ -180,6 +237,8 @@ class Metrics:
             model = str(event.fields.get("model"))
             self.swaps.labels(model, "ready" if kind == "model_ready" else "failed").inc()
             self.swap_seconds.labels(model).observe(_seconds(event.fields.get("ms")))
+        elif kind.startswith("session_"):
+            self.sessions.on_event(kind, event.fields)
 
     def register(self, collector: Collector) -> None:
         """Add ``collector``'s series to this registry (a program's own, beside the swapper's)."""

@@ -141,7 +141,8 @@ class Observer:
         return [event.as_dict() for event in self._decisions]
 
     def snapshot(self, manager: Manager) -> dict[str, Any]:
-        """Every model's state (scheduler), load and queue, memory against the budget, history."""
+        """Every model's state (scheduler), load and queue, memory against the budget, history,
+        the session cache."""
         sched = manager.scheduler
         now = time.time()
         models: list[dict[str, Any]] = []
@@ -174,5 +175,7 @@ class Observer:
                        if m["state"] in ("starting", "ready", "stopping"))
         return {"ts": round(now, 3), "models": models,
                 "memory": {"budget_mb": manager.config.memory_budget_mb,
+                           "budget_source": manager.config.memory_budget_source,
                            "resident_mb": round(resident, 1)},
-                "decisions": self.decisions, "swaps": list(self.swaps)}
+                "decisions": self.decisions, "swaps": list(self.swaps),
+                "sessions": manager.session_status()}

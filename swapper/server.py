@@ -8,12 +8,14 @@ import logging
 import logging.handlers
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 import uvicorn.config
 
+from .config import SHUTDOWN_GRACE
 from .http_protocol import bounded_protocol
 
 LOG_FILE_BYTES = 5 * 1024 * 1024
@@ -66,26 +68,43 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(app: Any, sock: socket.socket, log_level: str = "info", own_logging: bool = False) -> None:
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling ``begin_shutdown`` as shutdown starts: uvicorn then waits
+    (up to :data:`SHUTDOWN_GRACE`) for every open connection before the lifespan's shutdown
+    runs, so streams that never end by themselves must end here."""
+
+    def __init__(self, config: uvicorn.Config, begin_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._begin_shutdown = begin_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._begin_shutdown()
+        await super().shutdown(sockets)
+
+
+def run(app: Any, sock: socket.socket, log_level: str = "info", own_logging: bool = False,
+        begin_shutdown: Callable[[], None] = lambda: None) -> None:
     """Serve ``app`` on ``sock`` (from :func:`listen`) until SIGINT/SIGTERM; lifespan
     events start and stop the models.
 
     ``own_logging``: uvicorn's loggers go to the root handlers set by
-    :func:`configure_logging` instead of uvicorn's own stderr handlers.
+    :func:`configure_logging` instead of uvicorn's own stderr handlers. ``begin_shutdown``
+    is called once the signal came, before open connections are waited for
+    (:meth:`swapper.http_app.SwapperApp.begin_shutdown`).
     """
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False,
                             backlog=BACKLOG, loop="uvloop" if has_uvloop else "asyncio",
                             http=bounded_protocol(),
-                            log_level=log_level, timeout_graceful_shutdown=5,
+                            log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_GRACE,
                             log_config=None if own_logging else uvicorn.config.LOGGING_CONFIG,
                             timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
                             server_header=False, date_header=False,
                             # nothing reads the client address, and X-Forwarded-* from a
                             # local client would only be trusted to change it: one layer less
                             proxy_headers=False)
-    server = uvicorn.Server(config)
+    server = _Server(config, begin_shutdown)
     if has_uvloop:
         import uvloop
         uvloop.run(server.serve([sock]))

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .config import ConfigError, Group, Matrix, ModelSpec, SwapperConfig
+from .config import ConfigError, Group, Matrix, MemoryBudgetError, ModelSpec, SwapperConfig
 
 DEFAULT_EVICT_COST = 1
 DEFAULT_GROUP = "(default)"
@@ -396,7 +396,8 @@ def _megabytes(value: float) -> str:
 
 
 def _check_memory(config: SwapperConfig, sets: Sequence[_Set]) -> None:
-    """Refuse a config where one model or an allowed combination exceeds the budget."""
+    """Refuse a config where one model or an allowed combination exceeds the budget
+    (:class:`MemoryBudgetError`, the heaviest such models first found)."""
     budget = config.memory_budget_mb
     if budget <= 0:
         return
@@ -411,7 +412,8 @@ def _check_memory(config: SwapperConfig, sets: Sequence[_Set]) -> None:
     for where, (total, models) in candidates:
         if total > budget:
             verb = "needs" if len(models) == 1 else "need"
-            raise ConfigError(
+            raise MemoryBudgetError(
+                models, total, budget,
                 f"{' + '.join(sorted(models))} {verb} {_megabytes(total)} MB, "
                 f"{_megabytes(total - budget)} MB over memory_budget_mb {_megabytes(budget)}",
                 where,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from .events import RING_BYTES, RING_EVENTS, Behind, Event, FrameRing
+from .events import RING_BYTES, RING_EVENTS, SHUTTING_DOWN, Behind, Event, FrameRing
 from .observe import Observer
 from .reply import SEND_BUFFER_KEY, DisconnectWatch, Reply, send_bytes
 from .routes import POST, Route, path_param, routes
@@ -116,9 +116,10 @@ async def stream_ring(scope: Scope, receive: Receive, send: Send, ring: FrameRin
                       behind: Bytes) -> None:
     """Stream one reader of ``ring`` (``join`` makes it one, yielding its cursor): the
     pieces of ``first()`` (called as of that cursor), then every frame from the cursor on,
-    each piece once the socket took the last, until the client
-    leaves or falls behind the ring (:data:`~swapper.events.RING_EVENTS` frames or
-    :data:`~swapper.events.RING_BYTES` bytes); then ``behind()`` ends the response.
+    each piece once the socket took the last, until the client leaves, the ring is closed
+    (the server is shutting down: the response ends once its frames are sent) or the
+    reader falls behind it (:data:`~swapper.events.RING_EVENTS` frames or
+    :data:`~swapper.events.RING_BYTES` bytes; then ``behind()`` ends the response).
 
     A backlog goes out :data:`WRITE_BYTES` at a time, one write per reader per turn of the
     loop, and the connection's kernel send buffer is capped at :data:`SEND_BUFFER`: a
@@ -149,7 +150,8 @@ async def stream_ring(scope: Scope, receive: Receive, send: Send, ring: FrameRin
 
 
 async def _follow(send: Send, ring: FrameRing, cursor: int, behind: Bytes) -> None:
-    """Send ``ring``'s frames from ``cursor`` on, until the reader falls behind."""
+    """Send ``ring``'s frames from ``cursor`` on, until the reader falls behind or has read
+    a closed ring to its end."""
     while True:
         try:
             batch, cursor = ring.read(cursor, WRITE_BYTES)
@@ -160,6 +162,8 @@ async def _follow(send: Send, ring: FrameRing, cursor: int, behind: Bytes) -> No
             await _body(send, batch)
             if cursor < ring.end:  # a backlog: one piece per turn of the loop, each reader
                 await asyncio.sleep(0)
+        elif ring.closed:
+            return
         else:  # the wake-up is shared: a cancelled reader must not cancel it
             await asyncio.shield(ring.more())
 
@@ -167,7 +171,8 @@ async def _follow(send: Send, ring: FrameRing, cursor: int, behind: Bytes) -> No
 class LiveFeed:
     """Bus events and children's log lines as SSE frames in one :class:`FrameRing`, each
     encoded once for every ``/api/events`` reader, and only while there is one; a
-    keep-alive comment when nothing else came for :data:`KEEPALIVE` seconds."""
+    keep-alive comment when nothing else came for :data:`KEEPALIVE` seconds. The feed ends
+    with the ``shutting_down`` event (:meth:`~swapper.manager.Manager.begin_shutdown`)."""
 
     def __init__(self, manager: Manager) -> None:
         self.ring = FrameRing()
@@ -180,6 +185,8 @@ class LiveFeed:
     def _event(self, event: Event) -> None:
         if self.ring.readers:
             self.ring.push(_frame(event.as_dict()))
+        if event.kind == SHUTTING_DOWN:  # the last event every reader gets
+            self.ring.close()
 
     def _lines(self, model: str, lines: list[str]) -> None:
         if self.ring.readers:

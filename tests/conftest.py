@@ -50,6 +50,17 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
+async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """:func:`wait_until` inside the event loop: poll ``condition`` every 10 ms, the loop
+    running meanwhile (for progress that needs the clock or the network, such as a server
+    in this process binding its socket); fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 def in_threads(work: Callable[[], None], threads: int) -> None:
     """Run ``work`` on ``threads`` threads at once; returns when every one is done."""
     workers = [threading.Thread(target=work) for _ in range(threads)]
@@ -201,6 +212,28 @@ def swapper(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
 def fake_cmd(*flags: str) -> str:
     """A YAML ``cmd`` running the fake upstream on ``${PORT}``."""
     return " ".join([sys.executable, str(FAKE_UPSTREAM), "--port", "${PORT}", *flags])
+
+
+_MISMARKED = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``real`` marker means exactly "needs the llama-server binary", and a test gets
+    the binary from :func:`llama_server_bin` (directly or through another fixture): every
+    test requesting it is marked ``real``, and a test marked ``real`` without requesting it
+    fails (without the binary it would not skip, or it needs no binary at all)."""
+    for item in items:
+        needs = "llama_server_bin" in getattr(item, "fixturenames", ())
+        if needs:
+            item.add_marker(pytest.mark.real)
+        elif item.get_closest_marker("real") is not None:
+            item.stash[_MISMARKED] = True
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.stash.get(_MISMARKED, False):
+        pytest.fail("marked real but does not request the llama_server_bin fixture: request "
+                    "it (the test needs llama-server) or drop the marker (it does not)")
 
 
 @pytest.fixture(scope="session")

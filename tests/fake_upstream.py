@@ -56,7 +56,8 @@ def build_app(args: argparse.Namespace) -> web.Application:
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model,
                 "choices": [{"index": 0, "finish_reason": "length",
                              "message": {"role": "assistant", "content": "tok " * args.chunks}}],
-                "usage": {"prompt_tokens": 8, "completion_tokens": args.chunks, "total_tokens": 8 + args.chunks},
+                "usage": {"prompt_tokens": 8, "completion_tokens": args.chunks,
+                          "total_tokens": 8 + args.chunks},
                 "received": {k: v for k, v in body.items() if k != "messages"},
                 "received_keys": [request.headers.get(h, "") for h in ("authorization",
                                                                         "x-api-key")]})

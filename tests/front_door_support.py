@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from llmstack.models.tiny_gguf import write_tiny_gguf
-
 from tests.conftest import FAKE_UPSTREAM, Server, fake_cmd, free_port, start_llmstack, start_server
 
 FAST_INI = """\
@@ -44,11 +43,12 @@ def one_model_yaml(*flags: str, extra: str = "") -> str:
     return f"models:\n  m:\n    cmd: {fake_cmd(*flags)}\n{extra}"
 
 
-def fake_stack_env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A models.ini with one fast tier, and the env that serves it with the fake llama-server."""
+def fake_stack_env(tmp_path: Path, *flags: str) -> tuple[Path, dict[str, str]]:
+    """A models.ini with one fast tier, and the env that serves it with the fake llama-server
+    (given ``flags`` too)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     wrapper = tmp_path / "fake-llama-server"
-    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_UPSTREAM} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_UPSTREAM} "$@" {" ".join(flags)}\n')
     wrapper.chmod(0o755)
     snapshot = tmp_path / "hub" / "models--test--tiny" / "snapshots" / "rev"
     snapshot.mkdir(parents=True)

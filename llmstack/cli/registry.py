@@ -56,6 +56,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("configure", "install", "render .llmstack/opencode.json and AGENTS.md from models.ini"),
     Verb("install", "install", "pin a channel, seed models.ini and configure (init + configure)"),
     Verb("setup", "install", "init + download + configure + start, on a fresh project"),
+    Verb("add", "models", "add a tier by model name: add <tier> <repo>[:<quant>]"),
     Verb("download", "models", "download the tiers' GGUFs into the HF cache", ("download-models",)),
     Verb("check", "models", "report each tier: present, missing or drifted", ("check-models",)),
     Verb("start", "lifecycle", "start the project's stack (--detach: in the background)"),

@@ -23,7 +23,7 @@ from ..config.address import DEFAULT_HOST, DEFAULT_PORT, url_for
 from ..errors import UserError
 from ..project.channels import live_channel
 from ..project.paths import Project, find_project, project_at
-from ..project.pidrecord import StaleRecord, live_record
+from ..project.pidrecord import running_record
 from ..settings import Settings
 from .registry import Command
 
@@ -53,10 +53,9 @@ def project_env(project: Project) -> dict[str, str | None]:
 
 def _local_url(root: Path, ini: Path) -> str:
     """The running stack's URL, else the one models.ini's [DEFAULT] names (or the default)."""
-    with contextlib.suppress(StaleRecord, UserError):  # start/status report the record
-        found = live_record(root)
-        if found is not None:
-            return found[0].url
+    record = running_record(root)
+    if record is not None:
+        return record.url
     if ini.exists():
         from ..config.ini import load_stack
         with contextlib.suppress(UserError):  # the hook still activates; start/serve report it
@@ -350,13 +349,16 @@ def activate(shell: str, env_root: Path | None, settings: Settings) -> str:
     return env_code(_family(shell), project)
 
 
-def reload_code(shell: str | None, settings: Settings) -> tuple[Path, str]:
-    """The project root and the code that re-activates it in the calling shell."""
-    project = find_project(settings)
-    if not project.state.is_dir():
-        raise UserError("not in an llmstack project (no .llmstack/ here or above)")
-    family = _family(shell or detect_shell(settings))
-    return project.root, hook(family) + FORCE[family] + "\n"
+FAILED = {"bash": "(exit {code})", "zsh": "(exit {code})", "fish": "false",
+          "powershell": "$global:LASTEXITCODE = {code}"}
+"""A last line that fails with ``code`` without leaving the shell."""
+
+
+def reload_code(family: str, failed: int = 0) -> str:
+    """The code that re-activates the project of the calling shell (of ``family``); when the
+    reload ``failed`` (its exit status), the code's last line fails, so ``eval`` does too."""
+    code = hook(family) + FORCE[family] + "\n"
+    return code + (FAILED[family].format(code=failed) + "\n" if failed else "")
 
 
 def _activate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -374,14 +376,28 @@ def _reload_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _reload(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask the running stack to re-read models.ini, re-render opencode.json / AGENTS.md, then
+    print the shell code (ending in a failure when either failed, which is then raised)."""
     from ..project.daemon import reload_stack
+    from .install import refresh
 
-    root, code = reload_code(args.shell, settings)
+    project = find_project(settings)
+    if not project.state.is_dir():
+        raise UserError("not in an llmstack project (no .llmstack/ here or above)")
+    failure = None
+    try:
+        reload_stack(project.root, settings.auth_headers)
+        refresh(project, settings)
+    except UserError as exc:
+        failure = exc
     if sys.stdout.isatty():
         print('[=] to refresh this shell too: eval "$(llmstack reload)"', file=sys.stderr)
     else:
-        sys.stdout.write(code)
-    return reload_stack(root, settings.auth_headers)
+        family = _family(args.shell or detect_shell(settings))
+        sys.stdout.write(reload_code(family, failure.code if failure else 0))
+    if failure is not None:
+        raise failure
+    return 0
 
 
 COMMANDS = {

@@ -23,7 +23,7 @@ from ..project.paths import Project, find_project
 from ..project.pidrecord import StaleRecord, live_record, record_path
 from ..settings import Settings
 from .registry import Command
-from .stackview import decision_line, memory_line, state_text
+from .stackview import decision_line, memory_line, session_lines, state_text
 
 TIMEOUT = 2.0
 STOPPED = 3  # exit status when nothing runs, as `systemctl status` / LSB
@@ -95,12 +95,14 @@ def collect(project: Project, settings: Settings) -> dict[str, Any]:
     doc["state"] = "running"
     doc["base_url"] = doc["url"] + "/v1"
     facts = {m["model"]: m for m in live["models"]}
-    doc.update(memory=live["memory"], decisions=live["decisions"][-5:], swaps=live["swaps"][-3:])
+    doc.update(memory=live["memory"], decisions=live["decisions"][-5:], swaps=live["swaps"][-3:],
+               sessions=live.get("sessions"))
     for row in models:
         if "tier" not in row or row["id"] != row["tier"]:
             continue  # auto and aliases
         up = running.get(row["id"], {})
         fact = facts.get(row["id"], {})
+        meta = fact.get("meta") or {}
         hosted = row.get("backend") == "litellm"
         doc["tiers"].append({
             "name": row["id"], "role": row.get("role"), "backend": row.get("backend"),
@@ -110,7 +112,8 @@ def collect(project: Project, settings: Settings) -> dict[str, Any]:
             "rss_mb": _rss_mb(up.get("pid")), "memory_mb": up.get("memory_mb"),
             "in_flight": fact.get("in_flight", 0), "queued": fact.get("queued", 0),
             "context": row.get("context_length"), "hosted_model": row.get("hosted_model"),
-            "backends": row.get("backends", [])})
+            "backends": row.get("backends", []), "gguf_path": meta.get("gguf_path"),
+            "missing_file": meta.get("missing_file")})
     return doc
 
 
@@ -156,11 +159,17 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
     for t in doc["tiers"]:
         if t.get("hosted_model") and not t.get("backends"):
             print(f"  {t['name']}: hosted {t['hosted_model']}", file=out)
+        if t.get("gguf_path"):
+            print(f"  {t['name']}: gguf_path {t['gguf_path']}", file=out)
+        if t.get("missing_file"):
+            print(f"  [!] {t['name']}: {t['missing_file']}", file=out)
         for b in t.get("backends", []):
             health = "healthy" if b.get("healthy") else f"DOWN ({b.get('error') or 'no answer'})"
             print(f"  {t['name']}: backend {b['url']} {health}", file=out)
     resident = [t["name"] for t in doc["tiers"] if t["pid"]]
     print(f"  resident {', '.join(resident) or 'none'}; {memory_line(doc)}", file=out)
+    for line in session_lines(doc.get("sessions")):
+        print(f"  {line}", file=out)
     for d in reversed(doc["decisions"]):
         print(f"  recent   {decision_line(d)}", file=out)
     for s in reversed(doc["swaps"]):

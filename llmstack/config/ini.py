@@ -9,8 +9,8 @@ collected and raised together as one :class:`ModelsIniError`.
 
 ``[DEFAULT]`` holds only stack-wide keys, so the values a tier inherits from it
 are never read per tier; tier keys belong in tier sections. The upstream
-timeouts (``response_timeout``, ``idle_timeout``) are the exception: set in
-``[DEFAULT]`` for every tier, and per tier to override it.
+timeouts (``response_timeout``, ``idle_timeout``) and ``session_cache`` are the
+exception: set in ``[DEFAULT]`` for every tier, and per tier to override it.
 """
 
 from __future__ import annotations
@@ -201,6 +201,23 @@ def _unknown_key_message(key: str, known: Mapping[str, Converter]) -> str:
     return f"unknown key{closest(key, known)}"
 
 
+_HUB_FILE_KEYS = ("hf_repo", "hf_file", "hf_repo_next", "hf_file_next")
+
+
+def _local_file(section: _Section, values: dict[str, Any], check: _Checker) -> bool:
+    """Resolve ``gguf_path`` against models.ini's directory (made absolute); False when the
+    tier also names a hub file (reported)."""
+    if "gguf_path" not in values:
+        return True
+    both = [k for k in _HUB_FILE_KEYS if k in values]
+    if both:
+        check.error(section, "gguf_path", f"a tier's file is gguf_path or hf_repo + hf_file, "
+                                          f"not both (remove {', '.join(both)})")
+        return False
+    values["gguf_path"] = os.path.abspath(Path(check.source).parent / values["gguf_path"])
+    return True
+
+
 def _tier(section: _Section, values: dict[str, Any], check: _Checker,
           variables: Mapping[str, str]) -> Tier | None:
     """Build a tier, detecting its backend as the original did; ``model_next = $NAME`` is
@@ -211,34 +228,39 @@ def _tier(section: _Section, values: dict[str, Any], check: _Checker,
     if ("backend" in section.entries and backend is None) or (
             "backends" in section.entries and "backends" not in values):
         return None  # bad backend(s) value, already reported
-    gguf_ready = bool(values.get("hf_repo") and values.get("hf_file"))
+    if not _local_file(section, values, check):
+        return None
+    gguf_ready = bool((values.get("hf_repo") and values.get("hf_file")) or values.get("gguf_path"))
     if values.get("backends") and backend in (None, "litellm"):
         backend = "litellm"  # another machine's tier of the same name, unless model says otherwise
         values.setdefault("model", f"openai/{section.name}")
     if backend is None:
         backend = "litellm" if values.get("model") else "gguf" if gguf_ready else None
     if backend is None:
-        check.error(section, "", "not a tier: set hf_repo+hf_file (local), model (hosted) "
-                                 "or backends (other machines)")
+        check.error(section, "", "not a tier: set hf_repo+hf_file or gguf_path (local), model "
+                                 "(hosted) or backends (other machines)")
         return None
     if backend == "litellm" and not values.get("model"):
         check.error(section, "backend", "backend = litellm needs model = <provider>/<model-id>")
         return None
     if backend == "gguf" and values.get("backends"):
         check.error(section, "backends", "a tier with backends is served by those machines; "
-                                         "remove hf_repo/hf_file or backend = gguf")
+                                         "remove hf_repo/hf_file/gguf_path or backend = gguf")
     if backend == "litellm" and values.get("llama_server_args"):
         check.error(section, "llama_server_args", "only local (gguf) tiers run llama-server")
         return None
+    if backend == "litellm" and values.get("session_cache"):
+        check.error(section, "session_cache", "only local (gguf) tiers save sessions")
+        return None
     if backend == "gguf" and not gguf_ready:
-        check.error(section, "backend", "backend = gguf needs hf_repo and hf_file")
+        check.error(section, "backend", "backend = gguf needs hf_repo and hf_file, or gguf_path")
         return None
     try:
         check_tier_name(section.name)
     except ValueError as exc:
         check.error(section, "", str(exc))
     values["description"] = values.get("description") or section.name
-    if backend == "gguf":
+    if backend == "gguf" and "gguf_path" not in values:
         values["hf_repo_next"] = values.get("hf_repo_next") or values["hf_repo"]
     return Tier(name=section.name, backend=backend, line=section.line, **values)
 
@@ -317,7 +339,9 @@ def parse_stack(text: str, source: str = "models.ini",
         else:
             tier = _tier(section, check.values(section, TIER_KEYS), check, variables)
             tiers += [tier] if tier else []
-    stack = Stack(**settings, tiers=tuple(tiers), path=source)
+    budget = sections.get(DEFAULT_SECTION, _Section(DEFAULT_SECTION, 0)).entries.get("memory_budget_mb")
+    stack = Stack(**settings, tiers=tuple(tiers), path=source,
+                  memory_budget_line=budget.line if budget else 0)
     _check_names(stack.tiers, sections, check)
     for t in stack.tiers:
         if t.fallback is not None and (stack.tier(t.fallback) in (None, t)):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .address import DEFAULT_PORT
-from .hub_names import check_repo_file, check_repo_id
+from .hub_names import check_repo_file, check_repo_id, shown
 from .schema import (
     BACKENDS,
     CACHE_TYPES,
@@ -48,6 +48,8 @@ _ROPE = re.compile(
     re.IGNORECASE,
 )
 _ENV_REF = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+PATH_MAX = 4096
 
 
 def _whole(unit: str, example: int) -> Converter:
@@ -169,6 +171,19 @@ def _hub_value(check: Callable[[str], str]) -> Converter:
     return convert
 
 
+def _local_path(raw: str) -> str | None:
+    """A file on this machine: absolute, or relative to models.ini's directory."""
+    if not raw:
+        return None
+    if raw.startswith("~"):
+        raise ValueError(f"{shown(raw)}: ~ is not expanded here; write the path absolute or "
+                         "relative to models.ini's directory")
+    if len(raw) > PATH_MAX or _CONTROL.search(raw):
+        raise ValueError(f"{shown(raw)} is not a file path (a control character, or longer than "
+                         f"{PATH_MAX} characters)")
+    return raw
+
+
 def _aliases(raw: str) -> tuple[str, ...]:
     if not raw:
         raise ValueError("empty aliases; list names separated by commas, or remove the line")
@@ -215,7 +230,7 @@ def _sampler(raw: str) -> tuple[tuple[str, float], ...]:
 _OWNED_FLAGS: dict[str, str] = {
     **dict.fromkeys(("--host", "--port"), "the stack's own address"),
     **dict.fromkeys(("-m", "--model", "-hf", "--hf-repo", "-hff", "--hf-file", "-mu",
-                     "--model-url"), "hf_repo / hf_file"),
+                     "--model-url"), "hf_repo / hf_file, or gguf_path"),
     **dict.fromkeys(("-a", "--alias"), "the tier name and aliases"),
     **dict.fromkeys(("-c", "--ctx-size"), "ctx_size"),
     **dict.fromkeys(("-n", "--predict", "--n-predict"), "max_output_tokens"),
@@ -283,10 +298,13 @@ DEFAULT_KEYS: dict[str, Converter] = {
     "cache_type_k": _cache_type,
     "cache_type_v": _cache_type,
     "llama_server_bin": _text,
-    "memory_budget_mb": _whole("megabytes", Stack.memory_budget_mb),
+    "memory_budget_mb": _whole("megabytes", 49152),
     "response_timeout": _whole("seconds", Stack.response_timeout),
     "idle_timeout": _whole("seconds", Stack.idle_timeout),
     "max_queue_wait": _whole("seconds", Stack.max_queue_wait),
+    "session_cache": _flag,
+    "session_cache_max_gb": _gigabytes,
+    "session_cache_min_tokens": _whole("tokens", Stack.session_cache_min_tokens),
 }
 ROUTING_KEYS: dict[str, Converter] = {
     "high_fidelity_ceiling": _whole("tokens", Stack.high_fidelity_ceiling),
@@ -306,6 +324,7 @@ TIER_KEYS: dict[str, Converter] = {
     "ttl": _whole("seconds", 1800),
     "hf_repo": _hub_value(check_repo_id),
     "hf_file": _hub_value(check_repo_file),
+    "gguf_path": _local_path,
     "hf_repo_next": _hub_value(check_repo_id),
     "hf_file_next": _hub_value(check_repo_file),
     "size_gb": _gigabytes,
@@ -322,6 +341,7 @@ TIER_KEYS: dict[str, Converter] = {
     "backends": _urls,
     "fallback": _text,
     "llama_server_args": _llama_server_args,
+    "session_cache": _flag,
 }
 KEY_HOMES = {"[DEFAULT]": DEFAULT_KEYS, "[ROUTING]": ROUTING_KEYS, "a tier section": TIER_KEYS}
 RETIRED_KEYS = {

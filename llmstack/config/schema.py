@@ -7,11 +7,16 @@ llmstack restates one. :mod:`llmstack.config.ini` reads a file into these values
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
 
-from swapper.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_QUEUE_WAIT, DEFAULT_RESPONSE_TIMEOUT
+from swapper.config import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_QUEUE_WAIT,
+    DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_SESSION_MIN_TOKENS,
+)
 
 from .address import DEFAULT_HOST, DEFAULT_PORT, url_for
 
@@ -69,6 +74,9 @@ class Tier:
     ttl: int | None = None
     hf_repo: str | None = None
     hf_file: str | None = None
+    gguf_path: str | None = None
+    """A GGUF file on this machine instead of hf_repo/hf_file: absolute, as the reader resolved
+    it (written relative to models.ini's directory, or absolute)."""
     hf_repo_next: str | None = None
     """Repo of the queued upgrade; the parser fills in hf_repo when unset."""
     hf_file_next: str | None = None
@@ -95,6 +103,9 @@ class Tier:
     """Tier that answers when this litellm-served tier fails before answering."""
     llama_server_args: tuple[str, ...] = ()
     """Extra llama-server arguments (shlex-split, never through a shell)."""
+    session_cache: bool | None = None
+    """Save its sessions' KV caches when it stops; None: [DEFAULT]'s (see
+    :meth:`Stack.session_cache_for`)."""
 
     @property
     def effective_aliases(self) -> tuple[str, ...]:
@@ -135,8 +146,11 @@ class Stack:
     cache_type_k: str = "q8_0"
     cache_type_v: str = "q8_0"
     llama_server_bin: str | None = None
-    memory_budget_mb: int = 57344
-    """A 64 GB Mac's GPU wired limit (``iogpu.wired_limit_mb``); 0 also means this default."""
+    memory_budget_mb: int = 0
+    """MB the resident local models may use together; 0 (unset): detected from the machine
+    (:mod:`llmstack.models.machine`)."""
+    memory_budget_line: int = field(default=0, compare=False)
+    """Line of ``memory_budget_mb`` in models.ini (0: not written), for errors naming it."""
     max_queue_wait: int = int(DEFAULT_MAX_QUEUE_WAIT)
     """Seconds a queued request waits before it holds the model it must evict."""
     high_fidelity_ceiling: int = 12000
@@ -145,6 +159,13 @@ class Stack:
     sticky_sessions: bool = True
     response_timeout: int = int(DEFAULT_RESPONSE_TIMEOUT)
     idle_timeout: int = int(DEFAULT_IDLE_TIMEOUT)
+    session_cache: bool = True
+    """Local chat tiers save their sessions' KV caches when they stop (issue 21)."""
+    session_cache_max_gb: float = 0.0
+    """The cap on saved sessions in GB (10^9 bytes); 0: a tenth of the disk that holds them,
+    at most 50 GB and half its free space."""
+    session_cache_min_tokens: int = DEFAULT_SESSION_MIN_TOKENS
+    """Sessions holding fewer tokens are not saved (re-reading them is cheap)."""
     tiers: tuple[Tier, ...] = ()
     path: str = ""
 
@@ -162,6 +183,16 @@ class Stack:
     def tier(self, name_or_alias: str) -> Tier | None:
         """The tier with this name, else the one with this alias, else None."""
         return self._index.get(name_or_alias)
+
+    def session_cache_for(self, tier: Tier) -> bool:
+        """Whether a tier saves its sessions: its own ``session_cache``, else [DEFAULT]'s for
+        a local chat tier (never for a hosted one; embed and rerank tiers only when they say
+        so: they hold no conversation)."""
+        if tier.backend != "gguf":
+            return False
+        if tier.session_cache is not None:
+            return tier.session_cache
+        return self.session_cache and tier.role not in SERVING_ROLES
 
     def first_with_role(self, role: str) -> Tier | None:
         """The first tier (in file order) with this role, or None."""

@@ -3,9 +3,11 @@
 Per GGUF tier (the file its channel serves): ``present``; ``missing``; or ``drifted`` when
 the cache holds it only under another revision than the ref, when its size differs from
 what the hub announced at download time, or (``--verify``) when its sha256 differs from
-the blob's etag. Hosted tiers are listed with their model id and whether the provider's
-credential variable is set (the value is never shown). Nothing is fetched, so it works
-with ``HF_HUB_OFFLINE=1`` and without huggingface_hub being imported.
+the blob's etag. A tier with ``gguf_path`` is ``present`` when that is a regular file that
+starts like a GGUF, ``missing`` when there is none, ``invalid`` otherwise. Hosted tiers are
+listed with their model id and whether the provider's credential variable is set (the value
+is never shown). Nothing is fetched, so it works with ``HF_HUB_OFFLINE=1`` and without
+huggingface_hub being imported.
 """
 
 from __future__ import annotations
@@ -16,9 +18,19 @@ from typing import TextIO
 
 from ..config.schema import Stack, Tier
 from ..settings import Settings
-from .hf_cache import Channel, HubCache, HubSizes, TierFile, human_size, sha256_of, tier_file
+from .hf_cache import (
+    Channel,
+    HubCache,
+    HubSizes,
+    TierFile,
+    human_size,
+    regular_file,
+    sha256_of,
+    tier_file,
+)
 
-PROBLEMS = frozenset({"missing", "drifted", "no credentials"})
+PROBLEMS = frozenset({"missing", "drifted", "invalid", "no credentials"})
+GGUF_MAGIC = b"GGUF"
 
 # litellm provider prefix -> the variables holding its credentials (any one suffices)
 PROVIDER_CREDENTIALS: dict[str, tuple[str, ...]] = {
@@ -78,6 +90,24 @@ def _gguf_row(file: TierFile, verify: bool, settings: Settings) -> Row:
     return Row(file.tier, file.channel, "present", what, f"{human_size(cached.size)}, {checked}")
 
 
+def _local_row(tier: Tier, channel: Channel) -> Row:
+    """A ``gguf_path`` tier: the file is there, a regular file, and starts like a GGUF."""
+    path = Path(str(tier.gguf_path))
+    if not path.exists():
+        return Row(tier.name, channel, "missing", str(path), "no such file (gguf_path)")
+    if regular_file(path) is None:
+        return Row(tier.name, channel, "invalid", str(path), "not a regular file (gguf_path)")
+    try:
+        with path.open("rb") as data:
+            magic = data.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        return Row(tier.name, channel, "invalid", str(path), exc.strerror or str(exc))
+    if magic != GGUF_MAGIC:
+        return Row(tier.name, channel, "invalid", str(path), "not a GGUF file")
+    return Row(tier.name, channel, "present", str(path),
+               f"{human_size(path.stat().st_size)}, local file")
+
+
 def _channel_flag(channel: str) -> str:
     return " --channel next" if channel == "next" else ""
 
@@ -111,20 +141,28 @@ def check_stack(stack: Stack, settings: Settings, channel: Channel = "current",
     for tier in stack.tiers:
         file = tier_file(tier, channel)
         rows.append(_gguf_row(file, verify, settings) if file
+                    else _local_row(tier, channel) if tier.backend == "gguf" and tier.gguf_path
                     else _hosted_row(tier, channel, settings))
     return rows
 
 
-def report(rows: list[Row], out: TextIO) -> int:
-    """Print the table and a verdict; 1 when any row is a problem."""
+def report(rows: list[Row], out: TextIO, memory: tuple[bool, str] | None = None) -> int:
+    """Print the table, ``memory`` (fits, and the line saying so) and a verdict; 1 when any
+    row is a problem or the tiers do not fit the memory budget."""
     width = max([len(r.tier) for r in rows] + [4])
     print(f"{'tier':{width}}  {'channel':7}  {'status':14}  file / model", file=out)
     for r in rows:
         print(f"{r.tier:{width}}  {r.channel:7}  {r.status:14}  {r.what}"
               + (f"  ({r.detail})" if r.detail else ""), file=out)
     problems = [r for r in rows if r.status in PROBLEMS]
+    fits = memory is None or memory[0]
+    if memory is not None:
+        print(f"{'[OK]' if fits else '[!]'} {memory[1]}", file=out)
     if problems:
         print(f"[!] {len(problems)} of {len(rows)} tiers not ready", file=out)
+        return 1
+    if not fits:
+        print("[!] the tiers do not fit the memory budget", file=out)
         return 1
     print(f"[OK] all {len(rows)} tiers ready", file=out)
     return 0

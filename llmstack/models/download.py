@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -39,6 +39,8 @@ class Result:
     file: TierFile
     outcome: Outcome
     detail: str = ""
+    tiers: tuple[str, ...] = ()
+    """Every tier that serves the file (set by :func:`download`)."""
 
 
 class VerifyError(Exception):
@@ -92,7 +94,8 @@ def _guard_hub_answers() -> None:
         _guarded = True
 
 
-def _fetch(file: TierFile, run: _Run) -> Result:
+def _fetch(file: TierFile, label: str, run: _Run) -> Result:
+    """Fetch and verify one file; ``label``: the tiers it serves, for messages."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     _guard_hub_answers()
@@ -111,12 +114,12 @@ def _fetch(file: TierFile, run: _Run) -> Result:
     if blob.exists() and not present:
         blob.unlink()  # a copy of the wrong size: fetch it again
     if not present:
-        run.say(f"[*] {file.tier} ({file.channel}): {file.repo} / {file.filename} "
+        run.say(f"[*] {label} ({file.channel}): {file.repo} / {file.filename} "
                 f"({human_size(meta.size)})")
     run.writing.add(blob)
     try:
         pointer = Path(hf_hub_download(file.repo, file.filename, revision=file.revision, token=token,
-                                       tqdm_class=progress_bar(f"{file.tier}: {file.filename}")))
+                                       tqdm_class=progress_bar(f"{label}: {file.filename}")))
     finally:
         run.writing.discard(blob)
     size = run.hub.in_storage(file.repo, pointer).stat().st_size
@@ -199,36 +202,55 @@ def describe(exc: BaseException, token: str | None) -> str:
     return first if isinstance(exc, (errors.HfHubHTTPError, OSError)) else f"{type(exc).__name__}: {first}"
 
 
+def by_file(files: list[TierFile]) -> list[tuple[TierFile, tuple[str, ...]]]:
+    """Each distinct file (repo, name, revision) once, in order, with every tier serving it."""
+    tiers: dict[tuple[str, str, str], list[TierFile]] = {}
+    for file in files:
+        tiers.setdefault((file.repo, file.filename, file.revision), []).append(file)
+    return [(same[0], tuple(f.tier for f in same)) for same in tiers.values()]
+
+
+def pending(stack: Stack, settings: Settings) -> list[tuple[str, float | None]]:
+    """The GGUF files of ``stack`` in no snapshot of the local cache (offline): each as the
+    tiers serving it (``a, b``) and models.ini's ``size_gb`` for it (None: not given)."""
+    hub = HubCache(settings.hub_cache)
+    found = []
+    for file, tiers in by_file(tier_files(stack)):
+        if hub.find_cached(file) is None:
+            sizes = [t.size_gb for t in stack.tiers if t.name in tiers and t.size_gb is not None]
+            found.append((", ".join(tiers), sizes[0] if sizes else None))
+    return found
+
+
 def download(files: list[TierFile], settings: Settings, out: TextIO = sys.stderr) -> list[Result]:
     """Download ``files``, at most MAX_PARALLEL at once; one Result per distinct file, in order
-    (a file two tiers share is fetched once, reported under the first).
+    (a file two tiers share is fetched once, reported under both).
 
     Ctrl-C returns at once (KeyboardInterrupt): the workers are daemon threads that die with
     the process, and the partial files of the transfers in flight are removed first
     (huggingface_hub >= 1.0 resumes within a transfer, never across runs).
     """
-    distinct: dict[tuple[str, str, str], TierFile] = {}
-    for file in files:
-        distinct.setdefault((file.repo, file.filename, file.revision), file)
-    files = list(distinct.values())
+    distinct = by_file(files)
     run = _Run(settings, out)
-    results: list[Result | None] = [None] * len(files)
+    results: list[Result | None] = [None] * len(distinct)
     slots = threading.BoundedSemaphore(MAX_PARALLEL)
 
-    def one(index: int, file: TierFile) -> None:
+    def one(index: int, file: TierFile, tiers: tuple[str, ...]) -> None:
+        label = ", ".join(tiers)
         with slots:
             try:
-                result = _fetch(file, run)
+                result = _fetch(file, label, run)
             except Exception as exc:  # one file's failure must not stop the others
                 result = Result(file, "failed", describe(exc, run.token))
         mark = {"downloaded": "[OK]", "present": "[=]", "failed": "[!]"}[result.outcome]
         verb = {"downloaded": "downloaded", "present": "already present", "failed": "FAILED"}
-        run.say(f"{mark} {file.tier} ({file.channel}): {file.filename} {verb[result.outcome]}"
+        run.say(f"{mark} {label} ({file.channel}): {file.filename} {verb[result.outcome]}"
                 + (f" ({result.detail})" if result.detail else ""))
-        results[index] = result
+        results[index] = replace(result, tiers=tiers)
 
-    workers = [threading.Thread(target=one, args=(i, f), name=f"download-{f.tier}", daemon=True)
-               for i, f in enumerate(files)]
+    workers = [threading.Thread(target=one, args=(i, f, tiers), name=f"download-{f.tier}",
+                                daemon=True)
+               for i, (f, tiers) in enumerate(distinct)]
     for worker in workers:
         worker.start()
     try:
@@ -255,16 +277,20 @@ def download_tiers(stack: Stack, names: list[str], channel: Channel, settings: S
         known = ", ".join(t.name for t in stack.tiers)
         raise UserError(f"unknown tier: {', '.join(unknown)} (tiers: {known})", 2)
     wanted = [t.name for t in chosen if t is not None] if names else None
-    hosted = [t.name for t in stack.tiers
-              if t.backend != "gguf" and (wanted is None or t.name in wanted)]
+    asked = [t for t in stack.tiers if wanted is None or t.name in wanted]
+    hosted = [t.name for t in asked if t.backend != "gguf"]
     if hosted:
         print(f"[=] hosted, nothing to download: {', '.join(hosted)}", file=sys.stderr)
+    local = [f"{t.name} ({t.gguf_path})" for t in asked if t.backend == "gguf" and t.gguf_path]
+    if local:
+        print(f"[=] local files (gguf_path), nothing to download: {', '.join(local)}",
+              file=sys.stderr)
     files = tier_files(stack, channel, wanted)
     if not files:
-        print("[=] no GGUF tiers to download", file=sys.stderr)
+        print("[=] no hub files to download", file=sys.stderr)
         return 0
     results = download(files, settings)
-    failed = [r.file.tier for r in results if r.outcome == "failed"]
+    failed = [t for r in results if r.outcome == "failed" for t in r.tiers]
     if failed:
         retry = " ".join(dict.fromkeys(failed))
         raise UserError(f"{counts(results)} (retry: llmstack download {retry})")

@@ -4,8 +4,10 @@ The layout is huggingface_hub's (``models--<org>--<name>/{refs,snapshots,blobs}`
 names a commit, ``snapshots/<commit>/<file>`` links to ``blobs/<etag>``, and for LFS files
 the etag is the file's sha256. This module is the one owner of "which file serves this
 tier": ``serve``, ``download`` and ``check`` all go through :func:`tier_files` and
-:meth:`HubCache.find_cached`. It is stdlib-only so ``serve`` and ``check`` never import
-huggingface_hub. Where the cache is comes from :attr:`llmstack.settings.Settings.hub_cache`.
+:meth:`HubCache.find_cached`. A tier with ``gguf_path`` is served from that file instead
+(when it is a regular file, :func:`regular_file`); the hub is never asked about it. It is
+stdlib-only so ``serve`` and ``check`` never import huggingface_hub. Where the cache is
+comes from :attr:`llmstack.settings.Settings.hub_cache`.
 
 ``download`` also records the size the hub announced for each blob
 (``<llmstack cache>/hub-metadata/<etag>.json``, :class:`HubSizes`); being keyed by content,
@@ -18,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,7 +80,8 @@ class CachedFile:
 
 
 def tier_file(tier: Tier, channel: Channel = "current") -> TierFile | None:
-    """The file a GGUF tier serves in ``channel`` (next falls back to current); None if hosted."""
+    """The hub file a GGUF tier serves in ``channel`` (next falls back to current); None if
+    hosted or a local file (``gguf_path``)."""
     if tier.backend != "gguf" or not tier.hf_repo or not tier.hf_file:
         return None
     queued = tier.queued() if channel == "next" else None
@@ -144,9 +148,30 @@ class HubCache:
                        if p.exists()})
 
     def local_files(self, stack: Stack, channel: Channel = "current") -> dict[str, Path | None]:
-        """Each GGUF tier's cached file (None when not downloaded): what ``serve`` runs."""
+        """Each GGUF tier's file (None when not downloaded, or its ``gguf_path`` is not a
+        regular file): what ``serve`` runs."""
         found = {f.tier: self.find_cached(f) for f in tier_files(stack, channel)}
-        return {name: cached.path if cached else None for name, cached in found.items()}
+        files = {name: cached.path if cached else None for name, cached in found.items()}
+        files.update((t.name, regular_file(Path(t.gguf_path))) for t in stack.tiers
+                     if t.backend == "gguf" and t.gguf_path)
+        return files
+
+
+def size_gb(tier: Tier) -> float | None:
+    """The tier's ``size_gb``, else its ``gguf_path`` file's size in GiB; None when unknown."""
+    if tier.size_gb is not None or not tier.gguf_path:
+        return tier.size_gb
+    found = regular_file(Path(tier.gguf_path))
+    return found.stat().st_size / 2**30 if found else None
+
+
+def regular_file(path: Path) -> Path | None:
+    """``path`` when it is a regular file (links followed); None when it is absent, or a
+    directory, FIFO or device that reading would block on or misread."""
+    try:
+        return path if stat.S_ISREG(path.stat().st_mode) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _ref_commit(storage: Path, revision: str) -> str | None:

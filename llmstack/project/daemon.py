@@ -24,10 +24,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
+from swapper.config import DEFAULT_UNLOAD_TIMEOUT, SESSION_SHUTDOWN_BUDGET, SHUTDOWN_GRACE
 from swapper.logring import log_file
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, open_lock, read_small
 
@@ -37,6 +38,7 @@ from ..config.schema import STACK_LOG_NAME
 from ..errors import UserError
 from ..settings import Settings
 from .channels import CURRENT, Channel, pinned, require_local
+from .files import ensure_state_dir
 from .paths import Project
 from .pidrecord import (
     PidRecord,
@@ -53,7 +55,12 @@ if TYPE_CHECKING:
     import httpx
 
 READY_TIMEOUT = 180.0
-STOP_GRACE = 5.0
+STOP_GRACE = SHUTDOWN_GRACE + SESSION_SHUTDOWN_BUDGET + DEFAULT_UNLOAD_TIMEOUT + 5.0
+"""How long ``stop`` waits after SIGTERM before SIGKILL: a serve lets requests in flight end
+(SHUTDOWN_GRACE), saves its models' sessions (at most SESSION_SHUTDOWN_BUDGET), then stops its
+models (each within DEFAULT_UNLOAD_TIMEOUT, all at once); it exits as soon as it is done."""
+KILL_WAIT = 5.0
+"""How long a stopped stack's children, or anything SIGKILLed, get to be gone."""
 POLL = 0.05
 STDERR_LOG = "serve.stderr"
 STACK_LOG = f"{STACK_LOG_NAME}.log"
@@ -83,9 +90,10 @@ def _clear_active_channel(root: Path) -> None:
 
 
 def resolve_target(project: Project, settings: Settings, host: str | None, port: int | None,
-                   demo: bool) -> Target:
-    """The address and models.ini ``start`` uses: flags, else models.ini's [DEFAULT]."""
-    ini = project.models_ini_to_serve(demo=demo)
+                   demo: bool, models_ini: Path | None = None) -> Target:
+    """The address and models.ini ``start`` uses: flags, else models.ini's [DEFAULT];
+    ``models_ini``: a file the user named instead of the project's (it must exist)."""
+    ini = project.models_ini_to_serve(models_ini, demo)
     if ini is None:
         from ..config.demo import demo_stack
         stack = demo_stack()
@@ -111,7 +119,7 @@ def running(root: Path, report: IO[str] | None = None) -> tuple[PidRecord, psuti
 def _start_lock(root: Path) -> Iterator[None]:
     """One ``start``/``stop`` at a time per project."""
     path = Project(root).state / "daemon.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_state_dir(path.parent)
     try:
         fd = open_lock(path)
     except UnreadableFile as exc:
@@ -123,16 +131,52 @@ def _start_lock(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _preflight(root: Path, target: Target, out: IO[str]) -> PidRecord | None:
-    """The running stack's record (start is then a no-op), else None once the port is free."""
+def _preflight(root: Path, target: Target, asked: frozenset[str],
+               out: IO[str]) -> PidRecord | None:
+    """The running stack's record (start is then a no-op), else None once the port is free.
+    A :class:`UserError` when the running stack differs from ``target`` in what the user
+    ``asked`` for (``host``, ``port``, ``file``): a flag is never ignored silently."""
     found = running(root, report=out)
     if found is not None:
-        return found[0]
+        record = found[0]
+        differs = _differences(record, target, asked)
+        if differs:
+            raise UserError(f"already running (pid {record.pid}) {differs}: `llmstack restart` "
+                            "with these options moves it")
+        return record
     holder = port_holder(target.host, target.port)
     if holder is not None:
         raise UserError(f"port {target.port} is held by another program: {holder}; stop it, or "
                        f"start on another port (llmstack start --port N)")
     return None
+
+
+def asked_for(host: str | None, port: int | None, demo: bool,
+              models_ini: Path | None) -> frozenset[str]:
+    """What a ``start`` names explicitly: ``host``, ``port``, ``file`` (models.ini or demo)."""
+    named = {"host": host is not None, "port": port is not None,
+             "file": demo or models_ini is not None}
+    return frozenset(k for k, v in named.items() if v)
+
+
+def _differences(record: PidRecord, target: Target, asked: frozenset[str]) -> str:
+    """How the running stack (``record``) differs from ``target`` in what was ``asked``, in
+    words ("" if it does not); a record that does not name its models.ini (written before
+    it could) is compared by address only."""
+    parts = []
+    moved = {"host": record.host != target.host, "port": record.port != target.port}
+    if any(moved[k] for k in ("host", "port") if k in asked):
+        parts.append(f"at {record.url}, not {target.url}")
+    if "file" in asked and (record.demo or record.models_ini):
+        served = _served(None if record.demo else record.models_ini)
+        wanted = _served(target.models_ini)
+        if served != wanted:
+            parts.append(f"serving {served}, not {wanted}")
+    return " and ".join(parts)
+
+
+def _served(models_ini: str | Path | None) -> str:
+    return "the demo stack" if models_ini is None else str(models_ini)
 
 
 def _local_channel(root: Path, verb: str) -> Channel:
@@ -153,21 +197,21 @@ def serve_argv(target: Target, logs: Path, channel: Channel) -> list[str]:
 
 
 def start_detached(project: Project, settings: Settings, *, host: str | None = None,
-                   port: int | None = None, demo: bool = False, timeout: float = READY_TIMEOUT,
-                   out: IO[str] = sys.stderr) -> int:
+                   port: int | None = None, demo: bool = False, models_ini: Path | None = None,
+                   timeout: float = READY_TIMEOUT, out: IO[str] = sys.stderr) -> int:
     """Run the project's stack in the background; returns 0 once ``/health`` answers.
 
-    A no-op when this project's stack already runs. The pid is in the pid record
+    A no-op when this project's stack already runs as asked. The pid is in the pid record
     (:func:`llmstack.project.pidrecord.read_record`). Raises :class:`UserError` when the
-    project is a client of an external stack, the port is held by another program,
-    the stack exits or does not answer within ``timeout`` (with its log tail), or
-    another server answers on its port.
+    project is a client of an external stack, its stack runs on another address or
+    models.ini, the port is held by another program, the stack exits or does not answer
+    within ``timeout`` (with its log tail), or another server answers on its port.
     """
     root = project.root.resolve()
     channel = _local_channel(root, "start")
-    target = resolve_target(project, settings, host, port, demo)
+    target = resolve_target(project, settings, host, port, demo, models_ini)
     with _start_lock(root):
-        existing = _preflight(root, target, out)
+        existing = _preflight(root, target, asked_for(host, port, demo, models_ini), out)
         if existing is not None:
             print(f"[=] already running: pid {existing.pid} at {existing.url}", file=out)
             return 0
@@ -181,9 +225,8 @@ def start_detached(project: Project, settings: Settings, *, host: str | None = N
             child = subprocess.Popen(argv, cwd=root, stdin=subprocess.DEVNULL, stdout=stderr,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            record = record_for(child.pid, argv, host=target.host, port=target.port,
-                                log_dir=str(logs), demo=target.models_ini is None,
-                                channel=channel.name, started_at=time.time())
+            record = record_for(child.pid, argv, **_record_fields(target, channel),
+                                log_dir=str(logs))
         except psutil.NoSuchProcess:
             record = None
         if record is not None:
@@ -198,6 +241,13 @@ def start_detached(project: Project, settings: Settings, *, host: str | None = N
             raise
     print(f"[OK] llmstack running: pid {child.pid} at {target.url} (logs: {logs})", file=out)
     return 0
+
+
+def _record_fields(target: Target, channel: Channel) -> dict[str, Any]:
+    """What a pid record says about the stack serving ``target``."""
+    return {"host": target.host, "port": target.port, "demo": target.models_ini is None,
+            "models_ini": str(target.models_ini or ""), "channel": channel.name,
+            "started_at": time.time()}
 
 
 def _wait_ready(child: subprocess.Popen[bytes], target: Target, timeout: float, out: IO[str],
@@ -311,7 +361,7 @@ def _stop_process(proc: psutil.Process, out: IO[str]) -> bool:
               file=out)
         _kill([proc, *children], out)
         return True
-    leftover = _wait_gone(children, STOP_GRACE)  # serve stops its children as it exits
+    leftover = _wait_gone(children, KILL_WAIT)  # serve stops its children as it exits
     _kill(leftover, out)
     return bool(leftover)
 
@@ -320,7 +370,7 @@ def _kill(procs: list[psutil.Process], out: IO[str]) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    left = _wait_gone(procs, STOP_GRACE)
+    left = _wait_gone(procs, KILL_WAIT)
     if left:
         print(f"[!] still running after SIGKILL: {', '.join(str(p.pid) for p in left)}", file=out)
 
@@ -349,22 +399,22 @@ def stop(project_dir: Path, out: IO[str] = sys.stdout) -> int:
 
 
 def start_foreground(project: Project, settings: Settings, *, host: str | None,
-                     port: int | None, demo: bool, log_level: str = "info") -> int:
+                     port: int | None, demo: bool, models_ini: Path | None = None,
+                     log_level: str = "info") -> int:
     """Serve in this process (Ctrl-C stops), recorded so ``status``/``stop`` see it."""
     from .serve import ServeOptions, serve
 
     root = project.root.resolve()
     channel = _local_channel(root, "start")
-    target = resolve_target(project, settings, host, port, demo)
+    target = resolve_target(project, settings, host, port, demo, models_ini)
     with _start_lock(root):
-        existing = _preflight(root, target, sys.stderr)
+        existing = _preflight(root, target, asked_for(host, port, demo, models_ini), sys.stderr)
         if existing is not None:
             print(f"[=] already running in the background: pid {existing.pid} at "
                   f"{existing.url} (llmstack stop first to run it here)", file=sys.stderr)
             return 0
-        write_record(root, record_for(os.getpid(), host=target.host, port=target.port,
-                                      log_dir="", demo=target.models_ini is None,
-                                      channel=channel.name, started_at=time.time()))
+        write_record(root, record_for(os.getpid(), **_record_fields(target, channel),
+                                      log_dir=""))
     try:
         return serve(ServeOptions(host=target.host, port=target.port, models_ini=target.models_ini,
                                   demo=target.models_ini is None, log_level=log_level,

@@ -21,6 +21,15 @@ from pathlib import Path
 from swapper.small_files import read_json
 
 RECORD_NAME = "generated.json"
+STATE_GITIGNORE = """\
+# Written by llmstack when it created this directory; never rewritten, edit it freely.
+# models.ini is meant to be committed. The rest is this machine's: logs, the pid record
+# and lock, channel markers, the generated opencode.json and AGENTS.md (and their .bak
+# copies), litellm_config.yaml (it may hold keys: add !litellm_config.yaml to commit it).
+*
+!.gitignore
+!models.ini
+"""
 
 
 def _staged(path: Path, data: str | bytes, mode: int) -> Path:
@@ -63,6 +72,13 @@ def create_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> bool:
     return True
 
 
+def ensure_state_dir(state: Path) -> None:
+    """Create a project's ``.llmstack/`` with its ``.gitignore`` (:data:`STATE_GITIGNORE`)
+    where either is missing; an existing ``.gitignore`` is never touched."""
+    state.mkdir(parents=True, exist_ok=True)
+    create_atomic(state / ".gitignore", STATE_GITIGNORE)
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -101,6 +117,7 @@ class GeneratedFiles:
 
     def write(self, path: Path, text: str) -> Written:
         """Write ``text`` to ``path``; back up a user-edited previous version first."""
+        ensure_state_dir(self.record_path.parent)
         new = text.encode("utf-8")
         try:
             old: bytes | None = path.read_bytes()

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config.address import url_for
 from ..config.schema import SERVING_ROLES, Stack, Tier
+from ..models.hf_cache import size_gb
 from ..settings import NO_OVERRIDES, OpencodeOverrides
 
 PROVIDER_ID = "llmstack"
@@ -47,13 +48,14 @@ def provider_timeouts_ms(stack: Stack) -> dict[str, int]:
     """headerTimeout and chunkTimeout for this stack, in ms (opencode's unit).
 
     Until a tier is loaded the stack sends no response headers, so opencode's header
-    timeout must outlast reading the biggest local GGUF (``size_gb``) at
-    :data:`COLD_READ_MB_PER_S` plus :data:`SWAP_AND_PROMPT_S`: 45 GB -> 581 s -> 590 s.
+    timeout must outlast reading the biggest local GGUF (``size_gb``, else a ``gguf_path``
+    file's size) at :data:`COLD_READ_MB_PER_S` plus :data:`SWAP_AND_PROMPT_S`: 45 GB -> 581 s
+    -> 590 s.
     The chunk timeout gets the same value because a stream's first chunk can wait as
     long when headers come early; a dead upstream is reported in-band by the stack at
     once, so a long chunk timeout never hides a failure. Never below opencode's default.
     """
-    biggest = max((t.size_gb or 0.0 for t in stack.tiers if t.backend == "gguf"), default=0.0)
+    biggest = max((size_gb(t) or 0.0 for t in stack.tiers if t.backend == "gguf"), default=0.0)
     seconds = biggest * 1024 / COLD_READ_MB_PER_S + SWAP_AND_PROMPT_S
     ms = max(OPENCODE_DEFAULT_TIMEOUT_MS, math.ceil(seconds / 10) * 10_000)
     return {"headerTimeout": ms, "chunkTimeout": ms}

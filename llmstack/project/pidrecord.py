@@ -46,6 +46,9 @@ class PidRecord:
     demo: bool = False
     channel: str = "current"
     started_at: float = 0.0
+    models_ini: str = ""
+    """The models.ini it serves (absolute; "" for the demo stack, or a record written before
+    this field)."""
 
     @property
     def url(self) -> str:
@@ -66,7 +69,7 @@ class StaleRecord(Exception):
 
 _KINDS: dict[str, type] = {"pid": int, "create_time": float, "cmdline": list, "host": str,
                            "port": int, "log_dir": str, "demo": bool, "channel": str,
-                           "started_at": float}
+                           "started_at": float, "models_ini": str}
 
 
 def _invalid(name: str, value: Any) -> str | None:
@@ -134,6 +137,16 @@ def live_record(root: Path) -> tuple[PidRecord, psutil.Process] | None:
     if proc is None:
         raise StaleRecord(why, record.pid)
     return record, proc
+
+
+def running_record(root: Path) -> PidRecord | None:
+    """The record of this project's running stack, None when none runs (a stale or odd
+    record counts as none here: ``start``, ``stop`` and ``status`` report it)."""
+    with contextlib.suppress(StaleRecord, UserError):
+        found = live_record(root)
+        if found is not None:
+            return found[0]
+    return None
 
 
 def write_record(root: Path, record: PidRecord) -> None:

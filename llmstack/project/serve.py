@@ -18,6 +18,7 @@ from swapper.manager import Manager
 from swapper.reaper import RuntimeDirBusy
 from swapper.server import ListenError, configure_logging, listen, run
 
+from ..config.address import url_for
 from ..config.demo import banner, demo_stack
 from ..config.ini import load_stack
 from ..config.litellm_config import litellm_config_path, read_user_params
@@ -29,7 +30,7 @@ from ..models.llama_server import find_llama_server, missing_server_message
 from ..serving.app import LLMStackApp, Loaded
 from ..serving.hosted import HostedTiers, litellm_installed
 from ..serving.routing import LADDER, RoutingTable
-from ..serving.swapper_config import build_swapper_config
+from ..serving.swapper_config import budgeted_config
 from ..settings import API_KEYS, Settings, prepare_for_litellm
 from .channels import Channel, for_channel, read_marker, resolve_serve, write_marker
 from .paths import Project
@@ -47,12 +48,24 @@ class Builder:
     log_dir: Path
     litellm_config: Path | None
     settings: Settings
+    owner: str
+    """The models.ini served (or the demo stack), naming its tiers' sessions among others'."""
+
+    @property
+    def session_dir(self) -> Path:
+        """Saved sessions: one directory for every port, so a restart (on any port) finds them."""
+        return self.settings.cache_dir / "sessions"
 
     def __call__(self, stack: Stack) -> Loaded:
+        """A generation for ``stack``; a ModelsIniError when its tiers cannot fit the memory
+        budget (models.ini's, else this machine's, detected again at each reload)."""
         files = self.files(stack)
-        config = replace(build_swapper_config(stack, self.server, files, self.hub,
-                                              str(self.log_dir)),
-                         api_keys=self.settings.api_keys, private_env=frozenset({API_KEYS}))
+        config = budgeted_config(stack, self.settings, self.server, files, self.hub,
+                                 str(self.log_dir))
+        config = replace(config, api_keys=self.settings.api_keys,
+                         private_env=self.settings.private_env,
+                         session_cache=replace(config.session_cache, dir=str(self.session_dir),
+                                               owner=self.owner))
         hosted = any(t.backend == "litellm" for t in stack.tiers)
         user = read_user_params(self.litellm_config, self.settings.variables) if hosted else {}
         return Loaded(stack, routing_table(stack, files), config,
@@ -126,7 +139,7 @@ def serve(options: ServeOptions, project: Project, settings: Settings) -> int:
                     else hub.local_files, server or "llama-server", hub,
                     options.log_dir or runtime / "logs",
                     litellm_config_path(settings, None if path is None else project.state),
-                    settings)
+                    settings, "demo stack" if path is None else str(path.resolve()))
     configure_logging(options.log_level, options.log_dir / "llmstack.log" if options.log_dir else None)
     prepare_for_litellm()
     try:
@@ -140,17 +153,23 @@ def serve(options: ServeOptions, project: Project, settings: Settings) -> int:
     front = FrontDoor(host, parse_origins(settings.cors_origins))
     app = LLMStackApp(lambda: build(read()), None if path is None else path.resolve(),
                       SwapperApp(manager, front=front), loaded)
-    if path is None:
-        print(banner(host, port, real=model is not None), file=sys.stderr)
-    elif channel.name != "current":
-        print(f"[*] serving the {channel.name} channel of {path}", file=sys.stderr)
+    print(banner(host, port, real=model is not None) if path is None
+          else project_banner(path, channel, stack, url_for(host, port)), file=sys.stderr)
     clear = record_active_channel(project, channel)
     app.shutdown_hooks.append(clear)
     try:
-        run(app, sock, options.log_level, own_logging=options.log_dir is not None)
+        run(app, sock, options.log_level, own_logging=options.log_dir is not None,
+            begin_shutdown=app.swapper.begin_shutdown)
     finally:
         clear()
     return 0
+
+
+def project_banner(path: Path, channel: Channel, stack: Stack, url: str) -> str:
+    """What ``serve`` of a models.ini prints first (the demo stack has config.demo's banner)."""
+    which = "" if channel.name == "current" else f"the {channel.name} channel of "
+    return (f"llmstack is serving {which}{path}: {', '.join(t.name for t in stack.tiers)}\n"
+            f"  API: {url}/v1 (model \"auto\" picks a tier)  status page: {url}/ui")
 
 
 def _say(line: str) -> None:

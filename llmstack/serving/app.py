@@ -9,6 +9,7 @@ and an invalid file keeps the old config and reports its file:line errors.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import signal
@@ -33,11 +34,14 @@ from swapper.routes import POST, Route, Router, lifespan, path_param, routes
 from swapper.types import Headers, Receive, Scope, Send
 
 from ..config.ini import ModelsIniError, read_models_ini
-from ..config.schema import Stack
-from .hosted import CONTEXT_CODE, HostedTiers
+from ..config.schema import Stack, Tier
+from .hosted import HostedTiers
+from .output_cap import PROTOCOL_FIELDS, BadOutputField, asked_output, clamp, output_limit
 from .protocols import (
     ANTHROPIC_PATHS,
     CHAT,
+    CONTEXT_CODE,
+    CONTEXT_OVERFLOW,
     ERROR_STATUSES,
     ROUTED_PATHS,
     TierName,
@@ -52,16 +56,19 @@ from .routing import (
     SessionFloors,
     classify,
     estimate_tokens,
+    requested_output,
     step_up,
 )
 from .routing_memo import RoutingMemo
 
 log = logging.getLogger("llmstack")
 # a too-long prompt: llama-server's error type, and the code hosted tiers answer with
-_CONTEXT_OVERFLOW = (b"exceed_context_size", CONTEXT_CODE.encode())
+_CONTEXT_OVERFLOW = (CONTEXT_OVERFLOW, CONTEXT_CODE.encode())
 SESSION_HEADERS = (b"x-session-affinity", b"x-session-id")
 HOSTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages"})
 """The endpoints hosted (litellm) tiers answer."""
+MAX_TOKENS_HEADER = b"x-llmstack-max-tokens"
+"""On a generating endpoint's answer: the output limit the tier was asked for."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,37 @@ def _anthropic_body(error: ApiError) -> bytes:
 
 def _tier_headers(tier: str, tokens: int) -> Headers:
     return [(b"x-llmstack-tokens", str(tokens).encode()), (b"x-llmstack-tier", tier.encode())]
+
+
+def _checked_output(path: str, data: dict[str, Any]) -> None:
+    """400 for an output field (``max_tokens``, ...) that is not an integer or null."""
+    if path in PROTOCOL_FIELDS:
+        try:
+            asked_output(data)
+        except BadOutputField as exc:
+            raise ApiError(400, str(exc)) from None
+
+
+def _capped(request: ModelRequest, tier: Tier | None, estimate: int,
+            encode: bool) -> ModelRequest:
+    """``request`` clamped to ``tier``'s output limit (:mod:`llmstack.serving.output_cap`):
+    its data (and, with ``encode``, for a local tier, its body: re-encoded only when a field
+    changes) asks for at most that many tokens, and its answer names the number in
+    ``x-llmstack-max-tokens``. ``estimate``: the prompt's token estimate."""
+    data = request.data
+    if tier is None or data is None:
+        return request
+    clamped = clamp(data, request.path, output_limit(tier.max_output_tokens, tier.ctx_size,
+                                                     estimate))
+    if clamped.tokens is None:
+        return request
+    hooks = replace(request.hooks, extra_headers=(
+        *request.hooks.extra_headers, (MAX_TOKENS_HEADER, str(clamped.tokens).encode())))
+    if not clamped.changes:
+        return replace(request, hooks=hooks)
+    data = {**data, **clamped.changes}
+    body = json.dumps(data, separators=(",", ":")).encode() if encode else request.body
+    return replace(request, body=body, data=data, hooks=hooks)
 
 
 def _tier_request(tier: str, path: str, body: bytes, data: dict[str, Any], extra: Headers,
@@ -276,16 +314,18 @@ class LLMStackApp:
         body = await read_body(scope, receive, self.swapper.max_body)
         started = time.perf_counter()  # a refusal's record is timed from here
         data = json_object(body)
+        _checked_output(path, data)
         model = data.get("model")
         job = ROUTED_PATHS[path]
         if model not in (None, "", "auto") or job != CHAT:
             tier = self._named(model) if model not in (None, "", "auto") else (
                 self._serving_tier(job, path))
-            extra = _tier_headers(tier, estimate_tokens(data, self.routing_memo.for_body(body)))
+            estimate = estimate_tokens(data, self.routing_memo.for_body(body))
+            extra = _tier_headers(tier, estimate)
             context = ({"asked": model, "reason": "asked by name"}
                        if model not in (None, "", "auto") else {"asked": "auto", "reason": f"role {job}"})
-            refused = await self._serve_tier(scope, receive, send,
-                                             _tier_request(tier, path, body, data, extra, context))
+            refused = await self._serve_tier(scope, receive, send, _tier_request(
+                tier, path, body, data, extra, context), estimate)
             if refused is not None:
                 await self._refuse(scope, send, client_error(refused, path, tier), extra,
                                    RequestMeter(self.manager.bus, tier, path, context, started))
@@ -305,8 +345,8 @@ class LLMStackApp:
             extra = _tier_headers(tier, decision.estimated_tokens)
             context = {"asked": "auto", "reason": decision.reason,
                        "estimate": decision.estimated_tokens}
-            refused = await self._serve_tier(scope, receive, send,
-                                             _tier_request(tier, path, body, data, extra, context))
+            refused = await self._serve_tier(scope, receive, send, _tier_request(
+                tier, path, body, data, extra, context), decision.estimated_tokens)
             if refused is None:
                 return
             overflow = refused.status == 400 and any(m in refused.body for m in _CONTEXT_OVERFLOW)
@@ -330,9 +370,9 @@ class LLMStackApp:
         meter.finish(Reply.of(scope, send), answer.status)
 
     async def _serve_tier(self, scope: Scope, receive: Receive, send: Send,
-                          request: ModelRequest) -> Intercepted | None:
-        """One tier (``request.model``) answers: hosted through litellm, local through the
-        swapper."""
+                          request: ModelRequest, estimate: int) -> Intercepted | None:
+        """One tier (``request.model``) answers, asked for no more output than it allows
+        (``estimate``: the prompt's): hosted through litellm, local through the swapper."""
         name, path = request.model, request.path
         tier = self.loaded.stack.tier(name)
         if tier is not None and tier.backend == "litellm":
@@ -340,23 +380,26 @@ class LLMStackApp:
                 raise ApiError(400, f"tier '{name}' is hosted; hosted tiers answer "
                                     f"{', '.join(sorted(HOSTED_PATHS))} only, not {path}",
                                "unsupported_endpoint")
-            return await self._serve_hosted(scope, receive, send, replace(request, model=tier.name))
+            return await self._serve_hosted(scope, receive, send, replace(request, model=tier.name),
+                                            estimate)
         spec = self.loaded.swapper.models.get(name)
         if spec is not None and "missing_file" in spec.metadata:
-            repo, file = spec.metadata["missing_file"]
-            raise ApiError(503, f"tier '{name}': {repo}/{file} is not downloaded; "
-                                f"run: llmstack download {name}",
+            raise ApiError(503, f"tier '{name}': {spec.metadata['missing_file']}",
                            "model_not_downloaded")
-        return await self.swapper.serve_model(scope, receive, send, request)
+        return await self.swapper.serve_model(scope, receive, send,
+                                              _capped(request, tier, estimate, encode=True))
 
     async def _serve_hosted(self, scope: Scope, receive: Receive, send: Send,
-                            request: ModelRequest) -> Intercepted | None:
+                            request: ModelRequest, estimate: int) -> Intercepted | None:
         """litellm answers (chat, or Anthropic Messages); a failure may fall back to the
-        tier's ``fallback``; a context overflow the hooks intercept is returned for a step-up."""
-        name, path, data = request.model, request.path, request.data
+        tier's ``fallback`` (with that tier's output limit); a context overflow the hooks
+        intercept is returned for a step-up."""
+        name, path = request.model, request.path
         tier = self.loaded.stack.tier(name)
-        assert tier is not None and data is not None
-        extra, hosted = list(request.hooks.extra_headers), self.loaded.hosted
+        assert tier is not None and request.data is not None
+        capped = _capped(request, tier, estimate, encode=False)
+        data, extra, hosted = capped.data, list(capped.hooks.extra_headers), self.loaded.hosted
+        assert data is not None
         meter = RequestMeter(self.manager.bus, name, path, request.context)
         reply = Reply.of(scope, send)
         session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
@@ -377,9 +420,10 @@ class LLMStackApp:
             raise error
         self.manager.bus.publish("fallback", from_tier=tier.name, to_tier=tier.fallback,
                                  error=error.message.splitlines()[0])
-        data["model"] = tier.fallback
+        request.data["model"] = tier.fallback
         return await self._serve_tier(scope, receive, send, replace(
-            request, model=tier.fallback, hooks=replace(request.hooks, rewrite=TierName(tier.fallback))))
+            request, model=tier.fallback, hooks=replace(request.hooks, rewrite=TierName(tier.fallback))),
+            estimate)
 
     def _session(self, scope: Scope) -> str:
         """The agent session id (opencode sends both headers), "" when sticky routing is off."""
@@ -394,8 +438,8 @@ class LLMStackApp:
         tier = stack.tier(chosen)
         if tier is None or tier.backend != "litellm":
             return chosen
-        needed = estimate_tokens(data)
-        local = (r for r in reversed(table.rungs) if r is not None and r.fits(needed)
+        needed, asked = estimate_tokens(data), requested_output(data)
+        local = (r for r in reversed(table.rungs) if r is not None and r.holds(needed, asked)
                  and (t := stack.tier(r.name)) is not None and t.backend == "gguf")
         return next((r.name for r in local), chosen)
 

@@ -5,7 +5,8 @@ request to such a tier only (in a worker thread: it costs seconds and ~200 MB).
 Credentials come from the environment as litellm reads them (ANTHROPIC_API_KEY,
 OPENAI_API_KEY, AWS profiles, ...) or from the user's litellm_config.yaml, never
 from models.ini. Per request: the tier's sampler fills in what the caller left
-unset, ``max_output_tokens`` caps the reply, streams carry the usage chunk, and
+unset, the output limit arrives clamped to the tier's (the app applies
+:mod:`llmstack.serving.output_cap`), streams carry the usage chunk, and
 a provider failure is an OpenAI-style error with the provider's status and type;
 a stream that breaks off ends with an in-band error event, never a clean stop.
 Time limits (``remote_limits``): no answer (or stream start) within
@@ -33,6 +34,7 @@ from swapper.types import Headers, Send
 from ..config.litellm_config import UserParams, stack_params
 from ..config.schema import Stack, Tier
 from .multi_machine import Backends
+from .protocols import CONTEXT_CODE
 from .remote_limits import GRACE, litellm_timeouts, remote_timeouts
 
 SAMPLER_PARAMS = {"temp": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
@@ -56,7 +58,6 @@ MESSAGES_FIELDS = frozenset({
     "top_k", "tools", "tool_choice", "thinking",
 })
 """The Anthropic Messages request fields passed on; the rest is dropped (see CHAT_FIELDS)."""
-CONTEXT_CODE = "context_length_exceeded"
 TIMEOUT_CODE = "upstream_timeout"
 """A local tier's code for the same failure."""
 Call = Callable[..., Awaitable[Any]]
@@ -148,22 +149,12 @@ def _provider_type(exc: Exception) -> str:
     return kind if isinstance(kind, str) and kind != "error" else ""
 
 
-def _cap_output(params: dict[str, Any], limit: int) -> None:
-    """``max_output_tokens`` caps the reply: the caller may ask for less, never more."""
-    if not limit:
-        return
-    key = "max_completion_tokens" if "max_completion_tokens" in params else "max_tokens"
-    asked = params.get(key)
-    params[key] = min(asked, limit) if isinstance(asked, int) and asked > 0 else limit
-
-
 def chat_params(tier: Tier, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """litellm kwargs: the caller's CHAT_FIELDS, the tier's model and credentials, samplers
     left unset."""
     params = {k: v for k, v in data.items() if k in CHAT_FIELDS}
     for name, value in tier.sampler:
         params.setdefault(SAMPLER_PARAMS[name], value)
-    _cap_output(params, tier.max_output_tokens)
     if params.get("stream") and "stream_options" not in params:
         params["stream_options"] = {"include_usage": True}
     return {"drop_params": True, **params, **base}
@@ -176,7 +167,6 @@ def messages_params(tier: Tier, base: dict[str, Any], data: dict[str, Any]) -> d
     for name, value in tier.sampler:
         if SAMPLER_PARAMS[name] in ANTHROPIC_SAMPLERS:
             params.setdefault(SAMPLER_PARAMS[name], int(value) if name == "top_k" else value)
-    _cap_output(params, tier.max_output_tokens)
     return {**params, **base}
 
 

@@ -32,6 +32,10 @@ _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                     429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error",
                     529: "overloaded_error"}
 _UNSUPPORTED_INPUT = b"input is not supported"  # llama-server's 500 for an image/audio part
+CONTEXT_OVERFLOW = b"exceed_context_size_error"
+"""llama-server's error type for a prompt its window cannot hold."""
+CONTEXT_CODE = "context_length_exceeded"
+"""The stack's (and OpenAI's) error code for it, which clients recognise."""
 
 
 def anthropic_error(status: int, message: str) -> bytes:
@@ -50,15 +54,34 @@ def _message(body: bytes) -> str:
         return body.decode("utf-8", "replace").strip()
 
 
+def overflow_message(tier: str, body: bytes) -> str:
+    """The stack's words for llama-server's ``exceed_context_size_error`` ``body``: what
+    litellm, opencode, Claude Code and Codex recognise as a context overflow (the phrases
+    :class:`llmstack.serving.routing.ContextTooLarge` uses), with llama-server's counts."""
+    try:
+        error = json.loads(body)["error"]
+        prompt, window = error["n_prompt_tokens"], error["n_ctx"]
+    except (ValueError, KeyError, TypeError):
+        prompt = window = None
+    if not (isinstance(prompt, int) and isinstance(window, int)):
+        return f"tier '{tier}' cannot hold this request in its context window: prompt is too long"
+    return (f"This model's maximum context length is {window} tokens (tier '{tier}'), but this "
+            f"request has {prompt} input tokens: prompt is too long")
+
+
 def client_error(answer: Intercepted, path: str, tier: str) -> Intercepted:
     """An upstream error as the client's protocol spells it.
 
+    llama-server's ``exceed_context_size_error`` becomes the stack's own 400
+    ``context_length_exceeded`` (:func:`overflow_message`), which clients recognise.
     llama-server answers 500 for an image (or audio) part sent to a model without a
     projector; the client's input is at fault, so it becomes a 400 invalid_request_error
     (a 500 is retried by SDKs). On the Anthropic endpoints every error gets Anthropic's shape.
     """
     status, body = answer.status, answer.body
-    if status == 500 and _UNSUPPORTED_INPUT in body:
+    if status == 400 and CONTEXT_OVERFLOW in body:
+        body = error_json(overflow_message(tier, body), "invalid_request_error", CONTEXT_CODE)
+    elif status == 500 and _UNSUPPORTED_INPUT in body:
         status = 400
         message = f"tier '{tier}' cannot take this input: {_message(body)}"
         body = error_json(message, "invalid_request_error", "unsupported_input")

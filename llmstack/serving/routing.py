@@ -21,7 +21,9 @@ Then, in this order:
   downloaded, say) is missing too, and the reason says why (``(<tier> not
   downloaded)``): :meth:`RoutingTable.without`;
 * context fit: a tier whose ctx_size (when > 0; 0 means "model default" and
-  always fits) is below estimate + requested output tokens is skipped upwards
+  always fits) is below estimate + an output reserve
+  (:func:`llmstack.serving.output_cap.output_reserve`: what the request asks for, never
+  more than a small fixed reserve or the tier's cap) is skipped upwards
   (fast -> agent -> ultra), then downwards if nothing above fits; the reason
   gets `` -> <tier> (<skipped> ctx N < need)``. If no rung fits,
   :class:`ContextTooLarge` is raised;
@@ -38,8 +40,8 @@ part. Anthropic Messages add ``system`` (a string or text blocks) and
 adds ``instructions`` and ``input`` (a string, or items: messages with
 ``input_text`` / ``output_text`` / ``input_image`` parts, ``function_call`` and
 ``function_call_output``). A user message made only of tool results is no user
-turn. Requested output is ``max_completion_tokens``, else ``max_tokens``, else
-``max_output_tokens``, else 0 (a tier's own output limit is not assumed).
+turn. The answer itself is clamped to what the window leaves
+(:mod:`llmstack.serving.output_cap`), so what a request asks for never makes it too long.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..config.schema import Stack
 from .lru import Lru
+from .output_cap import BadOutputField, asked_output, output_reserve
 
 if TYPE_CHECKING:
     from .routing_memo import BodyMemo
@@ -77,11 +80,11 @@ _encode_json = json.JSONEncoder(
 class ContextTooLarge(ValueError):
     """No rung tier can hold the request (HTTP 400 ``context_length_exceeded``)."""
 
-    def __init__(self, estimated_tokens: int, largest_ctx: int, max_tokens: int = 0) -> None:
+    def __init__(self, estimated_tokens: int, largest_ctx: int, reserve: int = 0) -> None:
         self.estimated_tokens = estimated_tokens
         self.largest_ctx = largest_ctx
-        self.max_tokens = max_tokens
-        output = f" plus {max_tokens} output tokens" if max_tokens else ""
+        self.reserve = reserve
+        output = f" plus {reserve} tokens kept for the answer" if reserve else ""
         # Worded for clients' context-window classifiers: litellm's
         # ExceptionCheckers.is_error_str_context_window_exceeded
         # (litellm/litellm_core_utils/exception_mapping_utils.py) matches "this model's maximum
@@ -113,10 +116,17 @@ class Rung:
 
     name: str
     ctx_size: int = 0
+    max_output: int = 0
+    """The tier's ``max_output_tokens`` (0: unset)."""
 
-    def fits(self, needed_tokens: int) -> bool:
-        """Whether the context window holds this many tokens (0 = unknown, assume yes)."""
-        return self.ctx_size == 0 or needed_tokens <= self.ctx_size
+    def need(self, prompt_tokens: int, asked: int | None) -> int:
+        """Tokens a request needs in this window: its prompt plus the output reserve."""
+        return prompt_tokens + output_reserve(asked, self.max_output)
+
+    def holds(self, prompt_tokens: int, asked: int | None) -> bool:
+        """Whether the context window holds the prompt and the output reserve (0 = unknown
+        window, assume yes)."""
+        return self.ctx_size == 0 or self.need(prompt_tokens, asked) <= self.ctx_size
 
 
 @dataclass(frozen=True)
@@ -137,7 +147,8 @@ class RoutingTable:
     def from_stack(cls, stack: Stack) -> RoutingTable:
         """The first tier of each rung role, and the [ROUTING] settings."""
         tiers = (stack.first_with_role(role) for role in LADDER)
-        fast, agent, ultra = (Rung(t.name, t.ctx_size) if t else None for t in tiers)
+        fast, agent, ultra = (Rung(t.name, t.ctx_size, t.max_output_tokens) if t else None
+                              for t in tiers)
         return cls(
             fast, agent, ultra,
             high_fidelity_ceiling=stack.high_fidelity_ceiling,
@@ -331,14 +342,13 @@ def _has_trigger(text: str) -> bool:
     return ("ultra" in lowered or "opus" in lowered) and ULTRA_TRIGGER.search(text) is not None
 
 
-def _requested_output(body: Mapping[str, Any]) -> int:
-    """``max_completion_tokens``, else ``max_tokens``, else ``max_output_tokens``, else 0
-    (non-integers count as absent)."""
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return 0
+def requested_output(body: Mapping[str, Any]) -> int | None:
+    """What the body's output fields ask for (:func:`~llmstack.serving.output_cap.asked_output`);
+    a malformed one counts as absent here (the clamp refuses it)."""
+    try:
+        return asked_output(body)
+    except BadOutputField:
+        return None
 
 
 # --------------------------------------------------------------------------- deciding
@@ -387,19 +397,18 @@ def _present(table: RoutingTable, index: int, reason: str) -> tuple[int, str]:
     return candidate, reason + ("" if candidate == index else _missing(table, index))
 
 
-def _fit(table: RoutingTable, index: int, est: int, max_tokens: int) -> tuple[int, str]:
+def _fit(table: RoutingTable, index: int, est: int, asked: int | None) -> tuple[int, str]:
     """The first present rung, upwards then downwards, whose context holds the request."""
-    needed = est + max_tokens
     skipped: list[str] = []
     for candidate in _search_order(index, upwards_first=True):
         rung = table.rungs[candidate]
         if rung is None:
             continue
-        if rung.fits(needed):
+        if rung.holds(est, asked):
             return candidate, f" -> {rung.name} ({', '.join(skipped)})" if skipped else ""
-        skipped.append(f"{rung.name} ctx {rung.ctx_size} < {needed}")
-    largest = max(r.ctx_size for r in table.rungs if r)
-    raise ContextTooLarge(est, largest, max_tokens)
+        skipped.append(f"{rung.name} ctx {rung.ctx_size} < {rung.need(est, asked)}")
+    largest = max((r for r in table.rungs if r), key=lambda r: r.ctx_size)
+    raise ContextTooLarge(est, largest.ctx_size, output_reserve(asked, largest.max_output))
 
 
 def classify(
@@ -416,12 +425,12 @@ def classify(
     """
     m = _measure(body, memo)
     index, reason = _present(table, *_ladder(table, m))
-    max_tokens = _requested_output(body)
-    index, suffix = _fit(table, index, m.tokens, max_tokens)
+    asked = requested_output(body)
+    index, suffix = _fit(table, index, m.tokens, asked)
     reason += suffix
     for above in range(index + 1, len(LADDER)):
         rung = table.rungs[above]
-        if rung and rung.name == session_floor and rung.fits(m.tokens + max_tokens):
+        if rung and rung.name == session_floor and rung.holds(m.tokens, asked):
             index, reason = above, f"{reason} (session floor {session_floor})"
     return Decision(table.rung_name(index), reason, m.tokens)
 

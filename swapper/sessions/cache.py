@@ -28,10 +28,11 @@ import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..config import DEFAULT_SESSION_MIN_TOKENS, SESSION_SAVE_BUDGET
 from ..upstream import UpstreamPool
 from .keys import CacheKey, Unsupported, cache_key, parse_argv
 from .slots import RestoreRejected, SlotClient, SlotError
@@ -52,7 +53,7 @@ class CacheSettings:
 
     root: Path
     max_bytes: int
-    min_tokens: int = 512
+    min_tokens: int = DEFAULT_SESSION_MIN_TOKENS
     """Slots holding fewer tokens are not saved: re-reading them is cheap."""
     io_floor: float = 5.0
     """Seconds a save or restore may always take, ..."""
@@ -60,7 +61,7 @@ class CacheSettings:
     """... plus its bytes at this rate (bytes/s), ..."""
     io_ceiling: float = 120.0
     """... at most this long."""
-    save_budget: float = 120.0
+    save_budget: float = SESSION_SAVE_BUDGET
     """Seconds all the saves of one stop may take together (a swap waits for them)."""
     call_timeout: float = 5.0
     """Seconds for ``/props`` and ``/slots``."""
@@ -111,10 +112,11 @@ class SessionCache:
             self.emit("session_cache_off", model=model_id, reason=reason)
 
     def plan(self, model_id: str, argv: Sequence[str], env: Mapping[str, str],
-             bytes_per_token: int | None = None) -> ChildPlan | None:
-        """The plan for a child about to start from ``argv`` (``env``: its whole environment),
-        or None (with a ``session_cache_off`` event) when it cannot take part. Synchronous
-        file work: stats, a mkdir, a small write."""
+             bytes_per_token: int | None = None, owner: str = "") -> ChildPlan | None:
+        """The plan for a child about to start from ``argv`` (``env``: its whole environment;
+        ``owner``: the config it comes from, see :meth:`SessionStore.adopt`), or None (with a
+        ``session_cache_off`` event) when it cannot take part. Synchronous file work: stats,
+        a mkdir, a small write."""
         try:
             if not self.store.is_open:
                 self._discarded(None, self.store.open())
@@ -122,7 +124,7 @@ class SessionCache:
             broken = self.health.reason(key.hex)
             if broken is not None:
                 raise Unsupported(broken)
-            directory, discarded = self.store.adopt(model_id, key)
+            directory, discarded = self.store.adopt(model_id, key, owner)
         except (Unsupported, StoreError) as exc:
             self._turn_off(model_id, str(exc))
             return None
@@ -133,6 +135,12 @@ class SessionCache:
         self._discarded(model_id, discarded)
         known = [e.size // e.tokens + 1 for e in self.store.entries() if e.cache_key == key.hex]
         return ChildPlan(self, model_id, key, directory, max(known, default=bytes_per_token or 0))
+
+    def configure(self, max_bytes: int, min_tokens: int) -> None:
+        """Take a new cap and threshold (a reload); sessions over a lower cap go at once,
+        least recently used first."""
+        self.settings = replace(self.settings, max_bytes=max_bytes, min_tokens=min_tokens)
+        self._discarded(None, self.store.set_cap(max_bytes))
 
     def status(self) -> dict[str, Any]:
         """For ``status`` and ``/ui``: bytes and sessions on disk, where it is off and why."""
@@ -198,6 +206,8 @@ class ChildSessions:
     _pending: dict[str, _Restored] = field(default_factory=dict)
     _seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _busy: set[int] = field(default_factory=set)
+    """Slots one of our pinned requests is in (:meth:`release` frees them)."""
 
     @property
     def _cache(self) -> SessionCache:
@@ -213,15 +223,19 @@ class ChildSessions:
     async def before_request(self, session: str | None) -> int | None:
         """The slot to pin a request of ``session`` to (``id_slot``), or None (do not pin).
         On the session's first request to this child its saved cache is restored into that
-        slot first (bounded in time; on any failure the request goes on without it)."""
+        slot first (bounded in time; on any failure the request goes on without it). A slot
+        returned is busy until :meth:`release`; while it is, the session's other requests are
+        not pinned (they would queue behind it: the server picks them a free slot)."""
         if session is None or self.off:
             return None
         if self.table.slot_of(session) is not None and not self._lock.locked():
-            return self.table.assign(session, time.time()).slot
+            return self._claim(self.table.assign(session, time.time()).slot)
         async with self._lock:  # one restore at a time; a session's next request waits for it
             assignment = self.table.assign(session, time.time())
             if assignment.displaced is not None:
                 self._pending.pop(assignment.displaced, None)
+            if assignment.slot in self._busy:
+                return None  # restored later, into a free slot
             first = session not in self._seen
             self._seen[session] = None
             if len(self._seen) > SEEN_LIMIT:
@@ -231,7 +245,17 @@ class ChildSessions:
                     await self._restore(session, assignment.slot)
                 except OSError as exc:  # the store's files: the request goes on without them
                     self._emit("session_restore_failed", session, reason=f"{exc.strerror or exc}")
-            return assignment.slot
+            return self._claim(assignment.slot)
+
+    def _claim(self, slot: int) -> int | None:
+        if slot in self._busy:
+            return None
+        self._busy.add(slot)
+        return slot
+
+    def release(self, slot: int) -> None:
+        """A request pinned to ``slot`` is over."""
+        self._busy.discard(slot)
 
     async def _restore(self, session: str, slot: int) -> None:
         store, key = self._cache.store, self.plan.key.hex
@@ -288,14 +312,15 @@ class ChildSessions:
             self._cache._turn_off(self.plan.model_id, reason)
         self._pending.clear()
 
-    async def save_all(self) -> int:
+    async def save_all(self, budget: float | None = None) -> int:
         """Save every slot that holds a session of at least ``min_tokens`` tokens (most
-        recently used first, each bounded in time, all within ``save_budget``); returns how
-        many were saved. Never raises: a failure is an event and the stop goes on."""
+        recently used first, each bounded in time, all within ``budget`` seconds, by default
+        ``save_budget``); returns how many were saved. Never raises: a failure is an event
+        and the stop goes on."""
         settings = self._cache.settings
         if self.off or not len(self.table):
             return 0
-        deadline = time.monotonic() + settings.save_budget
+        deadline = time.monotonic() + (settings.save_budget if budget is None else budget)
         try:
             states = {s.id: s for s in await self.client.slots(settings.call_timeout)}
         except SlotError as exc:
@@ -318,7 +343,7 @@ class ChildSessions:
         per_token = self.plan.bytes_per_token
         expected = tokens * per_token + SIDECAR_RESERVE if per_token else 0
         try:
-            pending = store.begin_save(self.plan.key.hex, session, expected)
+            pending = store.begin_save(self.plan.key.hex, session, expected, used)
         except (NoRoom, OSError) as exc:
             self._emit("session_save_failed", session, reason=str(exc))
             return 0

@@ -58,6 +58,7 @@ _HEX = re.compile(rf"[0-9a-f]{{{HEX_LEN}}}\Z")
 _SESSION_FILE = re.compile(rf"([0-9a-f]{{{HEX_LEN}}})\.(?:bin|json)\Z")
 _TMP = re.compile(rf"[0-9a-f]{{{HEX_LEN}}}\.[0-9a-f]{{8}}\.tmp\Z")
 _MODEL_ID = 256  # characters of a model id kept in a key record
+_OWNER = 1024  # ... and of the name of the server's config that owns it
 
 
 class StoreError(OSError):
@@ -162,16 +163,19 @@ def sidecar_bytes(entry: Entry) -> bytes:
                        "last_used": round(entry.last_used, 3)}).encode()
 
 
-def parse_key_record(data: Any) -> tuple[str, dict[str, Any]]:
-    """(model id, key record) of a ``key.json``; ValueError when it is not one we wrote. Pure."""
+def parse_key_record(data: Any) -> tuple[str, dict[str, Any], str]:
+    """(model id, key record, owner) of a ``key.json``; ValueError when it is not one we
+    wrote. Pure."""
     if not isinstance(data, dict):
         raise ValueError("not an object")
-    model_id, record = data.get("model_id"), data.get("record")
+    model_id, record, owner = data.get("model_id"), data.get("record"), data.get("owner", "")
     if not isinstance(model_id, str) or not 0 < len(model_id) <= _MODEL_ID:
         raise ValueError("no model id")
     if not isinstance(record, dict) or not all(isinstance(k, str) for k in record):
         raise ValueError("no key record")
-    return model_id, record
+    if not isinstance(owner, str) or len(owner) > _OWNER:
+        raise ValueError("no owner")
+    return model_id, record, owner
 
 
 # -- files --------------------------------------------------------------------------------
@@ -223,7 +227,7 @@ class SessionStore:
     def __init__(self, root: Path, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
         self.root, self.max_bytes, self._clock = root, max_bytes, clock
         self._entries: dict[tuple[str, str], Entry] = {}
-        self._keys: dict[str, tuple[str, dict[str, Any]]] = {}  # cache key -> model id, record
+        self._keys: dict[str, tuple[str, dict[str, Any], str]] = {}  # key -> model, record, owner
         self._reserved: dict[str, int] = {}  # pending filename -> bytes
         self._lock_fd: int | None = None
 
@@ -259,6 +263,14 @@ class SessionStore:
         self._entries.clear()
         self._keys.clear()
         self._reserved.clear()
+
+    def set_cap(self, max_bytes: int) -> list[Discarded]:
+        """Take a new cap; returns the sessions evicted to fit under it (none while closed:
+        :meth:`open` fits them)."""
+        self.max_bytes = max_bytes
+        if not self.is_open:
+            return []
+        return self._fit(0, room=max(max_bytes - sum(self._reserved.values()), 0))
 
     @property
     def is_open(self) -> bool:
@@ -307,20 +319,21 @@ class SessionStore:
 
     # -- keys --
 
-    def adopt(self, model_id: str, key: CacheKey) -> tuple[Path, list[Discarded]]:
-        """The directory of ``key`` (created) for model ``model_id``, whose sessions saved under
+    def adopt(self, model_id: str, key: CacheKey, owner: str = "") -> tuple[Path, list[Discarded]]:
+        """The directory of ``key`` (created) for model ``model_id`` of ``owner`` (the config
+        it comes from, when servers of several share the root), whose sessions saved under
         any other key are discarded with what changed."""
-        model_id = model_id[:_MODEL_ID]
+        model_id, owner = model_id[:_MODEL_ID], owner[:_OWNER]
         discarded: list[Discarded] = []
-        for other, (owner, record) in list(self._keys.items()):
-            if owner == model_id and other != key.hex:
+        for other, (model, record, of) in list(self._keys.items()):
+            if (model, of) == (model_id, owner) and other != key.hex:
                 discarded += self._drop_key(other, what_changed(record, key.record))
         directory = self.root / key.hex
         _private_dir(directory)
-        if self._keys.get(key.hex) != (model_id, dict(key.record)):
-            _write_atomic(directory, KEY_RECORD,
-                          json.dumps({"model_id": model_id, "record": key.record}).encode())
-            self._keys[key.hex] = (model_id, dict(key.record))
+        if self._keys.get(key.hex) != (model_id, dict(key.record), owner):
+            _write_atomic(directory, KEY_RECORD, json.dumps(
+                {"model_id": model_id, "owner": owner, "record": key.record}).encode())
+            self._keys[key.hex] = (model_id, dict(key.record), owner)
         return directory, discarded
 
     def _drop_key(self, key: str, reason: str) -> list[Discarded]:
@@ -343,7 +356,7 @@ class SessionStore:
 
     def models(self) -> Mapping[str, str]:
         """cache key -> model id of the keys the store holds (for status pages)."""
-        return {key: model for key, (model, _) in self._keys.items()}
+        return {key: model for key, (model, _, _) in self._keys.items()}
 
     # -- sessions --
 
@@ -388,30 +401,38 @@ class SessionStore:
         own older record aside): NoRoom when they cannot fit."""
         data = sidecar_bytes(entry)
         own = (entry.cache_key, entry.session)
-        discarded = self._fit(entry.size + len(data), exclude=own)
+        discarded = self._fit(entry.size + len(data), exclude=own, used=entry.last_used)
         _write_atomic(self.root / entry.cache_key, f"{entry.session}.json", data)
         entry = replace(entry, meta=len(data))
         self._entries[own] = entry
         return entry, discarded
 
     def _fit(self, incoming: int, room: int | None = None,
-             exclude: tuple[str, str] | None = None) -> list[Discarded]:
+             exclude: tuple[str, str] | None = None, used: float | None = None) -> list[Discarded]:
         """Evict until the kept sessions (all but ``exclude``) and ``incoming`` bytes fit;
-        NoRoom when they cannot."""
+        NoRoom when they cannot. ``used``: when the incoming session was last used; only
+        sessions used before it are evicted for it (so the least recently used go, whichever
+        order they are saved in)."""
         room = self.max_bytes - sum(self._reserved.values()) if room is None else room
         candidates = [e for k, e in self._entries.items() if k != exclude]
+        if used is not None:
+            room -= sum(e.disk for e in candidates if e.last_used >= used)
+            candidates = [e for e in candidates if e.last_used < used]
         victims = plan_eviction(candidates, room, incoming)
         if victims is None:
-            raise NoRoom(f"{_mb(incoming)} does not fit in the cap of {_mb(self.max_bytes)}")
+            beside = " beside the sessions used more recently" if used is not None else ""
+            raise NoRoom(f"{_mb(incoming)} does not fit in the cap of {_mb(self.max_bytes)}{beside}")
         reason = f"least recently used, over the cap of {_mb(self.max_bytes)}"
         return [self._delete(v.cache_key, v.session, reason) for v in victims]
 
-    def begin_save(self, cache_key: str, session: str, expected: int) -> PendingSave:
+    def begin_save(self, cache_key: str, session: str, expected: int,
+                   last_used: float | None = None) -> PendingSave:
         """Make room for a save of about ``expected`` bytes (a sidecar included) and name the
-        file the server writes; NoRoom when it cannot fit. The key must be adopted."""
+        file the server writes; NoRoom when it cannot fit (``last_used``: when the session was
+        last used; only sessions used before it make room). The key must be adopted."""
         if cache_key not in self._keys:
             raise NoRoom(f"cache key {cache_key} is not in use")
-        discarded = self._fit(expected)
+        discarded = self._fit(expected, used=last_used)
         name = f"{session}.{secrets.token_hex(4)}.tmp"
         self._reserved[name] = expected
         return PendingSave(cache_key, session, name, self.root / cache_key, expected,

@@ -4,7 +4,8 @@
 const KEY = "llmstack-api-key";
 const STATE_KINDS = new Set(["swap_started", "model_starting", "model_ready", "load_failed",
   "model_stopping", "model_stopped", "model_exited", "reconfigured", "preloaded",
-  "routed", "named"]);  // a request arriving changes what is in flight or queued
+  "routed", "named",  // a request arriving changes what is in flight or queued
+  "session_saved", "session_restored", "session_discarded", "session_cache_off"]);
 let state = null;
 let refetch = null;
 
@@ -66,7 +67,27 @@ function renderModels() {
     style: `width:${Math.min(100, 100 * m.memory_mb / total)}%;background:${colours[i % colours.length]}` })));
   document.querySelector("#memtext").textContent =
     `${mb(mem.resident_mb)} resident of ${mem.budget_mb ? mb(mem.budget_mb) : "no"} budget` +
+    (mem.budget_source ? ` (${mem.budget_source})` : "") +
     (resident.length ? ": " + resident.map((m) => m.model).join(", ") : "");
+}
+
+const bytes = (v) => (v >= 1e9 ? (v / 1e9).toFixed(2) + " GB" : ((v || 0) / 1e6).toFixed(1) + " MB");
+
+// The session cache: what is saved against the cap, and where it is off and why (a build whose
+// restores restore nothing is named here).
+function renderSessions() {
+  const s = state.sessions;
+  document.querySelector("#sessions").hidden = !s;
+  if (!s) return;
+  document.querySelector("#sessiontext").textContent =
+    `${s.sessions} saved, ${bytes(s.bytes)} of ${bytes(s.max_bytes)} (${s.root})`;
+  document.querySelector("#sessions-off").replaceChildren(...Object.entries(s.off).map(([model, why]) =>
+    el("div", { class: "s-failed session-off", "data-model": model }, `off for ${model}: ${why}`)));
+  const models = [...new Set([...Object.keys(s.models), ...Object.keys(s.held)])];
+  document.querySelector("#session-models tbody").replaceChildren(...models.map((m) => el("tr", { "data-model": m },
+    el("td", {}, m), el("td", { class: "num" }, String(s.models[m]?.sessions ?? 0)),
+    el("td", { class: "num" }, bytes(s.models[m]?.bytes ?? 0)),
+    el("td", { class: "num" }, String(s.held[m] ?? "–")))));
 }
 
 function renderDecisions() {
@@ -112,7 +133,7 @@ async function reloadRemote() {
   renderRemote();
 }
 
-function render() { renderModels(); renderDecisions(); renderSwaps(); renderLogs(); }
+function render() { renderModels(); renderSessions(); renderDecisions(); renderSwaps(); renderLogs(); }
 
 async function act(prefix, model) {
   const resp = await call(prefix + encodeURIComponent(model), { method: "POST" });
@@ -132,6 +153,8 @@ function onEvent(e) {
   if (e.kind === "snapshot") { state = e; render(); return; }
   // the server ends a stream that fell too far behind; follow() reconnects for a new snapshot
   if (e.kind === "dropped") { document.querySelector("#conn").textContent = "reconnecting (" + e.reason + ")"; return; }
+  // the last event before the server ends every stream and exits
+  if (e.kind === "shutting_down") { document.querySelector("#conn").textContent = "the stack is stopping"; return; }
   if (!state) return;
   if (e.kind === "request_done" && e.via !== "upstream") {  // a pass-through is no decision
     state.decisions.push(e);

@@ -16,8 +16,10 @@ from ..config import (
     DEFAULT_HEALTH_CHECK_TIMEOUT,
     DEFAULT_LOAD_WAIT_TIMEOUT,
     DEFAULT_MAX_QUEUE_WAIT,
+    DEFAULT_SESSION_MIN_TOKENS,
     DEFAULT_UNLOAD_TIMEOUT,
     ConfigError,
+    SessionCacheConfig,
     SwapperConfig,
 )
 from ..peers import peer_models
@@ -32,8 +34,10 @@ _GLOBAL_KEYS = frozenset({
     "models", "macros", "healthCheckTimeout", "startPort", "globalTTL", "unloadTimeout",
     "hooks", "apiKeys", "matrix", "groups", "routing", "memoryBudgetMB", "loadWaitTimeout",
     "maxQueueWait", "sendLoadingState", "selectors", "profiles", "peers", "includeAliasesInList",
-    "upstream",
+    "upstream", "sessionCache",
 })
+_SESSION_CACHE_KEYS = frozenset({"dir", "maxGB", "minTokens"})
+GB = 10**9
 # llama-swap's default upstream.ignorePaths: static files a model's web UI asks for.
 DEFAULT_UPSTREAM_IGNORE_PATHS = (r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",)
 
@@ -55,8 +59,9 @@ def parse_yaml_config(text: str, source_name: str = "<config>") -> SwapperConfig
 
 
 def _optional(top: Mapping[str, Any], key: str, parse: Callable[[Any, YamlPath], Any],
-              default: Any) -> Any:
-    return default if top.get(key) is None else parse(top[key], (key,))
+              default: Any, under: YamlPath = ()) -> Any:
+    """``top[key]`` parsed (its path: ``under`` then ``key``), else ``default``."""
+    return default if top.get(key) is None else parse(top[key], (*under, key))
 
 
 def _load(src: Source, data: Any) -> SwapperConfig:
@@ -101,6 +106,7 @@ def _load(src: Source, data: Any) -> SwapperConfig:
         priority=routing.priority(src, top, index),
         upstream_ignore_paths=_ignore_paths(src, top.get("upstream")),
         include_aliases_in_list=_optional(top, "includeAliasesInList", src.boolean, False),
+        session_cache=_session_cache(src, top.get("sessionCache")),
         extra={"unsupported": src.unsupported},
     )
     routing.check_plan(src, config, routing_base)
@@ -124,6 +130,18 @@ def _api_keys(src: Source, value: Any) -> tuple[str, ...]:
         if not key or " " in key:
             raise src.error(("apiKeys", i), "API keys must be non-empty, without spaces")
     return keys
+
+
+def _session_cache(src: Source, value: Any) -> SessionCacheConfig:
+    """``sessionCache``: where saved sessions live (``dir``, ``~`` expanded), their cap in GB
+    (``maxGB``; 0 or unset: from the disk) and the fewest tokens worth saving (``minTokens``)."""
+    path: YamlPath = ("sessionCache",)
+    raw = src.section(value, path, _SESSION_CACHE_KEYS)
+    directory = _optional(raw, "dir", src.string, "", path)
+    return SessionCacheConfig(
+        dir=str(Path(directory).expanduser()) if directory else "",
+        max_bytes=int(_optional(raw, "maxGB", src.non_negative, 0.0, path) * GB),
+        min_tokens=_optional(raw, "minTokens", src.count, DEFAULT_SESSION_MIN_TOKENS, path))
 
 
 def _ignore_paths(src: Source, value: Any) -> tuple[str, ...]:

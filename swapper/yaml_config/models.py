@@ -16,7 +16,7 @@ PROTECTED_PARAMS = frozenset({"model"})
 MODEL_KEYS = frozenset({
     "cmd", "cmdStop", "proxy", "checkEndpoint", "ttl", "unloadTimeout", "aliases", "unlisted",
     "env", "useModelName", "filters", "concurrencyLimit", "name", "description", "metadata",
-    "macros", "memoryMB", "sendLoadingState", "timeouts", "capabilities",
+    "macros", "memoryMB", "sendLoadingState", "timeouts", "capabilities", "sessionCache",
 })
 _MODALITIES = frozenset({"text", "audio", "image"})
 _TIMEOUT_KEYS = {"connect": "connect", "responseHeader": "response", "bodyIdle": "idle"}
@@ -71,6 +71,7 @@ def _fields(src: Source, fields: Mapping[str, Any], path: YamlPath, defaults: Ma
         "sendLoadingState": ("send_loading_state", src.boolean),
         "timeouts": ("timeouts", lambda value, where: timeouts(src, value, where)),
         "capabilities": ("capabilities", lambda value, where: _capabilities(src, value, where)),
+        "sessionCache": ("session_cache", src.boolean),
     }
     values = {parsers[k][0]: parsers[k][1](v, (*path, k)) for k, v in fields.items()}
     ttl, unload = values.get("ttl", USE_GLOBAL_TTL), values.get("unload_timeout", 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import select
 import struct
 import subprocess
 import sys
@@ -74,24 +75,35 @@ class Project:
         return subprocess.run([str(CLI), *args], cwd=self.root, env={**self.env, **env},
                               capture_output=True, text=True, timeout=60, check=False)
 
-    def run_tty(self, *args: str) -> tuple[int, str]:
-        """Run the CLI with its output on a pseudo-terminal, as a user at a shell sees it."""
+    def run_tty(self, *args: str, answer: tuple[bytes, bytes] | None = None,
+                **env: str) -> tuple[int, str]:
+        """Run the CLI with its output on a pseudo-terminal, as a user at a shell sees it; with
+        ``answer`` (a prompt, a reply), its input too, the reply typed once the prompt shows.
+        Fails after 90 s without output."""
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-        proc = subprocess.Popen([str(CLI), *args], cwd=self.root, env=self.env,
-                                stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+        proc = subprocess.Popen([str(CLI), *args], cwd=self.root, env={**self.env, **env},
+                                stdin=slave if answer else subprocess.DEVNULL, stdout=slave,
+                                stderr=slave)
         os.close(slave)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        os.close(master)
-        return proc.wait(60), b"".join(chunks).decode(errors="replace")
+        seen = b""
+        try:
+            while select.select([master], [], [], 90)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+                if answer is not None and answer[0] in seen:
+                    os.write(master, answer[1])
+                    answer = None
+            else:
+                proc.kill()
+        finally:
+            os.close(master)
+        return proc.wait(60), seen.decode(errors="replace")
 
     def cache_files(self) -> list[Path]:
         """Every file (and link) under the HF cache, locks excluded."""

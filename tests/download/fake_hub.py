@@ -5,7 +5,11 @@
 ``Range: bytes=N-`` as 206; a missing file of a known repo is a 404 that names the
 commit, as the hub's is. Faults per file: announce a wrong size or sha256, send any
 ``ETag`` (after some honest HEADs), or cut the first body midway; ``commit`` may be any
-string. It records every request and the most GETs ever in flight; with
+string. ``GET /api/models/{org}/{name}/tree/{revision}`` lists a repo's files as the hub's
+tree API does (what ``list_repo_tree`` and ``llmstack add`` read), or, for a repo in
+``listings``, any pages given (each a JSON value, or raw bytes), linked by ``Link: <...>;
+rel="next"`` as the hub's pagination is (``next_url`` overrides the link). It records every
+request and the most GETs ever in flight; with
 ``hold_gets`` each GET waits (at most that long) for a third one to arrive before
 sending its body, so a downloader that runs more than two at once is caught.
 """
@@ -24,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COMMIT = "c0ffee" + "0" * 34
 _RESOLVE = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)")
+_TREE = re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/?]+)(?:\?(?P<query>.*))?")
 
 
 @dataclass
@@ -69,6 +74,10 @@ class FakeHub:
     """When set, every request must carry ``Authorization: Bearer <token>``."""
     commit: str = COMMIT
     hold_gets: float = 0.0
+    listings: dict[str, list[object]] = field(default_factory=dict)
+    """Pages to answer a repo's file listing with, instead of its files."""
+    next_url: str | None = None
+    """The ``Link: rel="next"`` URL to send instead of the listing's own next page."""
     max_in_flight: int = 0
     released: bool = False
     """Set by :meth:`release`: held GETs go on at once."""
@@ -78,6 +87,14 @@ class FakeHub:
     def add(self, repo: str, filename: str, data: bytes, **faults: object) -> HubFile:
         self.files[(repo, filename)] = hub_file = HubFile(data, **faults)  # type: ignore[arg-type]
         return hub_file
+
+    def pages(self, repo: str) -> list[object]:
+        """The listing of ``repo``: its ``listings`` pages, else its files on one page."""
+        if repo in self.listings:
+            return self.listings[repo]
+        return [[{"type": "file", "oid": hashlib.sha1(f.data).hexdigest(), "size": len(f.data),
+                  "path": name, "lfs": {"oid": f.sha256, "size": len(f.data), "pointerSize": 134}}
+                 for (owner, name), f in self.files.items() if owner == repo]]
 
     def gets(self, filename: str) -> list[Seen]:
         return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + filename)]
@@ -112,7 +129,39 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._resolve(body=False)
 
         def do_GET(self) -> None:
+            tree = _TREE.fullmatch(self.path)
+            if tree:
+                return self._listing(tree["repo"], tree["query"] or "")
             self._resolve(body=True)
+            return None
+
+        def _admitted(self) -> bool:
+            """Record the request; False (a 401 sent) when it lacks the hub's token."""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            hub.requests.append(Seen(self.command, self.path, headers))
+            if hub.token and headers.get("authorization") != f"Bearer {hub.token}":
+                self._error(401, "GatedRepo", "Access to this repo is restricted")
+                return False
+            return True
+
+        def _listing(self, repo: str, query: str) -> None:
+            if not self._admitted():
+                return None
+            if repo not in hub.listings and not any(owner == repo for owner, _ in hub.files):
+                return self._error(404, "RepoNotFound", "Repository not found")
+            pages = hub.pages(repo)
+            index = int(re.search(r"cursor=(\d+)", query)[1]) if "cursor=" in query else 0  # type: ignore[index]
+            page = pages[index]
+            payload = page if isinstance(page, bytes) else json.dumps(page).encode()
+            self.send_response(200)
+            if index + 1 < len(pages) or hub.next_url:
+                following = hub.next_url or f"{hub.url}/api/models/{repo}/tree/main?cursor={index + 1}"
+                self.send_header("Link", f'<{following}>; rel="next"')
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return None
 
         def _error(self, status: int, code: str, message: str, commit: bool = False) -> None:
             payload = json.dumps({"error": message}).encode()
@@ -128,9 +177,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(payload)
 
         def _resolve(self, body: bool) -> None:
-            hub.requests.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-            if hub.token and self.headers.get("Authorization") != f"Bearer {hub.token}":
-                return self._error(401, "GatedRepo", "Access to this repo is restricted")
+            if not self._admitted():
+                return None
             match = _RESOLVE.fullmatch(self.path.split("?")[0])
             hub_file = hub.files.get((match["repo"], match["file"])) if match else None
             if hub_file is None:

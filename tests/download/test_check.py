@@ -44,7 +44,8 @@ def test_check_reports_present_missing_and_drifted_offline(
     assert done.returncode == 1, done.stdout + done.stderr
     rows = _rows(done.stdout)
     assert " present " in rows["a"] and "805.9 kB, size ok" in rows["a"]
-    assert " drifted " in rows["b"] and f"{len(ggufs[1]) + 4} bytes on disk, the hub announced {len(ggufs[1])}" in rows["b"]
+    assert " drifted " in rows["b"]
+    assert f"{len(ggufs[1]) + 4} bytes on disk, the hub announced {len(ggufs[1])}" in rows["b"]
     assert " drifted " in rows["c"] and f"cached at revision {COMMIT[:8]} but main is ffffffff" in rows["c"]
     assert " missing " in rows["d"] and "run: llmstack download d" in rows["d"]
     assert " hosted " in rows["opus"] and "anthropic/claude-opus-4" in rows["opus"]
@@ -105,12 +106,14 @@ def test_the_cache_lookup_prefers_the_refs_snapshot(tmp_path: Path, monkeypatch:
         (storage / "snapshots" / commit / "m.gguf").symlink_to(storage / "blobs" / content.decode())
     (storage / "refs").mkdir()
     (storage / "refs" / "main").write_text("b" * 40)
-    stack = parse_stack("[t]\nhf_repo = org/repo\nhf_file = m.gguf\n\n[u]\nhf_repo = org/none\nhf_file = m.gguf\n")
+    stack = parse_stack("[t]\nhf_repo = org/repo\nhf_file = m.gguf\n\n"
+                        "[u]\nhf_repo = org/none\nhf_file = m.gguf\n")
     file = tier_file(stack.tiers[0])
     assert file is not None
     found = HubCache(Settings.read().hub_cache).find_cached(file)
     assert found is not None and found.etag == "new" and not found.other_revision
-    assert HubCache(Settings.read().hub_cache).local_files(stack) == {"t": storage / "snapshots" / ("b" * 40) / "m.gguf", "u": None}
+    assert HubCache(Settings.read().hub_cache).local_files(stack) == {
+        "t": storage / "snapshots" / ("b" * 40) / "m.gguf", "u": None}
     (storage / "blobs" / "new").unlink()  # a dangling link is not a file: the old revision serves
     found = HubCache(Settings.read().hub_cache).find_cached(file)
     assert found is not None and found.etag == "old" and found.other_revision

@@ -18,10 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.project.daemon import Target, _wait_ready
 from llmstack.errors import UserError
+from llmstack.project.daemon import Target, _wait_ready
 from tests.conftest import (
-    Server, fake_cmd, free_port, http, pid_alive, start_llmstack, start_server, stop_server,
+    Server,
+    fake_cmd,
+    free_port,
+    http,
+    pid_alive,
+    start_llmstack,
+    start_server,
+    stop_server,
     wait_until,
 )
 from tests.front_door_support import FAST_INI, fake_stack_env, port_of, swapper_argv

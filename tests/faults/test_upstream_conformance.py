@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import stop_server
-from tests.hostile_upstream import (Reply, exchange, hostile_cmd, http_request, read_record,
-                                    start_swapper)
+from tests.hostile_upstream import Reply, exchange, hostile_cmd, http_request, read_record, start_swapper
 
 CHAT = "/v1/chat/completions"
 BODY = json.dumps({"model": "h", "messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -21,8 +21,7 @@ from swapper.config import ConfigError, Timeouts
 from swapper.upstream import UpstreamPool, UpstreamTimeout
 from swapper.yaml_config import parse_yaml_config
 from tests.conftest import stop_server, wait_until
-from tests.hostile_upstream import (HostileUpstream, exchange, hostile_cmd, http_request,
-                                    start_swapper)
+from tests.hostile_upstream import HostileUpstream, exchange, hostile_cmd, http_request, start_swapper
 
 HUB = HubCache(Settings.read().hub_cache)
 
@@ -39,7 +38,7 @@ async def test_no_response_headers_within_the_response_timeout(behaviour: str) -
     """Absolute: a header dripping in every 0.2 s does not push it back."""
     async with HostileUpstream() as up:
         started = time.monotonic()
-        with pytest.raises(UpstreamTimeout, match="no response headers within 0.5 s"):
+        with pytest.raises(UpstreamTimeout, match=r"no response headers within 0\.5 s"):
             await _request(up.port, behaviour, Timeouts(response=0.5))
         assert 0.5 <= time.monotonic() - started < 1.5
 
@@ -49,7 +48,7 @@ async def test_a_stalled_body_fails_within_the_idle_timeout() -> None:
         resp = await _request(up.port, "stall-sse", Timeouts(idle=0.5))
         assert b"first" in await resp.next_chunk()
         started = time.monotonic()
-        with pytest.raises(UpstreamTimeout, match="no body bytes within 0.5 s"):
+        with pytest.raises(UpstreamTimeout, match=r"no body bytes within 0\.5 s"):
             await resp.next_chunk()
         assert time.monotonic() - started < 1.5
         resp.close()
@@ -65,7 +64,7 @@ async def test_the_response_timeout_outlasts_a_shorter_idle_one() -> None:
     """One timer serves both limits: set at the shorter, it is moved on, never fired early."""
     async with HostileUpstream() as up:
         started = time.monotonic()
-        with pytest.raises(UpstreamTimeout, match="no response headers within 0.6 s"):
+        with pytest.raises(UpstreamTimeout, match=r"no response headers within 0\.6 s"):
             await _request(up.port, "hang", Timeouts(response=0.6, idle=0.2))
         assert 0.6 <= time.monotonic() - started < 1.6
 
@@ -77,7 +76,7 @@ async def test_an_idle_limit_alone_waits_for_the_headers_then_applies() -> None:
         resp = await _request(up.port, "stall-sse", Timeouts(response=0, idle=0.4))
         assert b"first" in await resp.next_chunk()
         started = time.monotonic()
-        with pytest.raises(UpstreamTimeout, match="no body bytes within 0.4 s"):
+        with pytest.raises(UpstreamTimeout, match=r"no body bytes within 0\.4 s"):
             await resp.next_chunk()
         assert 0.4 <= time.monotonic() - started < 1.4
         resp.close()
@@ -99,7 +98,7 @@ def unreachable_port() -> Iterator[int]:
 async def test_a_connect_that_hangs_fails_within_the_connect_timeout(unreachable_port: int
                                                                      ) -> None:
     started = time.monotonic()
-    with pytest.raises(UpstreamTimeout, match="cannot connect to 127.0.0.1:.* within 0.3 s"):
+    with pytest.raises(UpstreamTimeout, match=r"cannot connect to 127\.0\.0\.1:.* within 0\.3 s"):
         await _request(unreachable_port, "hang", Timeouts(connect=0.3))
     assert 0.3 <= time.monotonic() - started < 1.3
     assert not asyncio.current_task().cancelling()  # the deadline's cancel was withdrawn

@@ -82,6 +82,9 @@ def test_openai_tier_injects_samplers_keeps_the_callers_and_caps_output(stack, p
     assert sent["model"] == "fake-gpt"
     assert sent["temperature"] == 1.1 and sent["top_p"] == 0.9  # caller's kept, tier's filled in
     assert sent["max_tokens"] == 3  # max_output_tokens caps what the caller asked
+    assert headers["x-llmstack-max-tokens"] == "3"
+    status, headers, body = post(stack.base, CHAT, {"model": "gpt", "messages": HI})
+    assert status == 200 and last_body(provider)["max_tokens"] == 3  # also when it asks nothing
     assert provider.log()[-1]["authorization"] == "Bearer sk-openai-env"
 
 

@@ -66,7 +66,7 @@ def test_models_show_backend_health_and_a_dead_tier_falls_back(front, fakes) -> 
     rows = {r["id"]: r for r in json.loads(front.get("/v1/models")[2])["data"]}
     assert [b["healthy"] for b in rows["team"]["backends"]] == [True, True]
     assert [b["healthy"] for b in rows["gone"]["backends"]] == [False]
-    status, headers, body = ask(front, "gone")
+    status, _, body = ask(front, "gone")
     assert status == 200, body
     assert body["choices"][0]["message"]["name"] == "team"  # answered by the fallback tier
     events = json.loads(front.get("/events")[2])
@@ -75,11 +75,11 @@ def test_models_show_backend_health_and_a_dead_tier_falls_back(front, fakes) -> 
 
 def test_anthropic_messages_reach_a_multi_machine_tier(front, fakes) -> None:
     before = [len(fake.log()) for fake in fakes]
-    status, headers, body = post(front.base, "/v1/messages",
-                                 {"model": "team", "max_tokens": 20, "messages": HI})
+    status, _, body = post(front.base, "/v1/messages",
+                           {"model": "team", "max_tokens": 20, "messages": HI})
     assert status == 200, body
     assert json.loads(body)["content"][0]["text"] == "hello from the fake provider"
-    [sent] = [e for fake, n in zip(fakes, before) for e in fake.log()[n:]]
+    [sent] = [e for fake, n in zip(fakes, before, strict=True) for e in fake.log()[n:]]
     assert sent["path"] == "/v1/chat/completions"  # the backends are asked in OpenAI form
     assert sent["body"]["model"] == "team" and sent["authorization"] == "Bearer team-key"
 

@@ -39,7 +39,7 @@ def machines(tmp_path: Path, llama_server_bin: str) -> Iterator[list[Server]]:
                                     env={"LLMSTACK_LLAMA_SERVER": llama_server_bin})
             started.append(server)
         for server in started:
-            wait_until(lambda: server.running().get("fast", {}).get("state") == "ready", 60,
+            wait_until(lambda s=server: s.running().get("fast", {}).get("state") == "ready", 60,
                        "the demo fast tier to preload")
         yield started
     finally:

@@ -175,7 +175,7 @@ def test_backends_that_hang_or_one_of_each_time_out_then_cool_down(stack: Server
     cases = [(f"{name}{suffix}", path, stream) for name in ("hang", "mixed")
              for suffix, path, stream in CASES] + [("hang-chat", CHAT, False)]
     for (took, status, headers, body), (tier, path, _) in zip(
-            at_once([lambda c=case: ask(stack, *c) for case in cases]), cases):
+            at_once([lambda c=case: ask(stack, *c) for case in cases]), cases, strict=True):
         assert took < WITHIN, (tier, took)
         if status == 503 and tier.startswith("mixed"):
             assert headers["retry-after"] == "30" and all(
@@ -204,10 +204,10 @@ def test_a_hosted_api_base_that_hangs_times_out(stack: Server, provider: Provide
              ("claude-hang", MESSAGES, False), ("claude-hang", MESSAGES, True),
              ("gpt-hang-fallback", CHAT, False)]
     results = at_once([lambda c=case: ask(stack, *c) for case in cases])
-    for (took, status, _, body), (tier, path, _stream) in zip(results[:-1], cases):
+    for (took, status, _, body), (tier, path, _stream) in zip(results[:-1], cases[:-1], strict=True):
         assert status == 504 and took < WITHIN, (tier, path, status, took, body)
         timeout_error(path, body)
-    took, status, headers, body = results[-1]
+    took, status, _, body = results[-1]
     assert status == 200 and took < WITHIN, (status, took, body)
     assert json.loads(body)["choices"][0]["message"]["name"] == "gpt"  # the fallback answered
 

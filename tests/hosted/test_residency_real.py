@@ -53,7 +53,7 @@ def test_local_and_hosted_tiers_alternate_without_churn(mixed: Server) -> None:
     pids = set()
     for _ in range(10):
         for tier in ("agent", "fast"):
-            status, headers, body = post(mixed.base, "/v1/chat/completions", {
+            status, _, body = post(mixed.base, "/v1/chat/completions", {
                 "model": tier, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
             assert status == 200, body
             assert json.loads(body)["choices"][0]["message"]["name"] == tier

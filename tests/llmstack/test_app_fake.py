@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from llmstack.models.tiny_gguf import write_tiny_gguf
-
 from tests.conftest import FAKE_UPSTREAM, free_port, http, start_server, stop_server
 
 INI = """\
@@ -112,6 +111,33 @@ def test_bad_requests_are_typed_client_errors(stack) -> None:
         got, body = call(server, "POST", "/v1/chat/completions", payload)
         assert got == status, body
         assert json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_the_output_asked_for_is_clamped_before_the_tier_sees_it(stack) -> None:
+    """code-fast sets no max_output_tokens: its 4096-token window caps the answer, which is
+    what the upstream is asked for and what the answer's header says; an output field that
+    is not an integer is the caller's 400 (Anthropic's shape on /v1/messages)."""
+    import urllib.request
+
+    server, _ = stack
+    hi = [{"role": "user", "content": "hi"}]
+    for asked, sent in (({"max_tokens": 32000}, {"max_tokens": 4096}), ({}, {"max_tokens": 4096}),
+                        ({"max_completion_tokens": 7}, {"max_completion_tokens": 7})):
+        req = urllib.request.Request(
+            server.base + "/v1/chat/completions", method="POST",
+            data=json.dumps({"model": "fast", "messages": hi, **asked}).encode(),
+            headers={"authorization": "Bearer sekrit"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            received = json.loads(resp.read())["received"]
+            assert resp.headers["x-llmstack-max-tokens"] == str(next(iter(sent.values())))
+        assert {k: received.get(k) for k in sent} == sent and (
+            "max_completion_tokens" in asked or "max_completion_tokens" not in received)
+    status, body = call(server, "POST", "/v1/chat/completions",
+                        {"model": "auto", "messages": hi, "max_tokens": "lots"})
+    assert status == 400 and "'max_tokens' must be an integer" in json.loads(body)["error"]["message"]
+    status, body = call(server, "POST", "/v1/messages",
+                        {"model": "fast", "messages": hi, "max_tokens": 1.5})
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
 
 
 def test_alias_request_is_served_and_named_after_its_tier(stack) -> None:

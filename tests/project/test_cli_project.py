@@ -35,6 +35,40 @@ def test_every_verb_has_help(cli: Cli, verb: str) -> None:
     assert result.returncode == 0 and "usage: llmstack " + verb in result.stdout
 
 
+def test_every_verb_says_what_it_does() -> None:
+    from llmstack.cli.registry import VERBS
+
+    assert all(verb.command().description for verb in VERBS), \
+        [verb.name for verb in VERBS if not verb.command().description]
+
+
+def test_stop_help_states_the_grace_periods_in_force() -> None:
+    from llmstack.cli.lifecycle import COMMANDS
+    from llmstack.project.daemon import STOP_GRACE
+    from swapper.config import SHUTDOWN_GRACE
+
+    text = COMMANDS["stop"].description or ""
+    assert f"{SHUTDOWN_GRACE:.0f} s and" in text and f"{STOP_GRACE:.0f} s later" in text
+
+
+def test_the_state_directory_keeps_all_but_models_ini_out_of_git(cli: Cli, project: Project) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=project.root, check=True)
+    assert cli("init").returncode == 0 and cli("configure").returncode == 0
+    assert cli("stop").returncode == 0  # takes the start/stop lock
+    logs = project.state / "logs"  # and what a running stack leaves
+    logs.mkdir()
+    for name in ("logs/llmstack.log", "logs/fast.log", "logs/serve.stderr", "daemon.json",
+                 "active-channel", "default-channel", "opencode.json.20250101-000000.bak",
+                 "litellm_config.yaml"):
+        (project.state / name).write_text("current\n")
+    shown = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
+                           cwd=project.root, capture_output=True, text=True, check=True).stdout
+    assert sorted(shown.splitlines()) == ["?? .llmstack/.gitignore", "?? .llmstack/models.ini"]
+    (project.state / ".gitignore").write_text("# mine\n")
+    assert cli("configure").returncode == 0
+    assert (project.state / ".gitignore").read_text() == "# mine\n"  # never rewritten
+
+
 def test_init_seeds_the_template_and_never_overwrites(cli: Cli, project: Project) -> None:
     first = cli("init")
     assert first.returncode == 0 and "[OK]" in first.stderr
@@ -133,42 +167,52 @@ def test_models_ini_errors_are_located(cli: Cli, project: Project) -> None:
     assert "models.ini:5: [fast] ctx_size:" in result.stderr
 
 
-def test_setup_runs_init_download_configure_start_in_order(
+def _fake_download(monkeypatch: pytest.MonkeyPatch, code: int = 0,
+                   calls: list[tuple] | None = None) -> None:
+    """A stand-in for llmstack.models.download: every file pending, download_tiers recorded."""
+    def download_tiers(stack: object, names: list[str], channel: str, settings: object) -> int:
+        if calls is not None:
+            calls.append(("download", names, (Path.cwd() / ".llmstack" / "opencode.json").exists()))
+        return code
+
+    download = types.ModuleType("llmstack.models.download")
+    download.download_tiers = download_tiers  # type: ignore[attr-defined]
+    download.pending = lambda stack, settings: [("code-fast", 2.5)]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "llmstack.models.download", download)
+
+
+def test_setup_runs_init_configure_download_start_in_order(
         project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple] = []
 
-    def download_tiers(stack: object, names: list[str], channel: str, settings: object) -> int:
-        calls.append(("download", names, project.models_ini.exists()))
-        return 0
-
-    def start_detached(started: Project, settings: object, demo: bool = False) -> int:
+    def start_detached(started: Project, settings: object, demo: bool = False,
+                       port: int | None = None) -> int:
         root = started.root
-        calls.append(("start", root, demo, (root / ".llmstack" / "opencode.json").exists()))
+        calls.append(("start", root, demo, port, (root / ".llmstack" / "opencode.json").exists()))
         return 0
 
-    download = types.ModuleType("llmstack.models.download")
+    _fake_download(monkeypatch, calls=calls)
     daemon = types.ModuleType("llmstack.project.daemon")
-    download.download_tiers = download_tiers  # type: ignore[attr-defined]
     daemon.start_detached = start_detached  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "llmstack.models.download", download)
     monkeypatch.setitem(sys.modules, "llmstack.project.daemon", daemon)
-    assert install.setup(project, Settings()) == 0
+    assert install.setup(project, Settings(), yes=True) == 0
     assert calls == [("download", ["code-fast", "code-smart", "plan", "plan-uncensored",
                                   "embed"], True),
-                     ("start", project.root, False, True)]
+                     ("start", project.root, False, None, True)]
     calls.clear()
     demo = Project(project.root / "demo")
     demo.root.mkdir()
-    assert install.setup(demo, Settings(), demo=True) == 0
-    assert calls == [("start", demo.root, True, True)] and not demo.models_ini.exists()
-    assert json.loads(demo.opencode_json.read_text())["small_model"] == "llmstack/fast"
+    assert install.setup(demo, Settings(), demo=True, port=10555) == 0
+    assert calls == [("start", demo.root, True, 10555, True)] and not demo.models_ini.exists()
+    config = json.loads(demo.opencode_json.read_text())
+    assert config["small_model"] == "llmstack/fast"
+    assert config["provider"]["llmstack"]["options"]["baseURL"] == "http://127.0.0.1:10555/v1"
 
 
 def test_setup_stops_at_a_failed_download(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    download = types.ModuleType("llmstack.models.download")
-    download.download_tiers = lambda stack, names, channel, settings: 3  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "llmstack.models.download", download)
-    assert install.setup(project, Settings()) == 3 and not project.opencode_json.exists()
+    _fake_download(monkeypatch, code=3)
+    assert install.setup(project, Settings(), yes=True) == 3
+    assert project.opencode_json.exists() and project.models_ini.exists()
 
 
 def test_walks_up_to_the_project_from_a_subdirectory(cli: Cli, project: Project) -> None:

@@ -20,7 +20,9 @@ def test_install_external_renders_against_the_remote_stack(
     remote = tmp_path / "remote"
     (remote / ".llmstack").mkdir(parents=True)
     ini = remote / ".llmstack" / "models.ini"
-    ini.write_text(bundled_template_text())  # tiers whose GGUFs are not downloaded: fine here
+    # tiers whose GGUFs are not downloaded: fine here; a 64 GB machine's budget, whatever this one has
+    template = bundled_template_text().replace("; memory_budget_mb = 0", "memory_budget_mb = 57344")
+    ini.write_text(template)
     port = free_port()
     server = serve_in(remote, port, tmp_path / "remote.log",
                       {"LLMSTACK_LLAMA_SERVER": llama_server_bin,
@@ -38,8 +40,7 @@ def test_install_external_renders_against_the_remote_stack(
         assert "code-smart" in provider["models"] and config["small_model"] == "llmstack/code-fast"
 
         # configure re-fetches: a tier edited on the remote shows up here
-        ini.write_text(bundled_template_text().replace("max_output_tokens = 32768",
-                                                       "max_output_tokens = 30000", 1))
+        ini.write_text(template.replace("max_output_tokens = 32768", "max_output_tokens = 30000", 1))
         assert cli("configure").returncode == 0
         models = json.loads(project.opencode_json.read_text())["provider"]["llmstack"]["models"]
         assert models["code-smart"]["limit"]["output"] == 30000

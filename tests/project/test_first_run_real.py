@@ -13,10 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config.demo import demo_stack
-from llmstack.config.ini import parse_stack
-from llmstack.config.schema import SERVING_ROLES
-from llmstack.serving.swapper_config import llama_server_argv
 from tests.conftest import (
     OFFLINE_PIP,
     PIP_SOURCES,
@@ -37,17 +33,6 @@ def readme_curl() -> tuple[str, dict]:
     match = re.search(r"curl -s http://127\.0\.0\.1:10101(/v1/chat/completions) \\\n\s*-d '([^']+)'", text)
     assert match, "the README shows a chat completion curl"
     return match.group(1), json.loads(match.group(2))
-
-
-def test_max_output_tokens_caps_llama_server_generation() -> None:
-    stack = parse_stack("[t]\nrole = fast\nhf_repo = a/b\nhf_file = c.gguf\nctx_size = 8192\n"
-                        "max_output_tokens = 77\n[u]\nrole = agent\nhf_repo = a/b\nhf_file = d.gguf\n"
-                        "ctx_size = 65536\n")
-    with_cap = llama_server_argv(stack, stack.tiers[0], "llama-server", Path("c.gguf"))
-    assert with_cap[with_cap.index("-n") + 1] == "77"
-    assert "-n" not in llama_server_argv(stack, stack.tiers[1], "llama-server", Path("d.gguf"))
-    assert all(0 < t.max_output_tokens <= 128 for t in demo_stack().tiers
-               if t.role not in SERVING_ROLES)
 
 
 def readme_setup_commands() -> list[str]:

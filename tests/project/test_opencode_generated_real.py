@@ -7,17 +7,13 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from llmstack.project.paths import Project
 from tests.project.conftest import Cli
 from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401  (the cached npm install)
 
-pytestmark = pytest.mark.real
-
 
 def test_opencode_accepts_the_template_config(cli: Cli, project: Project, tmp_path: Path,
-                                              opencode_bin: Path) -> None:  # noqa: F811
+                                              opencode_bin: Path) -> None:
     """opencode's own config loader resolves what `llmstack install` wrote for the template."""
     assert cli("install").returncode == 0
     env = opencode_env(tmp_path / "home", project.opencode_json)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from llmstack.serving.app import LLMStackApp
 from llmstack.config.ini import parse_stack
+from llmstack.serving.app import LLMStackApp
 from llmstack.serving.routing import RoutingTable
 from tests.llmstack.test_app_fake import INI, call, stack  # noqa: F401  (stack is a fixture)
 
 
-def test_a_hosted_tier_named_on_count_tokens_is_an_anthropic_shaped_400(stack) -> None:  # noqa: F811
+def test_a_hosted_tier_named_on_count_tokens_is_an_anthropic_shaped_400(stack) -> None:
     server, _ = stack
     status, body = call(server, "POST", "/v1/messages/count_tokens", {
         "model": "code-ultra", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})

@@ -4,23 +4,22 @@ the real model: SmolLM2-135M-Instruct answers, so answers are checked for what t
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch at import: loopback only
-
-import anthropic
 import httpx
-import litellm
-import openai
 import pytest
 
 from llmstack.config.demo import demo_stack
 from llmstack.models.demo import demo_files
 from llmstack.models.gguf_info import read_gguf_info
-from llmstack.settings import Settings
+from llmstack.settings import Settings, prepare_for_litellm
 from tests.conftest import Server
 from tests.ui.conftest import scrape
+
+if TYPE_CHECKING:  # the SDKs are imported by the tests that use them (collection stays fast)
+    import anthropic
+    import openai
 
 pytestmark = pytest.mark.real
 CHAT_PATH = "/v1/chat/completions"
@@ -29,10 +28,14 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def oai(server: Server) -> openai.OpenAI:
+    import openai
+
     return openai.OpenAI(base_url=server.base + "/v1", api_key="none", max_retries=0)
 
 
 def claude(server: Server) -> anthropic.Anthropic:
+    import anthropic
+
     return anthropic.Anthropic(base_url=server.base, api_key="none", max_retries=0)
 
 
@@ -111,6 +114,9 @@ def test_responses_stream_completes_without_an_exception(demo: Server, model: st
 
 def test_every_client_gets_the_real_answer(demo: Server) -> None:
     """chat, Messages, Responses and litellm, on ``auto``: SmolLM2 names Paris."""
+    prepare_for_litellm()
+    import litellm
+
     names_paris(lambda: oai(demo).chat.completions.create(
         model="auto", messages=FRANCE, max_tokens=32).choices[0].message.content or "")  # type: ignore[arg-type]
     names_paris(lambda: "".join(block.text for block in claude(demo).messages.create(
@@ -141,6 +147,12 @@ def test_rerank_on_the_demo_rerank_tier_by_name_and_by_auto(demo: Server) -> Non
 
 
 def test_a_prompt_beyond_every_window_is_a_context_window_error_to_every_client(demo: Server) -> None:
+    import anthropic
+    import openai
+
+    prepare_for_litellm()  # litellm reads its cost map locally, set before its import
+    import litellm
+
     messages = [{"role": "user", "content": TOO_LONG}]
     chat_before = refusals(demo, "/v1/chat/completions", "auto")
     messages_before = refusals(demo, "/v1/messages", "auto")
@@ -165,6 +177,9 @@ def test_a_prompt_beyond_every_window_is_a_context_window_error_to_every_client(
 
 
 def test_an_image_on_a_text_tier_is_a_client_error_not_a_retryable_500(demo: Server) -> None:
+    import anthropic
+    import openai
+
     pixel = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
              "YPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
     image = [{"role": "user", "content": [{"type": "text", "text": "what is this"},
@@ -184,6 +199,8 @@ def test_an_image_on_a_text_tier_is_a_client_error_not_a_retryable_500(demo: Ser
 
 
 def test_anthropic_endpoints_answer_errors_in_anthropics_shape(demo: Server) -> None:
+    import anthropic
+
     with pytest.raises(anthropic.NotFoundError) as error:
         claude(demo).messages.create(model="no-such-tier", max_tokens=4, messages=HELLO)
     assert error.value.body["type"] == "error"  # type: ignore[index]
@@ -191,6 +208,8 @@ def test_anthropic_endpoints_answer_errors_in_anthropics_shape(demo: Server) -> 
 
 
 def test_models_show_role_context_and_output_limit_and_each_has_its_own_url(demo: Server) -> None:
+    import openai
+
     rows = {m.id: m for m in oai(demo).models.list()}
     assert rows["embed"].role == "embed"  # type: ignore[attr-defined]
     one = json.loads(demo.get("/v1/models/fast")[2])

@@ -38,7 +38,7 @@ def _hub_cache(directory: Path) -> Path:
     return directory
 
 
-def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin: Path,  # noqa: F811
+def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin: Path,
                                                    llama_server_bin: str) -> None:
     project, home = tmp_path / "project", tmp_path / "home"
     (project / ".llmstack").mkdir(parents=True)

@@ -71,6 +71,8 @@ class Child:
         if slot is not None:
             payload["id_slot"] = slot
         status, _, raw = await asyncio.to_thread(self.server.post, "/v1/chat/completions", payload, 300)
+        if slot is not None:
+            self.sessions.release(slot)
         assert status == 200, raw[:300]
         answer: dict[str, Any] = json.loads(raw)
         answer["verdict"] = self.sessions.after_response(session, timings_from(answer["timings"]))

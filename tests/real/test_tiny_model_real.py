@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.models.llama_server import find_llama_server, missing_server_message
-from llmstack.settings import Settings
 from llmstack.models.tiny_gguf import write_tiny_gguf
 
 pytestmark = pytest.mark.real
@@ -54,10 +52,8 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
     pytest.fail(f"/health not 200 within {HEALTH_DEADLINE_S}s:\n{log.read_text()[-3000:]}")
 
 
-def test_tiny_model_chat_runs_to_max_tokens(tmp_path: Path) -> None:
-    binary = find_llama_server(Settings.read())
-    if binary is None:
-        pytest.skip(missing_server_message())
+def test_tiny_model_chat_runs_to_max_tokens(tmp_path: Path, llama_server_bin: str) -> None:
+    binary = llama_server_bin
     model = write_tiny_gguf(tmp_path / "tiny.gguf")
     port = _free_port()
     log = tmp_path / "llama-server.log"

@@ -18,7 +18,7 @@ from swapper.http_app import SwapperApp
 from swapper.http_protocol import bounded_protocol
 from swapper.manager import Manager
 from swapper.yaml_config import parse_yaml_config
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 
 BODY_TIMEOUT = 0.5
 HEAD = (b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -34,8 +34,7 @@ async def port() -> AsyncIterator[int]:
         app, host="127.0.0.1", port=port, lifespan="off", log_level="warning",
         http=bounded_protocol(body_timeout=BODY_TIMEOUT)))
     task = asyncio.ensure_future(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.started, 10, "the server to listen")
     yield port
     server.should_exit = True
     await task

@@ -13,7 +13,13 @@ import pytest
 from swapper.front_door import is_loopback, split_host
 from tests.conftest import Server, free_port, http, stop_server, wait_until
 from tests.front_door_support import (
-    error_of, one_model_yaml, port_of, raw_request, start_fake_stack, start_swapper, status_of,
+    error_of,
+    one_model_yaml,
+    port_of,
+    raw_request,
+    start_fake_stack,
+    start_swapper,
+    status_of,
     swapper_argv,
 )
 
@@ -86,7 +92,8 @@ def test_network_bind_without_a_key_is_refused_by_both_commands(tmp_path: Path) 
                   "--port", str(free_port())],
                  [sys.executable, "-m", "llmstack", "serve", "--models-ini", str(ini),
                   "--port", str(free_port())]):
-        done = run_briefly(argv, {"LLMSTACK_API_KEYS": ""})
+        # serve finds a llama-server before it checks the address: any executable, never run
+        done = run_briefly(argv, {"LLMSTACK_API_KEYS": "", "LLMSTACK_LLAMA_SERVER": sys.executable})
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "--allow-unauthenticated-network" in lines[0], done.stderr
@@ -125,7 +132,10 @@ def _answers(server: Server) -> bool:
 
 def test_the_stacks_keys_never_reach_a_child(tmp_path: Path) -> None:
     """Not through the environment (read from /proc), not as forwarded request headers."""
-    stack = start_fake_stack(tmp_path / "stack", env={"LLMSTACK_API_KEYS": "sekrit,other"})
+    secrets = {"LLMSTACK_API_KEYS": "sekrit,other", "LLMSTACK_BACKENDS_API_KEY": "team",
+               "OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-y", "HF_TOKEN": "hf_z",
+               "AWS_SECRET_ACCESS_KEY": "aws", "AWS_ACCESS_KEY_ID": "id", "MY_DB_PASSWORD": "pw"}
+    stack = start_fake_stack(tmp_path / "stack", env={**secrets, "KEYBOARD_LAYOUT": "us"})
     try:
         status, _, _ = http("GET", stack.base + "/running")
         assert status == 401
@@ -139,8 +149,9 @@ def test_the_stacks_keys_never_reach_a_child(tmp_path: Path) -> None:
         wait_until(lambda: child_pid() is not None, 30, "the preloaded tier's child")
         pid = child_pid()
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert not any(item.startswith(b"LLMSTACK_API_KEYS=") for item in environ)
-        assert any(item.startswith(b"HF_HUB_CACHE=") for item in environ)  # the rest is inherited
+        names = {item.partition(b"=")[0].decode() for item in environ}
+        assert not names & set(secrets), names & set(secrets)  # nor a provider's credentials
+        assert {"HF_HUB_CACHE", "KEYBOARD_LAYOUT"} <= names  # the rest is inherited
     finally:
         stop_server(stack)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import selectors
 import socket
@@ -12,12 +13,18 @@ from pathlib import Path
 import pytest
 
 from swapper.http_app import DEFAULT_MAX_BODY
-from swapper.reply import Reply, guarded
 from swapper.http_protocol import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
+from swapper.reply import Reply, guarded
 from swapper.server import KEEP_ALIVE_TIMEOUT
 from tests.conftest import Server, stop_server
 from tests.front_door_support import (
-    error_of, one_model_yaml, port_of, raw_request, read_reply, start_swapper, status_of,
+    error_of,
+    one_model_yaml,
+    port_of,
+    raw_request,
+    read_reply,
+    start_swapper,
+    status_of,
 )
 
 CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1"
@@ -71,10 +78,8 @@ def test_slow_header_clients_are_closed_after_the_header_timeout(server: Server)
     replies: dict[socket.socket, bytes] = {}
     while open_socks and time.monotonic() - started < DEFAULT_HEADER_TIMEOUT + 5:
         for sock in list(open_socks):  # one more header byte each, about every 0.2 s
-            try:
+            with contextlib.suppress(OSError):
                 sock.send(b"x")
-            except OSError:
-                pass
         for key, _ in selector.select(timeout=0.2):
             sock = key.fileobj
             assert isinstance(sock, socket.socket)

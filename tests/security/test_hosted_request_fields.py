@@ -9,7 +9,13 @@ import pytest
 
 from tests.conftest import Server, stop_server
 from tests.hosted.conftest import (  # noqa: F401 -- the fixtures used here
-    Provider, _provider_answers, needs_litellm, post, provider, serve_ini, start_provider,
+    Provider,
+    _provider_answers,
+    needs_litellm,
+    post,
+    provider,
+    serve_ini,
+    start_provider,
 )
 
 HIJACK = {"api_key": "sk-caller", "headers": {"x-evil": "1"}, "extra_headers": {"x-evil": "1"},

@@ -167,8 +167,8 @@ def test_an_honest_hub_still_downloads_into_the_cache(box: Project, hub: FakeHub
 def test_hub_names_are_checked_before_huggingface_hub_is_asked(monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
     """The cache's own path builders refuse what is not a hub name (``UnsafeName``)."""
-    from llmstack.models import hf_cache
     from llmstack.config.hub_names import UnsafeName
+    from llmstack.models import hf_cache
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("LLMSTACK_CACHE_DIR", str(tmp_path / "llmstack"))
@@ -215,8 +215,8 @@ def test_the_cache_never_hands_out_a_file_outside_the_repo(monkeypatch: pytest.M
         file = tier_file(tier)
         assert file is not None and HubCache(Settings.read().hub_cache).find_cached(file) is None
     assert HubCache(Settings.read().hub_cache).local_files(stack) == {"t": None, "u": None, "v": None}
-    config = build_swapper_config(stack, "/bin/llama-server", HubCache(Settings.read().hub_cache).local_files(stack),
-                                  HubCache(Settings.read().hub_cache))
+    hub = HubCache(Settings.read().hub_cache)
+    config = build_swapper_config(stack, "/bin/llama-server", hub.local_files(stack), hub)
     for name in ("t", "u", "v"):
         argv = list(config.models[name].cmd)
         model = Path(argv[argv.index("-m") + 1])

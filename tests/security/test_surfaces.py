@@ -94,7 +94,7 @@ def test_a_key_without_its_bearer_scheme_is_refused_on_both_servers(
     assert call(server, "GET", "/v1/models", authorization=f"bearer  {KEY} ")[0] == 200
     assert call(server, "GET", "/v1/models", authorization="", **{"x-api-key": KEY})[0] == 200
     # a client that sends both (a proxy adds Authorization): the x-api-key counts
-    assert call(server, "GET", "/v1/models", authorization=f"Basic xyz",
+    assert call(server, "GET", "/v1/models", authorization="Basic xyz",
                 **{"x-api-key": KEY})[0] == 200
 
 

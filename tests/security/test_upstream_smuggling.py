@@ -24,8 +24,14 @@ from swapper.errors import ApiError
 from swapper.upstream import UpstreamPool
 from swapper.upstream_path import upstream_target
 from tests.conftest import stop_server
-from tests.hostile_upstream import (HostileUpstream, exchange, hostile_cmd, http_request,
-                                    read_record, start_swapper)
+from tests.hostile_upstream import (
+    HostileUpstream,
+    exchange,
+    hostile_cmd,
+    http_request,
+    read_record,
+    start_swapper,
+)
 
 MODELS = {"h": "h", "p": "p", "org/m": "org/m", "alias": "h"}
 

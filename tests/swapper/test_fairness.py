@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 
-from tests.conftest import fake_cmd
+from tests.conftest import eventually, fake_cmd
 
 CHAT = "/v1/chat/completions"
 LIMIT = 1.0  # maxQueueWait for the test
@@ -44,8 +44,7 @@ async def _scenario(base: str) -> tuple[float, float, int]:
                 served.append(await stream(session, "agent"))
 
         clients = [asyncio.ensure_future(agent_client(n)) for n in range(CLIENTS)]
-        while len(served) < 12:  # poll: traffic is steady before plan arrives
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(served) >= 12, 60, "steady traffic before plan arrives")
         try:
             plan = await asyncio.wait_for(stream(session, "plan"), TRAFFIC_FOR)
         except asyncio.TimeoutError:

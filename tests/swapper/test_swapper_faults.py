@@ -41,8 +41,8 @@ def test_cmd_that_exits_at_once_answers_its_last_log_lines(swapper) -> None:
 
 async def _stream(base: str, model: str, on_first_chunk=None) -> tuple[int, list[bytes]]:
     chunks: list[bytes] = []
-    async with aiohttp.ClientSession() as session:
-        async with session.post(base + CHAT, json={"model": model, "stream": True, "messages": []}) as resp:
+    async with aiohttp.ClientSession() as session, \
+            session.post(base + CHAT, json={"model": model, "stream": True, "messages": []}) as resp:
             async for chunk in resp.content.iter_any():
                 if not chunks and on_first_chunk is not None:
                     on_first_chunk()
@@ -83,7 +83,8 @@ def test_client_disconnect_reaches_the_upstream_within_a_second(swapper) -> None
         return "client disconnected at" in server.get("/logs")[2].decode()
 
     wait_until(upstream_saw_it, 5, "the upstream to log the disconnect")
-    line = next(l for l in server.get("/logs")[2].decode().splitlines() if "client disconnected at" in l)
+    line = next(line for line in server.get("/logs")[2].decode().splitlines()
+                if "client disconnected at" in line)
     assert float(line.rsplit(" ", 1)[1]) - left_at < 1.0
 
 
@@ -152,9 +153,9 @@ def test_log_stream_follows_a_model(swapper) -> None:
     assert server.post(CHAT, {"model": "m", "messages": []})[0] == 200
 
     async def first_lines() -> bytes:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(server.base + "/logs/stream/m") as resp:
-                assert resp.status == 200
-                return await resp.content.readuntil(b"listening")
+        async with aiohttp.ClientSession() as session, \
+                session.get(server.base + "/logs/stream/m") as resp:
+            assert resp.status == 200
+            return await resp.content.readuntil(b"listening")
 
     assert asyncio.run(first_lines()).endswith(b"server is listening")

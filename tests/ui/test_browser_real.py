@@ -16,7 +16,6 @@ import pytest
 
 from tests.conftest import free_port, http, start_llmstack, start_server, stop_server, wait_until
 
-pytestmark = pytest.mark.real
 LOAD_DELAY_S = 1.5  # the wrapper sleeps before exec'ing llama-server: a load slow enough to see
 
 
@@ -53,6 +52,7 @@ def slow_llama_server(tmp_path: Path, real: str) -> Path:
     return script
 
 
+@pytest.mark.real
 def test_the_page_loads_a_tier_and_shows_a_routing_decision(
         tmp_path: Path, browser: Any, llama_server_bin: str, artifacts: Path) -> None:
     from selenium.webdriver.common.by import By
@@ -105,7 +105,8 @@ def test_the_page_loads_a_tier_and_shows_a_routing_decision(
         assert "tokens~" in reason and estimate.isdigit()
         swaps = texts("#swaps")[0]
         assert "agent" in swaps and "ready in" in swaps
-        assert "MB resident" in texts("#memtext")[0]
+        memory = texts("#memtext")[0]
+        assert "MB resident" in memory and "budget (from " in memory  # and where it came from
         assert texts('pre.log[data-model="agent"]')
         # the page's own Content-Security-Policy blocked nothing it does (bar widths included)
         assert browser.execute_script("return document.querySelector('#membar span').style.width")

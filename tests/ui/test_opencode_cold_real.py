@@ -7,17 +7,13 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import Server
 from tests.real.test_opencode_real import opencode_bin, opencode_project  # noqa: F401  (the fixture)
 from tests.ui.conftest import LOAD_MS, slow_config
 
-pytestmark = pytest.mark.real
-
 
 def test_opencode_waits_through_a_cold_load_without_retrying(
-        tmp_path: Path, swapper: Callable[..., Server], opencode_bin: Path) -> None:  # noqa: F811
+        tmp_path: Path, swapper: Callable[..., Server], opencode_bin: Path) -> None:
     server = swapper(slow_config(send_loading_state=True))
     project, env = opencode_project(tmp_path, server.base, "stack",
                                     {"slow": (8192, 32), "quick": (8192, 32)}, "slow", "quick")

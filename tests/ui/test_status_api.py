@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 
 import httpx
-import openai
 import pytest
 
 from tests.conftest import Server, fake_cmd, wait_until
@@ -90,6 +89,8 @@ def test_send_loading_state_shows_progress_in_reasoning_content(swapper: Swapper
 
 
 def test_the_openai_sdk_streams_through_a_cold_load(swapper: Swapper) -> None:
+    import openai
+
     server = swapper(slow_config(send_loading_state=True))
     client = openai.OpenAI(base_url=server.base + "/v1", api_key="none", max_retries=0,
                            timeout=httpx.Timeout(30, read=2.0))  # read timeout < the 3 s load
