@@ -84,6 +84,23 @@ def test_messages_stream_ends_with_message_stop_and_no_error(demo: Server, model
     assert b"event: error" not in wire
 
 
+def test_a_messages_stream_opens_with_message_start_when_the_answer_opens_with_an_emoji(
+        demo: Server) -> None:
+    """llama-server leaves out ``message_start`` when its first token is part of a UTF-8
+    character; the stack puts it back (the SDK's stream helper, like Claude Code, raises
+    "Unexpected event order" without it)."""
+    emoji = [{"role": "user", "content": "Reply with one emoji only, like 🌟"}]
+    openers = []
+    for seed in range(1, 4):  # SmolLM2 opens with the emoji on most seeds at temperature 1
+        with claude(demo).messages.stream(model="plan", max_tokens=4, messages=emoji,  # type: ignore[arg-type]
+                                          extra_body={"seed": seed, "temperature": 1.0}) as stream:
+            events = list(stream)
+            text = stream.get_final_text()
+        assert events[0].type == "message_start" and events[0].message.model == "plan"
+        openers.append(text[:1])
+    assert any(len(c.encode()) == 4 for c in openers), f"no emoji opened an answer: {openers}"
+
+
 def test_messages_with_tools_and_a_system_prompt_route_on_auto(demo: Server) -> None:
     tools = [{"name": "read", "description": "read a file",
               "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]
