@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstack.config.demo import demo_text
-from tests.conftest import free_port, hub_with_demo_models
+from tests.conftest import TINY_STACK_INI, free_port, tiny_stack
 from tests.lifecycle.conftest import Cli
 from tests.lifecycle.test_lifecycle import _record
 
@@ -28,9 +27,9 @@ def _base_url(config_text: str) -> str:
 def test_generated_files_follow_the_running_stack_and_reload_rewrites_them(
         cli: Cli, project: Path, cli_env: dict[str, str], tmp_path: Path,
         llama_server_bin: str) -> None:
-    env = {"HF_HUB_CACHE": str(hub_with_demo_models(tmp_path / "hub"))}
+    env = tiny_stack(tmp_path / "hub")
     ini = project / ".llmstack" / "models.ini"
-    ini.write_text(demo_text())  # the demo's tiers, as this project's own models.ini
+    ini.write_text(TINY_STACK_INI.read_text())  # tiny models: the demo's tier names and windows
     opencode_json = project / ".llmstack" / "opencode.json"
     port = free_port()
     started = cli("start", "--detach", "--port", str(port), "--models-ini", str(ini), env=env)
@@ -47,7 +46,7 @@ def test_generated_files_follow_the_running_stack_and_reload_rewrites_them(
     assert _base_url(demo.stdout) == f"http://127.0.0.1:{port}/v1"
     assert _limits(opencode_json, "plan")["context"] == 4096
 
-    ini.write_text(demo_text().replace("ctx_size = 4096", "ctx_size = 2048"))  # plan's window
+    ini.write_text(TINY_STACK_INI.read_text().replace("ctx_size = 4096", "ctx_size = 2048"))  # plan's window
     reloaded = cli("reload", "--shell", "bash", env=env)
     assert reloaded.returncode == 0, reloaded.stderr
     assert "[OK] the stack re-read models.ini" in reloaded.stderr
@@ -62,7 +61,7 @@ def test_generated_files_follow_the_running_stack_and_reload_rewrites_them(
     assert shell.stdout.strip().endswith("rc=1"), shell.stdout + shell.stderr
     assert "models.ini not reloaded, old config kept" in shell.stderr
     assert _limits(opencode_json, "plan")["context"] == 2048  # untouched
-    ini.write_text(demo_text())
+    ini.write_text(TINY_STACK_INI.read_text())
 
     other = free_port()
     moved = cli("start", "--detach", "--port", str(other), env=env)  # never ignored silently

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMOLLM2_GGUF
+from llmstack.models.wheel_model import SMOLLM2
 
 REPO = "llmstack-test/smollm2-135m-instruct"
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,7 +35,7 @@ def smollm2_hub(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) ->
     """A Hugging Face cache (``HF_HUB_CACHE``) holding SmolLM2 as ``REPO``'s ``FILE``."""
     hub = tmp_path_factory.mktemp("hub")
     storage = hub / f"models--{REPO.replace('/', '--')}"
-    blob = storage / "blobs" / SMOLLM2_GGUF[1]
+    blob = storage / "blobs" / SMOLLM2.sha256
     snapshot = storage / "snapshots" / COMMIT
     for directory in (blob.parent, snapshot, storage / "refs"):
         directory.mkdir(parents=True)
