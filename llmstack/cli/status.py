@@ -143,14 +143,17 @@ def _project_url(project: Project, settings: Settings) -> str | None:
 
 def _describe_unrecorded(doc: dict[str, Any], pid: Any) -> None:
     """A stack that answers at the project's address with no pid record here (a foreground
-    ``llmstack serve`` records none): the pid it reports, its uptime and memory if known."""
+    ``llmstack serve`` records none): the pid it reports, its uptime, memory and working
+    directory if known (another project's stack may answer there too)."""
     if type(pid) is not int or pid <= 0:
         return
     try:
-        started = psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        started, cwd = proc.create_time(), proc.cwd()
     except psutil.Error:
         return
-    doc.update(pid=pid, uptime_s=round(time.time() - started), rss_mb=_rss_mb(pid))
+    doc.update(pid=pid, uptime_s=round(time.time() - started), rss_mb=_rss_mb(pid),
+               serve_cwd=cwd)
 
 
 def _duration(seconds: int) -> str:
@@ -182,8 +185,9 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
                 if Path(doc["opencode_config"]).exists() else "")
     print(f"  url      {doc['base_url']}{opencode}", file=out)
     if doc.get("unrecorded"):
-        print("  [i] not started by `llmstack start` (no pid record here): a `llmstack serve` "
-              "answering at this project's address; Ctrl-C where it runs stops it", file=out)
+        where = f" in {doc['serve_cwd']}" if doc.get("serve_cwd") else ""
+        print(f"  [i] not started by `llmstack start` here (no pid record): a `llmstack serve`{where} "
+              "answers at this project's address; Ctrl-C where it runs stops it", file=out)
     if doc.get("logs"):
         print(f"  logs     {doc['logs']}  (llmstack logs [tier] -f)", file=out)
     rows = [("TIER", "ROLE", "BACKEND", "STATE", "IN", "QUEUE", "PID", "PORT", "RSS", "CONTEXT")]

@@ -77,7 +77,9 @@ def test_status_sees_a_foreground_serve_at_the_projects_address(tmp_path: Path) 
         assert doc["unrecorded"] is True and {t["name"] for t in doc["tiers"]} >= {"fast", "agent"}
         text = status().stdout
         assert text.startswith(f"llmstack: running (pid {server.popen.pid}, up ")
-        assert "not started by `llmstack start`" in text and "OPENCODE_CONFIG" not in text
+        assert ("not started by `llmstack start` here (no pid record): a `llmstack serve` in "
+                f"{project} answers") in text
+        assert "OPENCODE_CONFIG" not in text
     finally:
         stop_server(server)
     done = status("--json")  # and once it is gone: stopped, as before
