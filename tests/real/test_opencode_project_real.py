@@ -5,64 +5,31 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from llmstack.config.demo import demo_stack, demo_text
-from llmstack.models.demo import demo_files
-from llmstack.settings import Settings
-from tests.conftest import free_port, http, pid_alive
-from tests.real.test_opencode_real import (  # noqa: F401 (opencode_bin: the npm-installed client)
-    opencode_bin,
-    opencode_env,
-    opencode_run,
-)
+from tests.conftest import TINY_STACK_INI, free_port, http, pid_alive, tiny_stack
+from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401 (the npm-installed client)
 
 pytestmark = pytest.mark.real
 
 
-def _hub_cache(directory: Path, model: Path) -> Path:
-    """A Hugging Face hub cache holding the demo's files as if downloaded (blobs + refs):
-    ``model`` (SmolLM2) for the chat tiers, the tiny embedding and rerank models."""
-    commit = "0" * 40
-    stack = demo_stack()
-    files = demo_files(stack, Settings.read().cache_dir, model)
-    for tier in stack.tiers:
-        path = files[tier.name]
-        assert path is not None and tier.hf_repo and tier.hf_file
-        repo = directory / f"models--{tier.hf_repo.replace('/', '--')}"
-        snapshot = repo / "snapshots" / commit
-        if (snapshot / tier.hf_file).exists():  # the chat tiers share one file
-            continue
-        for sub in ("refs", "blobs", snapshot):
-            (repo / sub).mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / "main").write_text(commit)
-        blob = repo / "blobs" / f"{tier.name}-blob"
-        try:  # a blob is a file in the cache (a link out of it is refused)
-            os.link(path, blob)
-        except OSError:
-            shutil.copy(path, blob)
-        (snapshot / tier.hf_file).symlink_to(os.path.relpath(blob, snapshot))
-    return directory
-
-
 def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin: Path,
-                                                   llama_server_bin: str,
-                                                   smollm2_gguf: Path) -> None:
+                                                   llama_server_bin: str) -> None:
     project, home = tmp_path / "project", tmp_path / "home"
     (project / ".llmstack").mkdir(parents=True)
     home.mkdir()
     port = free_port()
-    # A project whose models.ini is the demo's (SmolLM2 as a downloaded file) on its own port.
+    # A project whose models.ini serves tiny tiers (as downloaded files) on its own port: this
+    # is the front door's test (opencode on the real model: test_opencode_real.py).
     (project / ".llmstack" / "models.ini").write_text(
-        demo_text().replace("[DEFAULT]\n", f"[DEFAULT]\nrouter_port = {port}\n", 1))
+        TINY_STACK_INI.read_text().replace("[DEFAULT]\n", f"[DEFAULT]\nrouter_port = {port}\n", 1))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMSTACK_", "OPENCODE_"))}
     env.update(LLMSTACK_LLAMA_SERVER=llama_server_bin,
-               HF_HUB_CACHE=str(_hub_cache(tmp_path / "hub", smollm2_gguf)))
+               **tiny_stack(tmp_path / "hub"))
 
     def llmstack(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "llmstack", *args], cwd=project, env=env,
@@ -78,7 +45,16 @@ def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin:
     pid = json.loads((project / ".llmstack" / "daemon.json").read_text())["pid"]
     base = f"http://127.0.0.1:{port}"
     try:
-        opencode_run(opencode_bin, project, opencode_env(home, config), timeout=180)
+        oc_env = opencode_env(home, config)
+        result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
+                                cwd=project, env=oc_env, capture_output=True, text=True,
+                                timeout=180)
+        assert result.returncode == 0, result.stderr[-2000:]
+        events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        kinds = [e["type"] for e in events]
+        assert "error" not in kinds and "text" in kinds, result.stdout[-2000:]
+        reply = "".join(e["part"].get("text", "") for e in events if e["type"] == "text")
+        assert reply.strip(), "opencode printed no reply"
 
         stack_events = json.loads(http("GET", base + "/events")[2])
         named = [(e["model"], e["tier"]) for e in stack_events if e["kind"] == "named"]
