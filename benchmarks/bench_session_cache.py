@@ -21,7 +21,7 @@ over ``session_cache_max_gb``. Nothing here asserts a timing (see conftest). Run
     python -m pytest benchmarks/bench_session_cache.py -p no:cacheprovider --benchmark-only
 
 (12-15 minutes on the shared 2-core box: a 6k-token prompt takes 2.5-4.5 minutes to read
-there, three times; ``-k 2k`` about 2-3 minutes). Figures: ``benchmarks/RESULTS.md`` section 7.
+there, three times; ``-k 2k`` about 2-3 minutes). Figures: ``benchmarks/RESULTS.md`` section 9.
 """
 
 from __future__ import annotations

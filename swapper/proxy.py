@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from .config import Timeouts
 from .errors import ApiError, shown
-from .stream_protocols import RAW, EndWatch, StreamProtocol, protocol_for
+from .stream_protocols import EVENT_END, RAW, EndWatch, OpeningGuard, StreamProtocol, protocol_for
 from .types import Headers, Send
 from .upstream import BadTarget, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout, origin
 
@@ -41,7 +41,6 @@ HOP_BY_HOP = frozenset({
 _DROP_RESPONSE = HOP_BY_HOP - {b"content-length"}
 _DONE = b"data: [DONE]"
 _NO_BUFFERING = (b"x-accel-buffering", b"no")
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass(frozen=True)
@@ -279,7 +278,7 @@ class _FirstEventRewriter:
         self.pending += chunk
         self.seen += len(chunk)
         out = b""
-        while not self.done and (end := _EVENT_END.search(self.pending)):
+        while not self.done and (end := EVENT_END.search(self.pending)):
             event, self.pending = self.pending[:end.start()], self.pending[end.end():]
             out += self._rewrite(event) + end.group()
         if self.seen > self.LIMIT:
@@ -326,10 +325,12 @@ async def _stream_sse(resp: UpstreamResponse, send: Send, hook: ResponseHook | N
     rewriter = _FirstEventRewriter(hook) if hook is not None else None
     compressed = resp.header(b"content-encoding") not in ("", "identity")  # the end unreadable
     ended = EndWatch(protocol)
+    opening = OpeningGuard(RAW if compressed or resp.status >= 400 else protocol)
     last = b""
     try:
         while (chunk := await resp.next_chunk()) is not None:
             ended.feed(chunk)
+            chunk = opening.feed(chunk)
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)
             if resp.complete:  # the last piece goes out with the end: one write, not two
@@ -347,7 +348,10 @@ async def _stream_sse(resp: UpstreamResponse, send: Send, hook: ResponseHook | N
         lost_nothing = ended.seen and protocol.end is not None
         problem = "" if lost_nothing else f"upstream failed mid-stream: {exc}"
         code = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
-    final = last + (rewriter.pending if rewriter is not None and not rewriter.done else b"")
+    held = opening.flush()  # a stream that ended inside its first event
+    if rewriter is not None:
+        held = rewriter.feed(held) + (b"" if rewriter.done else rewriter.pending)
+    final = last + held
     if problem:  # never end a broken stream cleanly: opencode would re-send forever
         final += protocol.error_event(problem, code)
     await send({"type": "http.response.body", "body": final, "more_body": False})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,18 @@ class StreamProtocol:
     """Literals one of which every end marker contains: a cheap test before the pattern."""
     window: int = 64
     """Bytes of the previous chunk kept so a marker split across chunks is still seen."""
+    after_opening: frozenset[bytes] = frozenset()
+    """Event types that only come after the protocol's opening event (none: no opening)."""
+
+    def opening_event(self) -> bytes:
+        """The protocol's opening event, when the upstream's stream lacks it (Anthropic's
+        ``message_start``; its counts unknown, so zero; its model named by any rewrite)."""
+        message: dict[str, Any] = {
+            "id": "msg_" + uuid.uuid4().hex, "type": "message", "role": "assistant", "content": [],
+            "model": "", "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0}}
+        data = json.dumps({"type": "message_start", "message": message}).encode()
+        return b"event: message_start\ndata: " + data + b"\n\n"
 
     def error_event(self, message: str, code: str) -> bytes:
         """An SSE event this protocol's clients raise on."""
@@ -52,7 +65,10 @@ def _type_marker(*types: str) -> _Marker:
 
 
 OPENAI = StreamProtocol("openai", re.compile(rb"^data: ?\[DONE\]", re.MULTILINE), (b"[DONE]",))
-ANTHROPIC = StreamProtocol("anthropic", _type_marker("message_stop"), (b"message_stop",))
+ANTHROPIC = StreamProtocol("anthropic", _type_marker("message_stop"), (b"message_stop",),
+                           after_opening=frozenset({
+                               b"content_block_start", b"content_block_delta",
+                               b"content_block_stop", b"message_delta", b"message_stop"}))
 _RESPONSE_ENDS = ("response.completed", "response.failed", "response.incomplete")
 RESPONSES = StreamProtocol("responses", _type_marker(*_RESPONSE_ENDS),
                            tuple(t.encode() for t in _RESPONSE_ENDS))
@@ -96,3 +112,51 @@ class EndWatch:
                 return True
             at = scan.find(hint, at + 1)
         return False
+
+
+EVENT_END = re.compile(rb"\r?\n\r?\n")
+_EVENT_TYPE = re.compile(rb'^event: ?(\S+)|"type"\s*:\s*"([^"]+)"', re.MULTILINE)
+
+
+class OpeningGuard:
+    """Puts a protocol's opening event back in front of a stream that starts without it.
+
+    llama-server leaves out Anthropic's ``message_start`` when its first generated token is
+    part of a UTF-8 character (an emoji, measured on this build: the stream starts with
+    ``content_block_start``); the anthropic SDK's stream helper and Claude Code reject such a
+    stream. The start is held until its first event is complete (at most :data:`LIMIT`
+    bytes); an opening event goes in front only when that event is one of the protocol's
+    :attr:`~StreamProtocol.after_opening` types (an ``error`` or ``ping`` passes as it is).
+    """
+
+    LIMIT = 16384
+
+    def __init__(self, protocol: StreamProtocol) -> None:
+        self.protocol = protocol
+        self.pending = b""
+        self.done = not protocol.after_opening
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to pass on now (b"" while the first event is incomplete)."""
+        if self.done:
+            return chunk
+        self.pending += chunk
+        end = EVENT_END.search(self.pending)
+        if end is None and len(self.pending) <= self.LIMIT:
+            return b""
+        out = self.flush()
+        if end is not None and self._first_type(out[:end.start()]) in self.protocol.after_opening:
+            out = self.protocol.opening_event() + out
+        return out
+
+    def flush(self) -> bytes:
+        """Whatever is held (the stream ended); nothing is held after this."""
+        self.done = True
+        out, self.pending = self.pending, b""
+        return out
+
+    @staticmethod
+    def _first_type(event: bytes) -> bytes:
+        """An event's type: its ``event:`` line, else the first ``"type"`` in its data."""
+        found = _EVENT_TYPE.search(event)
+        return b"" if found is None else (found.group(1) or found.group(2))

@@ -18,11 +18,21 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_UPSTREAM = ROOT / "tests" / "fake_upstream.py"
+
+
+def toml_loads(text: str) -> dict[str, Any]:
+    """TOML parsed: tomllib, or before Python 3.11 tomli (a test extra there)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib.loads(text)
 
 
 def free_port() -> int:

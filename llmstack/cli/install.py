@@ -6,7 +6,9 @@ channel, pointed at the running stack's address. ``install`` is the original's v
 a channel (``--current``, ``--next``, ``--external [URL]``), seed models.ini when local,
 and configure. ``setup`` takes a fresh project all the way: init, configure, download
 (asked first), start. ``--print`` writes nothing and prints the opencode.json that would
-be written. ``refresh`` re-renders them for ``llmstack reload``.
+be written; ``configure --print claude|codex|codex-models`` prints what points Claude
+Code or Codex at the same stack (:mod:`llmstack.project.clients`). ``refresh`` re-renders
+them for ``llmstack reload``.
 """
 
 from __future__ import annotations
@@ -32,12 +34,17 @@ from ..project.channels import (
     resolve_install,
     write_marker,
 )
+from ..project.clients import CODEX_CATALOG_NAME, claude_env, codex_catalog, codex_toml
 from ..project.files import GeneratedFiles, create_atomic, ensure_state_dir
 from ..project.opencode import LOCAL_PROVIDER_NAME, local_base_url, render, to_text
 from ..project.paths import Project, find_project
 from ..project.pidrecord import running_record
 from ..settings import Settings
 from .registry import Command
+
+PRINT_TARGETS = ("opencode", "claude", "codex", "codex-models")
+"""What ``configure --print`` shows: opencode.json (the default), Claude Code's environment,
+Codex's config.toml, Codex's model catalog."""
 
 
 def say(message: str) -> None:
@@ -72,7 +79,9 @@ class Rendered:
     stack: Stack
     text: str
     where: str
-    """What it points at, for messages: the base URL."""
+    """What it points at, for messages: the base URL (and why it is that one)."""
+    base: str
+    """The base URL (``.../v1``) it points at."""
 
 
 def _local_stack(project: Project, settings: Settings, seeded: bool) -> Stack:
@@ -104,7 +113,7 @@ def render_for(project: Project, settings: Settings, channel: Channel, demo: boo
         base, name = f"{channel.url}/v1", f"llmstack (remote stack at {channel.url})"
         where = base
     config = render(stack, base, [str(project.agents_md.resolve())], name, settings.opencode)
-    return Rendered(stack, to_text(config), where)
+    return Rendered(stack, to_text(config), where, base)
 
 
 def _local_address(project: Project, stack: Stack, port: int | None) -> tuple[str, str]:
@@ -128,13 +137,26 @@ def _write(project: Project, rendered: Rendered) -> None:
         say(f"[OK] {path}" if result.changed else f"[=] {path} (unchanged)")
 
 
-def configure(project: Project, settings: Settings, print_only: bool = False,
+def client_text(target: str, project: Project, settings: Settings, rendered: Rendered) -> str:
+    """What ``configure --print <target>`` shows for the stack ``rendered`` points at."""
+    keyed = bool(settings.api_keys)
+    if target == "claude":
+        return claude_env(rendered.stack, rendered.base.removesuffix("/v1"), keyed)
+    if target == "codex":
+        return codex_toml(rendered.base, (project.state / CODEX_CATALOG_NAME).resolve(), keyed)
+    if target == "codex-models":
+        return codex_catalog(rendered.stack)
+    return rendered.text
+
+
+def configure(project: Project, settings: Settings, print_only: str | None = None,
               demo: bool = False, port: int | None = None) -> int:
-    """Render opencode.json + AGENTS.md for the pinned channel (or the demo stack)."""
+    """Render opencode.json + AGENTS.md for the pinned channel (or the demo stack); with
+    ``print_only`` (one of PRINT_TARGETS), print that client's settings instead."""
     channel = pinned(project) or CURRENT
     rendered = render_for(project, settings, channel, demo, port=port)
     if print_only:
-        sys.stdout.write(rendered.text)
+        sys.stdout.write(client_text(print_only, project, settings, rendered))
         return 0
     _write(project, rendered)
     say(f"    opencode talks to {rendered.where}; run it with "
@@ -258,8 +280,12 @@ def _confirm_download(project: Project, stack: Stack, settings: Settings, yes: b
 
 
 def _configure_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--print", action="store_true", dest="print_only",
-                        help="print the opencode.json to stdout and write nothing")
+    parser.add_argument("--print", nargs="?", const="opencode", choices=PRINT_TARGETS,
+                        dest="print_only",
+                        help="write nothing; print to stdout the opencode.json (the default), "
+                             "or Claude Code's environment (claude: eval \"$(...)\"), or "
+                             "Codex's config.toml (codex) and the model catalog it names "
+                             "(codex-models)")
     parser.add_argument("--demo", action="store_true", help="for the built-in demo stack")
     parser.add_argument("--port", type=int,
                         help="the stack's port (default: the running stack's, else models.ini "
@@ -318,7 +344,9 @@ COMMANDS = {
                                      "channel: the local models.ini (current or next files), "
                                      "at the running stack's address (else models.ini's), or, "
                                      "in external mode, the remote stack's. A file you edited "
-                                     "is kept as a .bak before it is replaced.",
+                                     "is kept as a .bak before it is replaced. --print claude "
+                                     "or codex prints what points Claude Code or Codex at the "
+                                     "same stack.",
                          _configure_arguments),
     "install": Command(_install, "The original's verb: pin the channel in "
                                  ".llmstack/default-channel, seed models.ini when local, and "

@@ -13,11 +13,13 @@ import http.client
 import json
 import sys
 import time
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
 import psutil
 
+from ..errors import UserError
 from ..project.channels import live_channel
 from ..project.paths import Project, find_project
 from ..project.pidrecord import StaleRecord, live_record, record_path
@@ -77,21 +79,32 @@ def collect(project: Project, settings: Settings) -> dict[str, Any]:
             doc["stale_record"] = f"{record_path(root)}: {stale}"
             return doc
         if found is None:
-            return doc
-        record = found[0]
-        doc.update(url=record.url, pid=record.pid, uptime_s=round(time.time() - record.started_at),
-                   logs=record.log_dir or None, rss_mb=_rss_mb(record.pid))
+            doc["url"] = _project_url(project, settings)
+            if doc["url"] is None:
+                return doc
+            doc["unrecorded"] = True
+        else:
+            record = found[0]
+            doc.update(url=record.url, pid=record.pid, logs=record.log_dir or None,
+                       uptime_s=round(time.time() - record.started_at),
+                       rss_mb=_rss_mb(record.pid))
     client = StackClient(doc["url"], settings.auth_headers)
     try:
-        running = {row["model"]: row for row in client.get_json("/running")["running"]}
+        served = client.get_json("/running")
+        running = {row["model"]: row for row in served["running"]}
         models = client.get_json("/v1/models")["data"]
         live = client.get_json("/api/state")
     except (OSError, ValueError, KeyError, TypeError) as exc:
+        if doc.pop("unrecorded", False):  # nothing (or no stack) at the project's address
+            doc["url"] = None
+            return doc
         doc["state"] = "not answering"
         doc["error"] = str(exc) or type(exc).__name__
         return doc
     finally:
         client.close()
+    if doc.get("unrecorded"):
+        _describe_unrecorded(doc, served.get("pid"))
     doc["state"] = "running"
     doc["base_url"] = doc["url"] + "/v1"
     facts = {m["model"]: m for m in live["models"]}
@@ -115,6 +128,32 @@ def collect(project: Project, settings: Settings) -> dict[str, Any]:
             "backends": row.get("backends", []), "gguf_path": meta.get("gguf_path"),
             "missing_file": meta.get("missing_file")})
     return doc
+
+
+def _project_url(project: Project, settings: Settings) -> str | None:
+    """Where the project's stack answers when it runs: its models.ini's address, or the
+    demo's (None when models.ini cannot be read: nothing to look at)."""
+    from ..project.daemon import resolve_target
+
+    try:
+        return resolve_target(project, settings, None, None, demo=False).url
+    except UserError:
+        return None
+
+
+def _describe_unrecorded(doc: dict[str, Any], pid: Any) -> None:
+    """A stack that answers at the project's address with no pid record here (a foreground
+    ``llmstack serve`` records none): the pid it reports, its uptime, memory and working
+    directory if known (another project's stack may answer there too)."""
+    if type(pid) is not int or pid <= 0:
+        return
+    try:
+        proc = psutil.Process(pid)
+        started, cwd = proc.create_time(), proc.cwd()
+    except psutil.Error:
+        return
+    doc.update(pid=pid, uptime_s=round(time.time() - started), rss_mb=_rss_mb(pid),
+               serve_cwd=cwd)
 
 
 def _duration(seconds: int) -> str:
@@ -142,8 +181,13 @@ def render(doc: dict[str, Any], out: IO[str]) -> None:
         if doc["channel"] != "external" and not doc.get("error"):
             print("  start it: llmstack start --detach", file=out)
         return
-    print(f"  url      {doc['base_url']}  (opencode: OPENCODE_CONFIG={doc['opencode_config']})",
-          file=out)
+    opencode = (f"  (opencode: OPENCODE_CONFIG={doc['opencode_config']})"
+                if Path(doc["opencode_config"]).exists() else "")
+    print(f"  url      {doc['base_url']}{opencode}", file=out)
+    if doc.get("unrecorded"):
+        where = f" in {doc['serve_cwd']}" if doc.get("serve_cwd") else ""
+        print(f"  [i] not started by `llmstack start` here (no pid record): a `llmstack serve`{where} "
+              "answers at this project's address; Ctrl-C where it runs stops it", file=out)
     if doc.get("logs"):
         print(f"  logs     {doc['logs']}  (llmstack logs [tier] -f)", file=out)
     rows = [("TIER", "ROLE", "BACKEND", "STATE", "IN", "QUEUE", "PID", "PORT", "RSS", "CONTEXT")]

@@ -77,15 +77,23 @@ def _tier_entry(tier: Tier) -> dict[str, Any]:
     return entry
 
 
+def auto_rungs(stack: Stack) -> list[Tier]:
+    """The tiers ``auto`` can route to (fast, agent, ultra; hosted ones only with litellm)."""
+    return [t for t in (stack.first_with_role(r) for r in ("fast", "agent", "ultra"))
+            if t is not None and (t.backend == "gguf" or importlib.util.find_spec("litellm"))]
+
+
+def auto_context(stack: Stack) -> int:
+    """``auto``'s window for clients: the widest a rung offers (the router steps up to it)."""
+    return max((t.ctx_size for t in auto_rungs(stack) or stack.tiers), default=0) or DEFAULT_CONTEXT
+
+
 def _auto_entry(stack: Stack) -> dict[str, Any]:
     """``auto``: the widest window a rung offers (the router steps up to it), fast's output."""
-    rungs = [t for t in (stack.first_with_role(r) for r in ("fast", "agent", "ultra"))
-             if t is not None and (t.backend == "gguf" or importlib.util.find_spec("litellm"))]
-    widest = max((t.ctx_size for t in rungs or stack.tiers), default=0)
     fast = stack.first_with_role("fast")
-    names = "/".join(t.name for t in rungs)
+    names = "/".join(t.name for t in auto_rungs(stack))
     return {"name": f"Auto (router picks: {names})" if names else "Auto",
-            "limit": {"context": widest or DEFAULT_CONTEXT,
+            "limit": {"context": auto_context(stack),
                       "output": (fast.max_output_tokens if fast else 0) or DEFAULT_AUTO_OUTPUT},
             "tool_call": True, "cost": dict(_ZERO_COST)}
 

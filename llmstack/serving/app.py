@@ -163,7 +163,8 @@ def _capped(request: ModelRequest, tier: Tier | None, estimate: int,
     if tier is None or data is None:
         return request
     clamped = clamp(data, request.path, output_limit(tier.max_output_tokens, tier.ctx_size,
-                                                     estimate))
+                                                     estimate),
+                    fill=tier.backend == "gguf" or tier.max_output_tokens > 0)
     if clamped.tokens is None:
         return request
     hooks = replace(request.hooks, extra_headers=(

@@ -15,7 +15,9 @@ the tier (llama-server, litellm) sees it. Pure: no I/O.
 * The answer may generate the least of what it asks for and the limit
   (:func:`clamp`): every output field the body has gets that number, and the protocol's
   own field is added when the body has none the protocol reads, so a request that asks
-  for nothing (Codex sends no field) gets the cap too.
+  for nothing (Codex sends no field) gets the cap too. On a remote tier (hosted or on
+  other machines) that is done only for a ``max_output_tokens`` the tier states: a
+  provider's window is not its output limit.
 * Routing needs room for the prompt plus :func:`output_reserve` only, not for what a
   request asks for (Claude Code asks for 32000 on every request).
 """
@@ -87,9 +89,11 @@ def output_reserve(asked: int | None, max_output_tokens: int) -> int:
                max_output_tokens or OUTPUT_RESERVE)
 
 
-def clamp(body: Mapping[str, Any], path: str, limit: int | None) -> Clamped:
+def clamp(body: Mapping[str, Any], path: str, limit: int | None, fill: bool = True) -> Clamped:
     """The answer's limit on a tier allowing ``limit`` tokens (:func:`output_limit`), and
     the fields that make ``body`` say it; nothing for an endpoint that does not generate.
+    ``fill=False``: a body that asks for no limit is left as it is (a provider's window is
+    not its output limit, so only a cap the tier states may be added there).
 
     Raises :class:`BadOutputField` (see :func:`asked_output`).
     """
@@ -97,6 +101,8 @@ def clamp(body: Mapping[str, Any], path: str, limit: int | None) -> Clamped:
     if protocol is None:
         return Clamped(None, {})
     asked = asked_output(body)
+    if asked is None and not fill:
+        return Clamped(None, {})
     tokens = asked if limit is None else limit if asked is None else min(asked, limit)
     if tokens is None:
         return Clamped(None, {})

@@ -255,6 +255,8 @@ class _Measure(NamedTuple):
     """What one pass over the request body finds."""
 
     tokens: int
+    tool_tokens: int
+    """The part of ``tokens`` that is tool schemas (``tools`` / ``functions``)."""
     user_turns: int
     triggered: bool
 
@@ -314,16 +316,17 @@ def _measure(body: Mapping[str, Any], memo: BodyMemo | None = None,
         if role is None:  # Responses items: function_call, function_call_output
             chars += _call_chars(message)
             chars, images = _add_output(message.get("output"), chars, images)
+    tool_chars = 0
     for key in ("tools", "functions"):
         schemas = body.get(key)
         if schemas:
-            chars += memo.json_chars(key, schemas, _json_chars) if memo else _json_chars(schemas)
-    tokens = chars // 4 + images * IMAGE_TOKENS
+            tool_chars += memo.json_chars(key, schemas, _json_chars) if memo else _json_chars(schemas)
+    tokens = (chars + tool_chars) // 4 + images * IMAGE_TOKENS
     if not triggers:
-        return _Measure(tokens, user_turns, False)
+        return _Measure(tokens, tool_chars // 4, user_turns, False)
     trigger_texts += last_user
     scan = _has_trigger if memo is None else lambda text: memo.has_trigger(text, _has_trigger)
-    return _Measure(tokens, user_turns, any(map(scan, trigger_texts)))
+    return _Measure(tokens, tool_chars // 4, user_turns, any(map(scan, trigger_texts)))
 
 
 def _json_chars(value: Any) -> int:
@@ -397,8 +400,11 @@ def _present(table: RoutingTable, index: int, reason: str) -> tuple[int, str]:
     return candidate, reason + ("" if candidate == index else _missing(table, index))
 
 
-def _fit(table: RoutingTable, index: int, est: int, asked: int | None) -> tuple[int, str]:
-    """The first present rung, upwards then downwards, whose context holds the request."""
+def _fit(table: RoutingTable, index: int, est: int, asked: int | None,
+         tools: int = 0) -> tuple[int, str]:
+    """The first present rung, upwards then downwards, whose context holds the request;
+    else the widest when it holds the request without its ``tools`` tokens (the tier's
+    chat template may drop them: its own count decides)."""
     skipped: list[str] = []
     for candidate in _search_order(index, upwards_first=True):
         rung = table.rungs[candidate]
@@ -407,7 +413,11 @@ def _fit(table: RoutingTable, index: int, est: int, asked: int | None) -> tuple[
         if rung.holds(est, asked):
             return candidate, f" -> {rung.name} ({', '.join(skipped)})" if skipped else ""
         skipped.append(f"{rung.name} ctx {rung.ctx_size} < {rung.need(est, asked)}")
-    largest = max((r for r in table.rungs if r), key=lambda r: r.ctx_size)
+    widest, largest = max(((i, r) for i, r in enumerate(table.rungs) if r is not None),
+                          key=lambda pair: pair[1].ctx_size)
+    if tools and largest.holds(est - tools, asked):
+        return widest, (f" -> {largest.name} ({', '.join(skipped)}; {tools} of them tool "
+                        f"schemas, which {largest.name} counts)")
     raise ContextTooLarge(est, largest.ctx_size, output_reserve(asked, largest.max_output))
 
 
@@ -426,7 +436,7 @@ def classify(
     m = _measure(body, memo)
     index, reason = _present(table, *_ladder(table, m))
     asked = requested_output(body)
-    index, suffix = _fit(table, index, m.tokens, asked)
+    index, suffix = _fit(table, index, m.tokens, asked, m.tool_tokens)
     reason += suffix
     for above in range(index + 1, len(LADDER)):
         rung = table.rungs[above]

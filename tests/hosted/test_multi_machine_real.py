@@ -1,4 +1,5 @@
-"""A tier spanning three real ``llmstack serve --demo`` machines (each its own process).
+"""A tier spanning three real ``llmstack serve`` machines (each its own process, on the tiny
+stack: a test of routing and processes, where the answers do not matter).
 
 The front ``llmstack serve`` lists them as ``backends`` of its fast tier, so litellm's
 Router spreads requests (least-busy), pins a session id to one machine, and keeps
@@ -19,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, pid_alive, start_llmstack, stop_server, wait_until
+from tests.conftest import (
+    TINY_STACK_INI,
+    Server,
+    pid_alive,
+    start_llmstack,
+    stop_server,
+    tiny_stack,
+    wait_until,
+)
 from tests.hosted.conftest import needs_litellm, post, sse_events
 
 pytestmark = pytest.mark.real
@@ -30,17 +39,18 @@ WORKERS = 15
 
 @pytest.fixture
 def machines(tmp_path: Path, llama_server_bin: str) -> Iterator[list[Server]]:
-    """Three demo stacks, their fast tier loaded; stopped (with any orphaned child) after."""
+    """Three tiny stacks, their fast tier loaded; stopped (with any orphaned child) after."""
     needs_litellm()
     started: list[Server] = []
+    env = {"LLMSTACK_LLAMA_SERVER": llama_server_bin, **tiny_stack(tmp_path / "hub")}
     try:
         for index in range(3):
-            server = start_llmstack(tmp_path / f"machine{index}.log", "--demo",
-                                    env={"LLMSTACK_LLAMA_SERVER": llama_server_bin})
+            server = start_llmstack(tmp_path / f"machine{index}.log", "--models-ini",
+                                    str(TINY_STACK_INI), env=env)
             started.append(server)
         for server in started:
             wait_until(lambda s=server: s.running().get("fast", {}).get("state") == "ready", 60,
-                       "the demo fast tier to preload")
+                       "the fast tier to preload")
         yield started
     finally:
         children = []

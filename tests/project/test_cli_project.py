@@ -15,6 +15,7 @@ from llmstack.cli import install
 from llmstack.config.ini import bundled_template_text
 from llmstack.project.paths import Project
 from llmstack.settings import Settings
+from tests.conftest import toml_loads
 from tests.project.conftest import Cli, tree
 
 VERBS = ("serve", "install-server", "template", "init", "configure", "install", "setup")
@@ -91,6 +92,39 @@ def test_print_writes_nothing(cli: Cli, project: Project) -> None:
         assert result.returncode == 0, result.stderr
         json.loads(result.stdout)
         assert tree(project.root) == before
+
+
+def test_configure_prints_what_points_claude_code_and_codex_at_the_stack(
+        cli: Cli, project: Project) -> None:
+    """``--print claude`` / ``codex`` / ``codex-models``: shell lines, a config.toml and the
+    model catalog it names, for the same stack as opencode.json; nothing is written."""
+    import shlex
+
+    cli("init")
+    project.models_ini.write_text(project.models_ini.read_text().replace(
+        "router_port      = 10101", "router_port      = 10123"))
+    before = tree(project.root)
+    claude = cli("configure", "--print", "claude")
+    assert claude.returncode == 0, claude.stderr
+    exports = dict(shlex.split(line, comments=True)[1].split("=", 1)
+                   for line in claude.stdout.splitlines() if line.startswith("export "))
+    assert exports["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:10123"
+    assert exports["ANTHROPIC_MODEL"] == "auto"
+    assert exports["ANTHROPIC_DEFAULT_HAIKU_MODEL"] == "code-fast"
+    assert exports["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert "CLAUDE_CODE_MAX_OUTPUT_TOKENS" not in exports  # the stack caps each answer
+    codex = toml_loads(cli("configure", "--print", "codex").stdout)
+    assert (codex["model"], codex["model_provider"]) == ("auto", "llmstack")
+    assert codex["model_providers"]["llmstack"] == {
+        "name": "llmstack", "base_url": "http://127.0.0.1:10123/v1", "wire_api": "responses"}
+    assert codex["model_catalog_json"] == str(project.state.resolve() / "codex-models.json")
+    catalog = json.loads(cli("configure", "--print", "codex-models").stdout)["models"]
+    windows = {m["slug"]: m["context_window"] for m in catalog}
+    assert windows["auto"] == int(exports["CLAUDE_CODE_MAX_CONTEXT_TOKENS"]) >= 131072
+    assert windows["code-fast"] == 131072 and "embed" not in windows
+    assert json.loads(cli("configure", "--print").stdout)["model"] == "llmstack/auto"
+    assert cli("configure", "--print", "vim").returncode == 2
+    assert tree(project.root) == before
 
 
 def test_configure_writes_what_print_shows(cli: Cli, project: Project) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from llmstack.config.ini import bundled_template_text
 from llmstack.project.paths import Project
-from tests.conftest import free_port, stop_server
+from tests.conftest import cache_with_model, free_port, stop_server
 from tests.project.conftest import Cli, serve_in
 
 pytestmark = pytest.mark.real
@@ -59,11 +59,13 @@ def test_install_external_renders_against_the_remote_stack(
 
 
 def test_external_against_the_demo_says_why_it_cannot(cli: Cli, tmp_path: Path,
-                                                      llama_server_bin: str) -> None:
+                                                      llama_server_bin: str,
+                                                      smollm2_gguf: Path) -> None:
     port = free_port()
+    cache = cache_with_model(tmp_path / "cache", smollm2_gguf)  # the demo fetches nothing
     server = serve_in(tmp_path, port, tmp_path / "demo.log",
                       {"LLMSTACK_LLAMA_SERVER": llama_server_bin,
-                       "LLMSTACK_CACHE_DIR": str(tmp_path / "cache")}, "--demo")
+                       "LLMSTACK_CACHE_DIR": str(cache)}, "--demo")
     try:
         result = cli("install", "--external", server.base)
         assert result.returncode == 1

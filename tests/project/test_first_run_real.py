@@ -65,10 +65,17 @@ def run_cli(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
                                **env}, capture_output=True, text=True, check=False)
 
 
+def english_paris(answer: str) -> bool:
+    """An English answer naming Paris: the words "Paris", "the" and "is", and none of the
+    French words SmolLM2 drifts into ("L'Étoile: Parisis la cité ...")."""
+    words = set(re.findall(r"[\w']+", answer.lower()))
+    return {"paris", "the", "is"} <= words and not words & {"la", "le", "est", "une"}
+
+
 def test_the_readme_set_up_gives_a_demo_that_answers_paris(tmp_path: Path, llama_server_bin: str,
                                                           smollm2_gguf: Path) -> None:
     """The README's two commands, then its curl: SmolLM2 answers in English, naming Paris
-    (147 times in 150 on this machine, so up to three asks)."""
+    (40 times in 40 on this machine, so up to three asks is plenty)."""
     install, serve = readme_setup_commands()
     env = {"LLMSTACK_CACHE_DIR": str(fresh_cache(tmp_path, llama_server_bin, smollm2_gguf))}
     done = run_cli(install.split(), env, tmp_path)  # both already there: nothing is fetched
@@ -85,9 +92,14 @@ def test_the_readme_set_up_gives_a_demo_that_answers_paris(tmp_path: Path, llama
             status, headers, raw = http("POST", server.base + path, body, timeout=120)
             assert status == 200, raw
             answers.append(json.loads(raw)["choices"][0]["message"]["content"])
-            if "Paris" in answers[-1]:
+            if english_paris(answers[-1]):
                 break
-        assert "Paris" in answers[-1], answers
+        assert english_paris(answers[-1]), answers
+        # and the most likely answer (greedy: no luck involved): the GGUF's own template,
+        # with its default system prompt, made it "L'Étoile, la Marseillaise, ..."
+        greedy = http("POST", server.base + path, {**body, "temperature": 0}, timeout=120)[2]
+        answers.append(json.loads(greedy)["choices"][0]["message"]["content"])
+        assert english_paris(answers[-1]), answers
         assert headers["x-llmstack-tier"] == "agent"  # a short question: the top rung
     finally:
         stop_server(server)

@@ -5,37 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from llmstack.config.demo import demo_stack, demo_text
-from llmstack.models.demo import demo_files
-from llmstack.settings import Settings
-from tests.conftest import free_port, http, pid_alive
+from tests.conftest import TINY_STACK_INI, free_port, http, pid_alive, tiny_stack
 from tests.real.test_opencode_real import opencode_bin, opencode_env  # noqa: F401 (the npm-installed client)
 
 pytestmark = pytest.mark.real
-
-
-def _hub_cache(directory: Path) -> Path:
-    """A Hugging Face hub cache holding the demo's tiny GGUFs as if downloaded (blobs + refs)."""
-    commit = "0" * 40
-    repo = directory / "models--llmstack-demo--tiny"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for name, path in demo_files(demo_stack(), Settings.read().cache_dir).items():
-        assert path is not None
-        blob = repo / "blobs" / f"{name}-blob"
-        shutil.copy(path, blob)  # a blob is a file in the cache (a link out of it is refused)
-        (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
-    return directory
 
 
 def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin: Path,
@@ -44,12 +23,13 @@ def test_opencode_on_a_configured_detached_project(tmp_path: Path, opencode_bin:
     (project / ".llmstack").mkdir(parents=True)
     home.mkdir()
     port = free_port()
-    # A project whose models.ini serves the demo's tiny tiers (as downloaded files) on its own port.
+    # A project whose models.ini serves tiny tiers (as downloaded files) on its own port: this
+    # is the front door's test (opencode on the real model: test_clients_real.py).
     (project / ".llmstack" / "models.ini").write_text(
-        demo_text().replace("[DEFAULT]\n", f"[DEFAULT]\nrouter_port = {port}\n", 1))
+        TINY_STACK_INI.read_text().replace("[DEFAULT]\n", f"[DEFAULT]\nrouter_port = {port}\n", 1))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMSTACK_", "OPENCODE_"))}
     env.update(LLMSTACK_LLAMA_SERVER=llama_server_bin,
-               HF_HUB_CACHE=str(_hub_cache(tmp_path / "hub")))
+               **tiny_stack(tmp_path / "hub"))
 
     def llmstack(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "llmstack", *args], cwd=project, env=env,

@@ -1,35 +1,23 @@
-"""The real opencode client (npm ``opencode-ai``) through ``llmstack serve --demo``."""
+"""The real opencode client (npm ``opencode-ai``, pinned in :mod:`tests.real.npm_clients`):
+its fixture and an isolated, offline environment for it. opencode with the generated config
+on the real model runs in ``tests/real/test_clients_real.py`` (beside Claude Code and Codex,
+on one stack); through a detached project stack in ``test_opencode_project_real.py``."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from llmstack.settings import Settings
-from tests.conftest import start_llmstack, stop_server
-
-pytestmark = pytest.mark.real
-OPENCODE_VERSION = "1.18.33"
+from tests.real.npm_clients import OPENCODE
 
 
 @pytest.fixture(scope="session")
 def opencode_bin() -> Path:
-    """opencode from the npm registry, installed once into the cache (about 7 s)."""
-    prefix = Settings.read().cache_dir / "opencode" / OPENCODE_VERSION
-    binary = prefix / "node_modules" / ".bin" / "opencode"
-    if not binary.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            (pytest.fail if os.environ.get("CI") else pytest.skip)("npm is needed to install opencode")
-        prefix.mkdir(parents=True, exist_ok=True)
-        subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
-                        f"opencode-ai@{OPENCODE_VERSION}"], check=True, capture_output=True, timeout=300)
-    return binary
+    """opencode from the npm registry, pinned, installed once into the cache (about 7 s)."""
+    return OPENCODE.binary()
 
 
 def opencode_env(home: Path, config: Path) -> dict[str, str]:
@@ -60,24 +48,3 @@ def opencode_project(tmp_path: Path, base: str, provider: str,
         "model": f"{provider}/{model}", "small_model": f"{provider}/{small_model}",
         "autoupdate": False, "share": "disabled"}))
     return project, opencode_env(tmp_path / "home", config)
-
-
-def test_opencode_run_gets_an_answer_through_the_auto_router(tmp_path: Path, opencode_bin: Path,
-                                                             llama_server_bin: str) -> None:
-    server = start_llmstack(tmp_path / "serve.log", "--demo",
-                            env={"LLMSTACK_LLAMA_SERVER": llama_server_bin})
-    project, env = opencode_project(tmp_path, server.base, "llmstack",
-                                    {"auto": (65536, 64), "fast": (8192, 32)}, "auto", "fast")
-    try:
-        result = subprocess.run([str(opencode_bin), "run", "--format", "json", "say", "hi"],
-                                cwd=project, env=env, capture_output=True, text=True, timeout=120)
-        events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-        kinds = [e["type"] for e in events]
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "error" not in kinds and "text" in kinds
-        finish = next(e for e in events if e["type"] == "step_finish")
-        assert finish["part"]["tokens"]["input"] > 0  # the usage chunk reached the client
-        routed = [e for e in json.loads(server.get("/events")[2]) if e["kind"] == "routed"]
-        assert routed, "opencode's main request went through the auto router"
-    finally:
-        stop_server(server)

@@ -62,7 +62,9 @@ def slow_llama_server(tmp_path: Path, real: str) -> Path:
 
 @pytest.mark.real
 def test_the_page_loads_a_tier_and_shows_a_routing_decision(
-        tmp_path: Path, browser: Any, llama_server_bin: str, artifacts: Path) -> None:
+        tmp_path: Path, browser: Any, llama_server_bin: str, artifacts: Path,
+        smollm2_gguf: Path) -> None:
+    """On the demo as a newcomer sees it (``smollm2_gguf``: SmolLM2 in the cache)."""
     from selenium.webdriver.common.by import By
 
     port = free_port()

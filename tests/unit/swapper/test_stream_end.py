@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from swapper.proxy import _stream_sse
+from swapper.proxy import ResponseHook, _stream_sse
 from swapper.stream_protocols import ANTHROPIC, OPENAI, RAW, RESPONSES, StreamProtocol, protocol_for
 from swapper.upstream import UpstreamError
 
@@ -45,13 +45,14 @@ class FakeResponse:
         return self.body[i:i + self.step]
 
 
-def relay(resp: FakeResponse, protocol: StreamProtocol) -> tuple[list[tuple[bytes, bytes]], bytes]:
+def relay(resp: FakeResponse, protocol: StreamProtocol,
+          hook: ResponseHook | None = None) -> tuple[list[tuple[bytes, bytes]], bytes]:
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(_stream_sse(resp, send, None, [], protocol))  # type: ignore[arg-type]
+    asyncio.run(_stream_sse(resp, send, hook, [], protocol))  # type: ignore[arg-type]
     return sent[0]["headers"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
@@ -101,6 +102,49 @@ def test_words_in_content_never_end_a_stream() -> None:
                        "delta": {"text": '{"type":"message_stop"}'}}).encode()
     out = relay(FakeResponse(b"data: " + text + b"\n\n"), ANTHROPIC)[1]
     assert out.endswith(b"\n\n") and b"event: error" in out
+
+
+NO_START = MESSAGES[MESSAGES.index(b"event: content_block_delta"):]
+"""What llama-server sends when its first token is part of a UTF-8 character (an emoji)."""
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096])
+def test_a_messages_stream_without_message_start_gets_one_in_front(step: int) -> None:
+    out = relay(FakeResponse(NO_START, step=step), ANTHROPIC)[1]
+    first, rest = out.split(b"\n\n", 1)
+    assert first.startswith(b"event: message_start\ndata: ") and rest == NO_START
+    message = json.loads(first.split(b"data: ", 1)[1])["message"]
+    assert message["type"] == "message" and message["role"] == "assistant"
+    assert message["id"].startswith("msg_") and message["usage"]["output_tokens"] == 0
+
+
+def test_the_tier_name_lands_on_a_message_start_put_back() -> None:
+    from llmstack.serving.protocols import TierName
+
+    out = relay(FakeResponse(NO_START), ANTHROPIC, TierName("agent"))[1]
+    assert json.loads(out.split(b"\n\n")[0].split(b"data: ", 1)[1])["message"]["model"] == "agent"
+    assert out.endswith(NO_START)
+
+
+@pytest.mark.parametrize("body", [
+    MESSAGES,  # it has its message_start
+    b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error"}}\n\n',
+    b'event: ping\ndata: {"type": "ping"}\n\n' + MESSAGES,
+])
+def test_a_messages_stream_that_may_start_as_it_does_is_left_alone(body: bytes) -> None:
+    assert relay(FakeResponse(body), ANTHROPIC)[1].startswith(body)
+
+
+def test_other_protocols_and_error_answers_get_no_opening_event() -> None:
+    assert relay(FakeResponse(CHAT), OPENAI)[1] == CHAT
+    error = FakeResponse(NO_START)
+    error.status = 500
+    assert relay(error, ANTHROPIC)[1] == NO_START
+
+
+def test_a_stream_that_ends_inside_its_first_event_is_passed_on_whole() -> None:
+    out = relay(FakeResponse(NO_START[:20]), ANTHROPIC)[1]
+    assert out.startswith(NO_START[:20]) and b"event: error" in out
 
 
 def test_x_accel_buffering_is_sent_once() -> None:

@@ -381,6 +381,23 @@ def test_downwards_only_when_nothing_above_fits() -> None:
     )
 
 
+def test_tool_schemas_beyond_every_window_are_left_for_the_widest_tier_to_count() -> None:
+    """Claude Code's default request on the demo: 12 tool schemas make the estimate exceed
+    every window, though SmolLM2's template drops them and the prompt fits. Without its
+    tools the request fits the widest rung, so it goes there and the tier's own count
+    decides (its refusal comes back as context_length_exceeded after the step-ups); a
+    request too long without its tools is still refused before any tier starts."""
+    table = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 4096))
+    tools = [{"name": "t", "description": text(3000)}]  # about 3000 tokens of schema
+    decision = classify(chat(("user", text(6000)), tools=tools), table)
+    need = decision.estimated_tokens + 1024
+    assert (decision.tier, decision.reason) == ("f", (
+        f"high-fidelity tokens~{decision.estimated_tokens}<=12000 (no ultra tier) -> f (a ctx "
+        f"4096 < {need}, f ctx 8192 < {need}; 3007 of them tool schemas, which f counts)"))
+    with pytest.raises(ContextTooLarge):
+        classify(chat(("user", text(7500)), tools=tools), table)
+
+
 def test_context_too_large() -> None:
     table = RoutingTable(fast=Rung("f", 8192), agent=Rung("a", 16384))
     with pytest.raises(ContextTooLarge) as info:

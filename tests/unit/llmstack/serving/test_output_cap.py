@@ -113,3 +113,19 @@ def test_the_body_is_rewritten_once_and_only_when_a_field_changes() -> None:
     assert hosted.body is claude.body and hosted.data == {**claude.data, "max_tokens": 64}
     embeddings = request("/v1/embeddings", {"input": "x"})
     assert _capped(embeddings, tier, 1, encode=True) is embeddings
+
+
+def test_a_remote_tier_without_a_cap_adds_no_field_a_request_did_not_send() -> None:
+    """A provider's window is not its output limit (200k in, 16k or 64k out): sending
+    ``max_tokens`` = what the window leaves made OpenAI and Anthropic refuse the request.
+    A remote tier only lowers what a request asks for; with ``max_output_tokens`` it adds it."""
+    ini = ("[DEFAULT]\n[gpt]\nbackend = litellm\nmodel = openai/gpt-4o\nctx_size = 200000\n"
+           "[capped]\nbackend = litellm\nmodel = openai/gpt-4o\nctx_size = 200000\n"
+           "max_output_tokens = 300\n")
+    gpt, capped = parse_stack(ini).tiers
+    silent = request(CHAT, {"messages": []})
+    assert _capped(silent, gpt, 100, encode=False) is silent
+    assert clamp({"messages": []}, CHAT, 199_900, fill=False) == Clamped(None, {})
+    greedy = request(CHAT, {"messages": [], "max_tokens": 250_000})
+    assert _capped(greedy, gpt, 100, encode=False).data["max_tokens"] == 199_900
+    assert _capped(silent, capped, 100, encode=False).data == {"messages": [], "max_tokens": 300}
