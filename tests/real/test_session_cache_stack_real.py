@@ -98,7 +98,7 @@ def swap_back(server: Server | str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def reread_share(answer: dict[str, Any]) -> float:
     """The share of the prompt read anew (the rest came from the cache)."""
-    timings = answer["timings"]
+    timings: dict[str, int] = answer["timings"]
     return float(timings["prompt_n"]) / (timings["cache_n"] + timings["prompt_n"])
 
 
@@ -248,5 +248,10 @@ def test_a_session_survives_llmstack_restart(tmp_path: Path, env: dict[str, str]
         log = (project / ".llmstack" / "logs" / "llmstack.log").read_text()
         assert '"kind": "session_saved"' in log and '"kind": "session_restored"' in log
         assert '"verdict": "ok"' in log
+        shown = [line.strip() for line in cli("status").stdout.splitlines()
+                 if line.strip().startswith(("sessions ", "[!] session"))]
+        assert len(shown) == 1, shown  # the one line: saved against the cap, held now
+        assert shown[0].startswith("sessions 1 saved, ")
+        assert shown[0].endswith(f" in {Path(env['LLMSTACK_CACHE_DIR']) / 'sessions'}; held now: agent 1")
     finally:
         cli("stop")

@@ -201,6 +201,11 @@ async def test_a_swap_saves_the_session_and_its_return_restores_it(world: World)
     metrics = app.status_api.metrics.render().decode()
     assert f'swapper_session_tokens_restored_total{{model="a"}} {saved["tokens"]}.0' in metrics
     assert 'swapper_session_restores_total{model="a",verdict="ok"} 1.0' in metrics
+    gauges = dict(line.split(" ") for line in metrics.splitlines()
+                  if line.startswith("swapper_session_cache_"))
+    assert {name: float(value) for name, value in gauges.items()} == {
+        "swapper_session_cache_bytes": state["bytes"], "swapper_session_cache_sessions": 2,
+        "swapper_session_cache_max_bytes": state["max_bytes"]}  # bytes on disk, read when scraped
     await app.shutdown()
 
 

@@ -8,13 +8,21 @@ import os
 import shutil
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, http, start_llmstack, start_server, stop_server, wait_until
+from tests.conftest import (
+    Server,
+    free_port,
+    http,
+    start_llmstack,
+    start_server,
+    stop_server,
+    wait_until,
+)
 
 LOAD_DELAY_S = 1.5  # the wrapper sleeps before exec'ing llama-server: a load slow enough to see
 
@@ -151,3 +159,44 @@ def test_the_page_lists_hosted_and_multi_machine_tiers_with_backend_health(
     finally:
         stop_server(server)
         stop_server(backend.server)
+
+
+STANDIN = Path(__file__).parents[1] / "slot_standin.py"
+
+
+def test_the_page_shows_the_saved_sessions_and_why_the_cache_is_off(
+        tmp_path: Path, browser: Any, swapper: Callable[[str], Server]) -> None:
+    """Two models on the slot stand-in (``python -m swapper``): b saves a session when it is
+    unloaded; a's build restores nothing, so its first restore turns the cache off for it.
+    The page shows the saved sessions against the cap, per model, and a's reason."""
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    models = "".join(f"""
+  {name}:
+    cmd: {sys.executable} {STANDIN} --port ${{PORT}} -m {model}{flags}
+    sessionCache: true""" for name, flags in (("a", " --restore-broken"), ("b", "")))
+    server = swapper(f"sessionCache: {{dir: {tmp_path / 'sessions'}, maxGB: 1, minTokens: 1}}\n"
+                     f"models:{models}\n")
+    chat = {"max_tokens": 4, "messages": [{"role": "system", "content": "You are a coding agent."},
+                                          {"role": "user", "content": "Read the scheduler. " * 20}]}
+    for name in ("b", "a"):
+        assert server.post("/v1/chat/completions", {**chat, "model": name})[0] == 200
+        assert server.post(f"/unload/{name}")[0] == 200
+    assert server.post("/v1/chat/completions", {**chat, "model": "a"})[0] == 200  # restores: nothing
+    state = json.loads(server.get("/api/state")[2])["sessions"]
+    reason = state["off"]["a"]
+    assert reason.startswith("restores restore nothing with ") and state["models"]["b"]["sessions"] == 1
+    browser.get(server.base + "/ui")
+
+    def texts(selector: str) -> list[str]:
+        return list(browser.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)", selector))
+
+    wait_until(lambda: bool(texts("#sessiontext")) and texts("#sessiontext")[0] != "", 15,
+               "the session cache shown")
+    assert texts("#sessiontext") == [f"{state['sessions']} saved, {state['bytes'] / 1e6:.1f} MB of "
+                                     f"1.00 GB ({tmp_path / 'sessions'})"]
+    assert texts('.session-off[data-model="a"]') == [f"off for a: {reason}"]
+    on_disk = f"{state['models']['b']['bytes'] / 1e6:.1f} MB"
+    not_held = "\u2013"  # b is not running: it holds no session now
+    assert texts('#session-models tr[data-model="b"]') == [f"b\t1\t{on_disk}\t{not_held}"]
