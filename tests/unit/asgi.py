@@ -174,3 +174,11 @@ class ReadyChild:
 def manager(config: SwapperConfig) -> Manager:
     """A manager over :class:`ReadyChild` processes (no runtime directory, no TTL task)."""
     return Manager(config, EventBus(), process_factory=ReadyChild)
+
+
+def openai_error(answer: Answer) -> dict[str, Any]:
+    """The ``error`` object of an OpenAI-shaped JSON error answer (asserting that shape)."""
+    body = answer.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}
+    assert answer.header("content-type") == "application/json"
+    return dict(body["error"])

@@ -14,7 +14,7 @@ from swapper.config import ModelSpec, SwapperConfig
 from swapper.front_door import FrontDoor
 from swapper.http_app import SwapperApp
 from swapper.proxy import UpstreamClient
-from tests.unit.asgi import Answer, Canned, FakePool, call, manager
+from tests.unit.asgi import Canned, FakePool, call, manager, openai_error
 
 CONFIG = SwapperConfig(models={
     "m": ModelSpec("m", cmd=("srv", "${PORT}"), aliases=("alias",)),
@@ -34,13 +34,6 @@ async def swapper(config: SwapperConfig = CONFIG, **kw: object) -> AsyncIterator
         yield app, pool
     finally:
         await app.manager.shutdown()
-
-
-def openai_error(answer: Answer) -> dict:
-    body = answer.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}
-    assert answer.header("content-type") == "application/json"
-    return dict(body["error"])
 
 
 async def test_models_lists_every_model_and_alias_on_both_paths() -> None:

@@ -22,7 +22,7 @@ from llmstack.serving.swapper_config import build_swapper_config
 from swapper.front_door import FrontDoor
 from swapper.http_app import SwapperApp
 from swapper.proxy import UpstreamClient
-from tests.unit.asgi import Answer, Canned, FakePool, call, manager
+from tests.unit.asgi import Answer, Canned, FakePool, call, manager, openai_error
 
 INI = """\
 [DEFAULT]
@@ -74,12 +74,6 @@ async def stack(keys: tuple[str, ...] = (), cors: tuple[str, ...] = (),
         yield app, pool
     finally:
         await app.manager.shutdown()
-
-
-def openai_error(answer: Answer) -> dict:
-    body = answer.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}
-    return dict(body["error"])
 
 
 def anthropic_error(answer: Answer) -> dict:
