@@ -32,7 +32,9 @@ STATE_KINDS = frozenset({
 _NUMBER = re.compile(rb'\s*:\s*([0-9.eE+-]+)')
 
 
-_TOKEN_KEYS = (b'"completion_tokens"', b'"predicted_n"')  # OpenAI usage, llama-server timings
+_TOKEN_KEYS = (b'"completion_tokens"', b'"output_tokens"', b'"predicted_n"')
+"""Generated tokens: OpenAI chat/completions usage, Anthropic Messages and Responses usage,
+llama-server's timings."""
 _RATE_KEY = b'"predicted_per_second"'
 
 
@@ -43,12 +45,9 @@ def _number_after(tail: bytes, key: bytes, at: int) -> bytes | None:
 
 
 def generated(tail: bytes) -> tuple[int | None, float | None]:
-    """Generated tokens and llama-server's tokens/s from the end of an answer (the last
-    ``completion_tokens`` or ``predicted_n``, and the last ``predicted_per_second``)."""
-    usage, timings = _TOKEN_KEYS
-    at, key = tail.rfind(usage), usage
-    if (later := tail.rfind(timings)) > at:
-        at, key = later, timings
+    """Generated tokens and llama-server's tokens/s from the end of an answer (whichever of
+    :data:`_TOKEN_KEYS` comes last, and the last ``predicted_per_second``)."""
+    at, key = max((tail.rfind(key), key) for key in _TOKEN_KEYS)
     tokens = _number_after(tail, key, at)
     rate = _number_after(tail, _RATE_KEY, tail.rfind(_RATE_KEY))
     try:

@@ -33,6 +33,19 @@ def test_generated_reads_usage_and_timings_from_the_tail() -> None:
     assert generated(b"data: [DONE]\n\n") == (None, None)
 
 
+def test_generated_reads_the_output_tokens_of_messages_and_responses_streams() -> None:
+    """A streamed /v1/messages answer counts its tokens in message_delta's usage (its
+    message_start says 0 or 1 first), a Responses answer in response.completed's."""
+    messages = (b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
+                b'{"input_tokens":9,"output_tokens":0}}}\n\nevent: message_delta\ndata: '
+                b'{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":'
+                b'{"output_tokens":8}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
+    assert generated(messages) == (8, None)
+    responses = (b'event: response.completed\ndata: {"type":"response.completed","response":'
+                 b'{"usage":{"input_tokens":9,"output_tokens":5,"total_tokens":14}}}\n\n')
+    assert generated(responses) == (5, None)
+
+
 @pytest.mark.parametrize("reason, label", [
     ("high-fidelity tokens~12<=12000", "high-fidelity"),
     ("long-context tokens~40000>32000 (user-turns=11>=10 floor)", "long-context"),
