@@ -78,7 +78,7 @@ def _stop(args: argparse.Namespace, settings: Settings) -> int:
     from ..project.daemon import stop
     from ..project.paths import find_project
 
-    return stop(find_project(settings).root)
+    return stop(find_project(settings).root, settings=settings)
 
 
 def _restart(args: argparse.Namespace, settings: Settings) -> int:

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from ..errors import UserError
 from ..project.channels import live_channel
 from ..project.paths import Project, find_project
 from ..project.pidrecord import StaleRecord, live_record, record_path
@@ -79,7 +78,9 @@ def collect(project: Project, settings: Settings) -> dict[str, Any]:
             doc["stale_record"] = f"{record_path(root)}: {stale}"
             return doc
         if found is None:
-            doc["url"] = _project_url(project, settings)
+            from ..project.daemon import project_url  # only when no record: status stays fast
+
+            doc["url"] = project_url(project, settings)
             if doc["url"] is None:
                 return doc
             doc["unrecorded"] = True
@@ -128,17 +129,6 @@ def collect(project: Project, settings: Settings) -> dict[str, Any]:
             "backends": row.get("backends", []), "gguf_path": meta.get("gguf_path"),
             "missing_file": meta.get("missing_file")})
     return doc
-
-
-def _project_url(project: Project, settings: Settings) -> str | None:
-    """Where the project's stack answers when it runs: its models.ini's address, or the
-    demo's (None when models.ini cannot be read: nothing to look at)."""
-    from ..project.daemon import resolve_target
-
-    try:
-        return resolve_target(project, settings, None, None, demo=False).url
-    except UserError:
-        return None
 
 
 def _describe_unrecorded(doc: dict[str, Any], pid: Any) -> None:

@@ -375,17 +375,47 @@ def _kill(procs: list[psutil.Process], out: IO[str]) -> None:
         print(f"[!] still running after SIGKILL: {', '.join(str(p.pid) for p in left)}", file=out)
 
 
-def stop(project_dir: Path, out: IO[str] = sys.stdout) -> int:
-    """Stop what this project started (nothing else); returns the exit status."""
+def project_url(project: Project, settings: Settings) -> str | None:
+    """Where the project's stack answers when it runs: its models.ini's address, or the
+    demo's (None when models.ini cannot be read: nothing to look at)."""
+    try:
+        return resolve_target(project, settings, None, None, demo=False).url
+    except UserError:
+        return None
+
+
+def unrecorded_server(project: Project, settings: Settings) -> tuple[str, int] | None:
+    """The address and pid of a server answering at the project's address although this
+    project recorded none (a foreground ``llmstack serve``), if one does."""
+    import httpx
+
+    url = project_url(project, settings)
+    if url is None:
+        return None
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        pid = _server_pid(client, url)
+    return (url, pid) if pid is not None else None
+
+
+def stop(project_dir: Path, out: IO[str] = sys.stdout, settings: Settings | None = None) -> int:
+    """Stop what this project started (nothing else); returns the exit status. With
+    ``settings``, a server this project did not start that answers at its address is named
+    (and left running)."""
     root = project_dir.resolve()
     channel = pinned(Project(root)) or CURRENT
     with _start_lock(root):
         found = running(root, report=out)
         if found is None:
             _clear_active_channel(root)
+            other = (unrecorded_server(Project(root), settings)
+                     if settings is not None and not channel.external else None)
             if channel.external:
                 print(f"[=] client of the external stack at {channel.url}: nothing local to stop",
                       file=out)
+            elif other is not None:
+                print(f"[=] not started by `llmstack start` here: the server at {other[0]} (pid "
+                      f"{other[1]}, a foreground `llmstack serve`?) is left running; Ctrl-C "
+                      "where it runs stops it", file=out)
             else:
                 print("[=] not running", file=out)
             return 0

@@ -12,6 +12,7 @@ from tests.conftest import (
     FAKE_UPSTREAM,
     TINY_STACK_INI,
     free_port,
+    http,
     start_llmstack,
     stop_server,
     tiny_stack,
@@ -80,6 +81,12 @@ def test_status_sees_a_foreground_serve_at_the_projects_address(tmp_path: Path) 
         assert ("not started by `llmstack start` here (no pid record): a `llmstack serve` in "
                 f"{project} answers") in text
         assert "OPENCODE_CONFIG" not in text
+        stopped = subprocess.run([sys.executable, "-m", "llmstack", "stop"], cwd=project, env=env,
+                                 capture_output=True, text=True, timeout=30, check=False)
+        assert stopped.returncode == 0, stopped.stderr  # it names what it leaves running
+        assert (f"[=] not started by `llmstack start` here: the server at {server.base} (pid "
+                f"{server.popen.pid}, a foreground `llmstack serve`?) is left running") in stopped.stdout
+        assert server.popen.poll() is None and http("GET", server.base + "/health")[0] == 200
     finally:
         stop_server(server)
     done = status("--json")  # and once it is gone: stopped, as before
