@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from .events import RING_BYTES, RING_EVENTS, SHUTTING_DOWN, Behind, Event, FrameRing
+from .errors import unavailable
+from .events import RING_BYTES, RING_EVENTS, RING_READERS, SHUTTING_DOWN, Behind, Event, FrameRing
 from .observe import Observer
 from .reply import SEND_BUFFER_KEY, DisconnectWatch, Reply, send_bytes
 from .routes import POST, Route, path_param, routes
@@ -123,7 +124,11 @@ async def stream_ring(scope: Scope, receive: Receive, send: Send, ring: FrameRin
 
     A backlog goes out :data:`WRITE_BYTES` at a time, one write per reader per turn of the
     loop, and the connection's kernel send buffer is capped at :data:`SEND_BUFFER`: a
-    reader that stops reading holds that much and the socket's, never the ring's copy."""
+    reader that stops reading holds that much and the socket's, never the ring's copy.
+    With :data:`~swapper.events.RING_READERS` readers already, a 503 (``Retry-After``)."""
+    if ring.readers >= RING_READERS:
+        raise unavailable(f"{ring.readers} readers already follow this stream (at most "
+                          f"{RING_READERS}); close one", retry_after=5, code="too_many_readers")
     reply = Reply.of(scope, send)
     watch = DisconnectWatch(scope, receive, reply)
     limit_send_buffer = scope.get(SEND_BUFFER_KEY)

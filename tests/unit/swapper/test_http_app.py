@@ -196,3 +196,22 @@ async def test_a_request_is_one_request_done_event_with_its_status() -> None:
         await call(app, "POST", CHAT, {"model": "nope"})
         assert [(e.fields["model"], e.fields["status"]) for e in app.manager.bus.recent
                 if e.kind == "request_done"] == [("m", 200), ("-", 404)]
+
+
+async def test_a_stream_with_as_many_readers_as_it_takes_refuses_one_more() -> None:
+    """Each reader of /api/events holds a connection and its socket buffer: past
+    RING_READERS a new one is a 503 with Retry-After, and the readers there keep theirs."""
+    import asyncio
+    from contextlib import ExitStack
+
+    from swapper.events import RING_READERS
+
+    async with swapper() as (app, _):
+        ring = app.status_api.feed.ring
+        with ExitStack() as readers:
+            for _ in range(RING_READERS):
+                readers.enter_context(ring.reader())
+            answer = await asyncio.wait_for(call(app, "GET", "/api/events"), 5)  # not a stream
+            assert answer.status == 503 and answer.header("retry-after") == "5"
+            assert openai_error(answer)["code"] == "too_many_readers"
+            assert ring.readers == RING_READERS
