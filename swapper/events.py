@@ -19,10 +19,10 @@ log = logging.getLogger("swapper")
 F = TypeVar("F", bound=Callable[..., None])
 RING_EVENTS = 1000
 RING_BYTES = 1 << 20
+"""How far a streaming reader may lag: this many frames or bytes unread, then it is dropped."""
 RING_READERS = 256
 """Readers of one stream at once (``/api/events``, one tier's ``/logs/stream``): each holds a
 connection and its capped socket buffer, so together at most ~40 MB; one more is a 503."""
-"""How far a streaming reader may lag: this many frames or bytes unread, then it is dropped."""
 SHUTTING_DOWN = "shutting_down"
 """The event published when the server starts shutting down: live streams end on it."""
 
