@@ -64,6 +64,8 @@ async def pin(child: ChildSessions, headers: Iterable[tuple[bytes, bytes]], path
               data: Mapping[str, Any], body: bytes) -> tuple[bytes, Pinned | None]:
     """The body to forward (with ``"id_slot"`` spliced in) and the pin, or ``body`` and None
     when the request is not pinned (no session, the feature off, its slot busy)."""
+    if child.off:  # before the hashing: a child whose restores are broken pins nothing
+        return body, None
     session = session_key(session_id_from(headers), data)
     slot = await child.before_request(session)
     if session is None or slot is None:

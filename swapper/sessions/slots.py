@@ -56,7 +56,6 @@ class Props:
     total_slots: int
     n_ctx: int
     """Cells per slot."""
-    model_path: str
     multimodal: bool
 
 
@@ -67,7 +66,6 @@ class SlotState:
 
     id: int
     n_ctx: int
-    busy: bool
     tokens: int | None
 
 
@@ -121,7 +119,6 @@ class SlotClient:
         modalities = data.get("modalities")
         props = Props(_count(data, "total_slots", MAX_SLOTS),
                       _count(settings, "n_ctx") if isinstance(settings, dict) else 0,
-                      str(data.get("model_path", ""))[:4096],
                       isinstance(modalities, dict) and any(v is True for v in modalities.values()))
         if props.total_slots < 1:
             raise SlotError("the server reports no slots")
@@ -138,8 +135,7 @@ class SlotClient:
             if not isinstance(item, dict):
                 raise SlotError("the server's slot list holds something else")
             tokens = _count(item, "n_prompt_tokens") if "n_prompt_tokens" in item else None
-            states.append(SlotState(_count(item, "id", MAX_SLOTS), _count(item, "n_ctx"),
-                                    item.get("is_processing") is True, tokens))
+            states.append(SlotState(_count(item, "id", MAX_SLOTS), _count(item, "n_ctx"), tokens))
         return states
 
     async def save(self, slot: int, filename: str, timeout: float) -> SlotResult:

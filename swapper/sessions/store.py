@@ -107,7 +107,6 @@ class PendingSave:
     session: str
     filename: str
     directory: Path
-    reserved: int
     discarded: tuple[Discarded, ...]
     """What was evicted to make room for it."""
 
@@ -435,8 +434,7 @@ class SessionStore:
         discarded = self._fit(expected, used=last_used)
         name = f"{session}.{secrets.token_hex(4)}.tmp"
         self._reserved[name] = expected
-        return PendingSave(cache_key, session, name, self.root / cache_key, expected,
-                           tuple(discarded))
+        return PendingSave(cache_key, session, name, self.root / cache_key, tuple(discarded))
 
     def abort(self, pending: PendingSave) -> None:
         """Give a save up: its file goes (also one the server creates later is stale)."""

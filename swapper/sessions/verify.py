@@ -39,10 +39,8 @@ def timings_from(value: Any) -> Timings | None:
     """The ``timings`` object of an answer (already parsed), or None if it is not one."""
     if not isinstance(value, dict):
         return None
-    cache_n, prompt_n = value.get("cache_n"), value.get("prompt_n")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (cache_n, prompt_n)):
-        return None
-    return Timings(cache_n, prompt_n)  # type: ignore[arg-type]
+    cache_n, prompt_n = _count(value.get("cache_n")), _count(value.get("prompt_n"))
+    return None if cache_n is None or prompt_n is None else Timings(cache_n, prompt_n)
 
 
 def _count(value: object) -> int | None:

@@ -27,22 +27,13 @@ from swapper.manager import Manager
 from swapper.scheduler import Status
 from swapper.sessions.keys import session_key
 from swapper.upstream import UpstreamPool
+from tests.conftest import eventually
 from tests.slot_standin import SlotStandIn
 
 pytestmark = pytest.mark.timeout(30)
 _pids = itertools.count(5000)
 CHAT = "/v1/chat/completions"
 PYTHON = str(Path(sys.executable).resolve())  # the stand-ins' "binary"
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll ``condition`` every 5 ms until it holds (the stand-ins answer over real sockets,
-    so progress needs time, not only turns of the loop); fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.005)
 
 
 class StandInChild:
@@ -219,7 +210,8 @@ async def test_every_kind_of_stop_saves_and_a_crash_has_nothing_to_save(world: W
     async def stopped_saving(reason: str) -> None:
         """a stops for ``reason``, saving its session between ``model_stopping`` and
         ``model_stopped``."""
-        await until(lambda: world.of("model_stopped", model="a", reason=reason), f"a stopped ({reason})")
+        await eventually(lambda: world.of("model_stopped", model="a", reason=reason), 10.0,
+                         f"a stopped ({reason})")
         kinds = world.kinds("a")
         at = len(kinds) - 1 - kinds[::-1].index("model_stopping")
         assert kinds[at:at + 3] == ["model_stopping", "session_saved", "model_stopped"]
@@ -237,14 +229,14 @@ async def test_every_kind_of_stop_saves_and_a_crash_has_nothing_to_save(world: W
     await turn("x", "y", "z", "w")
     manager.reconfigure(world.config(world.spec("a", "--temp", "0.3", ttl=60.0), world.spec("b")))
     await stopped_saving("reconfigure")
-    await until(lambda: manager.scheduler.status["a"] is Status.READY, "a restarted")
+    await eventually(lambda: manager.scheduler.status["a"] is Status.READY, 10.0, "a restarted")
     assert "--temp" in world.child("a").argv  # a neutral flag: the same key, nothing discarded
     assert world.of("session_discarded") == []
 
     await turn("x", "y", "z", "w", "v", "u")
     saves = len(world.of("session_saved"))
     world.child("a").exit(1)  # a crash
-    await until(lambda: manager.scheduler.status["a"] is Status.STOPPED, "a gone")
+    await eventually(lambda: manager.scheduler.status["a"] is Status.STOPPED, 10.0, "a gone")
     assert "a" not in manager.sessions and len(world.of("session_saved")) == saves
 
     await turn("x", "y", "z", "w", "v", "u", "t", "s")
@@ -259,10 +251,10 @@ async def test_a_reload_that_changes_the_window_discards_the_saved_sessions(worl
     manager, app = await served(world, world.spec("a", "-c", "4096"))
     assert (await call(app, "a", conversation()))[0] == 200
     manager.reconfigure(world.config(world.spec("a", "-c", "2048")))
-    await until(lambda: len(world.of("session_discarded")) == 1, "the old window's save discarded")
+    await eventually(lambda: len(world.of("session_discarded")) == 1, 10.0, "the old window's save discarded")
     [discarded] = world.of("session_discarded")
     assert discarded["reason"] == "the settings changed (was -c 4096, now -c 2048)"
-    await until(lambda: manager.scheduler.status["a"] is Status.READY, "a restarted")
+    await eventually(lambda: manager.scheduler.status["a"] is Status.READY, 10.0, "a restarted")
     assert (await call(app, "a", conversation("x", "y")))[0] == 200
     assert world.of("session_restored") == []
     await app.shutdown()

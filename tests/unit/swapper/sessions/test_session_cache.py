@@ -18,6 +18,7 @@ from swapper.sessions.keys import session_key
 from swapper.sessions.slots import RestoreRejected, SlotClient, SlotError, SlotTimeout
 from swapper.sessions.verify import TAP_TAIL, Timings, TimingsTap, Verdict, judge, timings_in
 from swapper.upstream import UpstreamPool
+from tests.conftest import eventually
 from tests.slot_standin import SlotStandIn
 
 # -- verification (pure) --------------------------------------------------------------------
@@ -249,14 +250,6 @@ async def test_an_unpinned_miss_is_not_taken_for_a_broken_build(
     assert "session_cache_off" not in events.kinds()
 
 
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    """Poll ``condition`` on the loop until it holds (fails after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 async def test_a_slow_save_is_abandoned_and_the_stop_goes_on(
         tmp_path: Path, pool: UpstreamPool, standins: Callable[..., Any], model_files: list[str]) -> None:
     events = Events()
@@ -269,7 +262,7 @@ async def test_a_slow_save_is_abandoned_and_the_stop_goes_on(
     [failed] = events.of("session_save_failed")
     assert "within 0.3 s" in failed["reason"]
     assert cache.store.used == 0
-    await eventually(lambda: any(plan.directory.glob("*.tmp")), "the server to write the file late")
+    await eventually(lambda: any(plan.directory.glob("*.tmp")), 10, "the server to write the file late")
     cache.close()
     assert cache.plan("agent", model_files, {}) is not None  # the next open sweeps it
     assert [p.name for p in plan.directory.iterdir()] == ["key.json"]
