@@ -16,7 +16,6 @@ started, and only once the server that started it no longer runs.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -27,7 +26,7 @@ from typing import Any
 import psutil
 
 from .identity import Identity, describe, verify
-from .small_files import UnreadableFile, open_lock, read_json
+from .small_files import UnreadableFile, read_json, try_lock
 
 LOCK_NAME = "lock"
 
@@ -82,12 +81,9 @@ class ChildRecords:
         """
         runtime_dir.mkdir(parents=True, exist_ok=True)
         path = runtime_dir / LOCK_NAME
-        fd = open_lock(path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RuntimeDirBusy(f"{runtime_dir} is held by {_holder(path)}") from None
+        fd = try_lock(path)
+        if fd is None:
+            raise RuntimeDirBusy(f"{runtime_dir} is held by {_holder(path)}")
         records = cls(runtime_dir / "children", fd)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(records.owner.as_dict()).encode())

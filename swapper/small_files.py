@@ -9,6 +9,7 @@ such as ``/dev/zero``, a directory, or a file over the limit is one
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
@@ -109,6 +110,22 @@ def open_lock(path: Path) -> int:
         raise UnreadableFile(f"{path}: cannot open: {exc.strerror or exc}") from None
     try:
         _require_regular(path, os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def try_lock(path: Path) -> int | None:
+    """Lock file ``path`` (:func:`open_lock`) held exclusively by this process: its
+    descriptor (closing it releases the lock), or None when another process holds it. Any
+    other failure of the lock closes the descriptor and raises (an ``OSError``)."""
+    fd = open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
     except BaseException:
         os.close(fd)
         raise

@@ -29,7 +29,6 @@ Contracts:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..small_files import UnreadableFile, open_lock, read_json
+from ..small_files import UnreadableFile, read_json, try_lock
 from .keys import HEX_LEN, CacheKey, what_changed
 
 SIDECAR_VERSION = 1
@@ -238,12 +237,14 @@ class SessionStore:
         ours or another process has it open."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         _private_dir(self.root)
-        fd = open_lock(self.root / LOCK_NAME)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = try_lock(self.root / LOCK_NAME)
+        except UnreadableFile:
+            raise
         except OSError:
-            os.close(fd)
-            raise StoreError(f"{self.root}: in use by another server") from None
+            fd = None
+        if fd is None:
+            raise StoreError(f"{self.root}: in use by another server")
         self._lock_fd = fd
         try:
             discarded: list[Discarded] = []
