@@ -338,7 +338,8 @@ class LLMStackApp:
             RequestMeter(self.manager.bus, "auto", path, {"asked": "auto", "reason": error.code
                          or "refused"}, started).finish(Reply.of(scope, send), error.status)
             raise
-        tier = decision.tier if path in HOSTED_PATHS else self._local_rung(decision.tier, data)
+        tier = decision.tier if path in HOSTED_PATHS else self._local_rung(
+            decision.tier, decision.estimated_tokens, data)
         while True:
             # llama-server ignores "model" (it answers with its alias), so the client's bytes
             # go upstream unchanged; hosted tiers read the rewritten dict.
@@ -432,14 +433,15 @@ class LLMStackApp:
             return ""
         return next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
 
-    def _local_rung(self, chosen: str, data: dict[str, Any]) -> str:
+    def _local_rung(self, chosen: str, needed: int, data: dict[str, Any]) -> str:
         """For an endpoint hosted tiers do not serve: ``chosen`` if it is local, else the
-        highest local rung whose window holds the request (``chosen`` when none does)."""
+        highest local rung whose window holds the request (``needed``: its prompt's estimate;
+        ``chosen`` when none does)."""
         stack, table = self.loaded.stack, self.loaded.table
         tier = stack.tier(chosen)
         if tier is None or tier.backend != "litellm":
             return chosen
-        needed, asked = estimate_tokens(data), requested_output(data)
+        asked = requested_output(data)
         local = (r for r in reversed(table.rungs) if r is not None and r.holds(needed, asked)
                  and (t := stack.tier(r.name)) is not None and t.backend == "gguf")
         return next((r.name for r in local), chosen)
