@@ -140,6 +140,11 @@ def _anthropic_body(error: ApiError) -> bytes:
     return anthropic_error(error.status, error.message)
 
 
+def _session_id(scope: Scope) -> str:
+    """The first of :data:`SESSION_HEADERS` the request carries, "" when none."""
+    return next(filter(None, (header(scope, h) for h in SESSION_HEADERS)), "")
+
+
 def _tier_headers(tier: str, tokens: int) -> Headers:
     return [(b"x-llmstack-tokens", str(tokens).encode()), (b"x-llmstack-tier", tier.encode())]
 
@@ -404,7 +409,7 @@ class LLMStackApp:
         assert data is not None
         meter = RequestMeter(self.manager.bus, name, path, request.context)
         reply = Reply.of(scope, send)
-        session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+        session = _session_id(scope)
         if path == "/v1/messages":
             error = await _until_disconnect(scope, receive, reply, lambda out: hosted.messages(
                 tier, data, out, extra))
@@ -429,9 +434,7 @@ class LLMStackApp:
 
     def _session(self, scope: Scope) -> str:
         """The agent session id (opencode sends both headers), "" when sticky routing is off."""
-        if not self.loaded.table.sticky_sessions:
-            return ""
-        return next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+        return _session_id(scope) if self.loaded.table.sticky_sessions else ""
 
     def _local_rung(self, chosen: str, needed: int, data: dict[str, Any]) -> str:
         """For an endpoint hosted tiers do not serve: ``chosen`` if it is local, else the
