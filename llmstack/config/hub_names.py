@@ -27,7 +27,8 @@ _REPO_ID = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _BLOB_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _ETAG_HEADER = re.compile(r'(?:W/)?"?([0-9a-f]{40}|[0-9a-f]{64})"?')
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+"""A control character (C0 or DEL): never part of a name or path."""
 
 
 class UnsafeName(ValueError):
@@ -61,7 +62,7 @@ def check_repo_file(value: str) -> str:
         else "has a '..' part" if ".." in parts
         else "has an empty or '.' part" if any(p in ("", ".") for p in parts)
         else "has a backslash" if "\\" in value
-        else "has a control character" if _CONTROL.search(value)
+        else "has a control character" if CONTROL.search(value)
         else "has a drive (C:)" if any(PureWindowsPath(p).drive for p in parts)
         else f"has a part longer than {NAME_MAX_BYTES} bytes"
         if any(len(p.encode()) > NAME_MAX_BYTES for p in parts)

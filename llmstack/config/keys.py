@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .address import DEFAULT_PORT
-from .hub_names import check_repo_file, check_repo_id, shown
+from .hub_names import CONTROL, check_repo_file, check_repo_id, shown
 from .schema import (
     BACKENDS,
     CACHE_TYPES,
@@ -48,7 +48,6 @@ _ROPE = re.compile(
     re.IGNORECASE,
 )
 _ENV_REF = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PATH_MAX = 4096
 
 
@@ -178,7 +177,7 @@ def _local_path(raw: str) -> str | None:
     if raw.startswith("~"):
         raise ValueError(f"{shown(raw)}: ~ is not expanded here; write the path absolute or "
                          "relative to models.ini's directory")
-    if len(raw) > PATH_MAX or _CONTROL.search(raw):
+    if len(raw) > PATH_MAX or CONTROL.search(raw):
         raise ValueError(f"{shown(raw)} is not a file path (a control character, or longer than "
                          f"{PATH_MAX} characters)")
     return raw

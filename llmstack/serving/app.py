@@ -140,6 +140,11 @@ def _anthropic_body(error: ApiError) -> bytes:
     return anthropic_error(error.status, error.message)
 
 
+def _session_id(scope: Scope) -> str:
+    """The first of :data:`SESSION_HEADERS` the request carries, "" when none."""
+    return next(filter(None, (header(scope, h) for h in SESSION_HEADERS)), "")
+
+
 def _tier_headers(tier: str, tokens: int) -> Headers:
     return [(b"x-llmstack-tokens", str(tokens).encode()), (b"x-llmstack-tier", tier.encode())]
 
@@ -338,7 +343,8 @@ class LLMStackApp:
             RequestMeter(self.manager.bus, "auto", path, {"asked": "auto", "reason": error.code
                          or "refused"}, started).finish(Reply.of(scope, send), error.status)
             raise
-        tier = decision.tier if path in HOSTED_PATHS else self._local_rung(decision.tier, data)
+        tier = decision.tier if path in HOSTED_PATHS else self._local_rung(
+            decision.tier, decision.estimated_tokens, data)
         while True:
             # llama-server ignores "model" (it answers with its alias), so the client's bytes
             # go upstream unchanged; hosted tiers read the rewritten dict.
@@ -403,7 +409,7 @@ class LLMStackApp:
         assert data is not None
         meter = RequestMeter(self.manager.bus, name, path, request.context)
         reply = Reply.of(scope, send)
-        session = next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+        session = _session_id(scope)
         if path == "/v1/messages":
             error = await _until_disconnect(scope, receive, reply, lambda out: hosted.messages(
                 tier, data, out, extra))
@@ -428,18 +434,17 @@ class LLMStackApp:
 
     def _session(self, scope: Scope) -> str:
         """The agent session id (opencode sends both headers), "" when sticky routing is off."""
-        if not self.loaded.table.sticky_sessions:
-            return ""
-        return next((header(scope, h) for h in SESSION_HEADERS if header(scope, h)), "")
+        return _session_id(scope) if self.loaded.table.sticky_sessions else ""
 
-    def _local_rung(self, chosen: str, data: dict[str, Any]) -> str:
+    def _local_rung(self, chosen: str, needed: int, data: dict[str, Any]) -> str:
         """For an endpoint hosted tiers do not serve: ``chosen`` if it is local, else the
-        highest local rung whose window holds the request (``chosen`` when none does)."""
+        highest local rung whose window holds the request (``needed``: its prompt's estimate;
+        ``chosen`` when none does)."""
         stack, table = self.loaded.stack, self.loaded.table
         tier = stack.tier(chosen)
         if tier is None or tier.backend != "litellm":
             return chosen
-        needed, asked = estimate_tokens(data), requested_output(data)
+        asked = requested_output(data)
         local = (r for r in reversed(table.rungs) if r is not None and r.holds(needed, asked)
                  and (t := stack.tier(r.name)) is not None and t.backend == "gguf")
         return next((r.name for r in local), chosen)

@@ -27,7 +27,7 @@ from swapper.solver import compile_plan
 
 from ..config.ini import DEFAULT_SECTION, IniError, ModelsIniError
 from ..config.schema import SERVING_ROLES, Stack, Tier
-from ..models.gguf_info import kv_cache_bytes, read_gguf_info, tier_memory_mb
+from ..models.gguf_info import GGUFInfo, kv_cache_bytes, read_gguf_info, tier_memory_mb
 from ..models.hf_cache import HubCache, size_gb
 from ..models.machine import MemoryBudget, stack_budget
 from ..settings import Settings
@@ -81,28 +81,30 @@ def llama_server_argv(stack: Stack, tier: Tier, server: str, model_file: Path) -
     return (*argv, *tier.llama_server_args)
 
 
-def tier_memory(stack: Stack, tier: Tier, model_file: Path | None) -> float:
-    """Weights plus KV cache in MB: from the GGUF when present, else ``size_gb``."""
-    if model_file is not None and model_file.exists():
-        try:
-            info = read_gguf_info(model_file)
-        except (OSError, ValueError, IndexError, KeyError) as exc:  # partial or foreign file
-            log.warning("cannot read GGUF metadata of %s (%s); using size_gb", model_file, exc)
-            return (tier.size_gb or 0.0) * 1024
-        ctx = tier.ctx_size or info.context_length
-        kv = kv_cache_bytes(info, ctx, stack.cache_type_k, stack.cache_type_v)
-        return float(tier_memory_mb(info.file_size_bytes, kv))
-    return (tier.size_gb or 0.0) * 1024
-
-
-def slot_bytes_per_token(stack: Stack, model_file: Path | None) -> int:
-    """Bytes a saved session of this model takes per token (its K and V in the stack's cache
-    types, and the token's own); 0, unknown until its first save, when the GGUF cannot be
-    read (:func:`tier_memory` says so)."""
+def gguf_info(model_file: Path | None) -> GGUFInfo | None:
+    """The GGUF's metadata, read once per tier; None without a file, or when it cannot be
+    read (a partial or foreign file: logged, and its sizes fall back to ``size_gb``)."""
+    if model_file is None or not model_file.exists():
+        return None
     try:
-        info = read_gguf_info(model_file) if model_file is not None else None
-    except (OSError, ValueError, IndexError, KeyError):
-        info = None
+        return read_gguf_info(model_file)
+    except (OSError, ValueError, IndexError, KeyError) as exc:
+        log.warning("cannot read GGUF metadata of %s (%s); using size_gb", model_file, exc)
+        return None
+
+
+def tier_memory(stack: Stack, tier: Tier, info: GGUFInfo | None) -> float:
+    """Weights plus KV cache in MB: from the GGUF's ``info`` when read, else ``size_gb``."""
+    if info is None:
+        return (tier.size_gb or 0.0) * 1024
+    ctx = tier.ctx_size or info.context_length
+    kv = kv_cache_bytes(info, ctx, stack.cache_type_k, stack.cache_type_v)
+    return float(tier_memory_mb(info.file_size_bytes, kv))
+
+
+def slot_bytes_per_token(stack: Stack, info: GGUFInfo | None) -> int:
+    """Bytes a saved session of this model takes per token (its K and V in the stack's cache
+    types, and the token's own); 0, unknown until its first save, without the GGUF's ``info``."""
     if info is None:
         return 0
     return kv_cache_bytes(info, 1, stack.cache_type_k, stack.cache_type_v) + SLOT_TOKEN_BYTES
@@ -181,15 +183,16 @@ def build_swapper_config(stack: Stack, server: str, files: Mapping[str, Path | N
             common["metadata"] = {**common["metadata"], "gguf_path": tier.gguf_path}
         if model_file is None:
             common["metadata"] = {**common["metadata"], "missing_file": _missing(tier)}
+        info = gguf_info(model_file)
         argv = llama_server_argv(stack, tier, server, model_file or (
             Path(tier.gguf_path) if tier.gguf_path
             else hub.missing_path(str(tier.hf_repo), str(tier.hf_file))))
         models[tier.name] = ModelSpec(cmd=argv, ttl=float(tier.effective_ttl),
                                       concurrency_limit=TIER_CONCURRENCY_LIMIT,
                                       timeouts=tier_timeouts(stack, tier),
-                                      memory_mb=tier_memory(stack, tier, model_file),
+                                      memory_mb=tier_memory(stack, tier, info),
                                       session_cache=stack.session_cache_for(tier),
-                                      kv_bytes_per_token=slot_bytes_per_token(stack, model_file),
+                                      kv_bytes_per_token=slot_bytes_per_token(stack, info),
                                       **common)
     return SwapperConfig(
         models=models, health_check_timeout=HEALTH_CHECK_TIMEOUT,

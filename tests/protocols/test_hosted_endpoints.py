@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from llmstack.config.ini import parse_stack
 from llmstack.serving.app import LLMStackApp
-from llmstack.serving.routing import RoutingTable
+from llmstack.serving.routing import RoutingTable, estimate_tokens
 from tests.llmstack.test_app_fake import INI, call, stack  # noqa: F401  (stack is a fixture)
 
 
@@ -25,7 +25,7 @@ def test_auto_off_chat_completions_picks_the_highest_local_rung_that_fits() -> N
     parsed = parse_stack(INI)
     app = SimpleNamespace(loaded=SimpleNamespace(stack=parsed, table=RoutingTable.from_stack(parsed)))
     short = {"messages": [{"role": "user", "content": "hi"}]}
-    assert LLMStackApp._local_rung(app, "code-ultra", short) == "code-smart"  # type: ignore[arg-type]
-    assert LLMStackApp._local_rung(app, "code-fast", short) == "code-fast"  # type: ignore[arg-type]
+    assert LLMStackApp._local_rung(app, "code-ultra", estimate_tokens(short), short) == "code-smart"  # type: ignore[arg-type]
+    assert LLMStackApp._local_rung(app, "code-fast", estimate_tokens(short), short) == "code-fast"  # type: ignore[arg-type]
     huge = {"messages": [{"role": "user", "content": "w" * 4 * 100000}]}  # fits only ultra
-    assert LLMStackApp._local_rung(app, "code-ultra", huge) == "code-ultra"  # type: ignore[arg-type]
+    assert LLMStackApp._local_rung(app, "code-ultra", estimate_tokens(huge), huge) == "code-ultra"  # type: ignore[arg-type]
