@@ -153,15 +153,22 @@ def configure(project: Project, settings: Settings, print_only: str | None = Non
               demo: bool = False, port: int | None = None) -> int:
     """Render opencode.json + AGENTS.md for the pinned channel (or the demo stack); with
     ``print_only`` (one of PRINT_TARGETS), print that client's settings instead."""
-    channel = pinned(project) or CURRENT
-    rendered = render_for(project, settings, channel, demo, port=port)
     if print_only:
+        rendered = render_for(project, settings, pinned(project) or CURRENT, demo, port=port)
         sys.stdout.write(client_text(print_only, project, settings, rendered))
         return 0
+    _write_config(project, settings, demo, port)
+    return 0
+
+
+def _write_config(project: Project, settings: Settings, demo: bool, port: int | None) -> Stack:
+    """Write opencode.json + AGENTS.md for the pinned channel (or the demo stack); the
+    stack they were made from."""
+    rendered = render_for(project, settings, pinned(project) or CURRENT, demo, port=port)
     _write(project, rendered)
     say(f"    opencode talks to {rendered.where}; run it with "
         f"OPENCODE_CONFIG={project.opencode_json} opencode")
-    return 0
+    return rendered.stack
 
 
 def install(project: Project, settings: Settings, flag: Channel | None,
@@ -226,10 +233,8 @@ def setup(project: Project, settings: Settings, demo: bool = False, port: int | 
         say("[1/4] models.ini")
         init(project)
         say("[2/4] opencode.json")
-        configure(project, settings, port=port)
+        stack = _write_config(project, settings, False, port)  # models.ini read once, here
         say("[3/4] download")
-        stack = for_channel(read_stack(project.models_ini, settings.variables),
-                            pinned(project) or CURRENT)
         if not _confirm_download(project, stack, settings, yes):
             return 0
         from ..models.download import download_tiers

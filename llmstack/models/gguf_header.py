@@ -35,6 +35,16 @@ class _Cursor:
             raise ValueError("truncated string")
         return bytes(self.data[start:self.pos]).decode("utf-8", "replace") if decode else None
 
+    def _skip_strings(self, count: int) -> None:
+        """Step over ``count`` strings (a vocabulary: one tight loop, not a call per string)."""
+        length = struct.Struct(self.order + "Q").unpack_from
+        data, end, pos = self.data, len(self.data), self.pos
+        for _ in range(count):
+            pos += 8 + length(data, pos)[0]
+            if pos > end:
+                raise ValueError("truncated string")
+        self.pos = pos
+
     def value(self, kind: int, decode: bool) -> Any:
         if kind == _STRING:
             return self.string(decode)
@@ -42,6 +52,9 @@ class _Cursor:
             item, count = self.unpack("I"), self.unpack("Q")
             if item in _SCALARS and not decode:
                 self.pos += count * struct.calcsize(_SCALARS[item])
+                return None
+            if item == _STRING and not decode:
+                self._skip_strings(count)
                 return None
             values = [self.value(item, decode) for _ in range(count)]
             return values if decode else None

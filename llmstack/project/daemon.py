@@ -29,7 +29,6 @@ from typing import IO, TYPE_CHECKING, Any
 import psutil
 
 from swapper.config import DEFAULT_UNLOAD_TIMEOUT, SESSION_SHUTDOWN_BUDGET, SHUTDOWN_GRACE
-from swapper.logring import log_file
 from swapper.small_files import RECORD_LIMIT, UnreadableFile, open_lock, read_small
 
 from ..config.address import url_for
@@ -458,6 +457,8 @@ def logs(project_dir: Path, tier: str | None, follow: bool, lines: int,
          headers: dict[str, str], out: IO[str] = sys.stdout) -> int:
     """Print the stack's log (or one tier's), then follow it with ``follow``; ``headers``:
     what a request to the running stack carries (its API key)."""
+    from swapper.logring import log_file  # with the bus and asyncio: not on status's path
+
     root = project_dir.resolve()
     found = running(root)
     record = found[0] if found else None

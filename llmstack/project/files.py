@@ -123,15 +123,16 @@ class GeneratedFiles:
             old: bytes | None = path.read_bytes()
         except FileNotFoundError:
             old = None
+        record, key, digest = self._record(), str(path.resolve()), _digest(new)
         backup = None
-        if old is not None and old != new and self.edited(path):
+        if old is not None and old != new and record.get(key) != _digest(old):  # edited
             backup = _backup_name(path)
             write_atomic(backup, old)
         if old != new:
             write_atomic(path, new)
-        record = self._record()
-        record[str(path.resolve())] = _digest(new)
-        write_atomic(self.record_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        if record.get(key) != digest:
+            record[key] = digest
+            write_atomic(self.record_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
         return Written(path, old != new, backup)
 
 
