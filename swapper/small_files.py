@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,43 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+def _staged(path: Path, data: str | bytes, mode: int) -> Path:
+    """``data`` written and synced to a temp file beside ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode("utf-8") if isinstance(data, str) else data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` in one step (temp file + fsync + os.replace)."""
+    tmp = _staged(path, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def create_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> bool:
+    """Create ``path`` complete in one step; False (nothing written) if it already exists."""
+    if path.exists():
+        return False
+    tmp = _staged(path, data, mode)
+    try:
+        os.link(tmp, path)  # unlike os.replace, refuses to replace an existing file
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True

@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
+from swapper.small_files import create_atomic
+
 from ..config.ini import bundled_template_text, parse_stack, read_stack
 from ..config.schema import Stack
 from ..errors import UserError
@@ -35,7 +37,7 @@ from ..project.channels import (
     write_marker,
 )
 from ..project.clients import CODEX_CATALOG_NAME, claude_env, codex_catalog, codex_toml
-from ..project.files import GeneratedFiles, create_atomic, ensure_state_dir
+from ..project.files import GeneratedFiles, ensure_state_dir
 from ..project.opencode import LOCAL_PROVIDER_NAME, local_base_url, render, to_text
 from ..project.paths import Project, find_project
 from ..project.pidrecord import running_record

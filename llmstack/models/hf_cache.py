@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from swapper.small_files import read_json
+from swapper.small_files import read_json, write_atomic
 
 from ..config.hub_names import (
     UnsafeName,
@@ -212,16 +210,7 @@ class HubSizes:
 
     def record(self, etag: str, size: int) -> None:
         """Remember the size the hub announced for blob ``etag`` (atomic write)."""
-        path = self._record_path(etag)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump({"size": size}, out)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self._record_path(etag), json.dumps({"size": size}))
 
     def recorded(self, etag: str) -> int | None:
         """The size :meth:`record` kept, None when never recorded or unreadable."""

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from swapper.small_files import write_atomic
+
 from ..config.hub_names import shown
 from ..config.ini import ModelsIniError, parse_stack, read_models_ini
 from ..config.keys import check_tier_name
@@ -26,7 +28,6 @@ from ..errors import UserError
 from ..models.hf_cache import HubCache, TierFile, human_size
 from ..models.hub_listing import HubFile, list_files, pick
 from ..settings import Settings
-from .files import write_atomic
 
 CTX_MAX = 1 << 20
 """The largest window written from a GGUF header (a header is the file's word, not ours)."""

@@ -19,12 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from swapper.small_files import RECORD_LIMIT, UnreadableFile, read_small
+from swapper.small_files import RECORD_LIMIT, UnreadableFile, read_small, write_atomic
 
 from ..config.address import DEFAULT_HOST, DEFAULT_PORT, url_for
 from ..errors import UserError
 from ..settings import API_KEYS, REMOTE_URL, USE_NEXT, Settings
-from .files import write_atomic
 from .paths import Project
 
 if TYPE_CHECKING:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from swapper.small_files import read_json
+from swapper.small_files import create_atomic, read_json, write_atomic
 
 RECORD_NAME = "generated.json"
 STATE_GITIGNORE = """\
@@ -30,46 +28,6 @@ STATE_GITIGNORE = """\
 !.gitignore
 !models.ini
 """
-
-
-def _staged(path: Path, data: str | bytes, mode: int) -> Path:
-    """``data`` written and synced to a temp file beside ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data.encode("utf-8") if isinstance(data, str) else data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` in one step (temp file + fsync + os.replace)."""
-    tmp = _staged(path, data, mode)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def create_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> bool:
-    """Create ``path`` complete in one step; False (nothing written) if it already exists."""
-    if path.exists():
-        return False
-    tmp = _staged(path, data, mode)
-    try:
-        os.link(tmp, path)  # unlike os.replace, refuses to replace an existing file
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
 
 
 def ensure_state_dir(state: Path) -> None:

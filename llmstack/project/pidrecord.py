@@ -25,11 +25,10 @@ import psutil
 
 from swapper.identity import describe
 from swapper.identity import verify as verify_identity
-from swapper.small_files import NotRegularFile, UnreadableFile, read_json
+from swapper.small_files import NotRegularFile, UnreadableFile, read_json, write_atomic
 
 from ..config.address import client_host, url_for
 from ..errors import UserError
-from .files import write_atomic
 from .paths import Project
 
 RECORD_NAME = "daemon.json"
