@@ -21,7 +21,6 @@ import importlib
 import importlib.util
 import json
 import re
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -77,25 +76,24 @@ def litellm_installed() -> bool:
     return importlib.util.find_spec("litellm") is not None
 
 
-async def _imported(name: str) -> Any:
-    """Module ``name``, imported in a worker thread the first time (``sys.modules`` after)."""
-    module = sys.modules.get(name)
-    if module is None:
-        module = await asyncio.to_thread(importlib.import_module, name)
-    return module
+_loaded: dict[str, Any] = {}
+"""What :func:`load_litellm` and :func:`_messages_adapter` imported (by name), kept so that
+later requests take no thread hop."""
 
 
 async def load_litellm() -> ModuleType:
     """litellm, imported once in a worker thread: its 3-5 s import must not stall the loop
     (``serve`` has told it not to fetch a cost map: :func:`llmstack.settings.prepare_for_litellm`)."""
-    if "litellm" not in sys.modules and not litellm_installed():
-        raise ApiError(503, "this tier is served through litellm, which is not installed: "
-                            "pip install 'llmstack[hosted]'", "hosted_unavailable")
-    litellm = await _imported("litellm")
-    # Messages to OpenAI-compatible servers (llama-server, other llmstacks) as chat completions,
-    # which they all speak, not as the Responses API
-    litellm.use_chat_completions_url_for_anthropic_messages = True
-    module: ModuleType = litellm
+    if "litellm" not in _loaded:
+        if not litellm_installed():
+            raise ApiError(503, "this tier is served through litellm, which is not installed: "
+                                "pip install 'llmstack[hosted]'", "hosted_unavailable")
+        litellm: Any = await asyncio.to_thread(importlib.import_module, "litellm")
+        # Messages to OpenAI-compatible servers (llama-server, other llmstacks) as chat
+        # completions, which they all speak, not as the Responses API
+        litellm.use_chat_completions_url_for_anthropic_messages = True
+        _loaded["litellm"] = litellm
+    module: ModuleType = _loaded["litellm"]
     return module
 
 
@@ -107,9 +105,12 @@ async def _messages_adapter() -> Call:
     orjson, soundfile, ...), which ``litellm`` alone does not install; the adapter
     goes through ``acompletion`` like chat requests do and yields Anthropic SSE.
     """
-    module = await _imported("litellm.llms.anthropic.messages.adapters.handler")
-    handler = module.LiteLLMMessagesToCompletionTransformationHandler
-    call: Call = handler.async_anthropic_messages_handler
+    if "adapter" not in _loaded:
+        module = await asyncio.to_thread(
+            importlib.import_module, "litellm.llms.anthropic.messages.adapters.handler")
+        handler = module.LiteLLMMessagesToCompletionTransformationHandler
+        _loaded["adapter"] = handler.async_anthropic_messages_handler
+    call: Call = _loaded["adapter"]
     return call
 
 
